@@ -1,0 +1,176 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, Option } from 'commander';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { openDestination, type DestinationConfig } from '../consumers/index.js';
+import { ConsumerRunner, RUNNER_DEFAULTS } from '../consumers/runner.js';
+import { PRODUCER_DEFAULTS, Producer } from '../producer/producer.js';
+import { destinationName, pgUrl, pipelineId, producerConfig, redisUrl, runnerConfig, validate } from '../shared/config.js';
+import { UserError, errorMessage } from '../shared/errors.js';
+import { connectRedis } from '../shared/redis.js';
+import { exitWithError, runUntilStopped } from './lifecycle.js';
+import { formatStatus, pipelineStatus } from './status.js';
+
+const program = new Command('pg-replicate')
+  .description('Replicate PostgreSQL tables (copy, then every change) through Redis into DuckDB, stdout and more, exactly once.')
+  .exitOverride()
+  .showHelpAfterError('(run with --help for usage)');
+
+const redisOption = () => new Option('--redis-url <url>', 'Redis URL').env('REDIS_URL');
+const pipelineOption = () => new Option('--pipeline <id>', 'pipeline id: names its queues and state in Redis').env('PIPELINE_ID');
+const integer = (value: string) => Number(value);
+
+program
+  .command('producer')
+  .description('Read the replication slot (after copying the tables) and enqueue batches for every destination.')
+  .addOption(new Option('--pg-url <url>', 'Postgres URL (a user with REPLICATION)').env('PG_URL'))
+  .addOption(new Option('--publication <name>', 'publication whose tables are replicated').env('PUBLICATION'))
+  .addOption(new Option('--slot <name>', 'logical replication slot (created if missing)').env('SLOT'))
+  .addOption(pipelineOption())
+  .addOption(redisOption())
+  .addOption(new Option('--mode <mode>', 'both = copy then stream; copy = copy then exit; cdc = stream only').choices(['both', 'copy', 'cdc']).default(PRODUCER_DEFAULTS.mode).env('MODE'))
+  .addOption(new Option('--destinations <names>', 'comma-separated destination names to feed').env('DESTINATIONS'))
+  .addOption(new Option('--partitions <n>', 'partition queues per destination').default(PRODUCER_DEFAULTS.partitions).argParser(integer).env('PARTITIONS'))
+  .addOption(new Option('--max-batch-changes <n>', 'changes per batch at most').default(PRODUCER_DEFAULTS.maxBatchChanges).argParser(integer))
+  .addOption(new Option('--max-batch-bytes <n>', 'approximate bytes per batch at most').default(PRODUCER_DEFAULTS.maxBatchBytes).argParser(integer))
+  .addOption(new Option('--flush-interval-ms <n>', 'longest a change waits in an open batch').default(PRODUCER_DEFAULTS.flushIntervalMs).argParser(integer))
+  .addOption(new Option('--max-backlog-batches <n>', 'unapplied batches at which reading the slot pauses').default(PRODUCER_DEFAULTS.maxBacklogBatches).argParser(integer))
+  .addOption(new Option('--status-interval-ms <n>', 'standby status update interval (keep well below wal_sender_timeout)').default(PRODUCER_DEFAULTS.statusIntervalMs).argParser(integer))
+  .addOption(new Option('--heartbeat-interval-ms <n>', 'idle time after which a heartbeat message is written').default(PRODUCER_DEFAULTS.heartbeatIntervalMs).argParser(integer))
+  .addOption(new Option('--copy-connections <n>', 'parallel connections for the table copy').default(PRODUCER_DEFAULTS.copyConnections).argParser(integer))
+  .addOption(new Option('--copy-chunk-rows <n>', 'rows per copy batch').default(PRODUCER_DEFAULTS.copyChunkRows).argParser(integer))
+  .action(async (flags) => {
+    const config = validate(producerConfig, { ...flags, destinations: splitList(flags.destinations) });
+    const producer = new Producer(config);
+    await runUntilStopped((signal) => producer.run(signal), () => producer.close());
+  });
+
+const consumer = program.command('consumer').description('Apply one destination\'s batches: consumer <type> --name NAME …');
+
+const consumerCommand = (type: string, description: string) =>
+  consumer
+    .command(type)
+    .description(description)
+    .addOption(new Option('--name <name>', 'destination name (as given to the producer\'s --destinations)').env('DESTINATION_NAME'))
+    .addOption(pipelineOption())
+    .addOption(redisOption())
+    .addOption(new Option('--lock-duration-ms <n>', 'how long a crashed consumer can hold a partition').default(RUNNER_DEFAULTS.lockDurationMs).argParser(integer))
+    .addOption(new Option('--stalled-interval-ms <n>', 'how often crashed consumers\' batches are looked for').default(RUNNER_DEFAULTS.stalledIntervalMs).argParser(integer))
+    .addOption(new Option('--attempts-before-park <n>', 'failed attempts before a partition is reported parked').default(RUNNER_DEFAULTS.attemptsBeforePark).argParser(integer));
+
+consumerCommand('duckdb', 'Mirror the tables into a DuckDB file (or MotherDuck with --path md:DB).')
+  .addOption(new Option('--path <file>', 'DuckDB database file, or md:DB for MotherDuck (needs motherduck_token)').env('DUCKDB_PATH'))
+  .action(async (flags) => {
+    if (!flags.path) throw new UserError('--path (DUCKDB_PATH) is required: the DuckDB file to write, e.g. --path analytics.duckdb');
+    await runConsumer(flags, { type: 'duckdb', path: flags.path });
+  });
+
+consumerCommand('stdout', 'Print one JSON line per change to stdout.').action(async (flags) => {
+  await runConsumer(flags, { type: 'stdout' });
+});
+
+async function runConsumer(flags: Record<string, unknown>, destinationConfig: DestinationConfig): Promise<void> {
+  const config = validate(runnerConfig, flags);
+  const redis = connectRedis(config.redisUrl);
+  redis.on('error', () => {});
+  const destination = await openDestination(destinationConfig, { redis, pipeline: config.pipeline, name: config.name });
+  const runner = new ConsumerRunner(config, destination);
+  await runUntilStopped(
+    (signal) => runner.run(signal),
+    async () => {
+      await runner.close();
+      await destination.close();
+      redis.disconnect();
+    },
+  );
+}
+
+const runFileSchema = z.object({
+  pipeline: pipelineId,
+  pgUrl,
+  redisUrl,
+  publication: z.string().min(1),
+  slot: z.string(),
+  mode: z.enum(['both', 'copy', 'cdc']).default('both'),
+  partitions: z.number().int().positive().default(PRODUCER_DEFAULTS.partitions),
+  destinations: z
+    .array(
+      z.discriminatedUnion('type', [
+        z.object({ type: z.literal('duckdb'), name: destinationName, path: z.string().min(1) }),
+        z.object({ type: z.literal('stdout'), name: destinationName }),
+      ]),
+    )
+    .min(1),
+});
+
+program
+  .command('run')
+  .description('Run the producer and every destination\'s consumer in one process, from a YAML file (${ENV_VAR} is expanded).')
+  .requiredOption('--config <file>', 'YAML file: pipeline, pgUrl, redisUrl, publication, slot, destinations')
+  .action(async (flags) => {
+    let text: string;
+    try {
+      text = readFileSync(flags.config, 'utf8');
+    } catch (error) {
+      throw new UserError(`Cannot read --config ${flags.config}: ${errorMessage(error)}`);
+    }
+    const expanded = text.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_, name: string) => process.env[name] ?? '');
+    let raw: unknown;
+    try {
+      raw = parseYaml(expanded);
+    } catch (error) {
+      throw new UserError(`--config ${flags.config} is not valid YAML: ${errorMessage(error)}`);
+    }
+    const file = validate(runFileSchema, raw);
+    const producer = new Producer(
+      validate(producerConfig, { ...PRODUCER_DEFAULTS, ...file, destinations: file.destinations.map((destination) => destination.name) }),
+    );
+    const redis = connectRedis(file.redisUrl);
+    redis.on('error', () => {});
+    const consumers = await Promise.all(
+      file.destinations.map(async (destination) => {
+        const opened = await openDestination(destination, { redis, pipeline: file.pipeline, name: destination.name });
+        const runner = new ConsumerRunner(validate(runnerConfig, { ...RUNNER_DEFAULTS, redisUrl: file.redisUrl, pipeline: file.pipeline, name: destination.name }), opened);
+        return { opened, runner };
+      }),
+    );
+    await runUntilStopped(
+      (signal) => Promise.all([producer.run(signal), ...consumers.map(({ runner }) => runner.run(signal))]).then(() => {}),
+      async () => {
+        await producer.close();
+        for (const { opened, runner } of consumers) {
+          await runner.close();
+          await opened.close();
+        }
+        redis.disconnect();
+      },
+    );
+  });
+
+program
+  .command('status')
+  .description('Show the slot\'s confirmed LSN and, per destination, pending batches and state.')
+  .addOption(pipelineOption())
+  .addOption(redisOption())
+  .addOption(new Option('--pg-url <url>', 'Postgres URL, to show the slot\'s confirmed flush LSN').env('PG_URL'))
+  .option('--json', 'print JSON')
+  .action(async (flags) => {
+    const options = validate(z.object({ pipeline: pipelineId, redisUrl, pgUrl: pgUrl.optional() }), flags);
+    const status = await pipelineStatus(options);
+    process.stdout.write(flags.json ? `${JSON.stringify(status, null, 2)}\n` : `${formatStatus(status)}\n`);
+  });
+
+function splitList(text: string | undefined): string[] | undefined {
+  return text?.split(',').map((part) => part.trim()).filter(Boolean);
+}
+
+try {
+  await program.parseAsync(process.argv);
+  process.exit(0);
+} catch (error) {
+  if (error instanceof CommanderError) {
+    process.exit(error.exitCode === 0 ? 0 : 2);
+  }
+  exitWithError(error);
+}

@@ -1,0 +1,77 @@
+import { Queue } from 'bullmq';
+import { keys, QUEUE_PREFIX, queueName } from '../shared/keys.js';
+import { connectRedis, readApplied, readPipelineState } from '../shared/redis.js';
+import { connectPostgres } from '../producer/preflight.js';
+import { UserError } from '../shared/errors.js';
+import type { Health } from '../consumers/runner.js';
+
+export interface PipelineStatus {
+  pipeline: string;
+  slot: string;
+  publication: string;
+  copy: string;
+  slotConfirmedFlushLsn?: string | null;
+  slotActive?: boolean;
+  destinations: {
+    name: string;
+    pendingBatches: number;
+    state: 'ok' | 'retrying' | 'parked';
+    errors: { partition: number; attempts: number; error: string; since: string }[];
+    appliedBatches: Record<string, string>;
+  }[];
+}
+
+export async function pipelineStatus(options: { pipeline: string; redisUrl: string; pgUrl?: string }): Promise<PipelineStatus> {
+  const redis = connectRedis(options.redisUrl);
+  try {
+    const state = await readPipelineState(redis, options.pipeline);
+    if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url, or start its producer first.`);
+    const status: PipelineStatus = { pipeline: options.pipeline, slot: state.slot, publication: state.publication, copy: state.copy ?? 'none', destinations: [] };
+    if (options.pgUrl) {
+      const client = await connectPostgres(options.pgUrl, 'pg-replicate status');
+      try {
+        const row = (await client.query('SELECT confirmed_flush_lsn::text AS lsn, active FROM pg_replication_slots WHERE slot_name = $1', [state.slot])).rows[0];
+        status.slotConfirmedFlushLsn = row?.lsn ?? null;
+        status.slotActive = row?.active ?? false;
+      } finally {
+        await client.end();
+      }
+    }
+    for (const name of state.destinations) {
+      let pending = 0;
+      for (let partition = 0; partition < state.partitions; partition++) {
+        const queue = new Queue(queueName(options.pipeline, name, partition), { connection: redis, prefix: QUEUE_PREFIX });
+        const counts = await queue.getJobCounts('wait', 'active', 'delayed', 'prioritized');
+        pending += Object.values(counts).reduce((sum, count) => sum + count, 0);
+        await queue.close();
+      }
+      const health = Object.entries(await redis.hgetall(keys.health(options.pipeline, name))).map(([partition, text]) => ({ partition: Number(partition), ...(JSON.parse(text) as Health) }));
+      const errors = health.flatMap((entry) => (entry.state === 'ok' ? [] : [{ partition: entry.partition, attempts: entry.attempts, error: entry.error, since: entry.since }]));
+      const applied = await readApplied(redis, options.pipeline, name);
+      status.destinations.push({
+        name,
+        pendingBatches: pending,
+        state: health.some((entry) => entry.state === 'parked') ? 'parked' : errors.length > 0 ? 'retrying' : 'ok',
+        errors,
+        appliedBatches: Object.fromEntries([...applied].map(([partition, mark]) => [String(partition), `${mark.epoch}:${mark.seq}`])),
+      });
+    }
+    return status;
+  } finally {
+    redis.disconnect();
+  }
+}
+
+export function formatStatus(status: PipelineStatus): string {
+  const lines = [
+    `pipeline ${status.pipeline}: slot ${status.slot}, publication ${status.publication}, copy ${status.copy}`,
+  ];
+  if (status.slotConfirmedFlushLsn !== undefined) {
+    lines.push(`slot confirmed flush LSN ${status.slotConfirmedFlushLsn ?? '(slot missing)'}${status.slotActive ? ' (producer connected)' : ' (no producer connected)'}`);
+  }
+  for (const destination of status.destinations) {
+    lines.push(`destination ${destination.name}: ${destination.state}, ${destination.pendingBatches} batches pending`);
+    for (const error of destination.errors) lines.push(`  partition ${error.partition}: attempt ${error.attempts} since ${error.since}: ${error.error}`);
+  }
+  return lines.join('\n');
+}

@@ -1,0 +1,31 @@
+import type { Relation, RowChange } from '../shared/events.js';
+import type { Lsn, Version } from '../shared/lsn.js';
+
+/** What a destination stores durably about each table, in the same transaction as the table's data. */
+export interface TableState {
+  /** Snapshot LSN of the table's latest copy, the last chunk of it applied, and whether it finished. */
+  copyLsn: Lsn;
+  copyChunk: number;
+  copyDone: boolean;
+  /** The highest version applied to this table: every change at or below it is skipped. */
+  applied: Version;
+}
+
+/** One step of a batch, after the runner removed everything the destination already has. */
+export type Step =
+  | { kind: 'copy'; relation: Relation; replace: boolean; rows: RowChange['row'][] }
+  | { kind: 'changes'; relation: Relation; changes: RowChange[] }
+  | { kind: 'truncate'; relations: Relation[]; version: Version };
+
+/**
+ * A destination: the small interface a new one implements (see consumers/duckdb for the
+ * reference). The runner does ordering, retries, de-duplication and watermarks; the
+ * destination only reads its table states and applies steps atomically with new states.
+ */
+export interface Destination {
+  /** The stored state of these tables ("schema.table"); absent for a table never written. */
+  tableStates(tables: string[]): Promise<Map<string, TableState>>;
+  /** Applies the steps in order and stores the new table states, all or nothing. */
+  apply(steps: Step[], states: Map<string, TableState>): Promise<void>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,16 @@
+import type { Redis } from 'ioredis';
+import type { Destination } from './destination.js';
+import { DuckDbDestination } from './duckdb/destination.js';
+import { StdoutDestination } from './stdout/destination.js';
+
+/** Every destination type, by the name the CLI and the run config use. */
+export type DestinationConfig = { type: 'duckdb'; path: string } | { type: 'stdout' };
+
+export async function openDestination(config: DestinationConfig, context: { redis: Redis; pipeline: string; name: string }): Promise<Destination> {
+  switch (config.type) {
+    case 'duckdb':
+      return DuckDbDestination.open(config.path);
+    case 'stdout':
+      return new StdoutDestination(context.redis, context.pipeline, context.name);
+  }
+}

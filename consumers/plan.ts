@@ -1,0 +1,66 @@
+import type { Batch, Relation, RowChange } from '../shared/events.js';
+import { qualifiedName } from '../shared/events.js';
+import { compareVersions } from '../shared/lsn.js';
+import type { Step, TableState } from './destination.js';
+
+/**
+ * Turns a batch into the steps a destination still needs, given what it already applied: the
+ * heart of "applied once". Changes at or below a table's version are dropped; a copy chunk
+ * already applied is dropped; what remains, with the tables' new states, is applied atomically.
+ */
+export function planBatch(batch: Batch, states: Map<string, TableState>): { steps: Step[]; states: Map<string, TableState> } {
+  return batch.copy ? planCopy(batch, states) : planChanges(batch, states);
+}
+
+function planCopy(batch: Batch, states: Map<string, TableState>) {
+  const copy = batch.copy!;
+  const relation = batch.relations[copy.relation];
+  const name = qualifiedName(relation);
+  const state = states.get(name);
+  const updated = new Map<string, TableState>();
+  if (state && state.copyLsn > copy.snapshotLsn) return { steps: [], states: updated }; // a newer copy superseded this one
+  if (state && state.copyLsn === copy.snapshotLsn && (state.copyDone || state.copyChunk >= copy.chunk)) {
+    return { steps: [], states: updated }; // delivered again
+  }
+  if (copy.chunk > 0 && (!state || state.copyLsn !== copy.snapshotLsn || state.copyChunk !== copy.chunk - 1)) {
+    throw new Error(
+      `copy of ${name} at ${copy.snapshotLsn} arrived out of order (chunk ${copy.chunk}, destination has chunk ${state?.copyChunk ?? 'none'} of copy ${state?.copyLsn ?? 'none'})`,
+    );
+  }
+  updated.set(name, {
+    copyLsn: copy.snapshotLsn,
+    copyChunk: copy.chunk,
+    copyDone: copy.last,
+    applied: { lsn: copy.snapshotLsn, ordinal: 0 },
+  });
+  return { steps: [{ kind: 'copy', relation, replace: copy.chunk === 0, rows: copy.rows }] as Step[], states: updated };
+}
+
+function planChanges(batch: Batch, states: Map<string, TableState>) {
+  const updated = new Map<string, TableState>();
+  const steps: Step[] = [];
+  const current = (relation: Relation): TableState =>
+    updated.get(qualifiedName(relation)) ??
+    states.get(qualifiedName(relation)) ?? { copyLsn: 0n, copyChunk: -1, copyDone: false, applied: { lsn: 0n, ordinal: 0 } };
+  const isNew = (relation: Relation, change: { version: RowChange['version'] }) =>
+    compareVersions(change.version, current(relation).applied) > 0;
+  const advance = (relation: Relation, change: { version: RowChange['version'] }) =>
+    updated.set(qualifiedName(relation), { ...current(relation), applied: change.version });
+
+  for (const change of batch.changes) {
+    if (change.op === 'truncate') {
+      const relations = change.relations.map((index) => batch.relations[index]).filter((relation) => isNew(relation, change));
+      if (relations.length === 0) continue;
+      relations.forEach((relation) => advance(relation, change));
+      steps.push({ kind: 'truncate', relations, version: change.version });
+      continue;
+    }
+    const relation = batch.relations[change.relation];
+    if (!isNew(relation, change)) continue;
+    advance(relation, change);
+    const last = steps[steps.length - 1];
+    if (last?.kind === 'changes' && last.relation === relation) last.changes.push(change);
+    else steps.push({ kind: 'changes', relation, changes: [change] });
+  }
+  return { steps, states: updated };
+}

@@ -1,0 +1,128 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { type Job, WaitingError, Worker } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { type EncodedBatch, decodeBatch } from '../shared/codec.js';
+import { qualifiedName } from '../shared/events.js';
+import { errorMessage } from '../shared/errors.js';
+import { QUEUE_PREFIX, formatApplied, keys, queueName } from '../shared/keys.js';
+import { log } from '../shared/log.js';
+import { connectRedis, readPipelineState } from '../shared/redis.js';
+import type { Destination } from './destination.js';
+import { planBatch } from './plan.js';
+
+export interface RunnerOptions {
+  redisUrl: string;
+  pipeline: string;
+  /** The destination's name: its queues, its applied marks, its health. */
+  name: string;
+  /** A consumer that dies holds its partition for at most about lockDurationMs + stalledIntervalMs. */
+  lockDurationMs: number;
+  stalledIntervalMs: number;
+  /** Failed attempts of one batch before its partition is reported as parked. */
+  attemptsBeforePark: number;
+}
+
+export const RUNNER_DEFAULTS = { lockDurationMs: 10_000, stalledIntervalMs: 5_000, attemptsBeforePark: 8 } as const;
+
+const MAX_BACKOFF_MS = 60_000;
+
+export type Health = { state: 'ok' } | { state: 'retrying' | 'parked'; attempts: number; error: string; since: string };
+
+/**
+ * Runs one destination: a BullMQ worker per partition queue, each taking one batch at a time
+ * (and, through the queue's global concurrency of 1, one at a time across all processes).
+ * A batch that fails is retried in place with backoff, never skipped and never moved behind
+ * the next one; after a few attempts the partition is reported parked until it succeeds.
+ */
+export class ConsumerRunner {
+  private readonly redis: Redis;
+  private readonly workers: Worker[] = [];
+  private readonly unhealthy = new Set<number>();
+  private closing = false;
+
+  constructor(
+    private readonly options: RunnerOptions,
+    private readonly destination: Destination,
+  ) {
+    this.redis = connectRedis(options.redisUrl);
+    this.redis.on('error', (error) => log.debug({ err: errorMessage(error) }, 'redis connection error'));
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    const partitions = await this.waitForPipeline(signal);
+    if (signal.aborted) return;
+    for (let partition = 0; partition < partitions; partition++) {
+      const worker = new Worker(queueName(this.options.pipeline, this.options.name, partition), (job, token) => this.process(job, token), {
+        connection: this.redis,
+        prefix: QUEUE_PREFIX,
+        concurrency: 1,
+        lockDuration: this.options.lockDurationMs,
+        stalledInterval: this.options.stalledIntervalMs,
+        // A batch is never failed for stalling: it goes back to the front of its queue, however often.
+        maxStalledCount: Number.MAX_SAFE_INTEGER,
+      });
+      worker.on('error', (error) => log.debug({ err: errorMessage(error), partition }, 'worker error'));
+      this.workers.push(worker);
+    }
+    log.info({ destination: this.options.name, pipeline: this.options.pipeline, partitions }, 'consumer running');
+    await new Promise<void>((resolve) => {
+      if (signal.aborted) resolve();
+      signal.addEventListener('abort', () => resolve(), { once: true });
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    await Promise.all(this.workers.map((worker) => worker.close()));
+    this.redis.disconnect();
+  }
+
+  /** The consumer learns the partition count from the producer's record of the pipeline. */
+  private async waitForPipeline(signal: AbortSignal): Promise<number> {
+    let warned = false;
+    while (!signal.aborted) {
+      const state = await readPipelineState(this.redis, this.options.pipeline);
+      if (state) return state.partitions;
+      if (!warned) log.info({ pipeline: this.options.pipeline }, 'waiting for the producer of this pipeline to start');
+      warned = true;
+      await sleep(500, undefined, { signal }).catch(() => {});
+    }
+    return 0;
+  }
+
+  private async process(job: Job<EncodedBatch>, token?: string): Promise<void> {
+    const batch = decodeBatch(job.data);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const tables = batch.relations.map(qualifiedName);
+        const plan = planBatch(batch, await this.destination.tableStates(tables));
+        if (plan.steps.length > 0 || plan.states.size > 0) await this.destination.apply(plan.steps, plan.states);
+        break;
+      } catch (error) {
+        const parked = attempt >= this.options.attemptsBeforePark;
+        await this.report(batch.partition, {
+          state: parked ? 'parked' : 'retrying',
+          attempts: attempt,
+          error: errorMessage(error),
+          since: new Date().toISOString(),
+        });
+        (parked ? log.error : log.warn).call(log, { partition: batch.partition, attempt, err: errorMessage(error) }, parked ? 'batch cannot be applied: partition parked, retrying slowly until the cause is fixed' : 'batch failed; retrying in place');
+        const wait = Math.min(MAX_BACKOFF_MS, 200 * 2 ** attempt) * (0.5 + Math.random() / 2);
+        for (const until = Date.now() + wait; Date.now() < until && !this.closing; ) await sleep(100);
+        if (this.closing) {
+          // Shutting down mid-retry: put the batch back at the front of its queue, untouched.
+          await job.moveToWait(token);
+          throw new WaitingError();
+        }
+      }
+    }
+    await this.redis.hset(keys.applied(this.options.pipeline, this.options.name), String(batch.partition), formatApplied(batch.epoch, batch.seq));
+    if (this.unhealthy.has(batch.partition)) await this.report(batch.partition, { state: 'ok' });
+  }
+
+  private async report(partition: number, health: Health): Promise<void> {
+    if (health.state === 'ok') this.unhealthy.delete(partition);
+    else this.unhealthy.add(partition);
+    await this.redis.hset(keys.health(this.options.pipeline, this.options.name), String(partition), JSON.stringify(health)).catch(() => {});
+  }
+}

@@ -1,0 +1,140 @@
+import type { Batch, Change, Relation, RowChange, TruncateChange } from '../shared/events.js';
+import { qualifiedName } from '../shared/events.js';
+import { partitionOf } from '../shared/keys.js';
+
+/** Numbers the batches of each partition within one producer run: 1, 2, 3, … */
+export class Sequencer {
+  private readonly last: number[];
+
+  constructor(partitions: number) {
+    this.last = new Array(partitions).fill(0);
+  }
+
+  next(partition: number): number {
+    return ++this.last[partition];
+  }
+
+  lastOf(partition: number): number {
+    return this.last[partition];
+  }
+}
+
+interface OpenBatch {
+  seq: number;
+  relationIndex: Map<number, number>;
+  relations: Relation[];
+  changes: Change[];
+  bytes: number;
+}
+
+export interface BatchLimits {
+  maxChanges: number;
+  maxBytes: number;
+}
+
+/**
+ * Groups streamed changes into one open batch per partition and hands a batch on when it is
+ * full (or when flushAll is called on a timer). A batch's sequence number is fixed when its
+ * first change arrives, so a transaction knows which batches hold it before they are sent.
+ */
+export class Batcher {
+  private readonly relations = new Map<number, Relation>();
+  private readonly open = new Map<number, OpenBatch>();
+
+  constructor(
+    private readonly pipeline: string,
+    private readonly epoch: number,
+    private readonly partitions: number,
+    private readonly limits: BatchLimits,
+    private readonly sequencer: Sequencer,
+    private readonly send: (batch: Batch) => void,
+  ) {}
+
+  setRelation(relation: Relation): void {
+    // Changes already batched refer to the old shape: send them before the shape changes.
+    const partition = this.partitionOf(relation);
+    if (this.open.get(partition)?.relationIndex.has(relation.oid)) this.flush(partition);
+    this.relations.set(relation.oid, relation);
+  }
+
+  relation(oid: number): Relation {
+    const relation = this.relations.get(oid);
+    if (!relation) throw new Error(`pgoutput sent a change for relation ${oid} before describing it`);
+    return relation;
+  }
+
+  /** Adds a row change; returns the partition and the batch it went into. */
+  addRow(change: Omit<RowChange, 'relation'>, relationOid: number, bytes: number): { partition: number; seq: number } {
+    const relation = this.relation(relationOid);
+    const partition = this.partitionOf(relation);
+    const batch = this.openBatch(partition);
+    batch.changes.push({ ...change, relation: this.indexOf(batch, relation) } as RowChange);
+    return this.account(partition, batch, bytes);
+  }
+
+  /** A TRUNCATE of several tables becomes one truncate per partition involved. */
+  addTruncate(change: Omit<TruncateChange, 'relations'>, relationOids: number[]): { partition: number; seq: number }[] {
+    const byPartition = new Map<number, Relation[]>();
+    for (const oid of relationOids) {
+      const relation = this.relation(oid);
+      const partition = this.partitionOf(relation);
+      byPartition.set(partition, [...(byPartition.get(partition) ?? []), relation]);
+    }
+    return [...byPartition].map(([partition, relations]) => {
+      const batch = this.openBatch(partition);
+      batch.changes.push({ ...change, relations: relations.map((relation) => this.indexOf(batch, relation)) });
+      return this.account(partition, batch, 16);
+    });
+  }
+
+  flushAll(): void {
+    for (const partition of [...this.open.keys()]) this.flush(partition);
+  }
+
+  get isEmpty(): boolean {
+    return this.open.size === 0;
+  }
+
+  partitionOf(relation: Relation): number {
+    return partitionOf(qualifiedName(relation), this.partitions);
+  }
+
+  private flush(partition: number): void {
+    const batch = this.open.get(partition);
+    if (!batch) return;
+    this.open.delete(partition);
+    this.send({
+      pipeline: this.pipeline,
+      partition,
+      epoch: this.epoch,
+      seq: batch.seq,
+      relations: batch.relations,
+      changes: batch.changes,
+    });
+  }
+
+  private openBatch(partition: number): OpenBatch {
+    let batch = this.open.get(partition);
+    if (!batch) {
+      batch = { seq: this.sequencer.next(partition), relationIndex: new Map(), relations: [], changes: [], bytes: 0 };
+      this.open.set(partition, batch);
+    }
+    return batch;
+  }
+
+  private indexOf(batch: OpenBatch, relation: Relation): number {
+    let index = batch.relationIndex.get(relation.oid);
+    if (index === undefined) {
+      index = batch.relations.push(relation) - 1;
+      batch.relationIndex.set(relation.oid, index);
+    }
+    return index;
+  }
+
+  private account(partition: number, batch: OpenBatch, bytes: number): { partition: number; seq: number } {
+    batch.bytes += bytes;
+    const seq = batch.seq;
+    if (batch.changes.length >= this.limits.maxChanges || batch.bytes >= this.limits.maxBytes) this.flush(partition);
+    return { partition, seq };
+  }
+}

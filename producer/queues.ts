@@ -1,0 +1,69 @@
+import { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { encodeBatch } from '../shared/codec.js';
+import type { Batch } from '../shared/events.js';
+import { QUEUE_PREFIX, queueName } from '../shared/keys.js';
+
+/**
+ * The producer's side of the queues: one BullMQ queue per (destination, partition). Adds to
+ * one queue are chained so they reach Redis in the order they were made: that order is the
+ * partition's FIFO order, which consumers rely on.
+ */
+export class BatchQueues {
+  private readonly queues = new Map<string, Queue[]>();
+  private readonly tails = new Map<Queue, Promise<unknown>>();
+  private failure: Error | undefined;
+  private inFlight = 0;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly pipeline: string,
+    readonly destinations: string[],
+    readonly partitions: number,
+  ) {
+    for (const destination of destinations) {
+      const perPartition: Queue[] = [];
+      for (let partition = 0; partition < partitions; partition++) {
+        perPartition.push(new Queue(queueName(pipeline, destination, partition), { connection: redis, prefix: QUEUE_PREFIX }));
+      }
+      this.queues.set(destination, perPartition);
+    }
+  }
+
+  /** One worker at a time per partition, across every consumer process: that is what keeps a partition in order. */
+  async limitToOneWorker(): Promise<void> {
+    await Promise.all([...this.queues.values()].flat().map((queue) => queue.setGlobalConcurrency(1)));
+  }
+
+  /** Adds the batch to its partition's queue of every destination. Errors surface on the next call or on settle(). */
+  enqueue(batch: Batch): void {
+    if (this.failure) throw this.failure;
+    const data = encodeBatch(batch);
+    for (const perPartition of this.queues.values()) {
+      const queue = perPartition[batch.partition];
+      this.inFlight++;
+      const added = (this.tails.get(queue) ?? Promise.resolve())
+        .then(() => queue.add('batch', data, { removeOnComplete: true, removeOnFail: false }))
+        .catch((error: Error) => {
+          this.failure ??= error;
+        })
+        .finally(() => this.inFlight--);
+      this.tails.set(queue, added);
+    }
+  }
+
+  get pendingAdds(): number {
+    return this.inFlight;
+  }
+
+  /** Waits until every add made so far has reached Redis; throws the first add that failed. */
+  async settle(): Promise<void> {
+    await Promise.all(this.tails.values());
+    if (this.failure) throw this.failure;
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled(this.tails.values());
+    await Promise.all([...this.queues.values()].flat().map((queue) => queue.close()));
+  }
+}

@@ -1,0 +1,116 @@
+import type { Batch, Change, Relation, Value } from './events.js';
+import { formatLsn, parseLsn } from './lsn.js';
+
+/**
+ * The batch codec: a Batch as a compact, JSON-safe object (BullMQ stores job data as JSON).
+ * Relations travel once per batch, rows as positional arrays, LSNs as Postgres-style strings.
+ * `v` lets a consumer refuse a batch made by a producer it does not understand.
+ */
+export const CODEC_VERSION = 1;
+
+type EncodedRelation = [number, string, string, string, [string, number, number, 0 | 1][]];
+type EncodedChange =
+  | ['I' | 'U' | 'D', number, string, number, Value[] | null, Value[] | null]
+  | ['T', number[], string, number, number];
+
+export interface EncodedBatch {
+  v: number;
+  p: string;
+  n: number;
+  e: number;
+  s: number;
+  r: EncodedRelation[];
+  c: EncodedChange[];
+  k?: [number, string, number, 0 | 1, Value[][]];
+}
+
+const OP_CODES = { insert: 'I', update: 'U', delete: 'D' } as const;
+const OPS = { I: 'insert', U: 'update', D: 'delete' } as const;
+const TRUNCATE_CASCADE = 1;
+const TRUNCATE_RESTART_IDENTITY = 2;
+
+export function encodeBatch(batch: Batch): EncodedBatch {
+  const encoded: EncodedBatch = {
+    v: CODEC_VERSION,
+    p: batch.pipeline,
+    n: batch.partition,
+    e: batch.epoch,
+    s: batch.seq,
+    r: batch.relations.map(encodeRelation),
+    c: batch.changes.map(encodeChange),
+  };
+  if (batch.copy) {
+    const { relation, snapshotLsn, chunk, last, rows } = batch.copy;
+    encoded.k = [relation, formatLsn(snapshotLsn), chunk, last ? 1 : 0, rows];
+  }
+  return encoded;
+}
+
+export function decodeBatch(encoded: EncodedBatch): Batch {
+  if (encoded.v !== CODEC_VERSION) {
+    throw new Error(`batch codec version ${encoded.v} is not supported (this consumer reads version ${CODEC_VERSION}); run the same pg-replicate version for producer and consumers`);
+  }
+  const batch: Batch = {
+    pipeline: encoded.p,
+    partition: encoded.n,
+    epoch: encoded.e,
+    seq: encoded.s,
+    relations: encoded.r.map(decodeRelation),
+    changes: encoded.c.map(decodeChange),
+  };
+  if (encoded.k) {
+    const [relation, snapshotLsn, chunk, last, rows] = encoded.k;
+    batch.copy = { relation, snapshotLsn: parseLsn(snapshotLsn), chunk, last: last === 1, rows };
+  }
+  return batch;
+}
+
+function encodeRelation(relation: Relation): EncodedRelation {
+  return [
+    relation.oid,
+    relation.schema,
+    relation.name,
+    relation.replicaIdentity,
+    relation.columns.map((column) => [column.name, column.typeOid, column.typeModifier, column.isKey ? 1 : 0]),
+  ];
+}
+
+function decodeRelation([oid, schema, name, replicaIdentity, columns]: EncodedRelation): Relation {
+  return {
+    oid,
+    schema,
+    name,
+    replicaIdentity: replicaIdentity as Relation['replicaIdentity'],
+    columns: columns.map(([columnName, typeOid, typeModifier, isKey]) => ({
+      name: columnName,
+      typeOid,
+      typeModifier,
+      isKey: isKey === 1,
+    })),
+  };
+}
+
+function encodeChange(change: Change): EncodedChange {
+  const lsn = formatLsn(change.version.lsn);
+  if (change.op === 'truncate') {
+    const flags = (change.cascade ? TRUNCATE_CASCADE : 0) | (change.restartIdentity ? TRUNCATE_RESTART_IDENTITY : 0);
+    return ['T', change.relations, lsn, change.version.ordinal, flags];
+  }
+  return [OP_CODES[change.op], change.relation, lsn, change.version.ordinal, change.row ?? null, change.old ?? null];
+}
+
+function decodeChange(encoded: EncodedChange): Change {
+  const version = { lsn: parseLsn(encoded[2]), ordinal: encoded[3] };
+  if (encoded[0] === 'T') {
+    const flags = encoded[4];
+    return {
+      op: 'truncate',
+      relations: encoded[1],
+      version,
+      cascade: (flags & TRUNCATE_CASCADE) !== 0,
+      restartIdentity: (flags & TRUNCATE_RESTART_IDENTITY) !== 0,
+    };
+  }
+  const [code, relation, , , row, old] = encoded;
+  return { op: OPS[code], relation, version, ...(row ? { row } : {}), ...(old ? { old } : {}) };
+}

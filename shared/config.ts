@@ -1,0 +1,60 @@
+import { z } from 'zod';
+import { UserError } from './errors.js';
+import { NAME_PATTERN } from './keys.js';
+
+/** Validation of everything a user passes, with messages that name the flag and say what is expected. */
+const name = (what: string) => z.string({ error: `${what} is required` }).regex(NAME_PATTERN, `${what} may use only letters, digits, _ and - (at most 64)`);
+const url = (what: string, protocols: string[]) =>
+  z
+    .string({ error: `${what} is required` })
+    .refine((text) => {
+      try {
+        return protocols.includes(new URL(text).protocol);
+      } catch {
+        return false;
+      }
+    }, `${what} must be a URL starting with ${protocols.map((protocol) => `${protocol}//`).join(' or ')}`);
+const positive = z.coerce.number().int().positive();
+
+export const pgUrl = url('--pg-url (PG_URL)', ['postgres:', 'postgresql:']);
+export const redisUrl = url('--redis-url (REDIS_URL)', ['redis:', 'rediss:']);
+export const pipelineId = name('--pipeline (PIPELINE_ID)');
+export const destinationName = name('--name');
+
+export const producerConfig = z.object({
+  pgUrl,
+  redisUrl,
+  pipeline: pipelineId,
+  publication: z.string({ error: '--publication (PUBLICATION) is required' }).min(1, '--publication (PUBLICATION) is required'),
+  slot: z
+    .string({ error: '--slot (SLOT) is required' })
+    .regex(/^[a-z0-9_]{1,63}$/, '--slot (SLOT) may use only lower-case letters, digits and _ (Postgres slot names)'),
+  mode: z.enum(['both', 'copy', 'cdc'], { error: '--mode must be both, copy or cdc' }),
+  destinations: z.array(name('each of --destinations')).min(1, '--destinations needs at least one destination name (e.g. --destinations analytics,stdout)'),
+  partitions: positive.max(1024),
+  maxBatchChanges: positive,
+  maxBatchBytes: positive,
+  flushIntervalMs: positive,
+  maxBacklogBatches: positive,
+  statusIntervalMs: positive,
+  heartbeatIntervalMs: positive,
+  copyConnections: positive.max(64),
+  copyChunkRows: positive,
+});
+
+export const runnerConfig = z.object({
+  redisUrl,
+  pipeline: pipelineId,
+  name: destinationName,
+  lockDurationMs: positive,
+  stalledIntervalMs: positive,
+  attemptsBeforePark: positive,
+});
+
+/** Parses with a schema, turning every problem into one UserError that lists them all. */
+export function validate<T extends z.ZodType>(schema: T, input: unknown): z.infer<T> {
+  const result = schema.safeParse(input);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => issue.message);
+  throw new UserError(`Invalid configuration: ${[...new Set(problems)].join('; ')}. See --help.`);
+}

@@ -1,0 +1,81 @@
+import type { Lsn, Version } from './lsn.js';
+
+/**
+ * The event model both sides speak. Values stay in Postgres' own text form (what pgoutput and
+ * COPY produce) from the slot to the consumer; each destination converts them with the shared
+ * type mapping. That keeps the producer free of per-value work and loses nothing on the way.
+ */
+
+/** A column value: Postgres text, SQL NULL, or UNCHANGED for a TOASTed value an UPDATE did not touch. */
+export type Value = string | null | typeof UNCHANGED;
+export const UNCHANGED = false as const;
+
+export interface Column {
+  name: string;
+  typeOid: number;
+  typeModifier: number;
+  /** Part of the replica identity (the primary key, the chosen index, or every column for FULL). */
+  isKey: boolean;
+}
+
+export type ReplicaIdentity = 'default' | 'nothing' | 'full' | 'index';
+
+export interface Relation {
+  oid: number;
+  schema: string;
+  name: string;
+  replicaIdentity: ReplicaIdentity;
+  columns: Column[];
+}
+
+export type Operation = 'insert' | 'update' | 'delete' | 'truncate';
+
+export interface RowChange {
+  op: 'insert' | 'update' | 'delete';
+  /** Index into the batch's relations. */
+  relation: number;
+  version: Version;
+  /** New row for insert/update. */
+  row?: Value[];
+  /** Old key (or whole old row with REPLICA IDENTITY FULL) for update/delete, when Postgres sent one. */
+  old?: Value[];
+}
+
+export interface TruncateChange {
+  op: 'truncate';
+  relations: number[];
+  version: Version;
+  cascade: boolean;
+  restartIdentity: boolean;
+}
+
+export type Change = RowChange | TruncateChange;
+
+/** Set on batches that carry a slice of a table copy rather than streamed changes. */
+export interface CopyChunk {
+  /** Index into the batch's relations. */
+  relation: number;
+  rows: Value[][];
+  /** The snapshot LSN the copy was read at: its rows have version (snapshotLsn, 0). */
+  snapshotLsn: Lsn;
+  /** Chunk number within this table's copy, from 0; chunk 0 replaces whatever the table held. */
+  chunk: number;
+  /** True on the table's last chunk: after it the copy is complete. */
+  last: boolean;
+}
+
+export interface Batch {
+  pipeline: string;
+  partition: number;
+  /** Producer run that made the batch, and the batch's number within its partition in that run. */
+  epoch: number;
+  seq: number;
+  relations: Relation[];
+  /** Streamed changes, in commit order; empty on copy batches. */
+  changes: Change[];
+  copy?: CopyChunk;
+}
+
+export function qualifiedName(relation: { schema: string; name: string }): string {
+  return `${relation.schema}.${relation.name}`;
+}

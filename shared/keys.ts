@@ -1,0 +1,43 @@
+/**
+ * Every Redis key and BullMQ queue name in one place. Keys carry a Redis Cluster hash tag so a
+ * pipeline's own keys, and each queue's keys, stay in one slot.
+ */
+export const QUEUE_PREFIX = 'pgr';
+
+export const NAME_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+
+export const keys = {
+  /** Hash: slot, partitions, copy state, destinations and the running producer's epoch. */
+  state: (pipeline: string) => `pgr:{${pipeline}}:state`,
+  /** Hash partition → "epoch:seq" of the last batch this destination applied durably. */
+  applied: (pipeline: string, destination: string) => `pgr:{${pipeline}}:applied:${destination}`,
+  /** Hash partition → JSON health of this destination's partition (ok, retrying, parked + error). */
+  health: (pipeline: string, destination: string) => `pgr:{${pipeline}}:health:${destination}`,
+  /** Hash table → JSON state, for destinations that have no store of their own (stdout). */
+  tableStates: (pipeline: string, destination: string) => `pgr:{${pipeline}}:tables:${destination}`,
+};
+
+export function queueName(pipeline: string, destination: string, partition: number): string {
+  return `{${pipeline}.${destination}.${partition}}`;
+}
+
+/** Which partition a table's changes go to: FNV-1a of "schema.table", stable across processes and versions. */
+export function partitionOf(qualifiedTable: string, partitions: number): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < qualifiedTable.length; i++) {
+    hash ^= qualifiedTable.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193) >>> 0;
+  }
+  return hash % partitions;
+}
+
+/** The applied marker a consumer writes after a batch: which producer run and which batch. */
+export function formatApplied(epoch: number, seq: number): string {
+  return `${epoch}:${seq}`;
+}
+
+export function parseApplied(text: string | undefined): { epoch: number; seq: number } | undefined {
+  if (!text) return undefined;
+  const [epoch, seq] = text.split(':').map(Number);
+  return { epoch, seq };
+}

@@ -1,0 +1,54 @@
+import { Redis } from 'ioredis';
+import { keys, parseApplied } from './keys.js';
+
+/**
+ * A Redis connection that never gives up on a command while Redis restarts (BullMQ requires
+ * maxRetriesPerRequest: null for its blocking connections, and we want the same everywhere).
+ */
+export function connectRedis(url: string): Redis {
+  return new Redis(url, { maxRetriesPerRequest: null, lazyConnect: false, enableReadyCheck: true });
+}
+
+/** What the producer records about a pipeline in Redis. Redis is a buffer: losing this forces a fresh copy. */
+export interface PipelineState {
+  slot: string;
+  publication: string;
+  partitions: number;
+  destinations: string[];
+  /** The running producer's epoch; its disappearance tells the producer Redis lost its data. */
+  epoch: number;
+  /** 'started' while copying, 'enqueued' once every row is queued, 'done' once every destination applied it. */
+  copy?: 'started' | 'enqueued' | 'done';
+}
+
+export async function readPipelineState(redis: Redis, pipeline: string): Promise<PipelineState | undefined> {
+  const raw = await redis.hgetall(keys.state(pipeline));
+  if (!raw.slot) return undefined;
+  return {
+    slot: raw.slot,
+    publication: raw.publication,
+    partitions: Number(raw.partitions),
+    destinations: JSON.parse(raw.destinations ?? '[]'),
+    epoch: Number(raw.epoch),
+    ...(raw.copy ? { copy: raw.copy as PipelineState['copy'] } : {}),
+  };
+}
+
+export async function writePipelineState(redis: Redis, pipeline: string, state: Partial<PipelineState>): Promise<void> {
+  const fields: Record<string, string> = {};
+  for (const [field, value] of Object.entries(state)) {
+    if (value !== undefined) fields[field] = typeof value === 'string' ? value : JSON.stringify(value);
+  }
+  await redis.hset(keys.state(pipeline), fields);
+}
+
+/** The applied marks of one destination: partition → last batch applied. */
+export async function readApplied(redis: Redis, pipeline: string, destination: string): Promise<Map<number, { epoch: number; seq: number }>> {
+  const raw = await redis.hgetall(keys.applied(pipeline, destination));
+  const marks = new Map<number, { epoch: number; seq: number }>();
+  for (const [partition, text] of Object.entries(raw)) {
+    const mark = parseApplied(text);
+    if (mark) marks.set(Number(partition), mark);
+  }
+  return marks;
+}

@@ -1,0 +1,76 @@
+import test from 'ava';
+import { join } from 'node:path';
+import { CliProcess, currentWalLsn, waitFor, duckdbRows, names, postgresRows, tempDir, waitForSlotAt } from './support/pipeline.js';
+import { type PostgresServer, type RedisServer, startPostgres, startRedis } from './support/services.js';
+
+let pg: PostgresServer;
+let redis: RedisServer;
+
+test.before(async () => {
+  [pg, redis] = await Promise.all([startPostgres(), startRedis()]);
+});
+test.after.always(async () => {
+  await Promise.all([pg?.stop(), redis?.stop()]);
+});
+
+const ORDER_COLUMNS = ['region', 'order_id', 'customer', 'amount', 'paid', 'note'];
+const ITEM_COLUMNS = ['id', 'sku', 'qty'];
+
+test('copies a publication of several tables, then streams inserts, updates, deletes and truncate into DuckDB and stdout', async (t) => {
+  const { pipeline, slot, publication } = names('e2e');
+  await pg.query(`
+    CREATE TABLE orders (region text, order_id bigint, customer text, amount numeric(12,2), paid boolean, note text, PRIMARY KEY (region, order_id));
+    CREATE TABLE items (id serial PRIMARY KEY, sku text NOT NULL, qty int);
+    CREATE TABLE not_published (id int PRIMARY KEY);
+    INSERT INTO orders SELECT (ARRAY['eu','us','apac'])[1 + g % 3], g, 'customer ' || g, g * 1.25, g % 2 = 0, CASE WHEN g % 5 = 0 THEN NULL ELSE E'line\\twith\\nescapes ' || g END FROM generate_series(1, 30000) g;
+    INSERT INTO items (sku, qty) SELECT 'sku-' || g, g FROM generate_series(1, 5000) g;
+    CREATE PUBLICATION ${publication} FOR TABLE orders, items;
+  `);
+  const dir = tempDir();
+  const path = join(dir, 'analytics.duckdb');
+  const common = ['--pipeline', pipeline, '--redis-url', redis.url];
+  const producer = new CliProcess(['producer', '--pg-url', pg.url, '--publication', publication, '--slot', slot, '--destinations', 'analytics,console', ...common]);
+  const duckdb = new CliProcess(['consumer', 'duckdb', '--name', 'analytics', '--path', path, ...common]);
+  const stdout = new CliProcess(['consumer', 'stdout', '--name', 'console', ...common]);
+  try {
+    await waitFor('the copy to be applied', async () => (await redis.client.hget(`pgr:{${pipeline}}:state`, 'copy')) === 'done');
+    await pg.query(`
+      INSERT INTO orders VALUES ('eu', 100001, 'new customer', 10.50, false, 'fresh');
+      UPDATE orders SET amount = amount + 1, note = 'updated' WHERE order_id % 7 = 0;
+      UPDATE orders SET order_id = order_id + 1000000 WHERE order_id BETWEEN 10 AND 20;
+      DELETE FROM orders WHERE order_id % 11 = 0;
+      UPDATE items SET qty = qty * 2 WHERE id <= 100;
+      DELETE FROM items WHERE id > 4000;
+    `);
+    await pg.query('BEGIN');
+    await pg.query("INSERT INTO items (sku, qty) VALUES ('short-lived', 1)");
+    await pg.query("DELETE FROM items WHERE sku = 'short-lived'");
+    await pg.query('COMMIT');
+    await pg.query('INSERT INTO not_published VALUES (1)');
+    await waitForSlotAt(pg, slot, await currentWalLsn(pg));
+    await pg.query('TRUNCATE items');
+    await pg.query("INSERT INTO items (sku, qty) VALUES ('after-truncate', 7)");
+    await waitForSlotAt(pg, slot, await currentWalLsn(pg));
+  } finally {
+    await Promise.all([producer.stop(), duckdb.stop(), stdout.stop()]);
+  }
+  t.deepEqual(await duckdbRows(path, 'public.orders', ORDER_COLUMNS), await postgresRows(pg, 'orders', ORDER_COLUMNS));
+  t.deepEqual(await duckdbRows(path, 'public.items', ITEM_COLUMNS), await postgresRows(pg, 'items', ITEM_COLUMNS));
+  t.true((await postgresRows(pg, 'orders', ORDER_COLUMNS)).length > 27_000);
+
+  const lines = stdout.stdout.trim().split('\n').map((line) => JSON.parse(line));
+  const backfill = lines.filter((line) => line.backfill);
+  t.deepEqual({ orders: backfill.filter((line) => line.table === 'public.orders').length, items: backfill.filter((line) => line.table === 'public.items').length }, { orders: 30000, items: 5000 });
+  t.deepEqual(lines.find((line) => line.backfill && line.table === 'public.items' && line.row.id === 1), {
+    table: 'public.items', op: 'insert', lsn: backfill[0].lsn, backfill: true, row: { id: 1, sku: 'sku-1', qty: 1 },
+  });
+  const streamed = lines.filter((line) => !line.backfill);
+  const inserted = streamed.find((line) => line.op === 'insert' && line.table === 'public.orders');
+  t.deepEqual(inserted?.row, { region: 'eu', order_id: 100001, customer: 'new customer', amount: 10.50, paid: false, note: 'fresh' });
+  t.regex(inserted!.lsn, /^[0-9A-F]+\/[0-9A-F]+$/);
+  t.true(streamed.some((line) => line.op === 'update' && line.table === 'public.orders' && line.row.note === 'updated'));
+  t.true(streamed.some((line) => line.op === 'delete' && line.table === 'public.items' && line.old.id === 4001 && !('sku' in line.old)));
+  t.deepEqual(streamed.filter((line) => line.op === 'truncate').map((line) => line.table), ['public.items']);
+  t.is(streamed.at(-1).row.sku, 'after-truncate');
+  t.false(lines.some((line) => line.table === 'public.not_published'));
+});

@@ -1,0 +1,108 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { DuckDBInstance } from '@duckdb/node-api';
+import type { PostgresServer } from './services.js';
+
+export const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'cli', 'index.js');
+
+/** A pg-replicate CLI process, with everything it printed kept for assertions. */
+export class CliProcess {
+  readonly child: ChildProcess;
+  stdout = '';
+  stderr = '';
+  readonly exited: Promise<number | null>;
+
+  constructor(args: string[], env: Record<string, string> = {}) {
+    this.child = spawn(process.execPath, [CLI, ...args], {
+      env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'info', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.child.stdout!.on('data', (data) => (this.stdout += data));
+    this.child.stderr!.on('data', (data) => (this.stderr += data));
+    this.exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
+  }
+
+  kill9(): Promise<number | null> {
+    this.child.kill('SIGKILL');
+    return this.exited;
+  }
+
+  async stop(): Promise<number | null> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return this.exited;
+    this.child.kill('SIGTERM');
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 30_000);
+    const code = await this.exited;
+    clearTimeout(timer);
+    return code;
+  }
+}
+
+export function runCli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const process = new CliProcess(args, env);
+  return process.exited.then((code) => ({ code, stdout: process.stdout, stderr: process.stderr }));
+}
+
+export function tempDir(): string {
+  return mkdtempSync(join(tmpdir(), 'pgr-test-'));
+}
+
+let counter = 0;
+/** Names unique to one test: pipeline, slot, publication. */
+export function names(prefix: string) {
+  const id = `${prefix}_${process.pid}_${++counter}`;
+  return { pipeline: id, slot: `s_${id}`.toLowerCase(), publication: `p_${id}` };
+}
+
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 120_000): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await sleep(200);
+  }
+}
+
+export async function currentWalLsn(pg: PostgresServer): Promise<string> {
+  return (await pg.query('SELECT pg_current_wal_insert_lsn()::text AS lsn')).rows[0].lsn;
+}
+
+export async function slotConfirmed(pg: PostgresServer, slot: string): Promise<string | undefined> {
+  return (await pg.query('SELECT confirmed_flush_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = $1', [slot])).rows[0]?.lsn ?? undefined;
+}
+
+/** Waits until the slot's confirmed LSN reaches target: every destination has applied everything before it. */
+export async function waitForSlotAt(pg: PostgresServer, slot: string, target: string, timeoutMs = 120_000): Promise<void> {
+  await waitFor(`slot ${slot} to confirm ${target}`, async () => {
+    const row = (await pg.query('SELECT confirmed_flush_lsn >= $2::pg_lsn AS reached FROM pg_replication_slots WHERE slot_name = $1', [slot, target])).rows[0];
+    return row?.reached === true;
+  }, timeoutMs);
+}
+
+/** Rows of a table as sorted arrays of text, comparable between Postgres and DuckDB. */
+export async function postgresRows(pg: PostgresServer, table: string, columns: string[]): Promise<string[]> {
+  const result = await pg.query(`SELECT ${columns.map((column) => `${column}::text`).join(', ')} FROM ${table}`);
+  return result.rows.map((row) => JSON.stringify(Object.values(row).map((value) => normalise(value as string | null)))).sort();
+}
+
+export async function duckdbRows(path: string, table: string, columns: string[]): Promise<string[]> {
+  const instance = await DuckDBInstance.create(path, { access_mode: 'READ_ONLY' });
+  const connection = await instance.connect();
+  try {
+    const reader = await connection.runAndReadAll(`SELECT ${columns.map((column) => `CAST(${column} AS VARCHAR)`).join(', ')} FROM ${table}`);
+    return reader.getRows().map((row) => JSON.stringify(row.map((value) => normalise(value === null ? null : String(value))))).sort();
+  } finally {
+    connection.closeSync();
+    instance.closeSync();
+  }
+}
+
+function normalise(value: string | null): string | null {
+  if (value === 't' || value === 'true') return 'true';
+  if (value === 'f' || value === 'false') return 'false';
+  return value;
+}

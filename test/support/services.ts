@@ -1,0 +1,163 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
+import { Redis } from 'ioredis';
+
+/**
+ * Real services for the tests: our own Postgres cluster (wal_level=logical) and our own
+ * redis-server, on free ports, never the system's. PG_URL / REDIS_URL, when set, are used
+ * instead (each test file then gets its own database; the Redis is flushed by some tests).
+ */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
+function postgresBinDir(): string {
+  const base = '/usr/lib/postgresql';
+  if (!existsSync(base)) throw new Error('no Postgres server binaries in /usr/lib/postgresql: install postgresql (see .ci/run) or set PG_URL');
+  const version = readdirSync(base).sort((a, b) => Number(b) - Number(a))[0];
+  return join(base, version, 'bin');
+}
+
+export interface PostgresServer {
+  url: string;
+  query: (sql: string, params?: unknown[]) => Promise<pg.QueryResult>;
+  stop: () => Promise<void>;
+}
+
+export async function startPostgres(): Promise<PostgresServer> {
+  if (process.env.PG_URL) return useDatabase(process.env.PG_URL);
+  const bin = postgresBinDir();
+  const dir = mkdtempSync(join(tmpdir(), 'pgr-pg-'));
+  chmodSync(dir, 0o755);
+  const asPostgres = process.getuid?.() === 0;
+  const postgresUser = asPostgres ? Number(execFileSync('id', ['-u', 'postgres']).toString().trim()) : undefined;
+  const postgresGroup = asPostgres ? Number(execFileSync('id', ['-g', 'postgres']).toString().trim()) : undefined;
+  if (postgresUser !== undefined) chownSync(dir, postgresUser, postgresGroup!);
+  const run = (command: string, args: string[]) =>
+    asPostgres ? execFileSync('runuser', ['-u', 'postgres', '--', join(bin, command), ...args], { stdio: 'pipe' }) : execFileSync(join(bin, command), args, { stdio: 'pipe' });
+  const data = join(dir, 'data');
+  run('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync', '-E', 'UTF8', '--locale', 'C']);
+  const port = await freePort();
+  const settings = [
+    `-p ${port}`,
+    '-c listen_addresses=127.0.0.1',
+    `-c unix_socket_directories=${dir}`,
+    '-c wal_level=logical',
+    '-c max_replication_slots=20',
+    '-c max_wal_senders=20',
+    '-c fsync=off',
+    '-c synchronous_commit=off',
+    '-c full_page_writes=off',
+    '-c shared_buffers=128MB',
+    '-c max_connections=200',
+  ].join(' ');
+  run('pg_ctl', ['-D', data, '-o', settings, '-l', join(dir, 'log'), '-w', 'start']);
+  const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  const server = await useDatabase(url, false);
+  return {
+    ...server,
+    stop: async () => {
+      await server.stop();
+      try {
+        run('pg_ctl', ['-D', data, '-m', 'immediate', 'stop']);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  };
+}
+
+/** With an external server, each test file gets a database of its own. */
+async function useDatabase(url: string, createOwn = true): Promise<PostgresServer> {
+  let target = url;
+  if (createOwn) {
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    const name = `pgr_test_${process.pid}_${Math.floor(Math.random() * 1e6)}`;
+    await admin.query(`CREATE DATABASE ${name}`);
+    await admin.end();
+    const parsed = new URL(url);
+    parsed.pathname = `/${name}`;
+    target = parsed.toString();
+  }
+  const pool = new pg.Pool({ connectionString: target, max: 4 });
+  return {
+    url: target,
+    query: (sql, params) => pool.query(sql, params as unknown[]),
+    stop: async () => {
+      await pool.end();
+    },
+  };
+}
+
+export interface RedisServer {
+  url: string;
+  client: Redis;
+  /** Kills the server and starts a new, empty one on the same port. */
+  restart: () => Promise<void>;
+  stop: () => Promise<void>;
+}
+
+export async function startRedis(): Promise<RedisServer> {
+  if (process.env.REDIS_URL) {
+    const client = new Redis(process.env.REDIS_URL);
+    return {
+      url: process.env.REDIS_URL,
+      client,
+      restart: async () => {
+        throw new Error('cannot restart an external Redis (REDIS_URL)');
+      },
+      stop: async () => client.disconnect(),
+    };
+  }
+  const port = await freePort();
+  let server: ChildProcess;
+  const launch = async () => {
+    server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    for (let i = 0; i < 100; i++) {
+      const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null });
+      probe.on('error', () => {});
+      try {
+        await probe.connect();
+        await probe.ping();
+        probe.disconnect();
+        return;
+      } catch {
+        probe.disconnect();
+        await sleep(50);
+      }
+    }
+    throw new Error('redis-server did not start');
+  };
+  await launch();
+  const url = `redis://127.0.0.1:${port}`;
+  const client = new Redis(url, { maxRetriesPerRequest: null });
+  client.on('error', () => {});
+  const exited = () => new Promise((resolve) => (server.exitCode !== null ? resolve(null) : server.once('exit', resolve)));
+  return {
+    url,
+    client,
+    restart: async () => {
+      server.kill('SIGKILL');
+      await exited();
+      await launch();
+    },
+    stop: async () => {
+      client.disconnect();
+      server.kill('SIGKILL');
+      await exited();
+    },
+  };
+}
