@@ -66,6 +66,8 @@ const MAX_PENDING_ADDS = 256;
 export class Producer {
   private readonly redis: Redis;
   private acknowledged: Lsn = 0n;
+  /** Every destination has applied the copy for the current slot: survives Redis losing its record of it. */
+  private copyApplied = false;
 
   constructor(private readonly options: ProducerOptions) {
     this.redis = connectRedis(options.redisUrl);
@@ -107,11 +109,10 @@ export class Producer {
     const { options } = this;
     const previous = await readPipelineState(this.redis, options.pipeline);
     const epoch = Math.max(Date.now(), (previous?.epoch ?? 0) + 1);
-    const slot = await this.slotInfo();
-    if (slot?.active) {
-      throw new Error(`replication slot ${options.slot} is in use by another process (pid ${slot.activePid}); only one producer may run per pipeline`);
-    }
-    const needsCopy = options.mode === 'copy' || (options.mode === 'both' && (!slot || previous?.copy !== 'done' || previous.slot !== options.slot));
+    const slot = await this.inactiveSlot(signal);
+    if (!slot) this.copyApplied = false;
+    const copyApplied = this.copyApplied || (previous?.copy === 'done' && previous.slot === options.slot);
+    const needsCopy = options.mode === 'copy' || (options.mode === 'both' && (!slot || !copyApplied));
     if (needsCopy && previous && !previous.copy && slot) {
       log.warn('Redis holds no record of a finished copy for this slot (was Redis wiped?): copying every table again');
     }
@@ -135,12 +136,14 @@ export class Producer {
         partitions: options.partitions,
         destinations: options.destinations,
         epoch,
+        ...(copyApplied && !needsCopy ? { copy: 'done' as const } : {}),
       });
       const sequencer = new Sequencer(options.partitions);
       const tracker = new AckTracker(epoch);
-      const watcher = new AppliedWatcher(this.redis, options, epoch, queues, sequencer, tracker);
+      const watcher = new AppliedWatcher(this.redis, options, epoch, queues, sequencer, tracker, () => (this.copyApplied = true));
 
       if (needsCopy) {
+        this.copyApplied = false;
         if (slot) await this.dropSlot();
         await writePipelineState(this.redis, options.pipeline, { copy: 'started' });
         const created = await replication.createSlot(options.slot, true);
@@ -396,6 +399,18 @@ export class Producer {
     }
   }
 
+  /** The slot, once no other walsender holds it (a previous session's may take a moment to exit). */
+  private async inactiveSlot(signal: AbortSignal) {
+    for (let attempt = 0; ; attempt++) {
+      const slot = await this.slotInfo();
+      if (!slot?.active) return slot;
+      if (attempt >= 50 || signal.aborted) {
+        throw new Error(`replication slot ${this.options.slot} is in use by another process (pid ${slot.activePid}); only one producer may run per pipeline`);
+      }
+      await sleep(200);
+    }
+  }
+
   private async slotInfo(): Promise<{ confirmedFlush: Lsn; active: boolean; activePid: number | null } | undefined> {
     const client = await connectPostgres(this.options.pgUrl, 'pg-replicate producer');
     try {
@@ -440,6 +455,7 @@ class AppliedWatcher {
     private readonly queues: BatchQueues,
     private readonly sequencer: Sequencer,
     private readonly tracker: AckTracker,
+    private readonly onCopyApplied: () => void,
   ) {}
 
   /** Returns true when the acknowledgeable LSN moved. */
@@ -454,7 +470,10 @@ class AppliedWatcher {
     }
     this.backlog = this.measureBacklog(applied);
     const { ackLsn, copyConfirmed } = this.tracker.advance(applied);
-    if (copyConfirmed) await writePipelineState(this.redis, this.options.pipeline, { copy: 'done' });
+    if (copyConfirmed) {
+      this.onCopyApplied();
+      await writePipelineState(this.redis, this.options.pipeline, { copy: 'done' });
+    }
     if (ackLsn === undefined) return false;
     onAck(ackLsn);
     return true;

@@ -106,3 +106,83 @@ function normalise(value: string | null): string | null {
   if (value === 'f' || value === 'false') return 'false';
   return value;
 }
+
+/** A pipeline under test: its names, and how to start its producer and consumers as CLI processes. */
+export class TestPipeline {
+  readonly pipeline: string;
+  readonly slot: string;
+  readonly publication: string;
+  readonly dir = tempDir();
+
+  constructor(
+    private readonly pg: PostgresServer,
+    private readonly redisUrl: string,
+    prefix: string,
+    private readonly destinations: string[],
+  ) {
+    ({ pipeline: this.pipeline, slot: this.slot, publication: this.publication } = names(prefix));
+  }
+
+  private get common(): string[] {
+    return ['--pipeline', this.pipeline, '--redis-url', this.redisUrl];
+  }
+
+  producer(extra: string[] = []): CliProcess {
+    return new CliProcess(['producer', '--pg-url', this.pg.url, '--publication', this.publication, '--slot', this.slot, '--destinations', this.destinations.join(','), ...this.common, ...extra]);
+  }
+
+  duckdbPath(name: string): string {
+    return join(this.dir, `${name}.duckdb`);
+  }
+
+  duckdb(name: string): CliProcess {
+    return new CliProcess(['consumer', 'duckdb', '--name', name, '--path', this.duckdbPath(name), '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common]);
+  }
+
+  stdout(name: string): CliProcess {
+    return new CliProcess(['consumer', 'stdout', '--name', name, ...this.common]);
+  }
+
+  async waitForCopy(redis: { hget(key: string, field: string): Promise<string | null> }): Promise<void> {
+    await waitFor('the copy to be applied by every destination', async () => (await redis.hget(`pgr:{${this.pipeline}}:state`, 'copy')) === 'done');
+  }
+
+  /** Waits until every destination applied everything written so far (the slot confirms the current WAL position). */
+  async waitForCatchUp(timeoutMs?: number): Promise<void> {
+    await waitForSlotAt(this.pg, this.slot, await currentWalLsn(this.pg), timeoutMs);
+  }
+}
+
+/**
+ * A write load of small transactions: updates of a keyed table, inserts and deletes in a
+ * ledger, and every few rounds two transactions committed back to back in one round trip.
+ */
+export async function writeLoad(pg: PostgresServer, rounds: number, pauseMs = 5): Promise<void> {
+  for (let round = 1; round <= rounds; round++) {
+    const id = 1 + (round % 200);
+    if (round % 5 === 0) {
+      await pg.query(`BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = ${id}; COMMIT; BEGIN; INSERT INTO ledger (account, amount) VALUES (${id}, ${round}); COMMIT;`);
+    } else if (round % 7 === 0) {
+      await pg.query(`DELETE FROM ledger WHERE id = (SELECT min(id) FROM ledger)`);
+    } else {
+      await pg.query(`BEGIN; UPDATE accounts SET balance = balance - 1, note = 'r${round}' WHERE id = ${id}; INSERT INTO ledger (account, amount) VALUES (${id}, -${round}); INSERT INTO events VALUES (${round}, 'e${round}'); COMMIT;`);
+    }
+    if (pauseMs > 0) await sleep(pauseMs);
+  }
+}
+
+export const LOAD_SCHEMA = (publication: string) => `
+  CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);
+  CREATE TABLE ledger (id bigserial PRIMARY KEY, account int, amount bigint);
+  CREATE TABLE events (n int, label text);
+  ALTER TABLE events REPLICA IDENTITY FULL;
+  INSERT INTO accounts SELECT g, 1000, 'seed' FROM generate_series(1, 200) g;
+  INSERT INTO ledger (account, amount) SELECT g % 200, g FROM generate_series(1, 2000) g;
+  CREATE PUBLICATION ${publication} FOR TABLE accounts, ledger, events;
+`;
+
+export const LOAD_TABLES: [string, string[]][] = [
+  ['accounts', ['id', 'balance', 'note']],
+  ['ledger', ['id', 'account', 'amount']],
+  ['events', ['n', 'label']],
+];
