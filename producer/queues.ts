@@ -16,8 +16,8 @@ export class BatchQueues {
   private inFlight = 0;
 
   constructor(
-    private readonly redis: Redis,
-    private readonly pipeline: string,
+    redis: Redis,
+    pipeline: string,
     readonly destinations: string[],
     readonly partitions: number,
   ) {
