@@ -41,7 +41,7 @@ program
   .addOption(new Option('--copy-connections <n>', 'parallel connections for the table copy').default(PRODUCER_DEFAULTS.copyConnections).argParser(integer))
   .addOption(new Option('--copy-chunk-rows <n>', 'rows per copy batch').default(PRODUCER_DEFAULTS.copyChunkRows).argParser(integer))
   .action(async (flags) => {
-    const config = validate(producerConfig, { ...flags, destinations: splitList(flags.destinations) });
+    const config = validate(producerConfig, { ...flags, destinations: splitList(flags.destinations) ?? [] });
     const producer = new Producer(config);
     await runUntilStopped((signal) => producer.run(signal), () => producer.close());
   });

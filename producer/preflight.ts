@@ -42,7 +42,7 @@ export async function checkRedis(redis: Redis): Promise<void> {
   try {
     await Promise.race([
       redis.ping(),
-      new Promise((_, reject) => setTimeout(() => reject(new Error('no answer within 10 s')), 10_000)),
+      new Promise((_, reject) => setTimeout(() => reject(new Error('no answer within 5 s')), 5_000)),
     ]);
   } catch (error) {
     throw new UserError(`Cannot reach Redis (${errorMessage(error)}). Check --redis-url / REDIS_URL and that Redis is running.`);

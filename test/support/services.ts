@@ -36,8 +36,8 @@ export interface PostgresServer {
   stop: () => Promise<void>;
 }
 
-export async function startPostgres(): Promise<PostgresServer> {
-  if (process.env.PG_URL) return useDatabase(process.env.PG_URL);
+export async function startPostgres(options: { walLevel?: 'logical' | 'replica' } = {}): Promise<PostgresServer> {
+  if (process.env.PG_URL && !options.walLevel) return useDatabase(process.env.PG_URL);
   const bin = postgresBinDir();
   const dir = mkdtempSync(join(tmpdir(), 'pgr-pg-'));
   chmodSync(dir, 0o755);
@@ -54,7 +54,7 @@ export async function startPostgres(): Promise<PostgresServer> {
     `-p ${port}`,
     '-c listen_addresses=127.0.0.1',
     `-c unix_socket_directories=${dir}`,
-    '-c wal_level=logical',
+    `-c wal_level=${options.walLevel ?? 'logical'}`,
     '-c max_replication_slots=20',
     '-c max_wal_senders=20',
     '-c fsync=off',

@@ -1,0 +1,84 @@
+import test from 'ava';
+import { names, runCli } from './support/pipeline.js';
+import { type PostgresServer, type RedisServer, freePort, startPostgres, startRedis } from './support/services.js';
+
+let pg: PostgresServer;
+let replicaOnly: PostgresServer;
+let redis: RedisServer;
+
+test.before(async () => {
+  [pg, replicaOnly, redis] = await Promise.all([startPostgres(), startPostgres({ walLevel: 'replica' }), startRedis()]);
+});
+test.after.always(async () => {
+  await Promise.all([pg?.stop(), replicaOnly?.stop(), redis?.stop()]);
+});
+
+const producer = (pgUrl: string, extra: string[] = []) => {
+  const { pipeline, slot, publication } = names('cli');
+  return ['producer', '--pg-url', pgUrl, '--redis-url', redis.url, '--pipeline', pipeline, '--slot', slot, '--publication', publication, '--destinations', 'a', ...extra];
+};
+
+test('--help works on every command', async (t) => {
+  for (const command of [[], ['producer'], ['consumer'], ['consumer', 'duckdb'], ['consumer', 'stdout'], ['run'], ['status']]) {
+    const result = await runCli([...command, '--help']);
+    t.is(result.code, 0, command.join(' '));
+    t.regex(result.stdout, /Usage: pg-replicate/, command.join(' '));
+  }
+});
+
+test('an unknown flag exits 2 and says so', async (t) => {
+  const result = await runCli(['producer', '--no-such-flag']);
+  t.is(result.code, 2);
+  t.regex(result.stderr, /unknown option '--no-such-flag'/);
+});
+
+test('missing and malformed flags exit 2 naming each flag', async (t) => {
+  const result = await runCli(['producer', '--pg-url', 'mysql://x', '--slot', 'Bad-Slot'], { PG_URL: '', REDIS_URL: '', PIPELINE_ID: '', PUBLICATION: '', SLOT: '', DESTINATIONS: '' });
+  t.is(result.code, 2);
+  t.regex(result.stderr, /--pg-url \(PG_URL\) must be a URL starting with postgres:\/\//);
+  t.regex(result.stderr, /--redis-url \(REDIS_URL\) is required/);
+  t.regex(result.stderr, /--slot \(SLOT\) may use only lower-case letters/);
+  t.regex(result.stderr, /--destinations needs at least one destination/);
+});
+
+test('an unreachable Postgres exits 2 with advice and without the password', async (t) => {
+  const port = await freePort();
+  const result = await runCli(producer(`postgres://replicator:sup3r-secret@127.0.0.1:${port}/db`));
+  t.is(result.code, 2);
+  t.regex(result.stderr, /Cannot connect to Postgres .*Check --pg-url/);
+  t.false(result.stderr.includes('sup3r-secret'));
+});
+
+test('wal_level other than logical exits 2 with the setting to change', async (t) => {
+  const result = await runCli(producer(replicaOnly.url));
+  t.is(result.code, 2);
+  t.regex(result.stderr, /wal_level=replica, but logical replication needs wal_level=logical/);
+});
+
+test('a missing publication exits 2 with the statement to create it', async (t) => {
+  const result = await runCli(producer(pg.url));
+  t.is(result.code, 2);
+  t.regex(result.stderr, /Publication "p_cli_\w+" does not exist.*CREATE PUBLICATION/);
+});
+
+test('an unreachable Redis exits 2', async (t) => {
+  await pg.query('CREATE PUBLICATION p_redis_down FOR ALL TABLES');
+  const port = await freePort();
+  const args = producer(pg.url, ['--redis-url', `redis://:pw-secret@127.0.0.1:${port}`, '--publication', 'p_redis_down']);
+  const result = await runCli(args);
+  t.is(result.code, 2);
+  t.regex(result.stderr, /Cannot reach Redis/);
+  t.false(result.stderr.includes('pw-secret'));
+});
+
+test('status of an unknown pipeline exits 2', async (t) => {
+  const result = await runCli(['status', '--pipeline', 'nope', '--redis-url', redis.url]);
+  t.is(result.code, 2);
+  t.regex(result.stderr, /Redis has no pipeline "nope"/);
+});
+
+test('a DuckDB path that cannot be opened exits 2', async (t) => {
+  const result = await runCli(['consumer', 'duckdb', '--name', 'x', '--pipeline', 'p', '--redis-url', redis.url, '--path', '/nonexistent/dir/x.duckdb']);
+  t.is(result.code, 2);
+  t.regex(result.stderr, /Cannot open DuckDB database \/nonexistent\/dir\/x.duckdb/);
+});
