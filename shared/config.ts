@@ -53,7 +53,9 @@ export const runnerConfig = z.object({
 
 /** Parses with a schema, turning every problem into one UserError that lists them all. */
 export function validate<T extends z.ZodType>(schema: T, input: unknown): z.infer<T> {
-  const result = schema.safeParse(input);
+  // An empty flag or environment variable counts as not given.
+  const given = input && typeof input === 'object' ? Object.fromEntries(Object.entries(input).filter(([, value]) => value !== '')) : input;
+  const result = schema.safeParse(given);
   if (result.success) return result.data;
   const problems = result.error.issues.map((issue) => issue.message);
   throw new UserError(`Invalid configuration: ${[...new Set(problems)].join('; ')}. See --help.`);
