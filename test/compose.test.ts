@@ -1,0 +1,75 @@
+import test from 'ava';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse } from 'yaml';
+import { CliProcess, currentWalLsn, waitFor, duckdbRows, postgresRows, tempDir, waitForSlotAt } from './support/pipeline.js';
+import { type PostgresServer, type RedisServer, startPostgres, startRedis } from './support/services.js';
+
+/**
+ * No Docker engine runs here, so this test checks docker-compose.yml by carrying it out by hand:
+ * the demo SQL goes into our own Postgres, and every service built from our image runs as a
+ * process with that service's command and environment (hosts and volumes mapped to local ones).
+ */
+const ROOT = join(process.cwd());
+const compose = parse(readFileSync(join(ROOT, 'docker-compose.yml'), 'utf8'));
+const services: Record<string, { build?: string; image?: string; command: string[]; environment?: Record<string, string>; volumes?: string[]; depends_on?: unknown }> = compose.services;
+
+let pg: PostgresServer;
+let redis: RedisServer;
+
+test.before(async () => {
+  [pg, redis] = await Promise.all([startPostgres(), startRedis()]);
+});
+test.after.always(async () => {
+  await Promise.all([pg?.stop(), redis?.stop()]);
+});
+
+test('the compose file has Postgres with wal_level=logical, Redis, the producer and both consumers, and its references resolve', (t) => {
+  t.deepEqual(Object.keys(services).sort(), ['demo-traffic', 'duckdb', 'postgres', 'producer', 'redis', 'stdout']);
+  t.true(services.postgres.command.includes('wal_level=logical'));
+  for (const [name, service] of Object.entries(services)) {
+    t.true(Boolean(service.build ?? service.image), `${name} has an image or a build`);
+    if (service.build) t.true(existsSync(join(ROOT, service.build, 'Dockerfile')), `${name}'s build context has a Dockerfile`);
+    const dependencies = Array.isArray(service.depends_on) ? service.depends_on : Object.keys(service.depends_on ?? {});
+    for (const dependency of dependencies) t.truthy(services[dependency], `${name} depends on existing service ${dependency}`);
+    for (const volume of service.volumes ?? []) {
+      const source = volume.split(':')[0];
+      if (source.startsWith('.')) t.true(existsSync(join(ROOT, source)), `${name} mounts existing ${source}`);
+      else t.true(source in (compose.volumes ?? {}), `${name} uses declared volume ${source}`);
+    }
+  }
+  const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8');
+  t.regex(dockerfile, /ENTRYPOINT \["node", "dist\/cli\/index.js"\]/);
+  t.true(existsSync(join(ROOT, 'dist', 'cli', 'index.js')));
+});
+
+test('the compose services, run as processes, replicate the demo data and traffic', async (t) => {
+  await pg.query(readFileSync(join(ROOT, 'demo', 'init.sql'), 'utf8'));
+  const data = tempDir();
+  const local = (text: string) =>
+    text
+      .replace(/^postgres:\/\/.*$/, pg.url)
+      .replace(/^redis:\/\/.*$/, redis.url)
+      .replace(/^\/data\//, `${data}/`);
+  const run = (name: string) => {
+    const service = services[name];
+    const environment = Object.fromEntries(Object.entries(service.environment ?? {}).map(([key, value]) => [key, local(String(value))]));
+    return new CliProcess(service.command.map(local), environment);
+  };
+  const processes = ['producer', 'duckdb', 'stdout'].map(run);
+  const [, , stdout] = processes;
+  try {
+    const pipeline = services.producer.environment!.PIPELINE_ID;
+    await waitFor('the demo copy', async () => (await redis.client.hget(`pgr:{${pipeline}}:state`, 'copy')) === 'done');
+    for (let round = 0; round < 5; round++) await pg.query(readFileSync(join(ROOT, 'demo', 'write.sql'), 'utf8'));
+    await waitForSlotAt(pg, services.producer.environment!.SLOT, await currentWalLsn(pg));
+  } finally {
+    await Promise.all(processes.map((process) => process.stop()));
+  }
+  const path = join(data, 'analytics.duckdb');
+  t.deepEqual(await duckdbRows(path, 'public.customers', ['id', 'name', 'email']), await postgresRows(pg, 'customers', ['id', 'name', 'email']));
+  t.deepEqual(await duckdbRows(path, 'public.orders', ['id', 'customer_id', 'amount', 'status']), await postgresRows(pg, 'orders', ['id', 'customer_id', 'amount', 'status']));
+  const lines = stdout.stdout.trim().split('\n').map((line) => JSON.parse(line));
+  t.true(lines.filter((line) => line.table === 'public.orders' && !line.backfill).length >= 5);
+  t.true(lines.some((line) => line.table === 'public.customers' && line.backfill && line.row.email === 'customer1@example.com'));
+});
