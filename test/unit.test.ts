@@ -1,0 +1,164 @@
+import test from 'ava';
+import { AckTracker } from '../producer/acks.js';
+import { CopyTextParser, unescapeCopyText } from '../producer/copytext.js';
+import { decodePgoutput } from '../producer/pgoutput.js';
+import { planBatch } from '../consumers/plan.js';
+import { decodeBatch, encodeBatch } from '../shared/codec.js';
+import { type Batch, type Relation, UNCHANGED } from '../shared/events.js';
+import { partitionOf } from '../shared/keys.js';
+import { compareVersions, formatLsn, parseLsn } from '../shared/lsn.js';
+import { jsonFragment, numericPrecision, PgType } from '../shared/pgtypes.js';
+import { redact } from '../shared/errors.js';
+
+const relation: Relation = {
+  oid: 16384,
+  schema: 'public',
+  name: 'orders',
+  replicaIdentity: 'default',
+  columns: [
+    { name: 'id', typeOid: PgType.int8, typeModifier: -1, isKey: true },
+    { name: 'body', typeOid: PgType.text, typeModifier: -1, isKey: false },
+  ],
+};
+
+test('LSNs parse, print and compare like Postgres', (t) => {
+  t.is(parseLsn('16/B374D848'), 0x16b374d848n);
+  t.is(formatLsn(0x16b374d848n), '16/B374D848');
+  t.is(formatLsn(0n), '0/0');
+  t.throws(() => parseLsn('nope'), { message: /not an LSN/ });
+  t.true(compareVersions({ lsn: 5n, ordinal: 9 }, { lsn: 6n, ordinal: 1 }) < 0);
+  t.true(compareVersions({ lsn: 6n, ordinal: 2 }, { lsn: 6n, ordinal: 1 }) > 0);
+  t.is(compareVersions({ lsn: 6n, ordinal: 0 }, { lsn: 6n, ordinal: 0 }), 0);
+});
+
+test('the batch codec round-trips changes, truncates, copies and unchanged TOAST markers', (t) => {
+  const batch: Batch = {
+    pipeline: 'p',
+    partition: 3,
+    epoch: 1700000000000,
+    seq: 42,
+    relations: [relation],
+    changes: [
+      { op: 'insert', relation: 0, version: { lsn: 0x1_0000_0001n, ordinal: 1 }, row: ['1', 'a\tb'] },
+      { op: 'update', relation: 0, version: { lsn: 0x1_0000_0001n, ordinal: 2 }, row: ['2', UNCHANGED], old: ['1', null] },
+      { op: 'delete', relation: 0, version: { lsn: 0x1_0000_0001n, ordinal: 3 }, old: ['2', null] },
+      { op: 'truncate', relations: [0], version: { lsn: 0x2_0000_0000n, ordinal: 1 }, cascade: true, restartIdentity: false },
+    ],
+  };
+  t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))), batch);
+  const copy: Batch = { ...batch, changes: [], copy: { relation: 0, snapshotLsn: 77n, chunk: 2, last: true, rows: [['1', null]] } };
+  t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(copy)))), copy);
+  t.throws(() => decodeBatch({ ...encodeBatch(batch), v: 99 }), { message: /codec version 99 is not supported/ });
+});
+
+test('COPY text output splits into rows across chunk boundaries and unescapes', (t) => {
+  const parser = new CopyTextParser();
+  const text = Buffer.from('1\thello\\tworld\t\\N\n2\tline\\nbreak \\\\ é\tx\n');
+  const rows = [...parser.push(text.subarray(0, 9)), ...parser.push(text.subarray(9, 30)), ...parser.push(text.subarray(30))];
+  parser.end();
+  t.deepEqual(rows, [
+    ['1', 'hello\tworld', null],
+    ['2', 'line\nbreak \\ é', 'x'],
+  ]);
+  t.is(unescapeCopyText('a\\b\\f\\r\\v'), 'a\b\f\r\v');
+  const partial = new CopyTextParser();
+  partial.push(Buffer.from('1\tunfinished'));
+  t.throws(() => partial.end(), { message: /middle of a row/ });
+});
+
+test('pgoutput messages decode with values kept as text', (t) => {
+  const tuple = (values: (string | null | 'u')[]) => {
+    const parts: Buffer[] = [u16(values.length)];
+    for (const value of values) {
+      if (value === null) parts.push(Buffer.from('n'));
+      else if (value === 'u') parts.push(Buffer.from('u'));
+      else parts.push(Buffer.from('t'), u32(Buffer.byteLength(value)), Buffer.from(value));
+    }
+    return Buffer.concat(parts);
+  };
+  const begin = Buffer.concat([Buffer.from('B'), u64(0x10n), u64(5n), u32(777)]);
+  t.deepEqual(decodePgoutput(begin), { tag: 'begin', finalLsn: 0x10n, commitTime: 5n, xid: 777 });
+  const rel = Buffer.concat([Buffer.from('R'), u32(16384), Buffer.from('\0orders\0d'), u16(2), Buffer.from([1]), Buffer.from('id\0'), u32(20), u32(0xffffffff), Buffer.from([0]), Buffer.from('body\0'), u32(25), u32(0xffffffff)]);
+  t.deepEqual(decodePgoutput(rel), { tag: 'relation', oid: 16384, schema: 'pg_catalog', name: 'orders', replicaIdentity: 'default', columns: [
+    { isKey: true, name: 'id', typeOid: 20, typeModifier: -1 },
+    { isKey: false, name: 'body', typeOid: 25, typeModifier: -1 },
+  ] });
+  const update = Buffer.concat([Buffer.from('U'), u32(16384), Buffer.from('K'), tuple(['1', null]), Buffer.from('N'), tuple(['2', 'u'])]);
+  t.deepEqual(decodePgoutput(update), { tag: 'update', relation: 16384, old: ['1', null], row: ['2', UNCHANGED] });
+  const truncate = Buffer.concat([Buffer.from('T'), u32(2), Buffer.from([3]), u32(1), u32(2)]);
+  t.deepEqual(decodePgoutput(truncate), { tag: 'truncate', relations: [1, 2], cascade: true, restartIdentity: true });
+  const commit = Buffer.concat([Buffer.from('C'), Buffer.from([0]), u64(0x10n), u64(0x48n), u64(5n)]);
+  t.deepEqual(decodePgoutput(commit), { tag: 'commit', commitLsn: 0x10n, endLsn: 0x48n, commitTime: 5n });
+});
+
+test('planning skips changes at or below the table version and re-delivered copy chunks', (t) => {
+  const change = (lsn: bigint, ordinal: number, id: string) => ({ op: 'insert' as const, relation: 0, version: { lsn, ordinal }, row: [id, 'x'] });
+  const batch: Batch = { pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [relation], changes: [change(10n, 1, '1'), change(10n, 2, '2'), change(11n, 1, '3')] };
+  const states = new Map([['public.orders', { copyLsn: 5n, copyChunk: 0, copyDone: true, applied: { lsn: 10n, ordinal: 1 } }]]);
+  const plan = planBatch(batch, states);
+  t.deepEqual(plan.steps.flatMap((step) => (step.kind === 'changes' ? step.changes.map((c) => c.row![0]) : [])), ['2', '3']);
+  t.deepEqual(plan.states.get('public.orders')!.applied, { lsn: 11n, ordinal: 1 });
+  t.deepEqual(planBatch(batch, new Map([['public.orders', { ...states.get('public.orders')!, applied: { lsn: 11n, ordinal: 1 } }]])).steps, []);
+
+  const copy = (chunk: number): Batch => ({ ...batch, changes: [], copy: { relation: 0, snapshotLsn: 20n, chunk, last: false, rows: [['9', 'y']] } });
+  t.is(planBatch(copy(0), states).steps.length, 1, 'a new copy starts');
+  const copying = new Map([['public.orders', { copyLsn: 20n, copyChunk: 1, copyDone: false, applied: { lsn: 20n, ordinal: 0 } }]]);
+  t.is(planBatch(copy(1), copying).steps.length, 0, 'chunk 1 again is skipped');
+  t.is(planBatch(copy(2), copying).steps.length, 1, 'chunk 2 applies');
+  t.throws(() => planBatch(copy(3), copying), { message: /out of order/ });
+});
+
+test('the ack tracker releases transactions only in commit order and only when every destination applied them', (t) => {
+  const tracker = new AckTracker(7);
+  tracker.begin();
+  tracker.touch(0, 1);
+  tracker.commit(100n);
+  tracker.begin();
+  tracker.touch(1, 1);
+  tracker.commit(200n);
+  const marks = (a: [number, number][], b: [number, number][]) =>
+    new Map([
+      ['a', new Map(a.map(([partition, seq]) => [partition, { epoch: 7, seq }]))],
+      ['b', new Map(b.map(([partition, seq]) => [partition, { epoch: 7, seq }]))],
+    ]);
+  t.deepEqual(tracker.advance(marks([[1, 1]], [[1, 1]])), { ackLsn: undefined, copyConfirmed: false }, 'the later transaction alone is not enough');
+  t.deepEqual(tracker.advance(marks([[0, 1], [1, 1]], [[1, 1]])), { ackLsn: undefined, copyConfirmed: false }, 'one destination behind holds it');
+  t.deepEqual(tracker.advance(marks([[0, 1], [1, 1]], [[0, 1], [1, 1]])), { ackLsn: 200n, copyConfirmed: false });
+  t.true(tracker.isIdle);
+  tracker.begin();
+  tracker.touch(0, 2);
+  tracker.commit(300n);
+  const stale = new Map([['a', new Map([[0, { epoch: 6, seq: 99 }]])]]);
+  t.is(tracker.advance(stale).ackLsn, undefined, 'marks from an earlier producer run do not count');
+});
+
+test('partitioning is stable, JSON values are exact, numeric precision decodes, URLs are redacted', (t) => {
+  t.is(partitionOf('public.orders', 8), partitionOf('public.orders', 8));
+  t.true(partitionOf('public.orders', 8) < 8);
+  t.is(jsonFragment('9007199254740993', PgType.int8), '9007199254740993');
+  t.is(jsonFragment('12.3400', PgType.numeric), '12.3400');
+  t.is(jsonFragment('NaN', PgType.numeric), '"NaN"');
+  t.is(jsonFragment('t', PgType.bool), 'true');
+  t.is(jsonFragment('{"a": [1]}', PgType.jsonb), '{"a": [1]}');
+  t.is(jsonFragment('x"y', PgType.text), '"x\\"y"');
+  t.is(jsonFragment(null, PgType.text), 'null');
+  t.deepEqual(numericPrecision(((12 << 16) | 2) + 4), { precision: 12, scale: 2 });
+  t.is(numericPrecision(-1), undefined);
+  t.is(redact('connect postgres://user:secret@host/db failed'), 'connect postgres://user:***@host/db failed');
+});
+
+function u16(value: number): Buffer {
+  const buffer = Buffer.alloc(2);
+  buffer.writeUInt16BE(value);
+  return buffer;
+}
+function u32(value: number): Buffer {
+  const buffer = Buffer.alloc(4);
+  buffer.writeUInt32BE(value);
+  return buffer;
+}
+function u64(value: bigint): Buffer {
+  const buffer = Buffer.alloc(8);
+  buffer.writeBigUInt64BE(value);
+  return buffer;
+}
