@@ -14,6 +14,8 @@ export interface PipelineStatus {
   slotActive?: boolean;
   destinations: {
     name: string;
+    /** Everything up to this LSN is durably applied at the destination. */
+    appliedLsn: string | null;
     pendingBatches: number;
     state: 'ok' | 'retrying' | 'parked';
     errors: { partition: number; attempts: number; error: string; since: string }[];
@@ -50,6 +52,7 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
       const applied = await readApplied(redis, options.pipeline, name);
       status.destinations.push({
         name,
+        appliedLsn: (await redis.hget(keys.state(options.pipeline), `applied:${name}`)) ?? null,
         pendingBatches: pending,
         state: health.some((entry) => entry.state === 'parked') ? 'parked' : errors.length > 0 ? 'retrying' : 'ok',
         errors,
@@ -70,7 +73,7 @@ export function formatStatus(status: PipelineStatus): string {
     lines.push(`slot confirmed flush LSN ${status.slotConfirmedFlushLsn ?? '(slot missing)'}${status.slotActive ? ' (producer connected)' : ' (no producer connected)'}`);
   }
   for (const destination of status.destinations) {
-    lines.push(`destination ${destination.name}: ${destination.state}, ${destination.pendingBatches} batches pending`);
+    lines.push(`destination ${destination.name}: ${destination.state}, applied up to ${destination.appliedLsn ?? '(nothing yet)'}, ${destination.pendingBatches} batches pending`);
     for (const error of destination.errors) lines.push(`  partition ${error.partition}: attempt ${error.attempts} since ${error.since}: ${error.error}`);
   }
   return lines.join('\n');

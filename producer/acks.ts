@@ -51,6 +51,16 @@ export class AckTracker {
     return this.entries.length;
   }
 
+  /** The newest LSN one destination has applied everything up to, as far as the pending entries tell. */
+  appliedBy(marks: Map<number, AppliedMark>): Lsn | undefined {
+    let lsn: Lsn | undefined;
+    for (const entry of this.entries) {
+      if (!isApplied(entry, new Map([['one', marks]]))) break;
+      lsn = entry.ackLsn;
+    }
+    return lsn;
+  }
+
   /**
    * Removes the entries every destination has applied. Returns the LSN now safe to acknowledge
    * (undefined if none moved) and whether a table copy was among them.

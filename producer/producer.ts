@@ -140,7 +140,7 @@ export class Producer {
       });
       const sequencer = new Sequencer(options.partitions);
       const tracker = new AckTracker(epoch);
-      const watcher = new AppliedWatcher(this.redis, options, epoch, queues, sequencer, tracker, () => (this.copyApplied = true));
+      const watcher = new AppliedWatcher(this.redis, options, epoch, queues, sequencer, tracker, () => (this.copyApplied = true), () => this.acknowledged);
 
       if (needsCopy) {
         this.copyApplied = false;
@@ -447,6 +447,7 @@ export class Producer {
  */
 class AppliedWatcher {
   backlog = 0;
+  private readonly published = new Map<string, Lsn>();
 
   constructor(
     private readonly redis: Redis,
@@ -456,6 +457,7 @@ class AppliedWatcher {
     private readonly sequencer: Sequencer,
     private readonly tracker: AckTracker,
     private readonly onCopyApplied: () => void,
+    private readonly acknowledged: () => Lsn,
   ) {}
 
   /** Returns true when the acknowledgeable LSN moved. */
@@ -469,6 +471,7 @@ class AppliedWatcher {
       applied.set(destination, await readApplied(this.redis, this.options.pipeline, destination));
     }
     this.backlog = this.measureBacklog(applied);
+    await this.publishAppliedLsns(applied);
     const { ackLsn, copyConfirmed } = this.tracker.advance(applied);
     if (copyConfirmed) {
       this.onCopyApplied();
@@ -477,6 +480,17 @@ class AppliedWatcher {
     if (ackLsn === undefined) return false;
     onAck(ackLsn);
     return true;
+  }
+
+  /** For status: each destination's applied LSN (what the slot could confirm if it were the only one). */
+  private async publishAppliedLsns(applied: Map<string, Map<number, AppliedMark>>): Promise<void> {
+    const fields: Record<string, string> = {};
+    for (const [destination, marks] of applied) {
+      const lsn = this.tracker.appliedBy(marks) ?? this.acknowledged();
+      if (this.published.get(destination) !== lsn) fields[`applied:${destination}`] = formatLsn(lsn);
+      this.published.set(destination, lsn);
+    }
+    if (Object.keys(fields).length > 0) await this.redis.hset(keys.state(this.options.pipeline), fields);
   }
 
   private measureBacklog(applied: Map<string, Map<number, AppliedMark>>): number {

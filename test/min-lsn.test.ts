@@ -32,9 +32,12 @@ test('with two destinations and one stopped, the slot never passes what the stop
       const result = await runCli(['status', '--pipeline', pipeline.pipeline, '--redis-url', redis.url, '--pg-url', pg.url, '--json']);
       const parsed = JSON.parse(result.stdout);
       const byName = Object.fromEntries(parsed.destinations.map((destination: { name: string }) => [destination.name, destination]));
-      return byName.fast.pendingBatches === 0 && byName.slow.pendingBatches > 0 ? parsed : undefined;
+      const fastApplied = byName.fast.pendingBatches === 0 && byName.fast.appliedLsn && !(await lsnAtMost(byName.fast.appliedLsn, stoppedAt!));
+      return fastApplied && byName.slow.pendingBatches > 0 ? parsed : undefined;
     });
     t.true(await lsnAtMost(status.slotConfirmedFlushLsn, stoppedAt!), `slot at ${status.slotConfirmedFlushLsn}, slow destination stopped at ${stoppedAt}`);
+    const applied = Object.fromEntries(status.destinations.map((destination: { name: string; appliedLsn: string }) => [destination.name, destination.appliedLsn]));
+    t.true(await lsnAtMost(applied.slow, stoppedAt!), 'status shows the stopped destination where it stopped');
     t.true(await lsnAtMost((await slotConfirmed(pg, pipeline.slot))!, stoppedAt!));
     slow = pipeline.duckdb('slow');
     await waitForSlotAt(pg, pipeline.slot, end);
