@@ -44,7 +44,7 @@ export const PRODUCER_DEFAULTS = {
   maxBatchChanges: 5000,
   maxBatchBytes: 4 * 1024 * 1024,
   flushIntervalMs: 50,
-  maxBacklogBatches: 2000,
+  maxBacklogBatches: 1000,
   statusIntervalMs: 10_000,
   heartbeatIntervalMs: 30_000,
   copyConnections: 2,
@@ -55,7 +55,8 @@ export const PRODUCER_DEFAULTS = {
 class RedisLostError extends Error {}
 
 const POLL_MS = 100;
-const MAX_PENDING_ADDS = 256;
+/** Adds not yet acknowledged by Redis (each up to one batch) before reading pauses: bounds producer memory. */
+const MAX_PENDING_ADDS = 32;
 
 /**
  * The producer: one per pipeline (one slot). It copies the publication's tables under the
