@@ -9,9 +9,22 @@ export interface TableName {
   name: string;
 }
 
-export async function publicationTables(client: pg.ClientBase, publication: string): Promise<TableName[]> {
+export interface TableName {
+  schema: string;
+  name: string;
+}
+
+/** A published table, with the publication's column list and row filter (Postgres 15+), which the copy must honour as pgoutput does. */
+export interface PublishedTable extends TableName {
+  columns: string[] | null;
+  rowFilter: string | null;
+}
+
+export async function publicationTables(client: pg.ClientBase, publication: string): Promise<PublishedTable[]> {
+  const version = Number((await client.query('SHOW server_version_num')).rows[0].server_version_num);
+  const extra = version >= 150000 ? 'attnames::text[] AS columns, rowfilter AS "rowFilter"' : 'NULL AS columns, NULL AS "rowFilter"';
   const result = await client.query(
-    'SELECT schemaname AS schema, tablename AS name FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2',
+    `SELECT schemaname AS schema, tablename AS name, ${extra} FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2`,
     [publication],
   );
   return result.rows;
@@ -21,7 +34,7 @@ export async function publicationTables(client: pg.ClientBase, publication: stri
  * A table as pgoutput would describe it: the columns it publishes (not dropped, not generated),
  * and which of them identify a row for UPDATE and DELETE.
  */
-export async function describeTable(client: pg.ClientBase, table: TableName): Promise<Relation> {
+export async function describeTable(client: pg.ClientBase, table: PublishedTable): Promise<Relation> {
   const result = await client.query(
     `SELECT c.oid, c.relreplident,
             a.attname, a.atttypid, a.atttypmod,
@@ -39,7 +52,8 @@ export async function describeTable(client: pg.ClientBase, table: TableName): Pr
     [table.schema, table.name],
   );
   if (result.rows.length === 0) throw new Error(`table ${table.schema}.${table.name} has no columns or does not exist`);
-  const columns: Column[] = result.rows.map((row) => ({
+  const published = table.columns ? new Set(table.columns) : undefined;
+  const columns: Column[] = result.rows.filter((row) => !published || published.has(row.attname)).map((row) => ({
     name: row.attname,
     typeOid: Number(row.atttypid),
     typeModifier: Number(row.atttypmod),

@@ -112,10 +112,17 @@ export class Producer {
     const epoch = Math.max(Date.now(), (previous?.epoch ?? 0) + 1);
     const slot = await this.inactiveSlot(signal);
     if (!slot) this.copyApplied = false;
-    const copyApplied = this.copyApplied || (previous?.copy === 'done' && previous.slot === options.slot);
+    if (previous && previous.partitions !== options.partitions) {
+      throw new UserError(
+        `Pipeline ${options.pipeline} was created with ${previous.partitions} partitions; it cannot change to ${options.partitions} while its queues exist. Pass --partitions ${previous.partitions}, or start a new pipeline id.`,
+      );
+    }
+    const added = options.destinations.filter((name) => previous && !previous.destinations.includes(name));
+    const copyApplied = (this.copyApplied || (previous?.copy === 'done' && previous.slot === options.slot)) && added.length === 0;
     const needsCopy = options.mode === 'copy' || (options.mode === 'both' && (!slot || !copyApplied));
-    if (needsCopy && previous && !previous.copy && slot) {
-      log.warn('Redis holds no record of a finished copy for this slot (was Redis wiped?): copying every table again');
+    if (needsCopy && slot && options.mode === 'both') {
+      const reason = added.length > 0 ? `new destinations ${added.join(', ')} need a consistent copy` : 'Redis holds no record of a finished copy for this slot (was Redis wiped, or the producer stopped mid-copy?)';
+      log.warn(`${reason}: copying every table again under a new slot`);
     }
 
     const queues = new BatchQueues(this.redis, options.pipeline, options.destinations, options.partitions);
@@ -316,7 +323,12 @@ export class Producer {
       }
       const tables = await publicationTables(connections[0], options.publication);
       const relations: Relation[] = [];
-      for (const table of tables) relations.push(await describeTable(connections[0], table));
+      const rowFilters = new Map<Relation, string | null>();
+      for (const table of tables) {
+        const relation = await describeTable(connections[0], table);
+        relations.push(relation);
+        rowFilters.set(relation, table.rowFilter);
+      }
       const unidentified = tablesWithoutIdentity(relations);
       if (unidentified.length > 0) {
         log.warn({ tables: unidentified }, 'these tables have no replica identity: their UPDATEs and DELETEs cannot be replicated (inserts and the copy are)');
@@ -326,7 +338,7 @@ export class Producer {
       let rows = 0;
       const worker = async (client: pg.Client) => {
         for (let relation = pending.shift(); relation; relation = pending.shift()) {
-          const copied = await this.copyTable(client, relation, snapshotLsn, epoch, sequencer, tracker, queues, watcher, signal);
+          const copied = await this.copyTable(client, relation, rowFilters.get(relation) ?? null, snapshotLsn, epoch, sequencer, tracker, queues, watcher, signal);
           rows += copied;
           log.info({ table: `${relation.schema}.${relation.name}`, rows: copied }, 'table copied');
         }
@@ -344,6 +356,7 @@ export class Producer {
   private async copyTable(
     client: pg.Client,
     relation: Relation,
+    rowFilter: string | null,
     snapshotLsn: Lsn,
     epoch: number,
     sequencer: Sequencer,
@@ -355,7 +368,8 @@ export class Producer {
     const { options } = this;
     const partition = partitionOf(qualifiedName(relation), options.partitions);
     const columns = relation.columns.map((column) => quoteIdent(column.name)).join(', ');
-    const stream = client.query(copyStreams.to(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}) TO STDOUT`));
+    const where = rowFilter ? ` WHERE ${rowFilter}` : '';
+    const stream = client.query(copyStreams.to(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT`));
     const parser = new CopyTextParser();
     let chunk = 0;
     let rows: Value[][] = [];

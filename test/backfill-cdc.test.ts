@@ -1,6 +1,6 @@
 import test from 'ava';
 import { join } from 'node:path';
-import { CliProcess, currentWalLsn, waitFor, duckdbRows, names, postgresRows, tempDir, waitForSlotAt } from './support/pipeline.js';
+import { CliProcess, TestPipeline, currentWalLsn, duckdbRows, names, postgresRows, tempDir, waitFor, waitForSlotAt } from './support/pipeline.js';
 import { type PostgresServer, type RedisServer, startPostgres, startRedis } from './support/services.js';
 
 let pg: PostgresServer;
@@ -73,4 +73,24 @@ test('copies a publication of several tables, then streams inserts, updates, del
   t.deepEqual(streamed.filter((line) => line.op === 'truncate').map((line) => line.table), ['public.items']);
   t.is(streamed.at(-1).row.sku, 'after-truncate');
   t.false(lines.some((line) => line.table === 'public.not_published'));
+});
+
+test('a publication column list and row filter are honoured by the copy as by the stream', async (t) => {
+  const pipeline = new TestPipeline(pg, redis.url, 'filtered', ['main']);
+  await pg.query(`
+    CREATE TABLE filtered (id int PRIMARY KEY, shown text, hidden text);
+    INSERT INTO filtered SELECT g, 's' || g, 'h' || g FROM generate_series(1, 100) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE filtered (id, shown) WHERE (id > 50);
+  `);
+  const producer = pipeline.producer();
+  const consumer = pipeline.duckdb('main');
+  try {
+    await pipeline.waitForCopy(redis.client);
+    await pg.query("INSERT INTO filtered SELECT g, 's' || g, 'h' || g FROM generate_series(101, 120) g; UPDATE filtered SET shown = 'changed' WHERE id IN (10, 60); DELETE FROM filtered WHERE id IN (20, 70);");
+    await pipeline.waitForCatchUp();
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+  t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.filtered', ['id', 'shown']), await postgresRows(pg, 'filtered WHERE id > 50', ['id', 'shown']));
+  await t.throwsAsync(duckdbRows(pipeline.duckdbPath('main'), 'public.filtered', ['hidden']), { message: /hidden/ });
 });
