@@ -1,0 +1,120 @@
+import test from 'ava';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { pipelineStatus } from '../cli/status.js';
+import type { Destination, Step, TableState } from '../consumers/destination.js';
+import { ConsumerRunner } from '../consumers/runner.js';
+import { BatchQueues } from '../producer/queues.js';
+import type { Batch, Relation } from '../shared/events.js';
+import { keys } from '../shared/keys.js';
+import { writePipelineState } from '../shared/redis.js';
+import { waitFor } from './support/pipeline.js';
+import { type RedisServer, startRedis } from './support/services.js';
+
+let redis: RedisServer;
+test.before(async () => {
+  redis = await startRedis();
+});
+test.after.always(async () => {
+  await redis?.stop();
+});
+
+const relation: Relation = { oid: 1, schema: 'public', name: 't', replicaIdentity: 'default', columns: [{ name: 'id', typeOid: 23, typeModifier: -1, isKey: true }] };
+
+/** A destination that remembers what it applied, and fails a chosen batch a number of times first. */
+class FlakyDestination implements Destination {
+  readonly applied: string[] = [];
+  attempts = 0;
+  constructor(private readonly failing: string, private failuresLeft: number) {}
+  async tableStates(): Promise<Map<string, TableState>> {
+    return new Map();
+  }
+  async apply(steps: Step[]): Promise<void> {
+    const id = steps.map((step) => (step.kind === 'changes' ? step.changes.map((change) => change.row![0]).join() : '')).join();
+    if (id === this.failing) {
+      this.attempts++;
+      if (this.failuresLeft-- > 0) throw new Error(`cannot apply ${id} yet`);
+    }
+    this.applied.push(id);
+  }
+  async close(): Promise<void> {}
+}
+
+function batch(pipeline: string, partition: number, seq: number): Batch {
+  return {
+    pipeline,
+    partition,
+    epoch: 1,
+    seq,
+    relations: [relation],
+    changes: [{ op: 'insert', relation: 0, version: { lsn: BigInt(seq), ordinal: 1 }, row: [`${partition}-${seq}`] }],
+  };
+}
+
+async function setup(pipeline: string, destination: string) {
+  await writePipelineState(redis.client, pipeline, { slot: 's', publication: 'p', partitions: 2, destinations: [destination], epoch: 1 });
+  const queues = new BatchQueues(redis.client, pipeline, [destination], 2);
+  await queues.limitToOneWorker();
+  for (let seq = 1; seq <= 10; seq++) for (const partition of [0, 1]) queues.enqueue(batch(pipeline, partition, seq));
+  await queues.settle();
+  return queues;
+}
+
+const runnerOptions = (pipeline: string, name: string) => ({ redisUrl: redis.url, pipeline, name, lockDurationMs: 2000, stalledIntervalMs: 500, attemptsBeforePark: 2 });
+
+test('a failing batch is retried in place: its partition waits (reported parked), others go on, order is kept', async (t) => {
+  const queues = await setup('flaky', 'd');
+  const destination = new FlakyDestination('0-3', 3);
+  const runner = new ConsumerRunner(runnerOptions('flaky', 'd'), destination);
+  const controller = new AbortController();
+  const running = runner.run(controller.signal);
+  try {
+    const parked = await waitFor('the partition to be reported parked', async () => {
+      const status = await pipelineStatus({ pipeline: 'flaky', redisUrl: redis.url });
+      return status.destinations[0].state === 'parked' ? status : undefined;
+    });
+    t.regex(parked.destinations[0].errors[0].error, /cannot apply 0-3 yet/);
+    t.is(parked.destinations[0].errors[0].partition, 0);
+    await waitFor('partition 1 to finish while 0 waits', async () => destination.applied.includes('1-10'));
+    t.false(destination.applied.includes('0-4'), 'nothing behind the failing batch ran');
+    await waitFor('everything applied', async () => destination.applied.length === 20);
+  } finally {
+    controller.abort();
+    await running;
+    await runner.close();
+    await queues.close();
+  }
+  t.is(destination.attempts, 4);
+  for (const partition of [0, 1]) {
+    t.deepEqual(destination.applied.filter((id) => id.startsWith(`${partition}-`)), Array.from({ length: 10 }, (_, i) => `${partition}-${i + 1}`));
+  }
+  t.is(await redis.client.hget(keys.applied('flaky', 'd'), '0'), '1:10');
+  t.is((await pipelineStatus({ pipeline: 'flaky', redisUrl: redis.url })).destinations[0].state, 'ok');
+});
+
+test('stopping a consumer mid-retry puts the batch back at the front of its queue', async (t) => {
+  const queues = await setup('stopping', 'd');
+  const first = new FlakyDestination('0-2', 1000);
+  const runner = new ConsumerRunner(runnerOptions('stopping', 'd'), first);
+  const controller = new AbortController();
+  const running = runner.run(controller.signal);
+  await waitFor('the batch to fail', async () => first.attempts > 0);
+  controller.abort();
+  await running;
+  await runner.close();
+
+  const second = new FlakyDestination('none', 0);
+  const again = new ConsumerRunner(runnerOptions('stopping', 'd'), second);
+  const controller2 = new AbortController();
+  const running2 = again.run(controller2.signal);
+  try {
+    await waitFor('the rest to be applied', async () => second.applied.filter((id) => id.startsWith('0-')).length === 9);
+    await sleep(200);
+  } finally {
+    controller2.abort();
+    await running2;
+    await again.close();
+    await queues.close();
+  }
+  t.deepEqual(first.applied.filter((id) => id.startsWith('0-')), ['0-1']);
+  t.deepEqual(second.applied.filter((id) => id.startsWith('0-')), Array.from({ length: 9 }, (_, i) => `0-${i + 2}`));
+});
