@@ -1,4 +1,5 @@
 import test from 'ava';
+import { execFile } from 'node:child_process';
 import { names, runCli } from './support/pipeline.js';
 import { type PostgresServer, type RedisServer, freePort, startPostgres, startRedis } from './support/services.js';
 
@@ -24,6 +25,14 @@ test('--help works on every command', async (t) => {
     t.is(result.code, 0, command.join(' '));
     t.regex(result.stdout, /Usage: pg-replicate/, command.join(' '));
   }
+});
+
+test('after npm run build the CLI runs as npx pg-replicate', async (t) => {
+  const result = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+    execFile('npx', ['--no-install', 'pg-replicate', 'producer', '--help'], (error, stdout) => resolve({ code: error ? (error.code as number) : 0, stdout }));
+  });
+  t.is(result.code, 0);
+  t.regex(result.stdout, /Usage: pg-replicate producer/);
 });
 
 test('an unknown flag exits 2 and says so', async (t) => {

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { TestPipeline, currentWalLsn, slotConfirmed, waitForSlotAt } from './support/pipeline.js';
+import { TestPipeline, currentWalLsn, slotConfirmed, waitFor, waitForSlotAt } from './support/pipeline.js';
 import { type PostgresServer, type RedisServer, startPostgres, startRedis } from './support/services.js';
 
 let pg: PostgresServer;
@@ -27,6 +27,27 @@ test('on an idle publication (changes only to other tables) the slot keeps advan
     t.false(await lsnAtMost(target, before));
     await waitForSlotAt(pg, pipeline.slot, target, 60_000);
     t.pass();
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+});
+
+test('on a database with no writes at all, the heartbeat keeps the slot moving', async (t) => {
+  const pipeline = new TestPipeline(pg, redis.url, 'heartbeat', ['main']);
+  await pg.query(`CREATE TABLE silent (id int PRIMARY KEY); CREATE PUBLICATION ${pipeline.publication} FOR TABLE silent;`);
+  const producer = pipeline.producer(['--heartbeat-interval-ms', '300']);
+  const consumer = pipeline.duckdb('main');
+  try {
+    await pipeline.waitForCopy(redis.client);
+    await pipeline.waitForCatchUp();
+    const idleAt = await currentWalLsn(pg);
+    // Nobody writes: only the producer's heartbeat can move the WAL, and the slot with it.
+    await waitForSlotAt(pg, pipeline.slot, idleAt);
+    const moved = await waitFor('the slot to pass the idle position', async () => {
+      const confirmed = await slotConfirmed(pg, pipeline.slot);
+      return confirmed && !(await lsnAtMost(confirmed, idleAt)) ? confirmed : undefined;
+    }, 5_000);
+    t.truthy(moved);
   } finally {
     await Promise.all([producer.stop(), consumer.stop()]);
   }
