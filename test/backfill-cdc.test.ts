@@ -1,24 +1,16 @@
 import test from 'ava';
 import { join } from 'node:path';
 import { CliProcess, TestPipeline, currentWalLsn, duckdbRows, names, postgresRows, tempDir, waitFor, waitForSlotAt } from './support/pipeline.js';
-import { type PostgresServer, type RedisServer, startPostgres, startRedis } from './support/services.js';
+import { useServices } from './support/services.js';
 
-let pg: PostgresServer;
-let redis: RedisServer;
-
-test.before(async () => {
-  [pg, redis] = await Promise.all([startPostgres(), startRedis()]);
-});
-test.after.always(async () => {
-  await Promise.all([pg?.stop(), redis?.stop()]);
-});
+const env = useServices(test);
 
 const ORDER_COLUMNS = ['region', 'order_id', 'customer', 'amount', 'paid', 'note'];
 const ITEM_COLUMNS = ['id', 'sku', 'qty'];
 
 test('copies a publication of several tables, then streams inserts, updates, deletes and truncate into DuckDB and stdout', async (t) => {
   const { pipeline, slot, publication } = names('e2e');
-  await pg.query(`
+  await env.pg.query(`
     CREATE TABLE orders (region text, order_id bigint, customer text, amount numeric(12,2), paid boolean, note text, PRIMARY KEY (region, order_id));
     CREATE TABLE items (id serial PRIMARY KEY, sku text NOT NULL, qty int);
     CREATE TABLE not_published (id int PRIMARY KEY);
@@ -28,13 +20,13 @@ test('copies a publication of several tables, then streams inserts, updates, del
   `);
   const dir = tempDir();
   const path = join(dir, 'analytics.duckdb');
-  const common = ['--pipeline', pipeline, '--redis-url', redis.url];
-  const producer = new CliProcess(['producer', '--pg-url', pg.url, '--publication', publication, '--slot', slot, '--destinations', 'analytics,console', ...common]);
+  const common = ['--pipeline', pipeline, '--redis-url', env.redis.url];
+  const producer = new CliProcess(['producer', '--pg-url', env.pg.url, '--publication', publication, '--slot', slot, '--destinations', 'analytics,console', ...common]);
   const duckdb = new CliProcess(['consumer', 'duckdb', '--name', 'analytics', '--path', path, ...common]);
   const stdout = new CliProcess(['consumer', 'stdout', '--name', 'console', ...common]);
   try {
-    await waitFor('the copy to be applied', async () => (await redis.client.hget(`pgr:{${pipeline}}:state`, 'copy')) === 'done');
-    await pg.query(`
+    await waitFor('the copy to be applied', async () => (await env.redis.client.hget(`pgr:{${pipeline}}:state`, 'copy')) === 'done');
+    await env.pg.query(`
       INSERT INTO orders VALUES ('eu', 100001, 'new customer', 10.50, false, 'fresh');
       UPDATE orders SET amount = amount + 1, note = 'updated' WHERE order_id % 7 = 0;
       UPDATE orders SET order_id = order_id + 1000000 WHERE order_id BETWEEN 10 AND 20;
@@ -42,21 +34,21 @@ test('copies a publication of several tables, then streams inserts, updates, del
       UPDATE items SET qty = qty * 2 WHERE id <= 100;
       DELETE FROM items WHERE id > 4000;
     `);
-    await pg.query('BEGIN');
-    await pg.query("INSERT INTO items (sku, qty) VALUES ('short-lived', 1)");
-    await pg.query("DELETE FROM items WHERE sku = 'short-lived'");
-    await pg.query('COMMIT');
-    await pg.query('INSERT INTO not_published VALUES (1)');
-    await waitForSlotAt(pg, slot, await currentWalLsn(pg));
-    await pg.query('TRUNCATE items');
-    await pg.query("INSERT INTO items (sku, qty) VALUES ('after-truncate', 7)");
-    await waitForSlotAt(pg, slot, await currentWalLsn(pg));
+    await env.pg.query('BEGIN');
+    await env.pg.query("INSERT INTO items (sku, qty) VALUES ('short-lived', 1)");
+    await env.pg.query("DELETE FROM items WHERE sku = 'short-lived'");
+    await env.pg.query('COMMIT');
+    await env.pg.query('INSERT INTO not_published VALUES (1)');
+    await waitForSlotAt(env.pg, slot, await currentWalLsn(env.pg));
+    await env.pg.query('TRUNCATE items');
+    await env.pg.query("INSERT INTO items (sku, qty) VALUES ('after-truncate', 7)");
+    await waitForSlotAt(env.pg, slot, await currentWalLsn(env.pg));
   } finally {
     await Promise.all([producer.stop(), duckdb.stop(), stdout.stop()]);
   }
-  t.deepEqual(await duckdbRows(path, 'public.orders', ORDER_COLUMNS), await postgresRows(pg, 'orders', ORDER_COLUMNS));
-  t.deepEqual(await duckdbRows(path, 'public.items', ITEM_COLUMNS), await postgresRows(pg, 'items', ITEM_COLUMNS));
-  t.true((await postgresRows(pg, 'orders', ORDER_COLUMNS)).length > 27_000);
+  t.deepEqual(await duckdbRows(path, 'public.orders', ORDER_COLUMNS), await postgresRows(env.pg, 'orders', ORDER_COLUMNS));
+  t.deepEqual(await duckdbRows(path, 'public.items', ITEM_COLUMNS), await postgresRows(env.pg, 'items', ITEM_COLUMNS));
+  t.true((await postgresRows(env.pg, 'orders', ORDER_COLUMNS)).length > 27_000);
 
   const lines = stdout.stdout.trim().split('\n').map((line) => JSON.parse(line));
   const backfill = lines.filter((line) => line.backfill);
@@ -76,8 +68,8 @@ test('copies a publication of several tables, then streams inserts, updates, del
 });
 
 test('a publication column list and row filter are honoured by the copy as by the stream', async (t) => {
-  const pipeline = new TestPipeline(pg, redis.url, 'filtered', ['main']);
-  await pg.query(`
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'filtered', ['main']);
+  await env.pg.query(`
     CREATE TABLE filtered (id int PRIMARY KEY, shown text, hidden text);
     INSERT INTO filtered SELECT g, 's' || g, 'h' || g FROM generate_series(1, 100) g;
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE filtered (id, shown) WHERE (id > 50);
@@ -85,12 +77,12 @@ test('a publication column list and row filter are honoured by the copy as by th
   const producer = pipeline.producer();
   const consumer = pipeline.duckdb('main');
   try {
-    await pipeline.waitForCopy(redis.client);
-    await pg.query("INSERT INTO filtered SELECT g, 's' || g, 'h' || g FROM generate_series(101, 120) g; UPDATE filtered SET shown = 'changed' WHERE id IN (10, 60); DELETE FROM filtered WHERE id IN (20, 70);");
+    await pipeline.waitForCopy(env.redis.client);
+    await env.pg.query("INSERT INTO filtered SELECT g, 's' || g, 'h' || g FROM generate_series(101, 120) g; UPDATE filtered SET shown = 'changed' WHERE id IN (10, 60); DELETE FROM filtered WHERE id IN (20, 70);");
     await pipeline.waitForCatchUp();
   } finally {
     await Promise.all([producer.stop(), consumer.stop()]);
   }
-  t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.filtered', ['id', 'shown']), await postgresRows(pg, 'filtered WHERE id > 50', ['id', 'shown']));
+  t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.filtered', ['id', 'shown']), await postgresRows(env.pg, 'filtered WHERE id > 50', ['id', 'shown']));
   await t.throwsAsync(duckdbRows(pipeline.duckdbPath('main'), 'public.filtered', ['hidden']), { message: /hidden/ });
 });

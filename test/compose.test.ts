@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { CliProcess, currentWalLsn, waitFor, duckdbRows, postgresRows, tempDir, waitForSlotAt } from './support/pipeline.js';
-import { type PostgresServer, type RedisServer, startPostgres, startRedis } from './support/services.js';
+import { useServices } from './support/services.js';
 
 /**
  * No Docker engine runs here, so this test checks docker-compose.yml by carrying it out by hand:
@@ -14,15 +14,7 @@ const ROOT = join(process.cwd());
 const compose = parse(readFileSync(join(ROOT, 'docker-compose.yml'), 'utf8'));
 const services: Record<string, { build?: string; image?: string; command: string[]; environment?: Record<string, string>; volumes?: string[]; depends_on?: unknown }> = compose.services;
 
-let pg: PostgresServer;
-let redis: RedisServer;
-
-test.before(async () => {
-  [pg, redis] = await Promise.all([startPostgres(), startRedis()]);
-});
-test.after.always(async () => {
-  await Promise.all([pg?.stop(), redis?.stop()]);
-});
+const env = useServices(test);
 
 test('the compose file has Postgres with wal_level=logical, Redis, the producer and both consumers, and its references resolve', (t) => {
   t.deepEqual(Object.keys(services).sort(), ['demo-traffic', 'duckdb', 'postgres', 'producer', 'redis', 'stdout']);
@@ -44,12 +36,12 @@ test('the compose file has Postgres with wal_level=logical, Redis, the producer 
 });
 
 test('the compose services, run as processes, replicate the demo data and traffic', async (t) => {
-  await pg.query(readFileSync(join(ROOT, 'demo', 'init.sql'), 'utf8'));
+  await env.pg.query(readFileSync(join(ROOT, 'demo', 'init.sql'), 'utf8'));
   const data = tempDir();
   const local = (text: string) =>
     text
-      .replace(/^postgres:\/\/.*$/, pg.url)
-      .replace(/^redis:\/\/.*$/, redis.url)
+      .replace(/^postgres:\/\/.*$/, env.pg.url)
+      .replace(/^redis:\/\/.*$/, env.redis.url)
       .replace(/^\/data\//, `${data}/`);
   const run = (name: string) => {
     const service = services[name];
@@ -60,15 +52,15 @@ test('the compose services, run as processes, replicate the demo data and traffi
   const [, , stdout] = processes;
   try {
     const pipeline = services.producer.environment!.PIPELINE_ID;
-    await waitFor('the demo copy', async () => (await redis.client.hget(`pgr:{${pipeline}}:state`, 'copy')) === 'done');
-    for (let round = 0; round < 5; round++) await pg.query(readFileSync(join(ROOT, 'demo', 'write.sql'), 'utf8'));
-    await waitForSlotAt(pg, services.producer.environment!.SLOT, await currentWalLsn(pg));
+    await waitFor('the demo copy', async () => (await env.redis.client.hget(`pgr:{${pipeline}}:state`, 'copy')) === 'done');
+    for (let round = 0; round < 5; round++) await env.pg.query(readFileSync(join(ROOT, 'demo', 'write.sql'), 'utf8'));
+    await waitForSlotAt(env.pg, services.producer.environment!.SLOT, await currentWalLsn(env.pg));
   } finally {
     await Promise.all(processes.map((process) => process.stop()));
   }
   const path = join(data, 'analytics.duckdb');
-  t.deepEqual(await duckdbRows(path, 'public.customers', ['id', 'name', 'email']), await postgresRows(pg, 'customers', ['id', 'name', 'email']));
-  t.deepEqual(await duckdbRows(path, 'public.orders', ['id', 'customer_id', 'amount', 'status']), await postgresRows(pg, 'orders', ['id', 'customer_id', 'amount', 'status']));
+  t.deepEqual(await duckdbRows(path, 'public.customers', ['id', 'name', 'email']), await postgresRows(env.pg, 'customers', ['id', 'name', 'email']));
+  t.deepEqual(await duckdbRows(path, 'public.orders', ['id', 'customer_id', 'amount', 'status']), await postgresRows(env.pg, 'orders', ['id', 'customer_id', 'amount', 'status']));
   const lines = stdout.stdout.trim().split('\n').map((line) => JSON.parse(line));
   t.true(lines.filter((line) => line.table === 'public.orders' && !line.backfill).length >= 5);
   t.true(lines.some((line) => line.table === 'public.customers' && line.backfill && line.row.email === 'customer1@example.com'));

@@ -1,35 +1,27 @@
 import test from 'ava';
-import { LOAD_SCHEMA, LOAD_TABLES, TestPipeline, currentWalLsn, duckdbRows, postgresRows, runCli, slotConfirmed, waitFor, waitForSlotAt, writeLoad } from './support/pipeline.js';
-import { type PostgresServer, type RedisServer, startPostgres, startRedis } from './support/services.js';
+import { LOAD_SCHEMA, TestPipeline, currentWalLsn, loadTablesIn, runCli, slotConfirmed, waitFor, waitForSlotAt, writeLoad } from './support/pipeline.js';
+import { useServices } from './support/services.js';
 
-let pg: PostgresServer;
-let redis: RedisServer;
+const env = useServices(test);
 
-test.before(async () => {
-  [pg, redis] = await Promise.all([startPostgres(), startRedis()]);
-});
-test.after.always(async () => {
-  await Promise.all([pg?.stop(), redis?.stop()]);
-});
-
-const lsnAtMost = async (a: string, b: string) => (await pg.query('SELECT $1::pg_lsn <= $2::pg_lsn AS ok', [a, b])).rows[0].ok as boolean;
+const lsnAtMost = async (a: string, b: string) => (await env.pg.query('SELECT $1::pg_lsn <= $2::pg_lsn AS ok', [a, b])).rows[0].ok as boolean;
 
 test('with two destinations and one stopped, the slot never passes what the stopped one applied; then it catches up', async (t) => {
-  const pipeline = new TestPipeline(pg, redis.url, 'minlsn', ['fast', 'slow']);
-  await pg.query(LOAD_SCHEMA(pipeline.publication));
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'minlsn', ['fast', 'slow']);
+  await env.pg.query(LOAD_SCHEMA(pipeline.publication));
   const producer = pipeline.producer();
   const fast = pipeline.duckdb('fast');
   let slow = pipeline.duckdb('slow');
   try {
-    await pipeline.waitForCopy(redis.client);
+    await pipeline.waitForCopy(env.redis.client);
     await pipeline.waitForCatchUp();
     await slow.stop();
-    const stoppedAt = await slotConfirmed(pg, pipeline.slot);
-    await writeLoad(pg, 300, 0);
-    const end = await currentWalLsn(pg);
+    const stoppedAt = await slotConfirmed(env.pg, pipeline.slot);
+    await writeLoad(env.pg, 300, 0);
+    const end = await currentWalLsn(env.pg);
     // The fast destination has everything once its queues are empty; the slow one has nothing new.
     const status = await waitFor('the fast destination to drain', async () => {
-      const result = await runCli(['status', '--pipeline', pipeline.pipeline, '--redis-url', redis.url, '--pg-url', pg.url, '--json']);
+      const result = await runCli(['status', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', env.pg.url, '--json']);
       const parsed = JSON.parse(result.stdout);
       const byName = Object.fromEntries(parsed.destinations.map((destination: { name: string }) => [destination.name, destination]));
       const fastApplied = byName.fast.pendingBatches === 0 && byName.fast.appliedLsn && !(await lsnAtMost(byName.fast.appliedLsn, stoppedAt!));
@@ -38,15 +30,14 @@ test('with two destinations and one stopped, the slot never passes what the stop
     t.true(await lsnAtMost(status.slotConfirmedFlushLsn, stoppedAt!), `slot at ${status.slotConfirmedFlushLsn}, slow destination stopped at ${stoppedAt}`);
     const applied = Object.fromEntries(status.destinations.map((destination: { name: string; appliedLsn: string }) => [destination.name, destination.appliedLsn]));
     t.true(await lsnAtMost(applied.slow, stoppedAt!), 'status shows the stopped destination where it stopped');
-    t.true(await lsnAtMost((await slotConfirmed(pg, pipeline.slot))!, stoppedAt!));
+    t.true(await lsnAtMost((await slotConfirmed(env.pg, pipeline.slot))!, stoppedAt!));
     slow = pipeline.duckdb('slow');
-    await waitForSlotAt(pg, pipeline.slot, end);
+    await waitForSlotAt(env.pg, pipeline.slot, end);
   } finally {
     await Promise.all([producer.stop(), fast.stop(), slow.stop()]);
   }
   for (const name of ['fast', 'slow']) {
-    for (const [table, columns] of LOAD_TABLES) {
-      t.deepEqual(await duckdbRows(pipeline.duckdbPath(name), `public.${table}`, columns), await postgresRows(pg, table, columns), `${name} ${table}`);
-    }
+    const { duckdb, postgres } = await loadTablesIn(env.pg, pipeline.duckdbPath(name));
+    t.deepEqual(duckdb, postgres, name);
   }
 });

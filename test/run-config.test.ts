@@ -2,21 +2,13 @@ import test from 'ava';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CliProcess, TestPipeline, duckdbRows, postgresRows, runCli, waitFor } from './support/pipeline.js';
-import { type PostgresServer, type RedisServer, startPostgres, startRedis } from './support/services.js';
+import { useServices } from './support/services.js';
 
-let pg: PostgresServer;
-let redis: RedisServer;
-
-test.before(async () => {
-  [pg, redis] = await Promise.all([startPostgres(), startRedis()]);
-});
-test.after.always(async () => {
-  await Promise.all([pg?.stop(), redis?.stop()]);
-});
+const env = useServices(test);
 
 test('run --config runs the producer and both consumers in one process, with ${ENV} expansion', async (t) => {
-  const pipeline = new TestPipeline(pg, redis.url, 'runcfg', []);
-  await pg.query(`CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'one'); CREATE PUBLICATION ${pipeline.publication} FOR TABLE notes;`);
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'runcfg', []);
+  await env.pg.query(`CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'one'); CREATE PUBLICATION ${pipeline.publication} FOR TABLE notes;`);
   const config = join(pipeline.dir, 'pipeline.yaml');
   const path = join(pipeline.dir, 'notes.duckdb');
   writeFileSync(
@@ -31,25 +23,25 @@ destinations:
   - { type: stdout, name: console }
 `,
   );
-  const run = new CliProcess(['run', '--config', config], { TEST_PG_URL: pg.url, TEST_REDIS_URL: redis.url });
+  const run = new CliProcess(['run', '--config', config], { TEST_PG_URL: env.pg.url, TEST_REDIS_URL: env.redis.url });
   try {
-    await pipeline.waitForCopy(redis.client);
-    await pg.query("INSERT INTO notes VALUES (2, 'two'); UPDATE notes SET body = 'uno' WHERE id = 1");
+    await pipeline.waitForCopy(env.redis.client);
+    await env.pg.query("INSERT INTO notes VALUES (2, 'two'); UPDATE notes SET body = 'uno' WHERE id = 1");
     await pipeline.waitForCatchUp();
-    const status = await runCli(['status', '--pipeline', pipeline.pipeline, '--redis-url', redis.url, '--pg-url', pg.url]);
+    const status = await runCli(['status', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', env.pg.url]);
     t.is(status.code, 0);
     t.regex(status.stdout, /destination warehouse: ok, applied up to [0-9A-F]+\/[0-9A-F]+, 0 batches pending/);
     t.regex(status.stdout, /slot confirmed flush LSN [0-9A-F]+\/[0-9A-F]+ \(producer connected\)/);
   } finally {
     await run.stop();
   }
-  t.deepEqual(await duckdbRows(path, 'public.notes', ['id', 'body']), await postgresRows(pg, 'notes', ['id', 'body']));
+  t.deepEqual(await duckdbRows(path, 'public.notes', ['id', 'body']), await postgresRows(env.pg, 'notes', ['id', 'body']));
   await waitFor('stdout lines', async () => run.stdout.includes('"uno"'));
   t.regex(run.stdout, /\{"table":"public.notes","op":"update","lsn":"[0-9A-F/]+","row":\{"id":1,"body":"uno"\}\}/);
 });
 
 test('run --config with a bad file exits 2 and says what is wrong', async (t) => {
-  const dir = new TestPipeline(pg, redis.url, 'badcfg', []).dir;
+  const dir = new TestPipeline(env.pg, env.redis.url, 'badcfg', []).dir;
   const config = join(dir, 'bad.yaml');
   writeFileSync(config, 'pipeline: x\ndestinations: []\n');
   const result = await runCli(['run', '--config', config]);

@@ -181,6 +181,17 @@ export const LOAD_SCHEMA = (publication: string) => `
   CREATE PUBLICATION ${publication} FOR TABLE accounts, ledger, events;
 `;
 
+/** The load's tables as DuckDB holds them and as Postgres does, ready for deepEqual. */
+export async function loadTablesIn(pg: PostgresServer, duckdbPath: string, schema = 'public'): Promise<{ duckdb: Record<string, string[]>; postgres: Record<string, string[]> }> {
+  const duckdb: Record<string, string[]> = {};
+  const postgres: Record<string, string[]> = {};
+  for (const [table, columns] of LOAD_TABLES) {
+    duckdb[table] = await duckdbRows(duckdbPath, `${schema}.${table}`, columns);
+    postgres[table] = await postgresRows(pg, `${schema}.${table}`, columns);
+  }
+  return { duckdb, postgres };
+}
+
 export const LOAD_TABLES: [string, string[]][] = [
   ['accounts', ['id', 'balance', 'note']],
   ['ledger', ['id', 'account', 'amount']],

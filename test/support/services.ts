@@ -161,3 +161,15 @@ export async function startRedis(): Promise<RedisServer> {
     },
   };
 }
+
+/** Starts a Postgres and a Redis for one test file, and stops them after it. */
+export function useServices(test: { before: (fn: () => Promise<void>) => void; after: { always: (fn: () => Promise<void>) => void } }): { pg: PostgresServer; redis: RedisServer } {
+  const services = {} as { pg: PostgresServer; redis: RedisServer };
+  test.before(async () => {
+    [services.pg, services.redis] = await Promise.all([startPostgres(), startRedis()]);
+  });
+  test.after.always(async () => {
+    await Promise.all([services.pg?.stop(), services.redis?.stop()]);
+  });
+  return services;
+}

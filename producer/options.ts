@@ -1,0 +1,59 @@
+import type { Lsn } from '../shared/lsn.js';
+import type { AckTracker } from './acks.js';
+import type { Sequencer } from './batcher.js';
+import type { BatchQueues } from './queues.js';
+import type { AppliedWatcher } from './watcher.js';
+
+export interface ProducerOptions {
+  pgUrl: string;
+  redisUrl: string;
+  pipeline: string;
+  publication: string;
+  slot: string;
+  mode: 'both' | 'copy' | 'cdc';
+  destinations: string[];
+  partitions: number;
+  maxBatchChanges: number;
+  maxBatchBytes: number;
+  flushIntervalMs: number;
+  /** Unapplied batches (summed over partitions, worst destination) above which slot reading pauses. */
+  maxBacklogBatches: number;
+  statusIntervalMs: number;
+  heartbeatIntervalMs: number;
+  copyConnections: number;
+  copyChunkRows: number;
+}
+
+export const PRODUCER_DEFAULTS = {
+  mode: 'both',
+  partitions: 8,
+  maxBatchChanges: 5000,
+  maxBatchBytes: 4 * 1024 * 1024,
+  flushIntervalMs: 50,
+  maxBacklogBatches: 1000,
+  statusIntervalMs: 10_000,
+  heartbeatIntervalMs: 30_000,
+  copyConnections: 2,
+  copyChunkRows: 5000,
+} as const;
+
+/** What one producer session (a run from the slot's confirmed position) shares between its copy and its stream. */
+export interface Session {
+  options: ProducerOptions;
+  epoch: number;
+  sequencer: Sequencer;
+  tracker: AckTracker;
+  queues: BatchQueues;
+  watcher: AppliedWatcher;
+  signal: AbortSignal;
+}
+
+/** How often the producer reads the destinations' applied marks. */
+export const POLL_MS = 100;
+/** Adds not yet acknowledged by Redis (each up to one batch) before reading pauses: bounds producer memory. */
+export const MAX_PENDING_ADDS = 32;
+
+/** The LSN last acknowledged to Postgres, shared by a producer's successive sessions. */
+export interface AckPosition {
+  lsn: Lsn;
+}

@@ -1,0 +1,78 @@
+import type { Redis } from 'ioredis';
+import { keys } from '../shared/keys.js';
+import { type Lsn, formatLsn } from '../shared/lsn.js';
+import { readApplied, writePipelineState } from '../shared/redis.js';
+import type { AckTracker, AppliedMark } from './acks.js';
+import type { Sequencer } from './batcher.js';
+import type { ProducerOptions } from './options.js';
+import type { BatchQueues } from './queues.js';
+
+/** Redis no longer holds what this run enqueued (FLUSHALL, a restart without persistence). */
+export class RedisLostError extends Error {}
+
+/**
+ * Reads what every destination has applied, moves the ack tracker, and notices when Redis
+ * has lost this run's data (the epoch field is gone or replaced).
+ */
+export class AppliedWatcher {
+  backlog = 0;
+  private readonly published = new Map<string, Lsn>();
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly options: ProducerOptions,
+    private readonly epoch: number,
+    private readonly queues: BatchQueues,
+    private readonly sequencer: Sequencer,
+    private readonly tracker: AckTracker,
+    private readonly onCopyApplied: () => void,
+    private readonly acknowledged: () => Lsn,
+  ) {}
+
+  /** Returns true when the acknowledgeable LSN moved. */
+  async poll(onAck: (lsn: Lsn) => void): Promise<boolean> {
+    const epoch = await this.redis.hget(keys.state(this.options.pipeline), 'epoch');
+    if (epoch !== String(this.epoch)) {
+      throw new RedisLostError(`Redis no longer holds this producer run (epoch ${this.epoch}, found ${epoch ?? 'nothing'}): re-reading from the slot`);
+    }
+    const applied = new Map<string, Map<number, AppliedMark>>();
+    for (const destination of this.queues.destinations) {
+      applied.set(destination, await readApplied(this.redis, this.options.pipeline, destination));
+    }
+    this.backlog = this.measureBacklog(applied);
+    await this.publishAppliedLsns(applied);
+    const { ackLsn, copyConfirmed } = this.tracker.advance(applied);
+    if (copyConfirmed) {
+      this.onCopyApplied();
+      await writePipelineState(this.redis, this.options.pipeline, { copy: 'done' });
+    }
+    if (ackLsn === undefined) return false;
+    onAck(ackLsn);
+    return true;
+  }
+
+  /** For status: each destination's applied LSN (what the slot could confirm if it were the only one). */
+  private async publishAppliedLsns(applied: Map<string, Map<number, AppliedMark>>): Promise<void> {
+    const fields: Record<string, string> = {};
+    for (const [destination, marks] of applied) {
+      const lsn = this.tracker.appliedBy(marks) ?? this.acknowledged();
+      if (this.published.get(destination) !== lsn) fields[`applied:${destination}`] = formatLsn(lsn);
+      this.published.set(destination, lsn);
+    }
+    if (Object.keys(fields).length > 0) await this.redis.hset(keys.state(this.options.pipeline), fields);
+  }
+
+  private measureBacklog(applied: Map<string, Map<number, AppliedMark>>): number {
+    let worst = 0;
+    for (const marks of applied.values()) {
+      let unapplied = 0;
+      for (let partition = 0; partition < this.options.partitions; partition++) {
+        const mark = marks.get(partition);
+        const done = mark && mark.epoch === this.epoch ? mark.seq : 0;
+        unapplied += Math.max(0, this.sequencer.lastOf(partition) - done);
+      }
+      worst = Math.max(worst, unapplied);
+    }
+    return worst;
+  }
+}
