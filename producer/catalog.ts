@@ -1,13 +1,9 @@
 import type pg from 'pg';
 import type { Column, Relation, ReplicaIdentity } from '../shared/events.js';
+import { PgType } from '../shared/pgtypes.js';
 import { quoteIdent } from './replication.js';
 
 const REPLICA_IDENTITIES: Record<string, ReplicaIdentity> = { d: 'default', n: 'nothing', f: 'full', i: 'index' };
-
-export interface TableName {
-  schema: string;
-  name: string;
-}
 
 export interface TableName {
   schema: string;
@@ -30,11 +26,82 @@ export async function publicationTables(client: pg.ClientBase, publication: stri
   return result.rows;
 }
 
+interface TypeRow {
+  typtype: string;
+  typbasetype: number;
+  typelem: number;
+  typcategory: string;
+}
+
+/**
+ * What pgoutput does not say about a relation, read from the catalog: each column's number
+ * (to tell a rename from a drop and an add), its built-in base type (domains, enums), array
+ * element type and dimensions, and the value older rows have for a column added with a default.
+ */
+export class Catalog {
+  private readonly types = new Map<number, TypeRow>();
+
+  constructor(private readonly client: pg.ClientBase) {}
+
+  /** The relation as pgoutput described it, plus what the catalog adds. */
+  async enrich(relation: Relation): Promise<Relation> {
+    const result = await this.client.query(
+      `SELECT a.attname, a.attnum, a.attndims,
+              CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END AS missing
+         FROM pg_attribute a
+        WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped`,
+      [relation.oid],
+    );
+    const attributes = new Map(result.rows.map((row) => [row.attname as string, row]));
+    const columns: Column[] = [];
+    for (const column of relation.columns) {
+      const attribute = attributes.get(column.name);
+      const enriched: Column = { ...column };
+      if (attribute) {
+        enriched.attnum = Number(attribute.attnum);
+        if (attribute.missing !== null) enriched.missingValue = attribute.missing;
+      }
+      const { base, element } = await this.resolve(column.typeOid);
+      if (base !== column.typeOid) enriched.baseTypeOid = base;
+      if (element !== undefined) {
+        enriched.elementTypeOid = element;
+        enriched.dimensions = Math.max(1, Number(attribute?.attndims ?? 1));
+      }
+      columns.push(enriched);
+    }
+    return { ...relation, columns };
+  }
+
+  /** A type's built-in base (through domains; text for enums) and, for arrays, its element's. */
+  private async resolve(typeOid: number, depth = 0): Promise<{ base: number; element?: number }> {
+    const type = await this.type(typeOid);
+    if (!type || depth > 16) return { base: typeOid };
+    if (type.typtype === 'd') return this.resolve(type.typbasetype, depth + 1);
+    if (type.typtype === 'e') return { base: PgType.text };
+    if (type.typcategory === 'A' && type.typelem !== 0) {
+      const element = await this.resolve(type.typelem, depth + 1);
+      return { base: typeOid, element: element.base };
+    }
+    return { base: typeOid };
+  }
+
+  private async type(typeOid: number): Promise<TypeRow | undefined> {
+    if (!this.types.has(typeOid)) {
+      // Built-in and user types together are a few hundred rows: load them all, again on a miss.
+      const result = await this.client.query('SELECT oid, typtype, typbasetype, typelem, typcategory FROM pg_type');
+      for (const row of result.rows) {
+        this.types.set(Number(row.oid), { typtype: row.typtype, typbasetype: Number(row.typbasetype), typelem: Number(row.typelem), typcategory: row.typcategory });
+      }
+    }
+    return this.types.get(typeOid);
+  }
+}
+
 /**
  * A table as pgoutput would describe it: the columns it publishes (not dropped, not generated),
  * and which of them identify a row for UPDATE and DELETE.
  */
-export async function describeTable(client: pg.ClientBase, table: PublishedTable): Promise<Relation> {
+export async function describeTable(client: pg.ClientBase, table: PublishedTable, catalog: Catalog): Promise<Relation> {
   const result = await client.query(
     `SELECT c.oid, c.relreplident,
             a.attname, a.atttypid, a.atttypmod,
@@ -53,19 +120,17 @@ export async function describeTable(client: pg.ClientBase, table: PublishedTable
   );
   if (result.rows.length === 0) throw new Error(`table ${table.schema}.${table.name} has no columns or does not exist`);
   const published = table.columns ? new Set(table.columns) : undefined;
-  const columns: Column[] = result.rows.filter((row) => !published || published.has(row.attname)).map((row) => ({
-    name: row.attname,
-    typeOid: Number(row.atttypid),
-    typeModifier: Number(row.atttypmod),
-    isKey: row.is_key,
-  }));
-  return {
+  const columns: Column[] = result.rows
+    .filter((row) => !published || published.has(row.attname))
+    .map((row) => ({ name: row.attname, typeOid: Number(row.atttypid), typeModifier: Number(row.atttypmod), isKey: row.is_key }));
+  const relation: Relation = {
     oid: Number(result.rows[0].oid),
     schema: table.schema,
     name: table.name,
     replicaIdentity: REPLICA_IDENTITIES[result.rows[0].relreplident] ?? 'default',
     columns,
   };
+  return catalog.enrich(relation);
 }
 
 /** Tables whose UPDATEs and DELETEs Postgres cannot identify, and what to run to fix each one. */

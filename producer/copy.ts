@@ -6,7 +6,7 @@ import { partitionOf } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import type { Lsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
-import { describeTable, publicationTables, tablesWithoutIdentity } from './catalog.js';
+import { Catalog, describeTable, publicationTables, tablesWithoutIdentity } from './catalog.js';
 import { CopyTextParser } from './copytext.js';
 import { MAX_PENDING_ADDS, POLL_MS, type Session } from './options.js';
 import { quoteIdent } from './replication.js';
@@ -29,10 +29,11 @@ export async function copyTables(session: Session, snapshotName: string, snapsho
       await client.query(`SET TRANSACTION SNAPSHOT '${snapshotName}'`);
     }
     const tables = await publicationTables(connections[0], options.publication);
+    const catalog = new Catalog(connections[0]);
     const relations: Relation[] = [];
     const rowFilters = new Map<Relation, string | null>();
     for (const table of tables) {
-      const relation = await describeTable(connections[0], table);
+      const relation = await describeTable(connections[0], table, catalog);
       relations.push(relation);
       rowFilters.set(relation, table.rowFilter);
     }

@@ -3,8 +3,8 @@ import type { Redis } from 'ioredis';
 import { UserError, errorMessage } from '../shared/errors.js';
 
 /** Connects to Postgres, turning the usual failures into errors that say what to do. */
-export async function connectPostgres(pgUrl: string, applicationName: string): Promise<pg.Client> {
-  const client = new pg.Client({ connectionString: pgUrl, application_name: applicationName, connectionTimeoutMillis: 10_000 });
+export async function connectPostgres(pgUrl: string, applicationName: string, options?: string): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: pgUrl, application_name: applicationName, connectionTimeoutMillis: 10_000, ...(options ? { options } : {}) });
   try {
     await client.connect();
   } catch (error) {

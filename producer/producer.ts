@@ -1,10 +1,13 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
+import type pg from 'pg';
 import { UserError, errorMessage } from '../shared/errors.js';
 import { log } from '../shared/log.js';
 import { formatLsn } from '../shared/lsn.js';
+import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import { connectRedis, readPipelineState, writePipelineState } from '../shared/redis.js';
 import { AckTracker } from './acks.js';
+import { Catalog } from './catalog.js';
 import { Sequencer } from './batcher.js';
 import { copyTables } from './copy.js';
 import { type AckPosition, POLL_MS, type ProducerOptions, type Session } from './options.js';
@@ -94,6 +97,7 @@ export class Producer {
       ended.abort();
     };
     replication.on('error', fail);
+    let catalogClient: pg.Client | undefined;
     try {
       await queues.limitToOneWorker();
       await writePipelineState(this.redis, options.pipeline, {
@@ -134,7 +138,9 @@ export class Producer {
         log.info('copy applied by every destination');
         return true;
       }
-      await streamSlot(session, replication, this.position, fail);
+      catalogClient = await connectPostgres(options.pgUrl, 'pg-replicate catalog', VALUE_TEXT_SETTINGS);
+      const catalog = new Catalog(catalogClient);
+      await streamSlot(session, replication, this.position, (relation) => catalog.enrich(relation), fail);
       if (failure) throw failure;
       return false;
     } catch (error) {
@@ -143,6 +149,7 @@ export class Producer {
       signal.removeEventListener('abort', stop);
       await replication.close();
       await queues.close();
+      await catalogClient?.end().catch(() => {});
     }
   }
 }

@@ -1,55 +1,72 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { Relation } from '../shared/events.js';
 import { log } from '../shared/log.js';
 import { type Lsn, formatLsn, maxLsn } from '../shared/lsn.js';
 import { Batcher } from './batcher.js';
 import { Heartbeat } from './heartbeat.js';
 import { type AckPosition, MAX_PENDING_ADDS, type Session } from './options.js';
-import { decodePgoutput } from './pgoutput.js';
+import { type PgoutputMessage, decodePgoutput } from './pgoutput.js';
 import type { ReplicationConnection } from './replication.js';
+
+/** What arrives from the walsender, in order: a pgoutput message, or the WAL end of a keepalive. */
+type Arrival = { message: Buffer } | { walEnd: Lsn };
+
+/** Arrivals held before reading pauses, and the level at which it resumes. */
+const INBOX_HIGH = 4096;
+const INBOX_LOW = 512;
 
 /**
  * Streams the slot until the session ends: decodes pgoutput, batches changes by partition,
  * tracks each transaction until every destination applied it, and tells Postgres so.
+ * Arrivals go through an inbox processed one at a time, so a message that needs a catalog
+ * look-up (a relation) can be awaited without reordering anything behind it.
  */
-export async function streamSlot(session: Session, replication: ReplicationConnection, position: AckPosition, fail: (error: Error) => void): Promise<void> {
+export async function streamSlot(
+  session: Session,
+  replication: ReplicationConnection,
+  position: AckPosition,
+  describe: (relation: Relation) => Promise<Relation>,
+  fail: (error: Error) => void,
+): Promise<void> {
   const { options, epoch, sequencer, tracker, queues, watcher, signal } = session;
   const limits = { maxChanges: options.maxBatchChanges, maxBytes: options.maxBatchBytes };
   const batcher = new Batcher(options.pipeline, epoch, options.partitions, limits, sequencer, (batch) => queues.enqueue(batch));
+  const inbox: Arrival[] = [];
+  let inboxHead = 0;
+  let draining = false;
   let commitLsn: Lsn = 0n;
   let ordinal = 0;
-  let paused = false;
   let lastStatus = 0;
   let lastActivity = Date.now();
+  const pauses = new Set<'inbox' | 'backlog'>();
 
   const sendStatus = (replyRequested = false) => {
     replication.sendStatus(position.lsn, replyRequested);
     lastStatus = Date.now();
   };
-  const setPaused = (shouldPause: boolean) => {
-    if (shouldPause === paused) return;
-    paused = shouldPause;
-    if (paused) replication.pause();
+  const setPaused = (reason: 'inbox' | 'backlog', shouldPause: boolean) => {
+    const wasPaused = pauses.size > 0;
+    if (shouldPause) pauses.add(reason);
+    else pauses.delete(reason);
+    if (wasPaused === pauses.size > 0) return;
+    if (pauses.size > 0) replication.pause();
     else replication.resume();
-    log.debug({ paused }, paused ? 'backlog full: pausing the slot read' : 'backlog drained: resuming');
+    log.debug({ paused: pauses.size > 0, reason }, 'slot read pause changed');
   };
 
-  const onData = (message: Buffer) => {
-    const decoded = decodePgoutput(message);
+  const apply = (decoded: PgoutputMessage, bytes: number) => {
     switch (decoded.tag) {
       case 'begin':
         commitLsn = decoded.finalLsn;
         ordinal = 0;
         tracker.begin();
         break;
-      case 'relation':
-        batcher.setRelation(decoded);
-        break;
       case 'insert':
       case 'update':
       case 'delete': {
         const version = { lsn: commitLsn, ordinal: ++ordinal };
         const change = { op: decoded.tag, version, ...('row' in decoded ? { row: decoded.row } : {}), ...('old' in decoded && decoded.old ? { old: decoded.old } : {}) };
-        const { partition, seq } = batcher.addRow(change, decoded.relation, message.length);
+        const { partition, seq } = batcher.addRow(change, decoded.relation, bytes);
         tracker.touch(partition, seq);
         break;
       }
@@ -66,27 +83,50 @@ export async function streamSlot(session: Session, replication: ReplicationConne
       default:
         break;
     }
-    lastActivity = Date.now();
-    if (queues.pendingAdds > MAX_PENDING_ADDS) setPaused(true);
+  };
+
+  const drain = async () => {
+    draining = true;
+    try {
+      while (inboxHead < inbox.length && !signal.aborted) {
+        const arrival = inbox[inboxHead++];
+        if ('walEnd' in arrival) {
+          // Nothing of ours is in flight: everything up to the server's WAL end is either applied or
+          // not for us, so acknowledging it lets Postgres recycle WAL on a quiet publication.
+          if (tracker.isIdle && batcher.isEmpty && arrival.walEnd > position.lsn) {
+            position.lsn = arrival.walEnd;
+            sendStatus();
+          }
+        } else {
+          const decoded = decodePgoutput(arrival.message);
+          if (decoded.tag === 'relation') batcher.setRelation(await describe(decoded));
+          else apply(decoded, arrival.message.length);
+          lastActivity = Date.now();
+          if (queues.pendingAdds > MAX_PENDING_ADDS) setPaused('backlog', true);
+        }
+        if (inboxHead === inbox.length) {
+          inbox.length = 0;
+          inboxHead = 0;
+        }
+        if (inbox.length - inboxHead < INBOX_LOW) setPaused('inbox', false);
+      }
+    } catch (error) {
+      fail(error as Error);
+    } finally {
+      draining = false;
+    }
+  };
+  const receive = (arrival: Arrival) => {
+    inbox.push(arrival);
+    if (inbox.length - inboxHead > INBOX_HIGH) setPaused('inbox', true);
+    if (!draining) void drain();
   };
 
   const streaming = replication.start(options.slot, options.publication, 0n, {
-    onData: (message) => {
-      try {
-        onData(message);
-      } catch (error) {
-        fail(error as Error);
-      }
-    },
+    onData: (message) => receive({ message }),
     onKeepalive: (walEnd, replyRequested) => {
-      // Nothing of ours is in flight: everything up to the server's WAL end is either applied or
-      // not for us, so acknowledging it lets Postgres recycle WAL on a quiet publication.
-      if (tracker.isIdle && batcher.isEmpty && walEnd > position.lsn) {
-        position.lsn = walEnd;
-        sendStatus();
-      } else if (replyRequested) {
-        sendStatus();
-      }
+      if (replyRequested) sendStatus();
+      receive({ walEnd });
     },
   });
   streaming.then(
@@ -97,13 +137,13 @@ export async function streamSlot(session: Session, replication: ReplicationConne
   const heartbeat = new Heartbeat(options.pgUrl);
   try {
     while (!signal.aborted) {
-      batcher.flushAll();
+      if (!draining) batcher.flushAll();
       const advanced = await watcher.poll((ackLsn) => {
         position.lsn = maxLsn(position.lsn, ackLsn);
       });
       if (advanced || Date.now() - lastStatus >= options.statusIntervalMs) sendStatus();
-      setPaused(queues.pendingAdds > MAX_PENDING_ADDS || watcher.backlog > options.maxBacklogBatches);
-      if (tracker.isIdle && Date.now() - lastActivity >= options.heartbeatIntervalMs) {
+      setPaused('backlog', queues.pendingAdds > MAX_PENDING_ADDS || watcher.backlog > options.maxBacklogBatches);
+      if (tracker.isIdle && inbox.length === 0 && Date.now() - lastActivity >= options.heartbeatIntervalMs) {
         lastActivity = Date.now();
         await heartbeat.beat();
       }

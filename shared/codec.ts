@@ -8,7 +8,9 @@ import { formatLsn, parseLsn } from './lsn.js';
  */
 export const CODEC_VERSION = 1;
 
-type EncodedRelation = [number, string, string, string, [string, number, number, 0 | 1][]];
+type EncodedColumn = [string, number, number, 0 | 1, EncodedColumnDetails?];
+type EncodedColumnDetails = { a?: number; b?: number; e?: number; d?: number; m?: string };
+type EncodedRelation = [number, string, string, string, EncodedColumn[]];
 type EncodedChange =
   | ['I' | 'U' | 'D', number, string, number, Value[] | null, Value[] | null]
   | ['T', number[], string, number, number];
@@ -71,7 +73,17 @@ function encodeRelation(relation: Relation): EncodedRelation {
     relation.schema,
     relation.name,
     relation.replicaIdentity,
-    relation.columns.map((column) => [column.name, column.typeOid, column.typeModifier, column.isKey ? 1 : 0]),
+    relation.columns.map((column): EncodedColumn => {
+      const details: EncodedColumnDetails = {};
+      if (column.attnum !== undefined) details.a = column.attnum;
+      if (column.baseTypeOid !== undefined) details.b = column.baseTypeOid;
+      if (column.elementTypeOid !== undefined) details.e = column.elementTypeOid;
+      if (column.dimensions !== undefined) details.d = column.dimensions;
+      if (column.missingValue !== undefined) details.m = column.missingValue;
+      const encoded: EncodedColumn = [column.name, column.typeOid, column.typeModifier, column.isKey ? 1 : 0];
+      if (Object.keys(details).length > 0) encoded.push(details);
+      return encoded;
+    }),
   ];
 }
 
@@ -81,11 +93,16 @@ function decodeRelation([oid, schema, name, replicaIdentity, columns]: EncodedRe
     schema,
     name,
     replicaIdentity: replicaIdentity as Relation['replicaIdentity'],
-    columns: columns.map(([columnName, typeOid, typeModifier, isKey]) => ({
+    columns: columns.map(([columnName, typeOid, typeModifier, isKey, details]) => ({
       name: columnName,
       typeOid,
       typeModifier,
       isKey: isKey === 1,
+      ...(details?.a !== undefined ? { attnum: details.a } : {}),
+      ...(details?.b !== undefined ? { baseTypeOid: details.b } : {}),
+      ...(details?.e !== undefined ? { elementTypeOid: details.e } : {}),
+      ...(details?.d !== undefined ? { dimensions: details.d } : {}),
+      ...(details?.m !== undefined ? { missingValue: details.m } : {}),
     })),
   };
 }

@@ -16,6 +16,15 @@ export interface Column {
   typeModifier: number;
   /** Part of the replica identity (the primary key, the chosen index, or every column for FULL). */
   isKey: boolean;
+  /** Column number in the source table: kept by a rename, so a rename is told from a drop and an add. */
+  attnum?: number;
+  /** The built-in type the values have when typeOid is not one: a domain's base, text for an enum. */
+  baseTypeOid?: number;
+  /** For arrays: the elements' built-in type and the declared number of dimensions. */
+  elementTypeOid?: number;
+  dimensions?: number;
+  /** The value rows older than the column have (ADD COLUMN … DEFAULT stores it without a rewrite). */
+  missingValue?: string;
 }
 
 export type ReplicaIdentity = 'default' | 'nothing' | 'full' | 'index';
