@@ -23,9 +23,9 @@ export type Step =
  * destination only reads its table states and applies steps atomically with new states.
  */
 export interface Destination {
-  /** The stored state of these tables ("schema.table"); absent for a table never written. */
-  tableStates(tables: string[]): Promise<Map<string, TableState>>;
-  /** Applies the steps in order and stores the new table states, all or nothing. */
-  apply(steps: Step[], states: Map<string, TableState>): Promise<void>;
+  /** The stored state of these tables, by table OID; absent for a table never written. */
+  tableStates(relations: Relation[]): Promise<Map<number, TableState>>;
+  /** Applies the steps in order and stores the new table states (by OID), all or nothing. */
+  apply(steps: Step[], states: Map<number, TableState>): Promise<void>;
   close(): Promise<void>;
 }

@@ -8,16 +8,16 @@ import type { Step, TableState } from './destination.js';
  * heart of "applied once". Changes at or below a table's version are dropped; a copy chunk
  * already applied is dropped; what remains, with the tables' new states, is applied atomically.
  */
-export function planBatch(batch: Batch, states: Map<string, TableState>): { steps: Step[]; states: Map<string, TableState> } {
+export function planBatch(batch: Batch, states: Map<number, TableState>): { steps: Step[]; states: Map<number, TableState> } {
   return batch.copy ? planCopy(batch, states) : planChanges(batch, states);
 }
 
-function planCopy(batch: Batch, states: Map<string, TableState>) {
+function planCopy(batch: Batch, states: Map<number, TableState>) {
   const copy = batch.copy!;
   const relation = batch.relations[copy.relation];
   const name = qualifiedName(relation);
-  const state = states.get(name);
-  const updated = new Map<string, TableState>();
+  const state = states.get(relation.oid);
+  const updated = new Map<number, TableState>();
   if (state && state.copyLsn > copy.snapshotLsn) return { steps: [], states: updated }; // a newer copy superseded this one
   if (state && state.copyLsn === copy.snapshotLsn && (state.copyDone || state.copyChunk >= copy.chunk)) {
     return { steps: [], states: updated }; // delivered again
@@ -27,7 +27,7 @@ function planCopy(batch: Batch, states: Map<string, TableState>) {
       `copy of ${name} at ${copy.snapshotLsn} arrived out of order (chunk ${copy.chunk}, destination has chunk ${state?.copyChunk ?? 'none'} of copy ${state?.copyLsn ?? 'none'})`,
     );
   }
-  updated.set(name, {
+  updated.set(relation.oid, {
     copyLsn: copy.snapshotLsn,
     copyChunk: copy.chunk,
     copyDone: copy.last,
@@ -36,16 +36,16 @@ function planCopy(batch: Batch, states: Map<string, TableState>) {
   return { steps: [{ kind: 'copy', relation, replace: copy.chunk === 0, rows: copy.rows }] as Step[], states: updated };
 }
 
-function planChanges(batch: Batch, states: Map<string, TableState>) {
-  const updated = new Map<string, TableState>();
+function planChanges(batch: Batch, states: Map<number, TableState>) {
+  const updated = new Map<number, TableState>();
   const steps: Step[] = [];
   const current = (relation: Relation): TableState =>
-    updated.get(qualifiedName(relation)) ??
-    states.get(qualifiedName(relation)) ?? { copyLsn: 0n, copyChunk: -1, copyDone: false, applied: { lsn: 0n, ordinal: 0 } };
+    updated.get(relation.oid) ??
+    states.get(relation.oid) ?? { copyLsn: 0n, copyChunk: -1, copyDone: false, applied: { lsn: 0n, ordinal: 0 } };
   const isNew = (relation: Relation, change: { version: RowChange['version'] }) =>
     compareVersions(change.version, current(relation).applied) > 0;
   const advance = (relation: Relation, change: { version: RowChange['version'] }) =>
-    updated.set(qualifiedName(relation), { ...current(relation), applied: change.version });
+    updated.set(relation.oid, { ...current(relation), applied: change.version });
 
   for (const change of batch.changes) {
     if (change.op === 'truncate') {

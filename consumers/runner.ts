@@ -2,7 +2,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type Job, WaitingError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { type EncodedBatch, decodeBatch } from '../shared/codec.js';
-import { qualifiedName } from '../shared/events.js';
 import { errorMessage } from '../shared/errors.js';
 import { QUEUE_PREFIX, formatApplied, keys, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
@@ -94,8 +93,7 @@ export class ConsumerRunner {
     const batch = decodeBatch(job.data);
     for (let attempt = 1; ; attempt++) {
       try {
-        const tables = batch.relations.map(qualifiedName);
-        const plan = planBatch(batch, await this.destination.tableStates(tables));
+        const plan = planBatch(batch, await this.destination.tableStates(batch.relations));
         if (plan.steps.length > 0 || plan.states.size > 0) await this.destination.apply(plan.steps, plan.states);
         break;
       } catch (error) {

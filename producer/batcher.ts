@@ -1,5 +1,4 @@
 import type { Batch, Change, Relation, RowChange, TruncateChange } from '../shared/events.js';
-import { qualifiedName } from '../shared/events.js';
 import { partitionOf } from '../shared/keys.js';
 
 /** Numbers the batches of each partition within one producer run: 1, 2, 3, … */
@@ -96,7 +95,7 @@ export class Batcher {
   }
 
   partitionOf(relation: Relation): number {
-    return partitionOf(qualifiedName(relation), this.partitions);
+    return partitionOf(relation.oid, this.partitions);
   }
 
   private flush(partition: number): void {

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import copyStreams from 'pg-copy-streams';
-import { type Batch, type Relation, type Value, qualifiedName } from '../shared/events.js';
+import type { Batch, Relation, Value } from '../shared/events.js';
 import { partitionOf } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import type { Lsn } from '../shared/lsn.js';
@@ -63,7 +63,7 @@ export async function copyTables(session: Session, snapshotName: string, snapsho
 /** Streams one table with COPY into chunk batches; never holds more than one chunk. */
 async function copyTable(session: Session, client: pg.Client, relation: Relation, rowFilter: string | null, snapshotLsn: Lsn): Promise<number> {
   const { options, epoch, sequencer, tracker, queues } = session;
-  const partition = partitionOf(qualifiedName(relation), options.partitions);
+  const partition = partitionOf(relation.oid, options.partitions);
   const columns = relation.columns.map((column) => quoteIdent(column.name)).join(', ');
   const where = rowFilter ? ` WHERE ${rowFilter}` : '';
   const stream = client.query(copyStreams.to(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT`));

@@ -21,11 +21,15 @@ export function queueName(pipeline: string, destination: string, partition: numb
   return `{${pipeline}.${destination}.${partition}}`;
 }
 
-/** Which partition a table's changes go to: FNV-1a of "schema.table", stable across processes and versions. */
-export function partitionOf(qualifiedTable: string, partitions: number): number {
+/**
+ * Which partition a table's changes go to: FNV-1a of the table's OID, stable across processes,
+ * versions and renames (a renamed table keeps its OID, so its changes stay in order).
+ */
+export function partitionOf(tableOid: number, partitions: number): number {
+  const text = String(tableOid);
   let hash = 0x811c9dc5;
-  for (let i = 0; i < qualifiedTable.length; i++) {
-    hash ^= qualifiedTable.charCodeAt(i);
+  for (let i = 0; i < text.length; i++) {
+    hash ^= text.charCodeAt(i);
     hash = Math.imul(hash, 0x01000193) >>> 0;
   }
   return hash % partitions;

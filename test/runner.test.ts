@@ -25,7 +25,7 @@ class FlakyDestination implements Destination {
   readonly applied: string[] = [];
   attempts = 0;
   constructor(private readonly failing: string, private failuresLeft: number) {}
-  async tableStates(): Promise<Map<string, TableState>> {
+  async tableStates(): Promise<Map<number, TableState>> {
     return new Map();
   }
   async apply(steps: Step[]): Promise<void> {

@@ -11,19 +11,27 @@ const ident = (name: string) => `"${name.replace(/"/g, '""')}"`;
 const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
 const tableSql = (relation: Pick<Relation, 'schema' | 'name'>) => `${ident(relation.schema)}.${ident(relation.name)}`;
 
+/** A table as DuckDB holds it: where it lives and the source columns it was shaped from. */
+interface Shape {
+  schema: string;
+  name: string;
+  columns: Column[];
+}
+
 interface StoredTable {
   state: TableState;
-  columns: Column[];
+  shape: Shape;
 }
 
 /**
  * The DuckDB destination: each source table mirrored as "schema"."table", and its state
- * (copy progress, highest applied version, column shapes) in _pg_replicate.tables, written in
- * the same transaction as the rows. A DuckDB file has one writer process, so the state is read
- * once at start and kept in memory; apply() calls are serialised on one connection.
+ * (copy progress, highest applied version, shape) in _pg_replicate.tables keyed by the source
+ * table's OID, written in the same transaction as the rows. A DuckDB file has one writer
+ * process, so the state is read once at start and kept in memory; apply() calls are
+ * serialised on one connection.
  */
 export class DuckDbDestination implements Destination {
-  private readonly tables = new Map<string, StoredTable>();
+  private readonly tables = new Map<number, StoredTable>();
   private queue: Promise<unknown> = Promise.resolve();
   private stageCounter = 0;
 
@@ -49,41 +57,43 @@ export class DuckDbDestination implements Destination {
     await this.connection.run('CREATE SCHEMA IF NOT EXISTS _pg_replicate');
     await this.connection.run(
       `CREATE TABLE IF NOT EXISTS ${STATE_TABLE} (
-         table_name VARCHAR PRIMARY KEY, copy_lsn UBIGINT, copy_chunk INTEGER, copy_done BOOLEAN,
-         applied_lsn UBIGINT, applied_ordinal INTEGER, columns JSON)`,
+         table_oid UBIGINT PRIMARY KEY, table_schema VARCHAR, table_name VARCHAR, columns JSON,
+         copy_lsn UBIGINT, copy_chunk INTEGER, copy_done BOOLEAN, applied_lsn UBIGINT, applied_ordinal INTEGER)`,
     );
     this.tables.clear();
-    const reader = await this.connection.runAndReadAll(`SELECT table_name, copy_lsn, copy_chunk, copy_done, applied_lsn, applied_ordinal, CAST(columns AS VARCHAR) FROM ${STATE_TABLE}`);
-    for (const [name, copyLsn, copyChunk, copyDone, appliedLsn, appliedOrdinal, columns] of reader.getRows()) {
-      this.tables.set(String(name), {
+    const reader = await this.connection.runAndReadAll(
+      `SELECT table_oid, table_schema, table_name, CAST(columns AS VARCHAR), copy_lsn, copy_chunk, copy_done, applied_lsn, applied_ordinal FROM ${STATE_TABLE}`,
+    );
+    for (const [oid, schema, name, columns, copyLsn, copyChunk, copyDone, appliedLsn, appliedOrdinal] of reader.getRows()) {
+      this.tables.set(Number(oid), {
+        shape: { schema: String(schema), name: String(name), columns: JSON.parse(String(columns)) },
         state: {
           copyLsn: BigInt(copyLsn as bigint),
           copyChunk: Number(copyChunk),
           copyDone: Boolean(copyDone),
           applied: { lsn: BigInt(appliedLsn as bigint), ordinal: Number(appliedOrdinal) },
         },
-        columns: JSON.parse(String(columns)),
       });
     }
   }
 
-  async tableStates(tables: string[]): Promise<Map<string, TableState>> {
-    const states = new Map<string, TableState>();
-    for (const name of tables) {
-      const stored = this.tables.get(name);
-      if (stored) states.set(name, stored.state);
+  async tableStates(relations: Relation[]): Promise<Map<number, TableState>> {
+    const states = new Map<number, TableState>();
+    for (const { oid } of relations) {
+      const stored = this.tables.get(oid);
+      if (stored) states.set(oid, stored.state);
     }
     return states;
   }
 
-  apply(steps: Step[], states: Map<string, TableState>): Promise<void> {
+  apply(steps: Step[], states: Map<number, TableState>): Promise<void> {
     const run = this.queue.then(() => this.applyNow(steps, states));
     this.queue = run.catch(() => {});
     return run;
   }
 
-  private async applyNow(steps: Step[], states: Map<string, TableState>): Promise<void> {
-    const shapes = new Map<string, Column[]>();
+  private async applyNow(steps: Step[], states: Map<number, TableState>): Promise<void> {
+    const shapes = new Map<number, Shape>();
     await this.connection.run('BEGIN TRANSACTION');
     try {
       for (const step of steps) {
@@ -98,10 +108,11 @@ export class DuckDbDestination implements Destination {
           await this.applyChanges(step.relation, step.changes);
         }
       }
-      for (const [name, state] of states) {
-        const columns = shapes.get(name) ?? this.tables.get(name)?.columns ?? [];
+      for (const [oid, state] of states) {
+        const shape = shapes.get(oid) ?? this.tables.get(oid)!.shape;
         await this.connection.run(
-          `INSERT OR REPLACE INTO ${STATE_TABLE} VALUES (${literal(name)}, ${state.copyLsn}, ${state.copyChunk}, ${state.copyDone}, ${state.applied.lsn}, ${state.applied.ordinal}, ${literal(JSON.stringify(columns))})`,
+          `INSERT OR REPLACE INTO ${STATE_TABLE} VALUES (${oid}, ${literal(shape.schema)}, ${literal(shape.name)}, ${literal(JSON.stringify(shape.columns))},
+             ${state.copyLsn}, ${state.copyChunk}, ${state.copyDone}, ${state.applied.lsn}, ${state.applied.ordinal})`,
         );
       }
       await this.connection.run('COMMIT');
@@ -109,36 +120,58 @@ export class DuckDbDestination implements Destination {
       await this.connection.run('ROLLBACK').catch(() => {});
       throw error;
     }
-    for (const [name, state] of states) {
-      this.tables.set(name, { state, columns: shapes.get(name) ?? this.tables.get(name)?.columns ?? [] });
-    }
+    for (const [oid, state] of states) this.tables.set(oid, { state, shape: shapes.get(oid) ?? this.tables.get(oid)!.shape });
   }
 
-  /** Creates the table on first sight and follows column additions, removals and type changes. */
-  private async ensureTable(relation: Relation, shapes: Map<string, Column[]>): Promise<void> {
-    const name = qualifiedName(relation);
-    const known = shapes.get(name) ?? this.tables.get(name)?.columns;
-    if (known && sameShape(known, relation.columns)) return;
+  /**
+   * Creates the table on first sight of its OID (replacing a table of the same name left by a
+   * dropped source table) and follows the source's changes of shape in stream order: table
+   * renames, column renames (same attnum, new name), drops, additions and type changes.
+   */
+  private async ensureTable(relation: Relation, shapes: Map<number, Shape>): Promise<void> {
+    const known = shapes.get(relation.oid) ?? this.tables.get(relation.oid)?.shape;
+    const wanted: Shape = { schema: relation.schema, name: relation.name, columns: relation.columns };
+    if (known && sameShape(known, wanted)) return;
+    const target = tableSql(relation);
     if (!known) {
       await this.connection.run(`CREATE SCHEMA IF NOT EXISTS ${ident(relation.schema)}`);
       const columns = relation.columns.map((column) => `${ident(column.name)} ${duckDbType(column).sql}`).join(', ');
-      await this.connection.run(`CREATE TABLE IF NOT EXISTS ${tableSql(relation)} (${columns})`);
-    } else {
-      const wanted = new Map(relation.columns.map((column) => [column.name, column]));
-      for (const column of known) {
-        if (!wanted.has(column.name)) await this.connection.run(`ALTER TABLE ${tableSql(relation)} DROP COLUMN ${ident(column.name)}`);
+      await this.connection.run(`CREATE OR REPLACE TABLE ${target} (${columns})`);
+      shapes.set(relation.oid, wanted);
+      return;
+    }
+    if (known.schema !== relation.schema) {
+      await this.connection.run(`CREATE SCHEMA IF NOT EXISTS ${ident(relation.schema)}`);
+      await this.connection.run(`CREATE TABLE ${target} AS SELECT * FROM ${tableSql(known)}`);
+      await this.connection.run(`DROP TABLE ${tableSql(known)}`);
+    } else if (known.name !== relation.name) {
+      await this.connection.run(`ALTER TABLE ${tableSql(known)} RENAME TO ${ident(relation.name)}`);
+    }
+    const matched = new Set<Column>();
+    const counterpart = (column: Column) =>
+      relation.columns.find((candidate) => (column.attnum !== undefined && candidate.attnum !== undefined ? candidate.attnum === column.attnum : candidate.name === column.name));
+    for (const column of known.columns) {
+      const now = counterpart(column);
+      if (!now) {
+        await this.connection.run(`ALTER TABLE ${target} DROP COLUMN ${ident(column.name)}`);
+        continue;
       }
-      const existing = new Map(known.map((column) => [column.name, column]));
-      for (const column of relation.columns) {
-        const before = existing.get(column.name);
-        const type = duckDbType(column).sql;
-        if (!before) await this.connection.run(`ALTER TABLE ${tableSql(relation)} ADD COLUMN ${ident(column.name)} ${type}`);
-        else if (duckDbType(before).sql !== type) {
-          await this.connection.run(`ALTER TABLE ${tableSql(relation)} ALTER COLUMN ${ident(column.name)} TYPE ${type}`);
-        }
+      matched.add(now);
+      if (now.name !== column.name) await this.connection.run(`ALTER TABLE ${target} RENAME COLUMN ${ident(column.name)} TO ${ident(now.name)}`);
+      const type = duckDbType(now);
+      if (duckDbType(column).sql !== type.sql) {
+        await this.connection.run(`ALTER TABLE ${target} ALTER COLUMN ${ident(now.name)} TYPE ${type.sql} USING ${type.cast(`CAST(${ident(now.name)} AS VARCHAR)`)}`);
       }
     }
-    shapes.set(name, relation.columns);
+    for (const column of relation.columns) {
+      if (matched.has(column)) continue;
+      const type = duckDbType(column);
+      // Rows older than a column added with a default hold that default (Postgres did not rewrite them).
+      const fill = column.missingValue !== undefined ? ` DEFAULT ${type.cast(literal(column.missingValue))}` : '';
+      await this.connection.run(`ALTER TABLE ${target} ADD COLUMN ${ident(column.name)} ${type.sql}${fill}`);
+      if (fill) await this.connection.run(`ALTER TABLE ${target} ALTER COLUMN ${ident(column.name)} DROP DEFAULT`);
+    }
+    shapes.set(relation.oid, wanted);
   }
 
   /**
@@ -248,6 +281,11 @@ export class DuckDbDestination implements Destination {
   }
 }
 
-function sameShape(a: Column[], b: Column[]): boolean {
-  return a.length === b.length && a.every((column, index) => column.name === b[index].name && duckDbType(column).sql === duckDbType(b[index]).sql);
+function sameShape(a: Shape, b: Shape): boolean {
+  return (
+    a.schema === b.schema &&
+    a.name === b.name &&
+    a.columns.length === b.columns.length &&
+    a.columns.every((column, index) => column.name === b.columns[index].name && duckDbType(column).sql === duckDbType(b.columns[index]).sql)
+  );
 }

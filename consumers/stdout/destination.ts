@@ -19,15 +19,15 @@ export class StdoutDestination implements Destination {
     private readonly out: Writable = process.stdout,
   ) {}
 
-  async tableStates(tables: string[]): Promise<Map<string, TableState>> {
-    const states = new Map<string, TableState>();
-    if (tables.length === 0) return states;
-    const stored = await this.redis.hmget(keys.tableStates(this.pipeline, this.name), ...tables);
-    tables.forEach((table, index) => {
+  async tableStates(relations: Relation[]): Promise<Map<number, TableState>> {
+    const states = new Map<number, TableState>();
+    if (relations.length === 0) return states;
+    const stored = await this.redis.hmget(keys.tableStates(this.pipeline, this.name), ...relations.map((relation) => String(relation.oid)));
+    relations.forEach(({ oid }, index) => {
       const text = stored[index];
       if (!text) return;
       const raw = JSON.parse(text);
-      states.set(table, {
+      states.set(oid, {
         copyLsn: BigInt(raw.copyLsn),
         copyChunk: raw.copyChunk,
         copyDone: raw.copyDone,
@@ -37,11 +37,11 @@ export class StdoutDestination implements Destination {
     return states;
   }
 
-  async apply(steps: Step[], states: Map<string, TableState>): Promise<void> {
+  async apply(steps: Step[], states: Map<number, TableState>): Promise<void> {
     const lines: string[] = [];
     for (const step of steps) {
       if (step.kind === 'copy') {
-        const lsn = formatLsn(states.get(qualifiedName(step.relation))!.copyLsn);
+        const lsn = formatLsn(states.get(step.relation.oid)!.copyLsn);
         for (const row of step.rows) lines.push(line(step.relation, 'insert', lsn, { row: row! }, true));
       } else if (step.kind === 'truncate') {
         for (const relation of step.relations) lines.push(line(relation, 'truncate', formatLsn(step.version.lsn)));
@@ -54,8 +54,8 @@ export class StdoutDestination implements Destination {
     if (lines.length > 0) await write(this.out, lines.join('\n') + '\n');
     if (states.size === 0) return;
     const fields: Record<string, string> = {};
-    for (const [table, state] of states) {
-      fields[table] = JSON.stringify({
+    for (const [oid, state] of states) {
+      fields[String(oid)] = JSON.stringify({
         copyLsn: String(state.copyLsn),
         copyChunk: state.copyChunk,
         copyDone: state.copyDone,
