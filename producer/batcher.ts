@@ -56,6 +56,10 @@ export class Batcher {
     this.relations.set(relation.oid, relation);
   }
 
+  knownRelation(oid: number): Relation | undefined {
+    return this.relations.get(oid);
+  }
+
   relation(oid: number): Relation {
     const relation = this.relations.get(oid);
     if (!relation) throw new Error(`pgoutput sent a change for relation ${oid} before describing it`);

@@ -43,8 +43,12 @@ export class Catalog {
 
   constructor(private readonly client: pg.ClientBase) {}
 
-  /** The relation as pgoutput described it, plus what the catalog adds. */
-  async enrich(relation: Relation): Promise<Relation> {
+  /**
+   * The relation as pgoutput described it, plus what the catalog adds. The catalog is read now,
+   * possibly after later DDL: a column renamed since is found through the previous description
+   * of the relation (by name, then by position and type).
+   */
+  async enrich(relation: Relation, previous?: Relation): Promise<Relation> {
     const result = await this.client.query(
       `SELECT a.attname, a.attnum, a.attndims,
               CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END AS missing
@@ -54,12 +58,19 @@ export class Catalog {
     );
     const attributes = new Map(result.rows.map((row) => [row.attname as string, row]));
     const columns: Column[] = [];
-    for (const column of relation.columns) {
+    const names = new Set(relation.columns.map((column) => column.name));
+    for (const [index, column] of relation.columns.entries()) {
       const attribute = attributes.get(column.name);
       const enriched: Column = { ...column };
       if (attribute) {
         enriched.attnum = Number(attribute.attnum);
         if (attribute.missing !== null) enriched.missingValue = attribute.missing;
+      } else if (previous) {
+        const atPosition = previous.columns[index];
+        const before =
+          previous.columns.find((candidate) => candidate.name === column.name) ??
+          (atPosition && !names.has(atPosition.name) && atPosition.typeOid === column.typeOid ? atPosition : undefined);
+        if (before?.attnum !== undefined) enriched.attnum = before.attnum;
       }
       const { base, element } = await this.resolve(column.typeOid);
       if (base !== column.typeOid) enriched.baseTypeOid = base;

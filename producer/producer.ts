@@ -140,7 +140,7 @@ export class Producer {
       }
       catalogClient = await connectPostgres(options.pgUrl, 'pg-replicate catalog', VALUE_TEXT_SETTINGS);
       const catalog = new Catalog(catalogClient);
-      await streamSlot(session, replication, this.position, (relation) => catalog.enrich(relation), fail);
+      await streamSlot(session, replication, this.position, (relation, previous) => catalog.enrich(relation, previous), fail);
       if (failure) throw failure;
       return false;
     } catch (error) {

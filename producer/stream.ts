@@ -25,7 +25,7 @@ export async function streamSlot(
   session: Session,
   replication: ReplicationConnection,
   position: AckPosition,
-  describe: (relation: Relation) => Promise<Relation>,
+  describe: (relation: Relation, previous?: Relation) => Promise<Relation>,
   fail: (error: Error) => void,
 ): Promise<void> {
   const { options, epoch, sequencer, tracker, queues, watcher, signal } = session;
@@ -99,7 +99,7 @@ export async function streamSlot(
           }
         } else {
           const decoded = decodePgoutput(arrival.message);
-          if (decoded.tag === 'relation') batcher.setRelation(await describe(decoded));
+          if (decoded.tag === 'relation') batcher.setRelation(await describe(decoded, batcher.knownRelation(decoded.oid)));
           else apply(decoded, arrival.message.length);
           lastActivity = Date.now();
           if (queues.pendingAdds > MAX_PENDING_ADDS) setPaused('backlog', true);
