@@ -1,7 +1,6 @@
 import type pg from 'pg';
 import type { Column, Relation, ReplicaIdentity } from '../shared/events.js';
 import { PgType } from '../shared/pgtypes.js';
-import { quoteIdent } from './replication.js';
 
 const REPLICA_IDENTITIES: Record<string, ReplicaIdentity> = { d: 'default', n: 'nothing', f: 'full', i: 'index' };
 
@@ -142,14 +141,4 @@ export async function describeTable(client: pg.ClientBase, table: PublishedTable
     columns,
   };
   return catalog.enrich(relation);
-}
-
-/** Tables whose UPDATEs and DELETEs Postgres cannot identify, and what to run to fix each one. */
-export function tablesWithoutIdentity(relations: Relation[]): string[] {
-  return relations
-    .filter((relation) => !relation.columns.some((column) => column.isKey))
-    .map((relation) => {
-      const name = `${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}`;
-      return `${relation.schema}.${relation.name} (fix: ALTER TABLE ${name} REPLICA IDENTITY FULL, or add a primary key)`;
-    });
 }

@@ -6,7 +6,7 @@ import { partitionOf } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import type { Lsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
-import { Catalog, describeTable, publicationTables, tablesWithoutIdentity } from './catalog.js';
+import { Catalog, describeTable, publicationTables } from './catalog.js';
 import { CopyTextParser } from './copytext.js';
 import { MAX_PENDING_ADDS, POLL_MS, type Session } from './options.js';
 import { quoteIdent } from './replication.js';
@@ -36,10 +36,6 @@ export async function copyTables(session: Session, snapshotName: string, snapsho
       const relation = await describeTable(connections[0], table, catalog);
       relations.push(relation);
       rowFilters.set(relation, table.rowFilter);
-    }
-    const unidentified = tablesWithoutIdentity(relations);
-    if (unidentified.length > 0) {
-      log.warn({ tables: unidentified }, 'these tables have no replica identity: their UPDATEs and DELETEs cannot be replicated (inserts and the copy are)');
     }
     tracker.begin();
     const pending = [...relations];

@@ -1,6 +1,7 @@
 import pg from 'pg';
 import type { Redis } from 'ioredis';
 import { UserError, errorMessage } from '../shared/errors.js';
+import { log } from '../shared/log.js';
 
 /** Connects to Postgres, turning the usual failures into errors that say what to do. */
 export async function connectPostgres(pgUrl: string, applicationName: string, options?: string): Promise<pg.Client> {
@@ -28,6 +29,23 @@ export async function checkSource(client: pg.Client, publication: string): Promi
   if (found.rowCount === 0) {
     throw new UserError(
       `Publication "${publication}" does not exist in this database. Create it first, e.g. CREATE PUBLICATION ${publication} FOR TABLE my_table; (or FOR ALL TABLES), or pass the right --publication.`,
+    );
+  }
+  const unidentified = (
+    await client.query(
+      `SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name, c.relreplident
+         FROM pg_publication_tables p
+         JOIN pg_namespace n ON n.nspname = p.schemaname
+         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+        WHERE p.pubname = $1
+          AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))`,
+      [publication],
+    )
+  ).rows;
+  if (unidentified.length > 0) {
+    log.warn(
+      { tables: unidentified.map((table) => table.name) },
+      `these tables have no replica identity, so Postgres cannot publish their UPDATEs and DELETEs (it rejects them while they are in the publication); inserts and the copy replicate. Fix each with: ${unidentified.map((table) => `ALTER TABLE ${table.name} REPLICA IDENTITY FULL;`).join(' ')} (or add a primary key)`,
     );
   }
   const role = (

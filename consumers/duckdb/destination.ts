@@ -187,6 +187,8 @@ export class DuckDbDestination implements Destination {
     }
     const keyOf = (values: Value[]) => JSON.stringify(keyColumns.map((index) => values[index]));
     const finalImages = new Map<string, Value[] | null>();
+    // Rows still missing unchanged TOASTed values, with the key their old version is stored under.
+    const lookups = new Map<Value[], Value[]>();
     for (const change of changes) {
       if (change.op === 'delete') {
         finalImages.set(keyOf(change.old!), null);
@@ -194,26 +196,34 @@ export class DuckDbDestination implements Destination {
       }
       const row = [...change.row!];
       const key = keyOf(row);
-      if (change.op === 'update' && change.old) {
-        const oldKey = keyOf(change.old);
-        if (oldKey !== key) finalImages.set(oldKey, null);
+      const oldValues = change.op === 'update' && change.old ? change.old : row;
+      const oldKey = keyOf(oldValues);
+      if (row.includes(UNCHANGED)) {
+        const previous = finalImages.get(oldKey);
+        if (previous) {
+          row.forEach((value, index) => value === UNCHANGED && (row[index] = previous[index]));
+          // The earlier image may itself still wait for its stored values: look up where it would.
+          if (row.includes(UNCHANGED)) lookups.set(row, lookups.get(previous)!);
+        } else {
+          lookups.set(row, keyColumns.map((index) => oldValues[index]));
+        }
       }
-      const previous = finalImages.get(key);
-      if (previous) row.forEach((value, index) => value === UNCHANGED && (row[index] = previous[index]));
+      if (oldKey !== key) finalImages.set(oldKey, null);
       finalImages.set(key, row);
     }
     const rows = [...finalImages.values()].filter((row): row is Value[] => row !== null);
-    await this.fillUnchanged(relation, keyColumns, rows);
+    await this.fillUnchanged(relation, keyColumns, rows, lookups);
     const deleted = [...finalImages].filter(([, row]) => row === null).map(([key]) => JSON.parse(key) as Value[]);
     await this.writeRows(relation, keyColumns, rows, deleted);
   }
 
-  /** An update that left a TOASTed value out: take the value the destination already holds. */
-  private async fillUnchanged(relation: Relation, keyColumns: number[], rows: Value[][]): Promise<void> {
+  /** An update that left a TOASTed value out: take the value the destination holds under the row's old key. */
+  private async fillUnchanged(relation: Relation, keyColumns: number[], rows: Value[][], lookups: Map<Value[], Value[]>): Promise<void> {
     for (const row of rows) {
+      const key = lookups.get(row);
+      if (!key) continue;
       const missing = row.flatMap((value, index) => (value === UNCHANGED ? [index] : []));
-      if (missing.length === 0) continue;
-      const where = keyColumns.map((index) => `${ident(relation.columns[index].name)} = ${duckDbType(relation.columns[index]).cast(literal(row[index] as string))}`).join(' AND ');
+      const where = keyColumns.map((column, position) => `${ident(relation.columns[column].name)} = ${duckDbType(relation.columns[column]).cast(literal(key[position] as string))}`).join(' AND ');
       const select = missing.map((index) => `CAST(${ident(relation.columns[index].name)} AS VARCHAR)`).join(', ');
       const found = (await this.connection.runAndReadAll(`SELECT ${select} FROM ${tableSql(relation)} WHERE ${where}`)).getRows()[0];
       if (!found) throw new Error(`an update of ${qualifiedName(relation)} kept unchanged TOASTed values, but the destination has no row with that key to take them from`);

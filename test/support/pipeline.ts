@@ -22,7 +22,11 @@ export class CliProcess {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.child.stdout!.on('data', (data) => (this.stdout += data));
-    this.child.stderr!.on('data', (data) => (this.stderr += data));
+    this.child.stderr!.on('data', (data) => {
+      this.stderr += data;
+      // PGR_TEST_LOGS=1 shows every CLI process's log while debugging a test.
+      if (process.env.PGR_TEST_LOGS) process.stderr.write(data);
+    });
     this.exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
   }
 

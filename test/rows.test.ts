@@ -1,0 +1,132 @@
+import test from 'ava';
+import { TestPipeline, duckdbRows, postgresRows } from './support/pipeline.js';
+import { useServices } from './support/services.js';
+
+/** Updates that do not carry the whole row, tables without a primary key, and every form of TRUNCATE. */
+const env = useServices(test);
+
+/** About 12 kB of random hex: too big and too random to stay inline, so Postgres TOASTs it. */
+const BIG = `(SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 400))`;
+
+test('unchanged TOASTed values survive updates of other columns, with REPLICA IDENTITY DEFAULT and FULL', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'toast', ['main']);
+  await env.pg.query(`
+    CREATE TABLE docs (id int PRIMARY KEY, body text, n int);
+    CREATE TABLE docs_full (id int PRIMARY KEY, body text, n int);
+    ALTER TABLE docs_full REPLICA IDENTITY FULL;
+    INSERT INTO docs SELECT g, ${BIG}, g FROM generate_series(1, 3) g;
+    INSERT INTO docs_full SELECT g, ${BIG}, g FROM generate_series(1, 3) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE docs, docs_full;
+  `);
+  const producer = pipeline.producer();
+  const consumer = pipeline.duckdb('main');
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    for (const table of ['docs', 'docs_full']) {
+      await env.pg.query(`UPDATE ${table} SET n = n + 10 WHERE id = 1`);
+      await env.pg.query(`INSERT INTO ${table} VALUES (4, ${BIG}, 4)`);
+      await env.pg.query(`BEGIN; INSERT INTO ${table} VALUES (5, ${BIG}, 5); UPDATE ${table} SET n = 50 WHERE id = 5; UPDATE ${table} SET n = 51 WHERE id = 5; COMMIT`);
+      await env.pg.query(`UPDATE ${table} SET n = n + 100`);
+      await env.pg.query(`UPDATE ${table} SET body = 'small now' WHERE id = 2`);
+      await env.pg.query(`UPDATE ${table} SET id = 30 WHERE id = 3`);
+    }
+    await pipeline.waitForCatchUp();
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+  const toasted = (await env.pg.query("SELECT count(*)::int AS n FROM docs WHERE length(body) > 8000")).rows[0].n;
+  t.true(toasted >= 3, 'the test really has values over 8 kB');
+  for (const table of ['docs', 'docs_full']) {
+    t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), `public.${table}`, ['id', 'body', 'n']), await postgresRows(env.pg, table, ['id', 'body', 'n']), table);
+  }
+});
+
+test('tables without a primary key: FULL replicates duplicates exactly, USING INDEX works, DEFAULT and NOTHING are reported with the fix', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'identity', ['main']);
+  await env.pg.query(`
+    CREATE TABLE dupes (a int, b text);
+    ALTER TABLE dupes REPLICA IDENTITY FULL;
+    INSERT INTO dupes VALUES (1, 'x'), (1, 'x'), (1, 'x'), (2, NULL), (2, NULL);
+    CREATE TABLE by_index (code text NOT NULL, v int);
+    CREATE UNIQUE INDEX by_index_code ON by_index (code);
+    ALTER TABLE by_index REPLICA IDENTITY USING INDEX by_index_code;
+    INSERT INTO by_index VALUES ('a', 1), ('b', 2);
+    CREATE TABLE no_key (v int);
+    CREATE TABLE no_identity (v int PRIMARY KEY);
+    ALTER TABLE no_identity REPLICA IDENTITY NOTHING;
+    INSERT INTO no_key VALUES (1);
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE dupes, by_index, no_key, no_identity;
+  `);
+  const producer = pipeline.producer();
+  const consumer = pipeline.duckdb('main');
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    await env.pg.query(`
+      DELETE FROM dupes WHERE ctid = (SELECT ctid FROM dupes WHERE a = 1 LIMIT 1);
+      UPDATE dupes SET b = 'y' WHERE ctid = (SELECT ctid FROM dupes WHERE a = 1 LIMIT 1);
+      INSERT INTO dupes VALUES (2, NULL);
+      DELETE FROM dupes WHERE ctid = (SELECT ctid FROM dupes WHERE a = 2 LIMIT 1);
+      UPDATE by_index SET v = 10 WHERE code = 'a';
+      UPDATE by_index SET code = 'c' WHERE code = 'b';
+      DELETE FROM by_index WHERE code = 'a';
+      INSERT INTO by_index VALUES ('d', 4);
+      INSERT INTO no_key VALUES (2);
+      INSERT INTO no_identity VALUES (7);
+    `);
+    const refused = await env.pg.query('UPDATE no_key SET v = 3').catch((error: Error) => error);
+    t.regex(String(refused), /does not have a replica identity/);
+    await pipeline.waitForCatchUp();
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+  const path = pipeline.duckdbPath('main');
+  t.deepEqual(await duckdbRows(path, 'public.dupes', ['a', 'b']), await postgresRows(env.pg, 'dupes', ['a', 'b']));
+  t.is((await duckdbRows(path, 'public.dupes', ['a', 'b'])).length, 4);
+  t.deepEqual(await duckdbRows(path, 'public.by_index', ['code', 'v']), await postgresRows(env.pg, 'by_index', ['code', 'v']));
+  t.deepEqual(await duckdbRows(path, 'public.no_key', ['v']), await postgresRows(env.pg, 'no_key', ['v']));
+  t.deepEqual(await duckdbRows(path, 'public.no_identity', ['v']), await postgresRows(env.pg, 'no_identity', ['v']));
+  t.regex(producer.stderr, /no replica identity/);
+  t.regex(producer.stderr, /ALTER TABLE public.no_key REPLICA IDENTITY FULL;/);
+  t.regex(producer.stderr, /ALTER TABLE public.no_identity REPLICA IDENTITY FULL;/);
+  t.notRegex(producer.stderr, /ALTER TABLE public.dupes/);
+});
+
+test('TRUNCATE: one table, several at once, CASCADE, RESTART IDENTITY, and truncate then insert in one transaction', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'truncate', ['main']);
+  const tables = ['t_one', 't_two', 't_three', 't_parent', 't_child', 't_serial'];
+  await env.pg.query(`
+    CREATE TABLE t_one (id int PRIMARY KEY);
+    CREATE TABLE t_two (id int PRIMARY KEY);
+    CREATE TABLE t_three (id int PRIMARY KEY);
+    CREATE TABLE t_parent (id int PRIMARY KEY);
+    CREATE TABLE t_child (id int PRIMARY KEY, parent int REFERENCES t_parent);
+    CREATE TABLE t_serial (id serial PRIMARY KEY, v text);
+    INSERT INTO t_one SELECT generate_series(1, 10); INSERT INTO t_two SELECT generate_series(1, 10); INSERT INTO t_three SELECT generate_series(1, 10);
+    INSERT INTO t_parent SELECT generate_series(1, 10); INSERT INTO t_child SELECT g, g FROM generate_series(1, 10) g;
+    INSERT INTO t_serial (v) SELECT 'v' || g FROM generate_series(1, 10) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE ${tables.join(', ')};
+  `);
+  const producer = pipeline.producer();
+  const consumer = pipeline.duckdb('main');
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    await env.pg.query('TRUNCATE t_one');
+    await env.pg.query('INSERT INTO t_one VALUES (100)');
+    await env.pg.query('TRUNCATE t_two, t_three');
+    await env.pg.query('INSERT INTO t_three VALUES (300)');
+    await env.pg.query('TRUNCATE t_parent CASCADE');
+    await env.pg.query('INSERT INTO t_parent VALUES (1); INSERT INTO t_child VALUES (1, 1)');
+    await env.pg.query('TRUNCATE t_serial RESTART IDENTITY');
+    await env.pg.query("INSERT INTO t_serial (v) VALUES ('restarted')");
+    await env.pg.query("BEGIN; INSERT INTO t_two VALUES (1); TRUNCATE t_two; INSERT INTO t_two VALUES (2), (3); UPDATE t_two SET id = 4 WHERE id = 3; COMMIT");
+    await pipeline.waitForCatchUp();
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+  const columns: Record<string, string[]> = { t_child: ['id', 'parent'], t_serial: ['id', 'v'] };
+  for (const table of tables) {
+    const wanted = columns[table] ?? ['id'];
+    t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), `public.${table}`, wanted), await postgresRows(env.pg, table, wanted), table);
+  }
+  t.deepEqual(await postgresRows(env.pg, 't_serial', ['id', 'v']), ['["1","restarted"]']);
+});
