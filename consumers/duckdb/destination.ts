@@ -2,7 +2,7 @@ import { type DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError, errorMessage } from '../../shared/errors.js';
 import type { Destination, Step, TableState } from '../destination.js';
-import { duckDbType } from './types.js';
+import { type DuckDbType, duckDbType } from './types.js';
 
 const STATE_TABLE = '_pg_replicate.tables';
 const STAGE_DELETED = '_pg_deleted';
@@ -212,45 +212,44 @@ export class DuckDbDestination implements Destination {
       finalImages.set(key, row);
     }
     const rows = [...finalImages.values()].filter((row): row is Value[] => row !== null);
-    await this.fillUnchanged(relation, keyColumns, rows, lookups);
     const deleted = [...finalImages].filter(([, row]) => row === null).map(([key]) => JSON.parse(key) as Value[]);
-    await this.writeRows(relation, keyColumns, rows, deleted);
-  }
-
-  /** An update that left a TOASTed value out: take the value the destination holds under the row's old key. */
-  private async fillUnchanged(relation: Relation, keyColumns: number[], rows: Value[][], lookups: Map<Value[], Value[]>): Promise<void> {
-    for (const row of rows) {
-      const key = lookups.get(row);
-      if (!key) continue;
-      const missing = row.flatMap((value, index) => (value === UNCHANGED ? [index] : []));
-      const where = keyColumns.map((column, position) => `${ident(relation.columns[column].name)} = ${duckDbType(relation.columns[column]).cast(literal(key[position] as string))}`).join(' AND ');
-      const select = missing.map((index) => `CAST(${ident(relation.columns[index].name)} AS VARCHAR)`).join(', ');
-      const found = (await this.connection.runAndReadAll(`SELECT ${select} FROM ${tableSql(relation)} WHERE ${where}`)).getRows()[0];
-      if (!found) throw new Error(`an update of ${qualifiedName(relation)} kept unchanged TOASTed values, but the destination has no row with that key to take them from`);
-      missing.forEach((index, position) => (row[index] = found[position] === null ? null : String(found[position])));
-    }
+    await this.writeRows(relation, keyColumns, rows, deleted, lookups);
   }
 
   /**
-   * Bulk path: rows go through the appender into a VARCHAR staging table, then one DELETE of
-   * every key touched and one INSERT … SELECT with the casts to the column types.
+   * Bulk path: rows go through the appender into a VARCHAR staging table (after the JS rewrite
+   * some types need), then one DELETE of every key touched and one INSERT … SELECT with the
+   * casts. Values an update left unchanged (TOAST) are first copied, typed, from the stored row
+   * under the row's old key, and put back in the INSERT: they never go through text again.
    */
-  private async writeRows(relation: Relation, keyColumns: number[], rows: Value[][], deletedKeys: Value[][] = []): Promise<void> {
+  private async writeRows(relation: Relation, keyColumns: number[], rows: Value[][], deletedKeys: Value[][] = [], lookups = new Map<Value[], Value[]>()): Promise<void> {
     if (rows.length === 0 && deletedKeys.length === 0) return;
+    const types = relation.columns.map(duckDbType);
     const stage = `_pg_stage_${this.stageCounter++ % 4}`;
-    const stageColumns = relation.columns.map((_, index) => `c${index} VARCHAR`).join(', ');
-    await this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} (${stageColumns}, ${STAGE_DELETED} BOOLEAN)`);
+    const stageColumns = [
+      ...relation.columns.map((_, index) => `c${index} VARCHAR`),
+      ...keyColumns.map((_, position) => `k${position} VARCHAR`),
+      `${STAGE_DELETED} BOOLEAN, _pg_row INTEGER, _pg_unchanged VARCHAR`,
+    ].join(', ');
+    await this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} (${stageColumns})`);
     const appender = await this.connection.createAppender(stage, 'main', 'temp');
-    const append = (values: Value[], deleted: boolean) => {
-      for (let index = 0; index < relation.columns.length; index++) {
-        const value = values[index];
-        if (value === null || value === undefined || value === UNCHANGED) appender.appendNull();
-        else appender.appendVarchar(value);
-      }
+    const appendText = (value: Value | undefined, type: DuckDbType | undefined) => {
+      const staged = typeof value === 'string' && type?.stage ? type.stage(value) : value;
+      if (typeof staged === 'string') appender.appendVarchar(staged);
+      else appender.appendNull();
+    };
+    let rowNumber = 0;
+    const append = (values: Value[], deleted: boolean, lookup?: Value[]) => {
+      for (let index = 0; index < types.length; index++) appendText(values[index], types[index]);
+      keyColumns.forEach((column, position) => appendText(lookup?.[position], types[column]));
       appender.appendBoolean(deleted);
+      appender.appendInteger(rowNumber++);
+      const unchanged = lookup ? values.flatMap((value, index) => (value === UNCHANGED ? [index] : [])) : [];
+      if (unchanged.length > 0) appender.appendVarchar(`,${unchanged.join(',')},`);
+      else appender.appendNull();
       appender.endRow();
     };
-    for (const row of rows) append(row, false);
+    for (const row of rows) append(row, false, lookups.get(row));
     for (const key of deletedKeys) {
       const values: Value[] = new Array(relation.columns.length).fill(null);
       keyColumns.forEach((column, position) => (values[column] = key[position]));
@@ -258,13 +257,25 @@ export class DuckDbDestination implements Destination {
     }
     appender.closeSync();
     const target = tableSql(relation);
-    if (keyColumns.length > 0) {
-      const match = keyColumns.map((index) => `${target}.${ident(relation.columns[index].name)} = ${duckDbType(relation.columns[index]).cast(`s.c${index}`)}`).join(' AND ');
-      await this.connection.run(`DELETE FROM ${target} USING ${stage} s WHERE ${match}`);
+    const keyMatch = (table: string, prefix: 'c' | 'k') =>
+      keyColumns.map((column, position) => `${table}.${ident(relation.columns[column].name)} = ${types[column].cast(`s.${prefix}${prefix === 'c' ? column : position}`)}`).join(' AND ');
+    const keep = `${stage}_keep`;
+    const keepsUnchanged = rows.some((row) => lookups.has(row) && row.includes(UNCHANGED));
+    if (keepsUnchanged) {
+      await this.connection.run(`CREATE OR REPLACE TEMP TABLE ${keep} AS SELECT s._pg_row, t.* FROM ${stage} s JOIN ${target} t ON ${keyMatch('t', 'k')} WHERE s._pg_unchanged IS NOT NULL`);
+      const missing = (await this.connection.runAndReadAll(`SELECT count(*) FROM ${stage} s WHERE s._pg_unchanged IS NOT NULL AND s._pg_row NOT IN (SELECT _pg_row FROM ${keep})`)).getRows()[0][0];
+      if (Number(missing) > 0) throw new Error(`an update of ${qualifiedName(relation)} kept unchanged TOASTed values, but the destination has no row with that key to take them from`);
     }
+    if (keyColumns.length > 0) await this.connection.run(`DELETE FROM ${target} USING ${stage} s WHERE ${keyMatch(target, 'c')}`);
     const names = relation.columns.map((column) => ident(column.name)).join(', ');
-    const values = relation.columns.map((column, index) => duckDbType(column).cast(`s.c${index}`)).join(', ');
-    await this.connection.run(`INSERT INTO ${target} (${names}) SELECT ${values} FROM ${stage} s WHERE NOT s.${STAGE_DELETED}`);
+    const values = relation.columns
+      .map((column, index) => {
+        const cast = types[index].cast(`s.c${index}`);
+        return keepsUnchanged ? `CASE WHEN contains(s._pg_unchanged, ',${index},') THEN k.${ident(column.name)} ELSE ${cast} END` : cast;
+      })
+      .join(', ');
+    const from = keepsUnchanged ? `${stage} s LEFT JOIN ${keep} k ON k._pg_row = s._pg_row` : `${stage} s`;
+    await this.connection.run(`INSERT INTO ${target} (${names}) SELECT ${values} FROM ${from} WHERE NOT s.${STAGE_DELETED}`);
   }
 
   /** REPLICA IDENTITY FULL: rows may repeat, so a delete or update touches exactly one matching row. */
@@ -274,7 +285,7 @@ export class DuckDbDestination implements Destination {
       if (!change.old) throw new Error(`${qualifiedName(relation)} has no replica identity: its ${change.op}s cannot be applied (ALTER TABLE … REPLICA IDENTITY FULL on the source)`);
       const old = change.old;
       const match = relation.columns
-        .map((column, index) => `${ident(column.name)} IS NOT DISTINCT FROM ${old[index] === null ? 'NULL' : duckDbType(column).cast(literal(old[index] as string))}`)
+        .map((column, index) => `${ident(column.name)} IS NOT DISTINCT FROM ${valueSql(duckDbType(column), old[index])}`)
         .join(' AND ');
       await this.connection.run(`DELETE FROM ${target} WHERE rowid = (SELECT rowid FROM ${target} WHERE ${match} LIMIT 1)`);
     }
@@ -289,6 +300,12 @@ export class DuckDbDestination implements Destination {
     this.connection.closeSync();
     this.instance.closeSync();
   }
+}
+
+/** A value as a SQL literal of its DuckDB type. */
+function valueSql(type: DuckDbType, value: Value): string {
+  const staged = typeof value === 'string' && type.stage ? type.stage(value) : value;
+  return typeof staged === 'string' ? type.cast(literal(staged)) : 'NULL';
 }
 
 function sameShape(a: Shape, b: Shape): boolean {
