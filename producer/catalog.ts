@@ -28,6 +28,7 @@ export async function publicationTables(client: pg.ClientBase, publication: stri
 interface TypeRow {
   typtype: string;
   typbasetype: number;
+  typtypmod: number;
   typelem: number;
   typcategory: string;
 }
@@ -71,8 +72,10 @@ export class Catalog {
           (atPosition && !names.has(atPosition.name) && atPosition.typeOid === column.typeOid ? atPosition : undefined);
         if (before?.attnum !== undefined) enriched.attnum = before.attnum;
       }
-      const { base, element } = await this.resolve(column.typeOid);
+      const { base, element, modifier } = await this.resolve(column.typeOid);
       if (base !== column.typeOid) enriched.baseTypeOid = base;
+      // A domain column carries no modifier of its own: numeric(10,2) is on the domain.
+      if (column.typeModifier === -1 && modifier !== undefined && modifier !== -1) enriched.typeModifier = modifier;
       if (element !== undefined) {
         enriched.elementTypeOid = element;
         enriched.dimensions = Math.max(1, Number(attribute?.attndims ?? 1));
@@ -83,10 +86,13 @@ export class Catalog {
   }
 
   /** A type's built-in base (through domains; text for enums) and, for arrays, its element's. */
-  private async resolve(typeOid: number, depth = 0): Promise<{ base: number; element?: number }> {
+  private async resolve(typeOid: number, depth = 0): Promise<{ base: number; element?: number; modifier?: number }> {
     const type = await this.type(typeOid);
     if (!type || depth > 16) return { base: typeOid };
-    if (type.typtype === 'd') return this.resolve(type.typbasetype, depth + 1);
+    if (type.typtype === 'd') {
+      const resolved = await this.resolve(type.typbasetype, depth + 1);
+      return { ...resolved, modifier: type.typtypmod !== -1 ? type.typtypmod : resolved.modifier };
+    }
     if (type.typtype === 'e') return { base: PgType.text };
     if (type.typcategory === 'A' && type.typelem !== 0) {
       const element = await this.resolve(type.typelem, depth + 1);
@@ -98,9 +104,15 @@ export class Catalog {
   private async type(typeOid: number): Promise<TypeRow | undefined> {
     if (!this.types.has(typeOid)) {
       // Built-in and user types together are a few hundred rows: load them all, again on a miss.
-      const result = await this.client.query('SELECT oid, typtype, typbasetype, typelem, typcategory FROM pg_type');
+      const result = await this.client.query('SELECT oid, typtype, typbasetype, typtypmod, typelem, typcategory FROM pg_type');
       for (const row of result.rows) {
-        this.types.set(Number(row.oid), { typtype: row.typtype, typbasetype: Number(row.typbasetype), typelem: Number(row.typelem), typcategory: row.typcategory });
+        this.types.set(Number(row.oid), {
+          typtype: row.typtype,
+          typbasetype: Number(row.typbasetype),
+          typtypmod: Number(row.typtypmod),
+          typelem: Number(row.typelem),
+          typcategory: row.typcategory,
+        });
       }
     }
     return this.types.get(typeOid);

@@ -28,8 +28,6 @@ export const PgType = {
   numeric: 1700,
   uuid: 2950,
   jsonb: 3802,
-  bit: 1560,
-  varbit: 1562,
 } as const;
 
 export type TypeKind =

@@ -74,7 +74,6 @@ function scalarType(typeOid: number, typeModifier: number): DuckDbType {
         // lc_monetary=C on our connections: "-$1,234.56".
         return { sql: 'DECIMAL(19, 2)', cast: (value) => `CAST(replace(replace(${value}, '$', ''), ',', '') AS DECIMAL(19, 2))` };
       }
-      if (typeOid === PgType.bit || typeOid === PgType.varbit) return plain('BIT');
       return TEXT;
   }
 }
