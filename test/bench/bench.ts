@@ -1,9 +1,13 @@
 /**
- * npm run bench: end-to-end backfill and CDC rates into DuckDB, each next to the raw rate at
- * which Postgres hands out the same data in the same run (COPY … TO STDOUT for the backfill,
- * a pg_recvlogical drain of the same WAL for CDC). Writes the table into README.md.
+ * npm run bench: end-to-end rates into DuckDB, each next to the raw rate at which Postgres
+ * hands out the same data in the same run (COPY … TO STDOUT for a backfill, a pg_recvlogical
+ * drain of the same WAL for CDC), with the peak memory of the producer and the consumer.
+ * Writes the table into README.md.
  *
- * BENCH_ROWS (default 1,000,000) and BENCH_CHANGES (default 300,000) set the sizes.
+ * Sizes: BENCH_ROWS (backfill, default 1,000,000), BENCH_CHANGES (small transactions, default
+ * 300,000), BENCH_BIG_INSERT (one transaction, default 5,000,000), BENCH_BIG_UPDATE (one
+ * transaction, default 1,000,000), BENCH_HUGE_ROWS (memory-flatness backfill, default
+ * 10,000,000). A size of 0 skips that scenario.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -15,9 +19,12 @@ import copyStreams from 'pg-copy-streams';
 import { CliProcess, TestPipeline, currentWalLsn, waitForSlotAt } from '../support/pipeline.js';
 import { startPostgres, startRedis } from '../support/services.js';
 
-const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
-const CHANGES = Number(process.env.BENCH_CHANGES ?? 300_000);
-const CHANGES_PER_TRANSACTION = 10;
+const size = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
+const ROWS = size('BENCH_ROWS', 1_000_000);
+const CHANGES = size('BENCH_CHANGES', 300_000);
+const BIG_INSERT = size('BENCH_BIG_INSERT', 5_000_000);
+const BIG_UPDATE = size('BENCH_BIG_UPDATE', 1_000_000);
+const HUGE_ROWS = size('BENCH_HUGE_ROWS', 10_000_000);
 
 interface Result {
   name: string;
@@ -25,48 +32,65 @@ interface Result {
   seconds: number;
   rawSeconds: number;
   rawName: string;
-  producerPeakMb?: number;
+  producerPeakMb: number;
+  consumerPeakMb: number;
 }
 
 const pgServer = await startPostgres();
 const redis = await startRedis();
 const results: Result[] = [];
+let scenario = 0;
 try {
-  results.push(await benchBackfill());
-  results.push(await benchCdc());
+  if (ROWS > 0) results.push(await benchBackfill('backfill, mixed types', ROWS));
+  if (CHANGES > 0) {
+    results.push(await benchCdc('CDC, transactions of 10 changes (60 % insert, 30 % update, 10 % delete)', CHANGES, `CALL bench_write(${CHANGES}, 10)`));
+  }
+  if (BIG_INSERT > 0) results.push(await benchCdc('CDC, one transaction inserting every row', BIG_INSERT, `INSERT INTO bench_changes SELECT g, 'n' || g, g / 100.0, now() FROM generate_series(1, ${BIG_INSERT}) g`));
+  if (BIG_UPDATE > 0) {
+    results.push(
+      await benchCdc('CDC, one transaction updating every row', BIG_UPDATE, `UPDATE bench_changes SET amount = amount + 1, updated = now()`, `INSERT INTO bench_changes SELECT g, 'n' || g, g / 100.0, now() FROM generate_series(1, ${BIG_UPDATE}) g`),
+    );
+  }
+  if (HUGE_ROWS > 0) results.push(await benchBackfill('backfill, large table (memory)', HUGE_ROWS));
 } finally {
   await Promise.all([pgServer.stop(), redis.stop()]);
 }
 report(results);
 
-async function benchBackfill(): Promise<Result> {
-  const pipeline = new TestPipeline(pgServer, redis.url, 'benchcopy', ['bench']);
-  process.stderr.write(`loading ${ROWS} rows…\n`);
+async function benchBackfill(name: string, rows: number): Promise<Result> {
+  const pipeline = new TestPipeline(pgServer, redis.url, `benchcopy${++scenario}`, ['bench']);
+  const table = `bench_rows_${scenario}`;
+  process.stderr.write(`${name}: loading ${rows} rows…\n`);
   await pgServer.query(`
-    CREATE TABLE bench_rows (id bigint PRIMARY KEY, name text, amount numeric(12,2), created timestamptz, payload jsonb);
-    INSERT INTO bench_rows SELECT g, 'name ' || g, (g % 100000) / 100.0, '2024-01-01'::timestamptz + g * interval '1 second', jsonb_build_object('g', g, 'tag', 'x' || (g % 10))
-      FROM generate_series(1, ${ROWS}) g;
-    CREATE PUBLICATION ${pipeline.publication} FOR TABLE bench_rows;
+    CREATE TABLE ${table} (id bigint PRIMARY KEY, name text, amount numeric(12,2), created timestamptz, payload jsonb);
+    INSERT INTO ${table} SELECT g, 'name ' || g, (g % 100000) / 100.0, '2024-01-01'::timestamptz + g * interval '1 second', jsonb_build_object('g', g, 'tag', 'x' || (g % 10))
+      FROM generate_series(1, ${rows}) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE ${table};
   `);
-  await pgServer.query('VACUUM ANALYZE bench_rows');
-  const rawSeconds = await timeRawCopy('bench_rows');
+  await pgServer.query(`VACUUM ANALYZE ${table}`);
+  const rawSeconds = await timeRawCopy(table);
   const consumer = pipeline.duckdb('bench');
+  const consumerPeak = sampleRss(consumer);
   const started = performance.now();
   const producer = pipeline.producer(['--mode', 'copy']);
-  const peak = sampleRss(producer);
+  const producerPeak = sampleRss(producer);
   const code = await producer.exited;
   const seconds = (performance.now() - started) / 1000;
+  const result = { name, count: rows, seconds, rawSeconds, rawName: 'COPY … TO STDOUT', producerPeakMb: producerPeak(), consumerPeakMb: consumerPeak() };
   await consumer.stop();
   if (code !== 0) throw new Error(`producer failed: ${producer.stderr}`);
-  return { name: 'backfill rows/s', count: ROWS, seconds, rawSeconds, rawName: 'COPY … TO STDOUT', producerPeakMb: peak() };
+  await pgServer.query(`DROP TABLE ${table}`);
+  return result;
 }
 
-async function benchCdc(): Promise<Result> {
-  const pipeline = new TestPipeline(pgServer, redis.url, 'benchcdc', ['bench']);
+/** Streams the WAL that `write` produces, after `prepare` has run and been applied. */
+async function benchCdc(name: string, count: number, write: string, prepare?: string): Promise<Result> {
+  const pipeline = new TestPipeline(pgServer, redis.url, `benchcdc${++scenario}`, ['bench']);
   await pgServer.query(`
+    DROP TABLE IF EXISTS bench_changes;
     CREATE TABLE bench_changes (id bigint PRIMARY KEY, name text, amount numeric(12,2), updated timestamptz);
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE bench_changes;
-    CREATE PROCEDURE bench_write(total int, per_tx int) LANGUAGE plpgsql AS $$
+    CREATE OR REPLACE PROCEDURE bench_write(total int, per_tx int) LANGUAGE plpgsql AS $$
     DECLARE i int := 0;
     BEGIN
       WHILE i < total LOOP
@@ -84,15 +108,20 @@ async function benchCdc(): Promise<Result> {
       END LOOP;
     END $$;
   `);
-  // Create the pipeline's slot (empty copy), then stop the producer so the WAL piles up.
+  // Create the pipeline's slot and copy, apply the preparation, then stop the producer so the WAL piles up.
   let producer = pipeline.producer();
   const consumer = pipeline.duckdb('bench');
   await pipeline.waitForCopy(redis.client);
+  if (prepare) {
+    process.stderr.write(`${name}: preparing…\n`);
+    await pgServer.query(prepare);
+    await pipeline.waitForCatchUp(30 * 60_000);
+  }
   await producer.stop();
   const rawSlot = `${pipeline.slot}_raw`;
   await pgServer.query(`SELECT pg_create_logical_replication_slot('${rawSlot}', 'pgoutput')`);
-  process.stderr.write(`writing ${CHANGES} changes in transactions of ${CHANGES_PER_TRANSACTION}…\n`);
-  await pgServer.query(`CALL bench_write(${CHANGES}, ${CHANGES_PER_TRANSACTION})`);
+  process.stderr.write(`${name}: writing ${count} changes…\n`);
+  await pgServer.query(write);
   const end = await currentWalLsn(pgServer);
 
   const rawStarted = performance.now();
@@ -106,14 +135,16 @@ async function benchCdc(): Promise<Result> {
   const rawSeconds = (performance.now() - rawStarted) / 1000;
   await pgServer.query(`SELECT pg_drop_replication_slot('${rawSlot}')`);
 
+  const consumerPeak = sampleRss(consumer);
   const started = performance.now();
   producer = pipeline.producer();
-  const peak = sampleRss(producer);
-  await waitForSlotAt(pgServer, pipeline.slot, end, 30 * 60_000);
+  const producerPeak = sampleRss(producer);
+  await waitForSlotAt(pgServer, pipeline.slot, end, 60 * 60_000);
   const seconds = (performance.now() - started) / 1000;
-  const producerPeakMb = peak();
+  const result = { name, count, seconds, rawSeconds, rawName: 'pg_recvlogical', producerPeakMb: producerPeak(), consumerPeakMb: consumerPeak() };
   await Promise.all([producer.stop(), consumer.stop()]);
-  return { name: 'CDC changes/s', count: CHANGES, seconds, rawSeconds, rawName: 'pg_recvlogical drain', producerPeakMb };
+  await pgServer.query(`DROP PUBLICATION ${pipeline.publication}; SELECT pg_drop_replication_slot('${pipeline.slot}')`);
+  return result;
 }
 
 async function timeRawCopy(table: string): Promise<number> {
@@ -148,16 +179,17 @@ function sampleRss(child: CliProcess): () => number {
 
 function report(all: Result[]): void {
   const machine = `${cpus().length} × ${cpus()[0]?.model.trim()}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}, PostgreSQL ${postgresVersion()}`;
+  const format = (value: number) => Math.round(value).toLocaleString('en-US');
   const rows = all.map((result) => {
     const rate = result.count / result.seconds;
     const raw = result.count / result.rawSeconds;
-    return `| ${result.name} | ${result.count.toLocaleString('en-US')} | ${Math.round(rate).toLocaleString('en-US')} | ${Math.round(raw).toLocaleString('en-US')} (${result.rawName}) | ${(rate / raw).toFixed(2)} | ${result.producerPeakMb ?? '–'} MB |`;
+    return `| ${result.name} | ${format(result.count)} | ${format(rate)}/s | ${format(raw)}/s (${result.rawName}) | ${(rate / raw).toFixed(2)} | ${result.producerPeakMb} MB | ${result.consumerPeakMb} MB |`;
   });
   const table = [
     `Measured ${new Date().toISOString().slice(0, 10)} on ${machine}.`,
     '',
-    '| what | count | pg-replicate → DuckDB | raw Postgres rate, same data | ratio | producer peak RSS |',
-    '| --- | ---: | ---: | ---: | ---: | ---: |',
+    '| scenario | rows or changes | pg-replicate → DuckDB | raw Postgres, same data | ratio | producer peak RSS | consumer peak RSS |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...rows,
   ].join('\n');
   process.stdout.write(`${table}\n`);
