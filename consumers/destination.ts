@@ -13,7 +13,7 @@ export interface TableState {
 
 /** One step of a batch, after the runner removed everything the destination already has. */
 export type Step =
-  | { kind: 'copy'; relation: Relation; replace: boolean; rows: RowChange['row'][] }
+  | { kind: 'copy'; relation: Relation; replace: boolean; csv: string; rows: number }
   | { kind: 'changes'; relation: Relation; changes: RowChange[] }
   | { kind: 'truncate'; relations: Relation[]; version: Version };
 

@@ -33,7 +33,7 @@ function planCopy(batch: Batch, states: Map<number, TableState>) {
     copyDone: copy.last,
     applied: { lsn: copy.snapshotLsn, ordinal: 0 },
   });
-  return { steps: [{ kind: 'copy', relation, replace: copy.chunk === 0, rows: copy.rows }] as Step[], states: updated };
+  return { steps: [{ kind: 'copy', relation, replace: copy.chunk === 0, csv: copy.csv, rows: copy.rows }] as Step[], states: updated };
 }
 
 function planChanges(batch: Batch, states: Map<number, TableState>) {

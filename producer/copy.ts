@@ -1,13 +1,13 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import copyStreams from 'pg-copy-streams';
-import type { Batch, Relation, Value } from '../shared/events.js';
+import type { Batch, Relation } from '../shared/events.js';
 import { partitionOf } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import type { Lsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import { Catalog, describeTable, publicationTables } from './catalog.js';
-import { CopyTextParser } from './copytext.js';
+import { CsvRowCutter } from './copycsv.js';
 import { MAX_PENDING_ADDS, POLL_MS, type Session } from './options.js';
 import { quoteIdent } from './replication.js';
 
@@ -57,17 +57,25 @@ export async function copyTables(session: Session, snapshotName: string, snapsho
 }
 
 /** Streams one table with COPY into chunk batches; never holds more than one chunk. */
+/**
+ * Streams one table with COPY (CSV) into chunk batches of whole rows, passed through as they
+ * come from Postgres; never holds more than one chunk. A chunk is held back until the next
+ * one starts, so the table's last chunk can be marked as such.
+ */
 async function copyTable(session: Session, client: pg.Client, relation: Relation, rowFilter: string | null, snapshotLsn: Lsn): Promise<number> {
   const { options, epoch, sequencer, tracker, queues } = session;
   const partition = partitionOf(relation.oid, options.partitions);
   const columns = relation.columns.map((column) => quoteIdent(column.name)).join(', ');
   const where = rowFilter ? ` WHERE ${rowFilter}` : '';
-  const stream = client.query(copyStreams.to(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT`));
-  const parser = new CopyTextParser();
+  const stream = client.query(copyStreams.to(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (FORMAT csv)`));
+  const cutter = new CsvRowCutter();
   let chunk = 0;
-  let rows: Value[][] = [];
   let total = 0;
-  const send = (last: boolean) => {
+  let parts: Buffer[] = [];
+  let bytes = 0;
+  let rows = 0;
+  let held: { csv: string; rows: number } | undefined;
+  const send = (ready: { csv: string; rows: number }, last: boolean) => {
     const seq = sequencer.next(partition);
     const batch: Batch = {
       pipeline: options.pipeline,
@@ -76,27 +84,38 @@ async function copyTable(session: Session, client: pg.Client, relation: Relation
       seq,
       relations: [relation],
       changes: [],
-      copy: { relation: 0, snapshotLsn, chunk: chunk++, last, rows },
+      copy: { relation: 0, snapshotLsn, chunk: chunk++, last, rows: ready.rows, csv: ready.csv },
     };
     queues.enqueue(batch);
     tracker.touch(partition, seq);
-    total += rows.length;
-    rows = [];
+    total += ready.rows;
+  };
+  const cut = () => {
+    const ready = { csv: Buffer.concat(parts, bytes).toString('utf8'), rows };
+    parts = [];
+    bytes = 0;
+    rows = 0;
+    return ready;
   };
   for await (const data of stream as AsyncIterable<Buffer>) {
-    for (const row of parser.push(data)) {
-      rows.push(row);
-      // Keep one full chunk back so the table's last chunk can be marked as such.
-      if (rows.length > options.copyChunkRows) {
-        const next = rows.pop()!;
-        send(false);
-        rows.push(next);
-        await waitForRoom(session);
-      }
+    const complete = cutter.push(data);
+    if (!complete) continue;
+    parts.push(complete.rows);
+    bytes += complete.rows.length;
+    rows += complete.count;
+    if (rows >= options.copyChunkRows || bytes >= options.maxBatchBytes) {
+      if (held) send(held, false);
+      held = cut();
+      await waitForRoom(session);
     }
   }
-  parser.end();
-  send(true);
+  cutter.end();
+  const rest = cut();
+  if (held && rest.rows > 0) {
+    send(held, false);
+    held = rest;
+  }
+  send(held ?? rest, true);
   return total;
 }
 

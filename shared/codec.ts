@@ -23,7 +23,7 @@ export interface EncodedBatch {
   s: number;
   r: EncodedRelation[];
   c: EncodedChange[];
-  k?: [number, string, number, 0 | 1, Value[][]];
+  k?: [number, string, number, 0 | 1, number, string];
 }
 
 const OP_CODES = { insert: 'I', update: 'U', delete: 'D' } as const;
@@ -42,8 +42,8 @@ export function encodeBatch(batch: Batch): EncodedBatch {
     c: batch.changes.map(encodeChange),
   };
   if (batch.copy) {
-    const { relation, snapshotLsn, chunk, last, rows } = batch.copy;
-    encoded.k = [relation, formatLsn(snapshotLsn), chunk, last ? 1 : 0, rows];
+    const { relation, snapshotLsn, chunk, last, rows, csv } = batch.copy;
+    encoded.k = [relation, formatLsn(snapshotLsn), chunk, last ? 1 : 0, rows, csv];
   }
   return encoded;
 }
@@ -61,8 +61,8 @@ export function decodeBatch(encoded: EncodedBatch): Batch {
     changes: encoded.c.map(decodeChange),
   };
   if (encoded.k) {
-    const [relation, snapshotLsn, chunk, last, rows] = encoded.k;
-    batch.copy = { relation, snapshotLsn: parseLsn(snapshotLsn), chunk, last: last === 1, rows };
+    const [relation, snapshotLsn, chunk, last, rows, csv] = encoded.k;
+    batch.copy = { relation, snapshotLsn: parseLsn(snapshotLsn), chunk, last: last === 1, rows, csv };
   }
   return batch;
 }

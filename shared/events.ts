@@ -64,7 +64,9 @@ export type Change = RowChange | TruncateChange;
 export interface CopyChunk {
   /** Index into the batch's relations. */
   relation: number;
-  rows: Value[][];
+  /** Whole rows in Postgres' CSV COPY format (parse with shared/csv), straight from COPY: no per-value work on the way. */
+  csv: string;
+  rows: number;
   /** The snapshot LSN the copy was read at: its rows have version (snapshotLsn, 0). */
   snapshotLsn: Lsn;
   /** Chunk number within this table's copy, from 0; chunk 0 replaces whatever the table held. */

@@ -2,7 +2,7 @@
  * Postgres array text ("{1,NULL,"a b"}", "{{1,2},{3,4}}", "[0:1]={1,2}") as a JSON array of
  * strings and nulls nested to the given depth, which DuckDB casts to a list.
  */
-export function pgArrayToJson(text: string, dimensions: number, stageElement?: (text: string) => string | null): string {
+export function pgArrayToJson(text: string, dimensions: number): string {
   let position = 0;
   // An explicit lower bound ("[0:1]=") is not kept: DuckDB lists start at 1.
   if (text.startsWith('[')) position = text.indexOf('=') + 1;
@@ -38,14 +38,14 @@ export function pgArrayToJson(text: string, dimensions: number, stageElement?: (
         value += text[position++];
       }
       position++;
-      return stageElement ? stageElement(value) : value;
+      return value;
     }
     let end = position;
     while (text[end] !== ',' && text[end] !== '}') end++;
     const raw = text.slice(position, end);
     position = end;
     if (raw === 'NULL') return null;
-    return stageElement ? stageElement(raw) : raw;
+    return raw;
   };
   return JSON.stringify(parse(1));
 }

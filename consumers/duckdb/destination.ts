@@ -1,4 +1,8 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { type DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
+import { parseCsvRows } from '../../shared/csv.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError, errorMessage } from '../../shared/errors.js';
 import type { Destination, Step, TableState } from '../destination.js';
@@ -38,6 +42,8 @@ export class DuckDbDestination implements Destination {
   private constructor(
     private readonly instance: DuckDBInstance,
     private readonly connection: DuckDBConnection,
+    /** This process's own directory for copy chunks on their way into DuckDB. */
+    private readonly scratch: string,
   ) {}
 
   static async open(path: string): Promise<DuckDbDestination> {
@@ -48,7 +54,7 @@ export class DuckDbDestination implements Destination {
       throw new UserError(`Cannot open DuckDB database ${path} (${errorMessage(error)}). Check --path: the directory must exist and no other process may have the file open for writing.`);
     }
     const connection = await instance.connect();
-    const destination = new DuckDbDestination(instance, connection);
+    const destination = new DuckDbDestination(instance, connection, await mkdtemp(join(tmpdir(), 'pg-replicate-duckdb-')));
     await destination.load();
     return destination;
   }
@@ -103,7 +109,7 @@ export class DuckDbDestination implements Destination {
           for (const relation of step.relations) await this.connection.run(`DELETE FROM ${tableSql(relation)}`);
         } else if (step.kind === 'copy') {
           if (step.replace) await this.connection.run(`DELETE FROM ${tableSql(step.relation)}`);
-          await this.writeRows(step.relation, [], step.rows as Value[][]);
+          await this.copyRows(step.relation, step.csv);
         } else {
           await this.applyChanges(step.relation, step.changes);
         }
@@ -174,6 +180,31 @@ export class DuckDbDestination implements Destination {
       if (fill) await this.connection.run(`ALTER TABLE ${target} ALTER COLUMN ${ident(column.name)} DROP DEFAULT`);
     }
     shapes.set(relation.oid, wanted);
+  }
+
+  /**
+   * A copy chunk arrives as Postgres' CSV: DuckDB reads it itself (read_csv on a private temp
+   * file) and casts in one INSERT … SELECT, with no per-value work in JS. Tables with array
+   * columns, whose text needs a rewrite first, take the appender path instead.
+   */
+  private async copyRows(relation: Relation, csv: string): Promise<void> {
+    if (csv.length === 0) return;
+    const types = relation.columns.map(duckDbType);
+    if (types.some((type) => type.stage)) {
+      await this.writeRows(relation, [], parseCsvRows(csv));
+      return;
+    }
+    const file = join(this.scratch, `copy-${this.stageCounter++}.csv`);
+    await writeFile(file, csv);
+    try {
+      const columns = relation.columns.map((_, index) => `'c${index}': 'VARCHAR'`).join(', ');
+      const source = `read_csv(${literal(file)}, header = false, delim = ',', quote = '"', escape = '"', nullstr = '', allow_quoted_nulls = false, auto_detect = false, new_line = '\\n', columns = {${columns}})`;
+      const names = relation.columns.map((column) => ident(column.name)).join(', ');
+      const values = types.map((type, index) => type.cast(`s.c${index}`)).join(', ');
+      await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${source} s`);
+    } finally {
+      await rm(file, { force: true });
+    }
   }
 
   /**
@@ -301,6 +332,7 @@ export class DuckDbDestination implements Destination {
     await this.queue;
     this.connection.closeSync();
     this.instance.closeSync();
+    await rm(this.scratch, { recursive: true, force: true });
   }
 }
 

@@ -3,30 +3,29 @@ import { PgType, numericPrecision, typeKind } from '../../shared/pgtypes.js';
 import { pgArrayToJson } from './arrays.js';
 
 /**
- * How one Postgres column lands in DuckDB: the column type, an optional rewrite of the text in
- * JS before staging (for forms DuckDB does not read), and the SQL that casts the staged VARCHAR.
+ * How one Postgres column lands in DuckDB: the column type and the SQL that turns Postgres'
+ * text (staged as VARCHAR) into it. Arrays also need a rewrite in JS before staging.
  */
 export interface DuckDbType {
   sql: string;
-  /** Rewrites Postgres' text into what `cast` reads; null for a value DuckDB cannot hold. */
+  /** Rewrites Postgres' text into what `cast` reads (arrays only). */
   stage?: (text: string) => string | null;
   /** Expression converting `value` (the staged VARCHAR) to the column type. */
   cast: (value: string) => string;
 }
 
-const plain = (sql: string, stage?: DuckDbType['stage']): DuckDbType => ({ sql, cast: (value) => `CAST(${value} AS ${sql})`, ...(stage ? { stage } : {}) });
+const plain = (sql: string): DuckDbType => ({ sql, cast: (value) => `CAST(${value} AS ${sql})` });
 const TEXT: DuckDbType = { sql: 'VARCHAR', cast: (value) => value };
 
 /** Largest DECIMAL width DuckDB holds; wider or unconstrained numerics stay exact as text. */
 const MAX_DECIMAL_WIDTH = 38;
 
-/** "0044-03-15 BC" (Postgres) → "-0043-03-15" (astronomical years, which DuckDB reads). */
-function fromEra(text: string): string {
-  if (!text.endsWith(' BC')) return text;
-  const dash = text.indexOf('-');
-  const year = Number(text.slice(0, dash));
-  return `-${String(year - 1).padStart(4, '0')}${text.slice(dash, -3)}`;
-}
+/** Dates and timestamps: "0044-03-15 10:00 BC" (Postgres) is "-0043-03-15 10:00" in the astronomical years DuckDB reads. */
+const temporal = (sql: string): DuckDbType => ({
+  sql,
+  cast: (value) =>
+    `CASE WHEN ${value} LIKE '% BC' THEN CAST('-' || lpad(CAST(CAST(split_part(${value}, '-', 1) AS INTEGER) - 1 AS VARCHAR), 4, '0') || substr(${value}, strpos(${value}, '-'), length(${value}) - strpos(${value}, '-') - 2) AS ${sql}) ELSE CAST(${value} AS ${sql}) END`,
+});
 
 /** The DuckDB type for a built-in Postgres type (domains and enums resolved by the producer). */
 function scalarType(typeOid: number, typeModifier: number): DuckDbType {
@@ -47,7 +46,8 @@ function scalarType(typeOid: number, typeModifier: number): DuckDbType {
       const precision = numericPrecision(typeModifier);
       if (!precision || precision.precision > MAX_DECIMAL_WIDTH) return TEXT;
       // DECIMAL has no NaN: it arrives as NULL (documented), the one value this mapping cannot hold.
-      return plain(`DECIMAL(${precision.precision}, ${precision.scale})`, (text) => (text === 'NaN' ? null : text));
+      const sql = `DECIMAL(${precision.precision}, ${precision.scale})`;
+      return { sql, cast: (value) => `CAST(NULLIF(${value}, 'NaN') AS ${sql})` };
     }
     case 'bytea':
       // Postgres' hex form is \x followed by the bytes in hex.
@@ -57,15 +57,15 @@ function scalarType(typeOid: number, typeModifier: number): DuckDbType {
     case 'uuid':
       return plain('UUID');
     case 'date':
-      return plain('DATE', fromEra);
+      return temporal('DATE');
     case 'time':
       return plain('TIME');
     case 'timetz':
       return plain('TIMETZ');
     case 'timestamp':
-      return plain('TIMESTAMP', fromEra);
+      return temporal('TIMESTAMP');
     case 'timestamptz':
-      return plain('TIMESTAMPTZ', fromEra);
+      return temporal('TIMESTAMPTZ');
     case 'interval':
       // Postgres writes "+3 days" in mixed-sign intervals; DuckDB reads the same without the plus.
       return { sql: 'INTERVAL', cast: (value) => `CAST(replace(${value}, '+', '') AS INTERVAL)` };
@@ -89,10 +89,9 @@ function listType(element: DuckDbType, dimensions: number): DuckDbType {
     const inner = depth === dimensions ? element.cast(variable) : transform(variable, depth + 1);
     return `list_transform(${value}, ${variable} -> ${inner})`;
   };
-  const stageElement = element.stage;
   return {
     sql: `${element.sql}${'[]'.repeat(dimensions)}`,
-    stage: (text) => pgArrayToJson(text, dimensions, stageElement),
+    stage: (text) => pgArrayToJson(text, dimensions),
     cast: (value) => transform(`CAST(CAST(${value} AS JSON) AS ${varcharList})`, 1),
   };
 }
