@@ -37,6 +37,7 @@ program
   .addOption(new Option('--max-batch-bytes <n>', 'approximate bytes per batch at most').default(PRODUCER_DEFAULTS.maxBatchBytes).argParser(integer))
   .addOption(new Option('--flush-interval-ms <n>', 'longest a change waits in an open batch').default(PRODUCER_DEFAULTS.flushIntervalMs).argParser(integer))
   .addOption(new Option('--max-backlog-batches <n>', 'unapplied batches at which reading the slot pauses').default(PRODUCER_DEFAULTS.maxBacklogBatches).argParser(integer))
+  .addOption(new Option('--max-backlog-bytes <n>', 'unapplied bytes (approximate) at which reading the slot pauses').default(PRODUCER_DEFAULTS.maxBacklogBytes).argParser(integer))
   .addOption(new Option('--status-interval-ms <n>', 'standby status update interval (keep well below wal_sender_timeout)').default(PRODUCER_DEFAULTS.statusIntervalMs).argParser(integer))
   .addOption(new Option('--heartbeat-interval-ms <n>', 'idle time after which a heartbeat message is written').default(PRODUCER_DEFAULTS.heartbeatIntervalMs).argParser(integer))
   .addOption(new Option('--copy-connections <n>', 'parallel connections for the table copy').default(PRODUCER_DEFAULTS.copyConnections).argParser(integer))

@@ -46,7 +46,7 @@ export class Batcher {
     private readonly partitions: number,
     private readonly limits: BatchLimits,
     private readonly sequencer: Sequencer,
-    private readonly send: (batch: Batch) => void,
+    private readonly send: (batch: Batch, bytes: number) => void,
   ) {}
 
   setRelation(relation: Relation): void {
@@ -113,7 +113,7 @@ export class Batcher {
       seq: batch.seq,
       relations: batch.relations,
       changes: batch.changes,
-    });
+    }, batch.bytes);
   }
 
   private openBatch(partition: number): OpenBatch {

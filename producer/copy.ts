@@ -8,7 +8,7 @@ import type { Lsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import { Catalog, describeTable, publicationTables } from './catalog.js';
 import { CsvRowCutter } from './copycsv.js';
-import { MAX_PENDING_ADDS, POLL_MS, type Session } from './options.js';
+import { POLL_MS, type Session } from './options.js';
 import { quoteIdent } from './replication.js';
 
 /**
@@ -86,7 +86,7 @@ async function copyTable(session: Session, client: pg.Client, relation: Relation
       changes: [],
       copy: { relation: 0, snapshotLsn, chunk: chunk++, last, rows: ready.rows, csv: ready.csv },
     };
-    queues.enqueue(batch);
+    queues.enqueue(batch, ready.csv.length);
     tracker.touch(partition, seq);
     total += ready.rows;
   };
@@ -120,8 +120,8 @@ async function copyTable(session: Session, client: pg.Client, relation: Relation
 }
 
 /** Waits while Redis or the destinations are behind: the copy never floods the queues. */
-export async function waitForRoom({ queues, watcher, options, signal }: Session): Promise<void> {
-  while (queues.pendingAdds > MAX_PENDING_ADDS || watcher.backlog > options.maxBacklogBatches) {
+export async function waitForRoom({ watcher, signal }: Session): Promise<void> {
+  while (watcher.isFull) {
     await sleep(POLL_MS, undefined, { signal });
     await watcher.poll(() => {});
   }

@@ -18,6 +18,8 @@ export interface ProducerOptions {
   flushIntervalMs: number;
   /** Unapplied batches (summed over partitions, worst destination) above which slot reading pauses. */
   maxBacklogBatches: number;
+  /** Approximate unapplied bytes (worst destination) above which reading pauses: bounds Redis memory. */
+  maxBacklogBytes: number;
   statusIntervalMs: number;
   heartbeatIntervalMs: number;
   copyConnections: number;
@@ -31,10 +33,11 @@ export const PRODUCER_DEFAULTS = {
   maxBatchBytes: 4 * 1024 * 1024,
   flushIntervalMs: 50,
   maxBacklogBatches: 1000,
+  maxBacklogBytes: 256 * 1024 * 1024,
   statusIntervalMs: 10_000,
   heartbeatIntervalMs: 30_000,
   copyConnections: 2,
-  copyChunkRows: 5000,
+  copyChunkRows: 50_000,
 } as const;
 
 /** What one producer session (a run from the slot's confirmed position) shares between its copy and its stream. */

@@ -14,6 +14,8 @@ export class BatchQueues {
   private readonly tails = new Map<Queue, Promise<unknown>>();
   private failure: Error | undefined;
   private inFlight = 0;
+  /** Per partition, the (seq, approximate bytes) of batches not yet known to be applied everywhere. */
+  private readonly sizes = new Map<number, [number, number][]>();
 
   constructor(
     redis: Redis,
@@ -36,8 +38,11 @@ export class BatchQueues {
   }
 
   /** Adds the batch to its partition's queue of every destination. Errors surface on the next call or on settle(). */
-  enqueue(batch: Batch): void {
+  enqueue(batch: Batch, bytes: number): void {
     if (this.failure) throw this.failure;
+    let sizes = this.sizes.get(batch.partition);
+    if (!sizes) this.sizes.set(batch.partition, (sizes = []));
+    sizes.push([batch.seq, bytes]);
     const data = encodeBatch(batch);
     for (const perPartition of this.queues.values()) {
       const queue = perPartition[batch.partition];
@@ -50,6 +55,16 @@ export class BatchQueues {
         .finally(() => this.inFlight--);
       this.tails.set(queue, added);
     }
+  }
+
+  /** Bytes of this partition's batches after `appliedSeq`; forgets the ones at or before it. */
+  unappliedBytes(partition: number, appliedSeq: number): number {
+    const sizes = this.sizes.get(partition);
+    if (!sizes) return 0;
+    let applied = 0;
+    while (applied < sizes.length && sizes[applied][0] <= appliedSeq) applied++;
+    if (applied > 0) sizes.splice(0, applied);
+    return sizes.reduce((sum, [, bytes]) => sum + bytes, 0);
   }
 
   get pendingAdds(): number {

@@ -30,7 +30,7 @@ export async function streamSlot(
 ): Promise<void> {
   const { options, epoch, sequencer, tracker, queues, watcher, signal } = session;
   const limits = { maxChanges: options.maxBatchChanges, maxBytes: options.maxBatchBytes };
-  const batcher = new Batcher(options.pipeline, epoch, options.partitions, limits, sequencer, (batch) => queues.enqueue(batch));
+  const batcher = new Batcher(options.pipeline, epoch, options.partitions, limits, sequencer, (batch, bytes) => queues.enqueue(batch, bytes));
   const inbox: Arrival[] = [];
   let inboxHead = 0;
   let draining = false;
@@ -142,7 +142,7 @@ export async function streamSlot(
         position.lsn = maxLsn(position.lsn, ackLsn);
       });
       if (advanced || Date.now() - lastStatus >= options.statusIntervalMs) sendStatus();
-      setPaused('backlog', queues.pendingAdds > MAX_PENDING_ADDS || watcher.backlog > options.maxBacklogBatches);
+      setPaused('backlog', watcher.isFull);
       if (tracker.isIdle && inbox.length === 0 && Date.now() - lastActivity >= options.heartbeatIntervalMs) {
         lastActivity = Date.now();
         await heartbeat.beat();

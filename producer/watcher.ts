@@ -4,7 +4,7 @@ import { type Lsn, formatLsn } from '../shared/lsn.js';
 import { readApplied, writePipelineState } from '../shared/redis.js';
 import type { AckTracker, AppliedMark } from './acks.js';
 import type { Sequencer } from './batcher.js';
-import type { ProducerOptions } from './options.js';
+import { MAX_PENDING_ADDS, type ProducerOptions } from './options.js';
 import type { BatchQueues } from './queues.js';
 
 /** Redis no longer holds what this run enqueued (FLUSHALL, a restart without persistence). */
@@ -15,7 +15,9 @@ export class RedisLostError extends Error {}
  * has lost this run's data (the epoch field is gone or replaced).
  */
 export class AppliedWatcher {
+  /** Unapplied batches and bytes of the slowest destination. */
   backlog = 0;
+  backlogBytes = 0;
   private readonly published = new Map<string, Lsn>();
 
   constructor(
@@ -39,7 +41,7 @@ export class AppliedWatcher {
     for (const destination of this.queues.destinations) {
       applied.set(destination, await readApplied(this.redis, this.options.pipeline, destination));
     }
-    this.backlog = this.measureBacklog(applied);
+    this.measureBacklog(applied);
     await this.publishAppliedLsns(applied);
     const { ackLsn, copyConfirmed } = this.tracker.advance(applied);
     if (copyConfirmed) {
@@ -62,17 +64,28 @@ export class AppliedWatcher {
     if (Object.keys(fields).length > 0) await this.redis.hset(keys.state(this.options.pipeline), fields);
   }
 
-  private measureBacklog(applied: Map<string, Map<number, AppliedMark>>): number {
+  /** Whether reading must pause: too many batches (or bytes) unapplied by the slowest destination, or not yet in Redis. */
+  get isFull(): boolean {
+    return this.queues.pendingAdds > MAX_PENDING_ADDS || this.backlog > this.options.maxBacklogBatches || this.backlogBytes > this.options.maxBacklogBytes;
+  }
+
+  private measureBacklog(applied: Map<string, Map<number, AppliedMark>>): void {
     let worst = 0;
+    let bytes = 0;
+    const done = (marks: Map<number, AppliedMark>, partition: number) => {
+      const mark = marks.get(partition);
+      return mark && mark.epoch === this.epoch ? mark.seq : 0;
+    };
     for (const marks of applied.values()) {
       let unapplied = 0;
-      for (let partition = 0; partition < this.options.partitions; partition++) {
-        const mark = marks.get(partition);
-        const done = mark && mark.epoch === this.epoch ? mark.seq : 0;
-        unapplied += Math.max(0, this.sequencer.lastOf(partition) - done);
-      }
+      for (let partition = 0; partition < this.options.partitions; partition++) unapplied += Math.max(0, this.sequencer.lastOf(partition) - done(marks, partition));
       worst = Math.max(worst, unapplied);
     }
-    return worst;
+    for (let partition = 0; partition < this.options.partitions; partition++) {
+      const slowest = Math.min(...[...applied.values()].map((marks) => done(marks, partition)));
+      bytes += this.queues.unappliedBytes(partition, slowest);
+    }
+    this.backlog = worst;
+    this.backlogBytes = bytes;
   }
 }

@@ -36,6 +36,7 @@ export const producerConfig = z.object({
   maxBatchBytes: positive,
   flushIntervalMs: positive,
   maxBacklogBatches: positive,
+  maxBacklogBytes: positive,
   statusIntervalMs: positive,
   heartbeatIntervalMs: positive,
   copyConnections: positive.max(64),
