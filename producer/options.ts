@@ -53,8 +53,9 @@ export interface Session {
 
 /** How often the producer reads the destinations' applied marks. */
 export const POLL_MS = 100;
-/** Adds not yet acknowledged by Redis (each up to one batch) before reading pauses: bounds producer memory. */
+/** Adds not yet acknowledged by Redis, in number and bytes, before reading pauses: bounds producer memory. */
 export const MAX_PENDING_ADDS = 32;
+export const MAX_PENDING_BYTES = 16 * 1024 * 1024;
 
 /** The LSN last acknowledged to Postgres, shared by a producer's successive sessions. */
 export interface AckPosition {

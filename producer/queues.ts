@@ -14,6 +14,7 @@ export class BatchQueues {
   private readonly tails = new Map<Queue, Promise<unknown>>();
   private failure: Error | undefined;
   private inFlight = 0;
+  private inFlightBytes = 0;
   /** Per partition, the (seq, approximate bytes) of batches not yet known to be applied everywhere. */
   private readonly sizes = new Map<number, [number, number][]>();
 
@@ -47,12 +48,16 @@ export class BatchQueues {
     for (const perPartition of this.queues.values()) {
       const queue = perPartition[batch.partition];
       this.inFlight++;
+      this.inFlightBytes += bytes;
       const added = (this.tails.get(queue) ?? Promise.resolve())
         .then(() => queue.add('batch', data, { removeOnComplete: true, removeOnFail: false }))
         .catch((error: Error) => {
           this.failure ??= error;
         })
-        .finally(() => this.inFlight--);
+        .finally(() => {
+          this.inFlight--;
+          this.inFlightBytes -= bytes;
+        });
       this.tails.set(queue, added);
     }
   }
@@ -67,8 +72,13 @@ export class BatchQueues {
     return sizes.reduce((sum, [, bytes]) => sum + bytes, 0);
   }
 
+  /** Adds made but not yet acknowledged by Redis, and their approximate bytes: what the producer holds in memory. */
   get pendingAdds(): number {
     return this.inFlight;
+  }
+
+  get pendingBytes(): number {
+    return this.inFlightBytes;
   }
 
   /** Waits until every add made so far has reached Redis; throws the first add that failed. */

@@ -4,7 +4,7 @@ import { log } from '../shared/log.js';
 import { type Lsn, formatLsn, maxLsn } from '../shared/lsn.js';
 import { Batcher } from './batcher.js';
 import { Heartbeat } from './heartbeat.js';
-import { type AckPosition, MAX_PENDING_ADDS, type Session } from './options.js';
+import { type AckPosition, type Session } from './options.js';
 import { type PgoutputMessage, decodePgoutput } from './pgoutput.js';
 import type { ReplicationConnection } from './replication.js';
 
@@ -102,7 +102,7 @@ export async function streamSlot(
           if (decoded.tag === 'relation') batcher.setRelation(await describe(decoded, batcher.knownRelation(decoded.oid)));
           else apply(decoded, arrival.message.length);
           lastActivity = Date.now();
-          if (queues.pendingAdds > MAX_PENDING_ADDS) setPaused('backlog', true);
+          if (watcher.isFull) setPaused('backlog', true);
         }
         if (inboxHead === inbox.length) {
           inbox.length = 0;

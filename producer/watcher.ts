@@ -4,7 +4,7 @@ import { type Lsn, formatLsn } from '../shared/lsn.js';
 import { readApplied, writePipelineState } from '../shared/redis.js';
 import type { AckTracker, AppliedMark } from './acks.js';
 import type { Sequencer } from './batcher.js';
-import { MAX_PENDING_ADDS, type ProducerOptions } from './options.js';
+import { MAX_PENDING_ADDS, MAX_PENDING_BYTES, type ProducerOptions } from './options.js';
 import type { BatchQueues } from './queues.js';
 
 /** Redis no longer holds what this run enqueued (FLUSHALL, a restart without persistence). */
@@ -66,7 +66,7 @@ export class AppliedWatcher {
 
   /** Whether reading must pause: too many batches (or bytes) unapplied by the slowest destination, or not yet in Redis. */
   get isFull(): boolean {
-    return this.queues.pendingAdds > MAX_PENDING_ADDS || this.backlog > this.options.maxBacklogBatches || this.backlogBytes > this.options.maxBacklogBytes;
+    return this.queues.pendingAdds > MAX_PENDING_ADDS || this.queues.pendingBytes > MAX_PENDING_BYTES || this.backlog > this.options.maxBacklogBatches || this.backlogBytes > this.options.maxBacklogBytes;
   }
 
   private measureBacklog(applied: Map<string, Map<number, AppliedMark>>): void {
