@@ -11,6 +11,7 @@ import { destinationName, pgUrl, pipelineId, producerConfig, redisUrl, runnerCon
 import { UserError, errorMessage } from '../shared/errors.js';
 import { connectRedis } from '../shared/redis.js';
 import { exitWithError, runUntilStopped } from './lifecycle.js';
+import { requestResync } from './resync.js';
 import { formatStatus, pipelineStatus } from './status.js';
 
 const program = new Command('pg-replicate')
@@ -148,6 +149,19 @@ program
         redis.disconnect();
       },
     );
+  });
+
+program
+  .command('resync')
+  .description('Copy one table again, consistently, beside the running stream (for every destination, or one).')
+  .requiredOption('--table <schema.name>', 'the table to copy again')
+  .option('--destination <name>', 'only this destination')
+  .addOption(pipelineOption())
+  .addOption(redisOption())
+  .addOption(new Option('--pg-url <url>', 'Postgres URL, to find the table').env('PG_URL'))
+  .action(async (flags) => {
+    const options = validate(z.object({ pipeline: pipelineId, redisUrl, pgUrl, table: z.string().min(1), destination: destinationName.optional() }), flags);
+    process.stdout.write(`${await requestResync(options)}\n`);
   });
 
 program

@@ -7,12 +7,14 @@ export interface AppliedMark {
 }
 
 /** A transaction (or a whole table copy) waiting to be applied by every destination. */
-interface PendingEntry {
+export interface PendingEntry {
   /** What may be acknowledged to Postgres once this entry and all before it are applied. */
   ackLsn: Lsn;
   epoch: number;
   /** Partition → the last batch holding part of this entry. */
   lastBatch: Map<number, number>;
+  /** Changes of this transaction held back (their table is being copied) and not yet released into a batch. */
+  held: number;
   isCopy: boolean;
 }
 
@@ -23,23 +25,39 @@ interface PendingEntry {
  */
 export class AckTracker {
   private readonly entries: PendingEntry[] = [];
-  private open: Map<number, number> | undefined;
+  private open: PendingEntry | undefined;
 
   constructor(private readonly epoch: number) {}
 
   /** A transaction began. */
   begin(): void {
-    this.open = new Map();
+    this.open = { ackLsn: 0n, epoch: this.epoch, lastBatch: new Map(), held: 0, isCopy: false };
   }
 
   /** The open transaction (or copy) put changes into this batch. */
   touch(partition: number, seq: number): void {
-    this.open?.set(partition, seq);
+    this.open?.lastBatch.set(partition, seq);
+  }
+
+  /** The open transaction has a change held back: it cannot be acknowledged until release(). */
+  hold(): PendingEntry {
+    const entry = this.open!;
+    entry.held++;
+    return entry;
+  }
+
+  /** A held change was released into a batch (or dropped, when the table copy already holds it). */
+  release(entry: PendingEntry, batch?: { partition: number; seq: number }): void {
+    entry.held--;
+    if (batch) entry.lastBatch.set(batch.partition, Math.max(entry.lastBatch.get(batch.partition) ?? 0, batch.seq));
   }
 
   /** The open transaction committed; its end LSN is what we acknowledge once it is applied. */
   commit(endLsn: Lsn, isCopy = false): void {
-    this.entries.push({ ackLsn: endLsn, epoch: this.epoch, lastBatch: this.open ?? new Map(), isCopy });
+    const entry = this.open ?? { ackLsn: 0n, epoch: this.epoch, lastBatch: new Map(), held: 0, isCopy: false };
+    entry.ackLsn = endLsn;
+    entry.isCopy = isCopy;
+    this.entries.push(entry);
     this.open = undefined;
   }
 
@@ -78,6 +96,7 @@ export class AckTracker {
 }
 
 function isApplied(entry: PendingEntry, applied: Map<string, Map<number, AppliedMark>>): boolean {
+  if (entry.held > 0) return false;
   for (const marks of applied.values()) {
     for (const [partition, seq] of entry.lastBatch) {
       const mark = marks.get(partition);

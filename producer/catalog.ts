@@ -11,18 +11,28 @@ export interface TableName {
 
 /** A published table, with the publication's column list and row filter (Postgres 15+), which the copy must honour as pgoutput does. */
 export interface PublishedTable extends TableName {
+  oid: number;
   columns: string[] | null;
   rowFilter: string | null;
 }
 
 export async function publicationTables(client: pg.ClientBase, publication: string): Promise<PublishedTable[]> {
   const version = Number((await client.query('SHOW server_version_num')).rows[0].server_version_num);
-  const extra = version >= 150000 ? 'attnames::text[] AS columns, rowfilter AS "rowFilter"' : 'NULL AS columns, NULL AS "rowFilter"';
+  const extra = version >= 150000 ? 'p.attnames::text[] AS columns, p.rowfilter AS "rowFilter"' : 'NULL AS columns, NULL AS "rowFilter"';
   const result = await client.query(
-    `SELECT schemaname AS schema, tablename AS name, ${extra} FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2`,
+    `SELECT p.schemaname AS schema, p.tablename AS name, c.oid::int8 AS oid, ${extra}
+       FROM pg_publication_tables p
+       JOIN pg_namespace n ON n.nspname = p.schemaname
+       JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+      WHERE p.pubname = $1 ORDER BY 1, 2`,
     [publication],
   );
-  return result.rows;
+  return result.rows.map((row) => ({ ...row, oid: Number(row.oid) }));
+}
+
+/** OIDs of the tables in the publication now. */
+export async function publishedTableOids(client: pg.ClientBase, publication: string): Promise<number[]> {
+  return (await publicationTables(client, publication)).map((table) => table.oid);
 }
 
 interface TypeRow {

@@ -15,7 +15,7 @@ import { quoteIdent } from './replication.js';
  * Copies every table of the publication under the slot's exported snapshot, as chunk batches
  * in each table's partition, and records the whole copy as one entry for the ack tracker.
  */
-export async function copyTables(session: Session, snapshotName: string, snapshotLsn: Lsn): Promise<void> {
+export async function copyTables(session: Session, snapshotName: string, snapshotLsn: Lsn): Promise<number[]> {
   const { options, tracker, queues } = session;
   // Every copy connection imports the snapshot before anything else runs on the replication
   // connection: the exported snapshot lives only while that connection stays idle.
@@ -42,7 +42,7 @@ export async function copyTables(session: Session, snapshotName: string, snapsho
     let rows = 0;
     const worker = async (client: pg.Client) => {
       for (let relation = pending.shift(); relation; relation = pending.shift()) {
-        const copied = await copyTable(session, client, relation, rowFilters.get(relation) ?? null, snapshotLsn);
+        const copied = await copyTable(session, client, relation, rowFilters.get(relation) ?? null, snapshotLsn, (batch) => tracker.touch(batch.partition, batch.seq));
         rows += copied;
         log.info({ table: `${relation.schema}.${relation.name}`, rows: copied }, 'table copied');
       }
@@ -51,6 +51,7 @@ export async function copyTables(session: Session, snapshotName: string, snapsho
     await queues.settle();
     tracker.commit(snapshotLsn, true);
     log.info({ tables: relations.length, rows }, 'copy enqueued');
+    return relations.map((relation) => relation.oid);
   } finally {
     await Promise.all(connections.map((client) => client.end().catch(() => {})));
   }
@@ -62,8 +63,17 @@ export async function copyTables(session: Session, snapshotName: string, snapsho
  * come from Postgres; never holds more than one chunk. A chunk is held back until the next
  * one starts, so the table's last chunk can be marked as such.
  */
-async function copyTable(session: Session, client: pg.Client, relation: Relation, rowFilter: string | null, snapshotLsn: Lsn): Promise<number> {
-  const { options, epoch, sequencer, tracker, queues } = session;
+export async function copyTable(
+  session: Session,
+  client: pg.Client,
+  relation: Relation,
+  rowFilter: string | null,
+  snapshotLsn: Lsn,
+  onBatch: (batch: { partition: number; seq: number }) => void,
+  destinations?: string[],
+  room: () => Promise<void> = () => waitForRoom(session),
+): Promise<number> {
+  const { options, epoch, sequencer, queues } = session;
   const partition = partitionOf(relation.oid, options.partitions);
   const columns = relation.columns.map((column) => quoteIdent(column.name)).join(', ');
   const where = rowFilter ? ` WHERE ${rowFilter}` : '';
@@ -86,8 +96,8 @@ async function copyTable(session: Session, client: pg.Client, relation: Relation
       changes: [],
       copy: { relation: 0, snapshotLsn, chunk: chunk++, last, rows: ready.rows, csv: ready.csv },
     };
-    queues.enqueue(batch, ready.csv.length);
-    tracker.touch(partition, seq);
+    queues.enqueue(batch, ready.csv.length, destinations);
+    onBatch({ partition, seq });
     total += ready.rows;
   };
   const cut = () => {
@@ -106,7 +116,7 @@ async function copyTable(session: Session, client: pg.Client, relation: Relation
     if (rows >= options.copyChunkRows || bytes >= options.maxBatchBytes) {
       if (held) send(held, false);
       held = cut();
-      await waitForRoom(session);
+      await room();
     }
   }
   cutter.end();

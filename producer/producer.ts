@@ -7,7 +7,7 @@ import { formatLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import { connectRedis, readPipelineState, writePipelineState } from '../shared/redis.js';
 import { AckTracker } from './acks.js';
-import { Catalog } from './catalog.js';
+import { Catalog, publishedTableOids } from './catalog.js';
 import { Sequencer } from './batcher.js';
 import { copyTables } from './copy.js';
 import { type AckPosition, POLL_MS, type ProducerOptions, type Session } from './options.js';
@@ -16,6 +16,7 @@ import { BatchQueues } from './queues.js';
 import { ReplicationConnection } from './replication.js';
 import { dropSlot, inactiveSlot } from './slots.js';
 import { streamSlot } from './stream.js';
+import { TableSync } from './tablesync.js';
 import { AppliedWatcher, RedisLostError } from './watcher.js';
 
 /**
@@ -120,8 +121,8 @@ export class Producer {
         const created = await replication.createSlot(options.slot, true);
         this.position.lsn = created.consistentPoint;
         log.info({ slot: options.slot, snapshotLsn: formatLsn(created.consistentPoint) }, 'created replication slot; copying tables');
-        await copyTables(session, created.snapshotName!, created.consistentPoint);
-        await writePipelineState(this.redis, options.pipeline, { copy: 'enqueued' });
+        const copied = await copyTables(session, created.snapshotName!, created.consistentPoint);
+        await writePipelineState(this.redis, options.pipeline, { copy: 'enqueued', tables: copied });
       } else if (!slot) {
         const created = await replication.createSlot(options.slot, false);
         this.position.lsn = created.consistentPoint;
@@ -138,9 +139,14 @@ export class Producer {
         log.info('copy applied by every destination');
         return true;
       }
-      catalogClient = await connectPostgres(options.pgUrl, 'pg-replicate catalog', VALUE_TEXT_SETTINGS);
-      const catalog = new Catalog(catalogClient);
-      await streamSlot(session, replication, this.position, (relation, previous) => catalog.enrich(relation, previous), fail);
+      const client = (catalogClient = await connectPostgres(options.pgUrl, 'pg-replicate catalog', VALUE_TEXT_SETTINGS));
+      const catalog = new Catalog(client);
+      const published = () => publishedTableOids(client, options.publication);
+      // Tables every destination has a copy of; without a record (Redis lost), today's publication.
+      const known = (await readPipelineState(this.redis, options.pipeline))?.tables ?? (await published());
+      await writePipelineState(this.redis, options.pipeline, { tables: known });
+      const tableSync = new TableSync(session, this.redis, new Set(known), fail);
+      await streamSlot(session, replication, this.position, (relation, previous) => catalog.enrich(relation, previous), tableSync, published, fail);
       if (failure) throw failure;
       return false;
     } catch (error) {

@@ -38,14 +38,15 @@ export class BatchQueues {
     await Promise.all([...this.queues.values()].flat().map((queue) => queue.setGlobalConcurrency(1)));
   }
 
-  /** Adds the batch to its partition's queue of every destination. Errors surface on the next call or on settle(). */
-  enqueue(batch: Batch, bytes: number): void {
+  /** Adds the batch to its partition's queue of every destination (or of those named). Errors surface on the next call or on settle(). */
+  enqueue(batch: Batch, bytes: number, only?: string[]): void {
     if (this.failure) throw this.failure;
     let sizes = this.sizes.get(batch.partition);
     if (!sizes) this.sizes.set(batch.partition, (sizes = []));
     sizes.push([batch.seq, bytes]);
     const data = encodeBatch(batch);
-    for (const perPartition of this.queues.values()) {
+    for (const [destination, perPartition] of this.queues) {
+      if (only && !only.includes(destination)) continue;
       const queue = perPartition[batch.partition];
       this.inFlight++;
       this.inFlightBytes += bytes;

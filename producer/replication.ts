@@ -58,7 +58,9 @@ export class ReplicationConnection {
     connection.on('copyData', ({ chunk }: { chunk: Buffer }) => {
       const kind = chunk[0];
       if (kind === 0x77 /* w: XLogData */) {
-        handlers.onData(chunk.subarray(25), chunk.readBigUInt64BE(9));
+        // pg hands out views into its read buffer, which it reuses for later socket data: copy
+        // the message, since it is processed after this callback returns.
+        handlers.onData(Buffer.from(chunk.subarray(25)), chunk.readBigUInt64BE(9));
       } else if (kind === 0x6b /* k: keepalive */) {
         handlers.onKeepalive(chunk.readBigUInt64BE(1), chunk[17] === 1);
       }

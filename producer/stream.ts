@@ -7,6 +7,7 @@ import { Heartbeat } from './heartbeat.js';
 import { type AckPosition, type Session } from './options.js';
 import { type PgoutputMessage, decodePgoutput } from './pgoutput.js';
 import type { ReplicationConnection } from './replication.js';
+import type { TableSync } from './tablesync.js';
 
 /** What arrives from the walsender, in order: a pgoutput message, or the WAL end of a keepalive. */
 type Arrival = { message: Buffer } | { walEnd: Lsn };
@@ -26,6 +27,8 @@ export async function streamSlot(
   replication: ReplicationConnection,
   position: AckPosition,
   describe: (relation: Relation, previous?: Relation) => Promise<Relation>,
+  tableSync: TableSync,
+  publicationTables: () => Promise<number[]>,
   fail: (error: Error) => void,
 ): Promise<void> {
   const { options, epoch, sequencer, tracker, queues, watcher, signal } = session;
@@ -38,13 +41,13 @@ export async function streamSlot(
   let ordinal = 0;
   let lastStatus = 0;
   let lastActivity = Date.now();
-  const pauses = new Set<'inbox' | 'backlog'>();
+  const pauses = new Set<'inbox' | 'backlog' | 'held'>();
 
   const sendStatus = (replyRequested = false) => {
     replication.sendStatus(position.lsn, replyRequested);
     lastStatus = Date.now();
   };
-  const setPaused = (reason: 'inbox' | 'backlog', shouldPause: boolean) => {
+  const setPaused = (reason: 'inbox' | 'backlog' | 'held', shouldPause: boolean) => {
     const wasPaused = pauses.size > 0;
     if (shouldPause) pauses.add(reason);
     else pauses.delete(reason);
@@ -66,15 +69,24 @@ export async function streamSlot(
       case 'delete': {
         const version = { lsn: commitLsn, ordinal: ++ordinal };
         const change = { op: decoded.tag, version, ...('row' in decoded ? { row: decoded.row } : {}), ...('old' in decoded && decoded.old ? { old: decoded.old } : {}) };
-        const { partition, seq } = batcher.addRow(change, decoded.relation, bytes);
-        tracker.touch(partition, seq);
+        const oid = decoded.relation;
+        if (tableSync.isHeld(oid)) {
+          tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addRow(change, oid, bytes) });
+          if (tableSync.isFull) setPaused('held', true);
+        } else {
+          const { partition, seq } = batcher.addRow(change, oid, bytes);
+          tracker.touch(partition, seq);
+        }
         break;
       }
       case 'truncate': {
         const version = { lsn: commitLsn, ordinal: ++ordinal };
-        for (const { partition, seq } of batcher.addTruncate({ op: 'truncate', version, cascade: decoded.cascade, restartIdentity: decoded.restartIdentity }, decoded.relations)) {
-          tracker.touch(partition, seq);
+        const truncate = { op: 'truncate' as const, version, cascade: decoded.cascade, restartIdentity: decoded.restartIdentity };
+        const streamed = decoded.relations.filter((oid) => !tableSync.isHeld(oid));
+        for (const oid of decoded.relations.filter((oid) => tableSync.isHeld(oid))) {
+          tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addTruncate(truncate, [oid])[0] });
         }
+        if (streamed.length > 0) for (const { partition, seq } of batcher.addTruncate(truncate, streamed)) tracker.touch(partition, seq);
         break;
       }
       case 'commit':
@@ -99,8 +111,12 @@ export async function streamSlot(
           }
         } else {
           const decoded = decodePgoutput(arrival.message);
-          if (decoded.tag === 'relation') batcher.setRelation(await describe(decoded, batcher.knownRelation(decoded.oid)));
-          else apply(decoded, arrival.message.length);
+          if (decoded.tag === 'relation') {
+            batcher.setRelation(await describe(decoded, batcher.knownRelation(decoded.oid)));
+            tableSync.noticeRelation(decoded.oid);
+          } else {
+            apply(decoded, arrival.message.length);
+          }
           lastActivity = Date.now();
           if (watcher.isFull) setPaused('backlog', true);
         }
@@ -143,6 +159,8 @@ export async function streamSlot(
       });
       if (advanced || Date.now() - lastStatus >= options.statusIntervalMs) sendStatus();
       setPaused('backlog', watcher.isFull);
+      await tableSync.tick(publicationTables);
+      setPaused('held', tableSync.isFull);
       if (tracker.isIdle && inbox.length === 0 && Date.now() - lastActivity >= options.heartbeatIntervalMs) {
         lastActivity = Date.now();
         await heartbeat.beat();

@@ -13,6 +13,8 @@ export const keys = {
   applied: (pipeline: string, destination: string) => `pgr:{${pipeline}}:applied:${destination}`,
   /** Hash partition → JSON health of this destination's partition (ok, retrying, parked + error). */
   health: (pipeline: string, destination: string) => `pgr:{${pipeline}}:health:${destination}`,
+  /** List of resync requests for the producer: JSON { tableOid, destinations? }. */
+  requests: (pipeline: string) => `pgr:{${pipeline}}:requests`,
   /** Hash table → JSON state, for destinations that have no store of their own (stdout). */
   tableStates: (pipeline: string, destination: string) => `pgr:{${pipeline}}:tables:${destination}`,
 };

@@ -19,6 +19,8 @@ export interface PipelineState {
   epoch: number;
   /** 'started' while copying, 'enqueued' once every row is queued, 'done' once every destination applied it. */
   copy?: 'started' | 'enqueued' | 'done';
+  /** OIDs of the tables every destination has a copy of (or is being given one): a table outside it is new. */
+  tables?: number[];
 }
 
 export async function readPipelineState(redis: Redis, pipeline: string): Promise<PipelineState | undefined> {
@@ -31,6 +33,7 @@ export async function readPipelineState(redis: Redis, pipeline: string): Promise
     destinations: JSON.parse(raw.destinations ?? '[]'),
     epoch: Number(raw.epoch),
     ...(raw.copy ? { copy: raw.copy as PipelineState['copy'] } : {}),
+    ...(raw.tables ? { tables: JSON.parse(raw.tables) } : {}),
   };
 }
 

@@ -34,6 +34,7 @@ test('unchanged TOASTed values survive updates of other columns, with REPLICA ID
   } finally {
     await Promise.all([producer.stop(), consumer.stop()]);
   }
+  t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
   const toasted = (await env.pg.query("SELECT count(*)::int AS n FROM docs WHERE length(body) > 8000")).rows[0].n;
   t.true(toasted >= 3, 'the test really has values over 8 kB');
   for (const table of ['docs', 'docs_full']) {
@@ -79,6 +80,7 @@ test('tables without a primary key: FULL replicates duplicates exactly, USING IN
   } finally {
     await Promise.all([producer.stop(), consumer.stop()]);
   }
+  t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
   const path = pipeline.duckdbPath('main');
   t.deepEqual(await duckdbRows(path, 'public.dupes', ['a', 'b']), await postgresRows(env.pg, 'dupes', ['a', 'b']));
   t.is((await duckdbRows(path, 'public.dupes', ['a', 'b'])).length, 4);
@@ -123,6 +125,7 @@ test('TRUNCATE: one table, several at once, CASCADE, RESTART IDENTITY, and trunc
   } finally {
     await Promise.all([producer.stop(), consumer.stop()]);
   }
+  t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
   const columns: Record<string, string[]> = { t_child: ['id', 'parent'], t_serial: ['id', 'v'] };
   for (const table of tables) {
     const wanted = columns[table] ?? ['id'];

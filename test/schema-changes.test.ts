@@ -51,6 +51,7 @@ test('schema changes apply in stream order: add (with and without default), drop
   } finally {
     await Promise.all([producer.stop(), consumer.stop()]);
   }
+  t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
   const path = pipeline.duckdbPath('main');
   const evolvedColumns = await columnsOf('evolved');
   t.deepEqual(evolvedColumns, ['id', 'a_renamed', 'b', 'd', 'e']);

@@ -123,6 +123,7 @@ test('every built-in type (and enums, domains, composites, arrays, hstore) arriv
   } finally {
     await Promise.all([producer.stop(), consumer.stop()]);
   }
+  t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
 
   const mismatches: string[] = [];
   for (const [table, columns] of TABLES) {

@@ -1,0 +1,31 @@
+import { connectPostgres } from '../producer/preflight.js';
+import { UserError } from '../shared/errors.js';
+import { keys } from '../shared/keys.js';
+import { connectRedis, readPipelineState } from '../shared/redis.js';
+
+/** Asks the pipeline's producer to copy a table again beside the stream; returns what to tell the user. */
+export async function requestResync(options: { pipeline: string; redisUrl: string; pgUrl: string; table: string; destination?: string }): Promise<string> {
+  const redis = connectRedis(options.redisUrl);
+  const client = await connectPostgres(options.pgUrl, 'pg-replicate resync');
+  try {
+    const state = await readPipelineState(redis, options.pipeline);
+    if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url, or start its producer first.`);
+    if (options.destination && !state.destinations.includes(options.destination)) {
+      throw new UserError(`Pipeline ${options.pipeline} has no destination "${options.destination}" (it has: ${state.destinations.join(', ')}).`);
+    }
+    const found = await client.query(
+      `SELECT c.oid FROM pg_publication_tables p
+         JOIN pg_namespace n ON n.nspname = p.schemaname
+         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+        WHERE p.pubname = $1 AND c.oid = to_regclass($2)`,
+      [state.publication, options.table],
+    );
+    if (found.rowCount === 0) throw new UserError(`Table ${options.table} is not in publication ${state.publication}. Give it as schema.name, e.g. --table public.orders.`);
+    const request = { tableOid: Number(found.rows[0].oid), ...(options.destination ? { destinations: [options.destination] } : {}) };
+    await redis.rpush(keys.requests(options.pipeline), JSON.stringify(request));
+    return `resync of ${options.table} requested${options.destination ? ` for ${options.destination}` : ''}: the producer copies it beside the stream (watch its log, or status)`;
+  } finally {
+    await client.end();
+    redis.disconnect();
+  }
+}

@@ -1,0 +1,147 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Redis } from 'ioredis';
+import pg from 'pg';
+import { type Relation, qualifiedName } from '../shared/events.js';
+import { keys } from '../shared/keys.js';
+import { log } from '../shared/log.js';
+import { type Lsn, formatLsn, parseLsn } from '../shared/lsn.js';
+import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
+import { writePipelineState } from '../shared/redis.js';
+import type { PendingEntry } from './acks.js';
+import { Catalog, describeTable, publicationTables } from './catalog.js';
+import { copyTable } from './copy.js';
+import { POLL_MS, type Session } from './options.js';
+import { quoteIdent } from './replication.js';
+
+let syncs = 0;
+
+/**
+ * Copies one table beside the running stream, at an exact LSN: a temporary slot created with
+ * USE_SNAPSHOT gives this transaction the snapshot of its consistent point S, so the copy holds
+ * exactly the changes committed before S. The caller holds the table's streamed changes
+ * meanwhile and releases those at or after S once the copy is enqueued.
+ * Returns undefined when the table is no longer in the publication.
+ */
+export async function copyTableAtNewSnapshot(
+  session: Session,
+  tableOid: number,
+  destinations: string[] | undefined,
+  waitForRoom: () => Promise<void>,
+): Promise<{ snapshotLsn: Lsn; relation: Relation; rows: number } | undefined> {
+  const { options } = session;
+  // The temporary slot exports its snapshot; a plain connection imports it for the copy (the
+  // replication connection must then stay idle, and it cannot run parameterised queries).
+  const replication = new pg.Client({ connectionString: options.pgUrl, replication: 'database', application_name: 'pg-replicate table sync' } as pg.ClientConfig);
+  const client = new pg.Client({ connectionString: options.pgUrl, application_name: 'pg-replicate table sync', options: VALUE_TEXT_SETTINGS });
+  try {
+    await Promise.all([replication.connect(), client.connect()]);
+    const slot = `pgr_sync_${process.pid}_${++syncs}`;
+    const created = await replication.query(`CREATE_REPLICATION_SLOT ${quoteIdent(slot)} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT`);
+    const snapshotLsn = parseLsn(created.rows[0].consistent_point);
+    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+    await client.query(`SET TRANSACTION SNAPSHOT '${created.rows[0].snapshot_name}'`);
+    const table = (await publicationTables(client, options.publication)).find((candidate) => candidate.oid === tableOid);
+    if (!table) return undefined;
+    const relation = await describeTable(client, table, new Catalog(client));
+    const rows = await copyTable(session, client, relation, table.rowFilter, snapshotLsn, () => {}, destinations, waitForRoom);
+    await client.query('COMMIT');
+    return { snapshotLsn, relation, rows };
+  } finally {
+    await Promise.all([client.end().catch(() => {}), replication.end().catch(() => {})]);
+  }
+}
+
+/** A streamed change held back while its table is copied, and how to put it in its batch later. */
+interface HeldChange {
+  entry: PendingEntry;
+  enqueue: () => { partition: number; seq: number };
+}
+
+/** Held changes (all tables) above which reading the slot pauses until a copy finishes. */
+const MAX_HELD = 200_000;
+const PUBLICATION_POLL_MS = 5_000;
+
+/**
+ * Online table sync: copies a table beside the stream — when it joins the publication, or on
+ * request (`pg-replicate resync`) — with invariant 4 of the design: the table's streamed
+ * changes are held while its copy is enqueued, then released behind it, so its partition sees
+ * the copy first and then the changes. Released changes older than the copy are skipped by
+ * the destinations (their version is below the copy's), so nothing is dropped here, and a
+ * resync for some destinations leaves the others' stream whole.
+ */
+export class TableSync {
+  private readonly holds = new Map<number, HeldChange[]>();
+  private heldCount = 0;
+  private lastPublicationPoll = Date.now();
+
+  constructor(
+    private readonly session: Session,
+    private readonly redis: Redis,
+    /** Tables every destination has a copy of, by OID. */
+    private readonly known: Set<number>,
+    private readonly fail: (error: Error) => void,
+  ) {}
+
+  isHeld(tableOid: number): boolean {
+    return this.holds.has(tableOid);
+  }
+
+  hold(tableOid: number, change: HeldChange): void {
+    this.holds.get(tableOid)!.push(change);
+    this.heldCount++;
+  }
+
+  /** Whether reading the slot must wait for a copy to finish (held changes use memory). */
+  get isFull(): boolean {
+    return this.heldCount > MAX_HELD;
+  }
+
+  get syncing(): number {
+    return this.holds.size;
+  }
+
+  /** A relation message: a table we have not copied has joined the publication. */
+  noticeRelation(tableOid: number): void {
+    if (!this.known.has(tableOid) && !this.holds.has(tableOid)) this.start(tableOid, undefined, 'added to the publication');
+  }
+
+  /** Called from the stream's loop: resync requests, and tables added to the publication without changes yet. */
+  async tick(publicationTables: () => Promise<number[]>): Promise<void> {
+    for (;;) {
+      const request = await this.redis.lpop(keys.requests(this.session.options.pipeline));
+      if (!request) break;
+      const { tableOid, destinations } = JSON.parse(request) as { tableOid: number; destinations?: string[] };
+      if (!this.holds.has(tableOid)) this.start(tableOid, destinations, 'resync requested');
+    }
+    if (Date.now() - this.lastPublicationPoll < PUBLICATION_POLL_MS) return;
+    this.lastPublicationPoll = Date.now();
+    const published = new Set(await publicationTables());
+    for (const oid of published) this.noticeRelation(oid);
+    for (const oid of this.known) if (!published.has(oid)) this.known.delete(oid);
+  }
+
+  private start(tableOid: number, destinations: string[] | undefined, reason: string): void {
+    this.holds.set(tableOid, []);
+    log.info({ tableOid, destinations: destinations ?? 'all', reason }, 'table sync: holding the table\'s changes and copying it');
+    const waitForRoom = async () => {
+      while (this.session.watcher.isFull && !this.session.signal.aborted) await sleep(POLL_MS);
+    };
+    copyTableAtNewSnapshot(this.session, tableOid, destinations, waitForRoom)
+      .then(async (copied) => {
+        this.release(tableOid);
+        if (!copied) return;
+        this.known.add(tableOid);
+        await writePipelineState(this.redis, this.session.options.pipeline, { tables: [...this.known] });
+        log.info({ table: qualifiedName(copied.relation), rows: copied.rows, snapshotLsn: formatLsn(copied.snapshotLsn) }, 'table sync: copy enqueued, changes released');
+      })
+      .catch((error: Error) => this.fail(error));
+  }
+
+  /** Puts the held changes into batches, in their stream order, behind the copy. */
+  private release(tableOid: number): void {
+    const held = this.holds.get(tableOid) ?? [];
+    this.holds.delete(tableOid);
+    this.heldCount -= held.length;
+    for (const change of held) this.session.tracker.release(change.entry, change.enqueue());
+  }
+}
