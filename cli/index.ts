@@ -11,7 +11,7 @@ import { destinationName, pgUrl, pipelineId, producerConfig, redisUrl, runnerCon
 import { UserError, errorMessage } from '../shared/errors.js';
 import { connectRedis } from '../shared/redis.js';
 import { exitWithError, runUntilStopped } from './lifecycle.js';
-import { requestResync } from './resync.js';
+import { removeDestination, requestResync } from './resync.js';
 import { formatStatus, pipelineStatus } from './status.js';
 
 const program = new Command('pg-replicate')
@@ -32,7 +32,7 @@ program
   .addOption(pipelineOption())
   .addOption(redisOption())
   .addOption(new Option('--mode <mode>', 'both = copy then stream; copy = copy then exit; cdc = stream only').choices(['both', 'copy', 'cdc']).default(PRODUCER_DEFAULTS.mode).env('MODE'))
-  .addOption(new Option('--destinations <names>', 'comma-separated destination names to feed').env('DESTINATIONS'))
+  .addOption(new Option('--destinations <names>', 'comma-separated destination names to feed from the start (consumers started later register themselves)').env('DESTINATIONS'))
   .addOption(new Option('--partitions <n>', 'partition queues per destination').default(PRODUCER_DEFAULTS.partitions).argParser(integer).env('PARTITIONS'))
   .addOption(new Option('--max-batch-changes <n>', 'changes per batch at most').default(PRODUCER_DEFAULTS.maxBatchChanges).argParser(integer))
   .addOption(new Option('--max-batch-bytes <n>', 'approximate bytes per batch at most').default(PRODUCER_DEFAULTS.maxBatchBytes).argParser(integer))
@@ -44,7 +44,7 @@ program
   .addOption(new Option('--copy-connections <n>', 'parallel connections for the table copy').default(PRODUCER_DEFAULTS.copyConnections).argParser(integer))
   .addOption(new Option('--copy-chunk-rows <n>', 'rows per copy batch').default(PRODUCER_DEFAULTS.copyChunkRows).argParser(integer))
   .action(async (flags) => {
-    const config = validate(producerConfig, { ...flags, destinations: splitList(flags.destinations) ?? [] });
+    const config = validate(producerConfig, { ...flags, destinations: splitList(flags.destinations) });
     const producer = new Producer(config);
     await runUntilStopped((signal) => producer.run(signal), () => producer.close());
   });
@@ -162,6 +162,31 @@ program
   .action(async (flags) => {
     const options = validate(z.object({ pipeline: pipelineId, redisUrl, pgUrl, table: z.string().min(1), destination: destinationName.optional() }), flags);
     process.stdout.write(`${await requestResync(options)}\n`);
+  });
+
+const destinations = program.command('destinations').description('List or remove the destinations of a pipeline.');
+
+destinations
+  .command('list')
+  .description('Each destination with its state, applied LSN and pending batches.')
+  .addOption(pipelineOption())
+  .addOption(redisOption())
+  .action(async (flags) => {
+    const status = await pipelineStatus(validate(z.object({ pipeline: pipelineId, redisUrl }), flags));
+    for (const destination of status.destinations) {
+      process.stdout.write(`${destination.name}\t${destination.state}\tapplied ${destination.appliedLsn ?? '-'}\t${destination.pendingBatches} pending\n`);
+    }
+  });
+
+destinations
+  .command('remove')
+  .description('Stop feeding a destination: its queues are dropped and it no longer holds back the slot (its data stays where it is).')
+  .argument('<name>', 'the destination')
+  .addOption(pipelineOption())
+  .addOption(redisOption())
+  .action(async (name: string, flags) => {
+    const options = validate(z.object({ pipeline: pipelineId, redisUrl, name: destinationName }), { ...flags, name });
+    process.stdout.write(`${await removeDestination(options)}\n`);
   });
 
 program

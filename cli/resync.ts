@@ -1,7 +1,26 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { connectPostgres } from '../producer/preflight.js';
 import { UserError } from '../shared/errors.js';
 import { keys } from '../shared/keys.js';
 import { connectRedis, readPipelineState } from '../shared/redis.js';
+
+/** Asks the producer to stop feeding a destination, and waits (up to 30 s) until it has. */
+export async function removeDestination(options: { pipeline: string; redisUrl: string; name: string }): Promise<string> {
+  const redis = connectRedis(options.redisUrl);
+  try {
+    const state = await readPipelineState(redis, options.pipeline);
+    if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url.`);
+    if (!state.destinations.includes(options.name)) throw new UserError(`Pipeline ${options.pipeline} has no destination "${options.name}" (it has: ${state.destinations.join(', ') || 'none'}).`);
+    await redis.rpush(keys.requests(options.pipeline), JSON.stringify({ removeDestination: options.name }));
+    for (const until = Date.now() + 30_000; Date.now() < until; ) {
+      if (!(await readPipelineState(redis, options.pipeline))?.destinations.includes(options.name)) return `destination ${options.name} removed`;
+      await sleep(200);
+    }
+    return `removal of ${options.name} requested: the producer applies it when it runs (it is not running now)`;
+  } finally {
+    redis.disconnect();
+  }
+}
 
 /** Asks the pipeline's producer to copy a table again beside the stream; returns what to tell the user. */
 export async function requestResync(options: { pipeline: string; redisUrl: string; pgUrl: string; table: string; destination?: string }): Promise<string> {

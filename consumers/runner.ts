@@ -24,6 +24,7 @@ export interface RunnerOptions {
 export const RUNNER_DEFAULTS = { lockDurationMs: 10_000, stalledIntervalMs: 5_000, attemptsBeforePark: 8 } as const;
 
 const MAX_BACKOFF_MS = 60_000;
+const REGISTRATION_CHECK_MS = 3_000;
 
 export type Health = { state: 'ok' } | { state: 'retrying' | 'parked'; attempts: number; error: string; since: string };
 
@@ -38,6 +39,7 @@ export class ConsumerRunner {
   private readonly workers: Worker[] = [];
   private readonly unhealthy = new Set<number>();
   private closing = false;
+  private seenEpoch: number | undefined;
 
   constructor(
     private readonly options: RunnerOptions,
@@ -64,16 +66,32 @@ export class ConsumerRunner {
       this.workers.push(worker);
     }
     log.info({ destination: this.options.name, pipeline: this.options.pipeline, partitions }, 'consumer running');
-    await new Promise<void>((resolve) => {
-      if (signal.aborted) resolve();
-      signal.addEventListener('abort', () => resolve(), { once: true });
-    });
+    while (!signal.aborted) {
+      await this.register();
+      await sleep(REGISTRATION_CHECK_MS, undefined, { signal }).catch(() => {});
+    }
   }
 
   async close(): Promise<void> {
     this.closing = true;
     await Promise.all(this.workers.map((worker) => worker.close()));
     this.redis.disconnect();
+  }
+
+  /**
+   * A destination the pipeline does not know asks the producer to add it (which gives it its own
+   * copy of every table): at start, and again whenever a new producer run no longer lists it
+   * (Redis lost the pipeline's record). A destination removed on purpose is not re-added.
+   */
+  private async register(): Promise<void> {
+    const state = await readPipelineState(this.redis, this.options.pipeline).catch(() => undefined);
+    if (!state) return;
+    const firstLook = this.seenEpoch === undefined;
+    const newRun = this.seenEpoch !== state.epoch;
+    this.seenEpoch = state.epoch;
+    if (state.destinations.includes(this.options.name) || !(firstLook || newRun)) return;
+    log.info({ destination: this.options.name }, 'registering this destination with the producer');
+    await this.redis.rpush(keys.requests(this.options.pipeline), JSON.stringify({ addDestination: this.options.name }));
   }
 
   /** The consumer learns the partition count from the producer's record of the pipeline. */

@@ -5,6 +5,7 @@ import { UserError, errorMessage } from '../shared/errors.js';
 import { log } from '../shared/log.js';
 import { formatLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
+import { formatApplied, keys } from '../shared/keys.js';
 import { connectRedis, readPipelineState, writePipelineState } from '../shared/redis.js';
 import { AckTracker } from './acks.js';
 import { Catalog, publishedTableOids } from './catalog.js';
@@ -63,6 +64,31 @@ export class Producer {
     }
   }
 
+  /** How a running session adds and removes destinations (on a consumer's registration, or `destinations remove`). */
+  private destinationChanges({ options, epoch, sequencer, queues }: Session) {
+    const record = () => writePipelineState(this.redis, options.pipeline, { destinations: queues.destinations });
+    return {
+      add: async (name: string): Promise<boolean> => {
+        if (queues.destinations.includes(name)) return false;
+        await queues.addDestination(name);
+        // Nothing enqueued before now concerns it: its marks start at the current batch numbers.
+        const marks: Record<string, string> = {};
+        for (let partition = 0; partition < options.partitions; partition++) marks[partition] = formatApplied(epoch, sequencer.lastOf(partition));
+        await this.redis.del(keys.applied(options.pipeline, name), keys.health(options.pipeline, name));
+        await this.redis.hset(keys.applied(options.pipeline, name), marks);
+        await record();
+        log.info({ destination: name }, 'destination added: it gets its own copy of every table, then the stream');
+        return true;
+      },
+      remove: async (name: string): Promise<void> => {
+        await queues.removeDestination(name);
+        await this.redis.del(keys.applied(options.pipeline, name), keys.health(options.pipeline, name), keys.tableStates(options.pipeline, name));
+        await record();
+        log.info({ destination: name }, 'destination removed: its queues are dropped and it no longer holds back the slot');
+      },
+    };
+  }
+
   async close(): Promise<void> {
     this.redis.disconnect();
   }
@@ -79,15 +105,19 @@ export class Producer {
         `Pipeline ${options.pipeline} was created with ${previous.partitions} partitions; it cannot change to ${options.partitions} while its queues exist. Pass --partitions ${previous.partitions}, or start a new pipeline id.`,
       );
     }
-    const added = options.destinations.filter((name) => previous && !previous.destinations.includes(name));
-    const copyApplied = (this.copyApplied || (previous?.copy === 'done' && previous.slot === options.slot)) && added.length === 0;
+    const copyApplied = this.copyApplied || (previous?.copy === 'done' && previous.slot === options.slot);
     const needsCopy = options.mode === 'copy' || (options.mode === 'both' && (!slot || !copyApplied));
     if (needsCopy && slot && options.mode === 'both') {
-      const reason = added.length > 0 ? `new destinations ${added.join(', ')} need a consistent copy` : 'Redis holds no record of a finished copy for this slot (was Redis wiped, or the producer stopped mid-copy?)';
-      log.warn(`${reason}: copying every table again under a new slot`);
+      log.warn('Redis holds no record of a finished copy for this slot (was Redis wiped, or the producer stopped mid-copy?): copying every table again under a new slot');
+    }
+    // Destinations named on the command line but new to a running pipeline join like a consumer
+    // that registers itself: with a copy of their own, beside the stream.
+    const registered = needsCopy ? [...new Set([...(previous?.destinations ?? []), ...options.destinations])] : (previous?.destinations ?? []);
+    for (const name of options.destinations.filter((name) => !registered.includes(name))) {
+      await this.redis.rpush(keys.requests(options.pipeline), JSON.stringify({ addDestination: name }));
     }
 
-    const queues = new BatchQueues(this.redis, options.pipeline, options.destinations, options.partitions);
+    const queues = new BatchQueues(this.redis, options.pipeline, registered, options.partitions);
     const replication = await ReplicationConnection.open(options.pgUrl, `pg-replicate ${options.pipeline}`);
     const ended = new AbortController();
     const stop = () => ended.abort();
@@ -105,7 +135,7 @@ export class Producer {
         slot: options.slot,
         publication: options.publication,
         partitions: options.partitions,
-        destinations: options.destinations,
+        destinations: registered,
         epoch,
         ...(copyApplied && !needsCopy ? { copy: 'done' as const } : {}),
       });
@@ -145,7 +175,7 @@ export class Producer {
       // Tables every destination has a copy of; without a record (Redis lost), today's publication.
       const known = (await readPipelineState(this.redis, options.pipeline))?.tables ?? (await published());
       await writePipelineState(this.redis, options.pipeline, { tables: known });
-      const tableSync = new TableSync(session, this.redis, new Set(known), fail);
+      const tableSync = new TableSync(session, this.redis, new Set(known), this.destinationChanges(session), fail);
       await streamSlot(session, replication, this.position, (relation, previous) => catalog.enrich(relation, previous), tableSync, published, fail);
       if (failure) throw failure;
       return false;

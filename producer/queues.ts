@@ -19,23 +19,49 @@ export class BatchQueues {
   private readonly sizes = new Map<number, [number, number][]>();
 
   constructor(
-    redis: Redis,
-    pipeline: string,
-    readonly destinations: string[],
+    private readonly redis: Redis,
+    private readonly pipeline: string,
+    destinations: string[],
     readonly partitions: number,
   ) {
-    for (const destination of destinations) {
-      const perPartition: Queue[] = [];
-      for (let partition = 0; partition < partitions; partition++) {
-        perPartition.push(new Queue(queueName(pipeline, destination, partition), { connection: redis, prefix: QUEUE_PREFIX }));
-      }
-      this.queues.set(destination, perPartition);
+    for (const destination of destinations) this.open(destination);
+  }
+
+  get destinations(): string[] {
+    return [...this.queues.keys()];
+  }
+
+  private open(destination: string): Queue[] {
+    const perPartition: Queue[] = [];
+    for (let partition = 0; partition < this.partitions; partition++) {
+      perPartition.push(new Queue(queueName(this.pipeline, destination, partition), { connection: this.redis, prefix: QUEUE_PREFIX }));
     }
+    this.queues.set(destination, perPartition);
+    return perPartition;
   }
 
   /** One worker at a time per partition, across every consumer process: that is what keeps a partition in order. */
-  async limitToOneWorker(): Promise<void> {
-    await Promise.all([...this.queues.values()].flat().map((queue) => queue.setGlobalConcurrency(1)));
+  async limitToOneWorker(queues = [...this.queues.values()].flat()): Promise<void> {
+    await Promise.all(queues.map((queue) => queue.setGlobalConcurrency(1)));
+  }
+
+  /** Starts feeding a destination: every batch enqueued from now on goes to it too. */
+  async addDestination(destination: string): Promise<void> {
+    if (this.queues.has(destination)) return;
+    await this.limitToOneWorker(this.open(destination));
+  }
+
+  /** Stops feeding a destination and drops its queues with whatever they still hold. */
+  async removeDestination(destination: string): Promise<void> {
+    const perPartition = this.queues.get(destination);
+    if (!perPartition) return;
+    this.queues.delete(destination);
+    await Promise.allSettled(perPartition.map((queue) => this.tails.get(queue)));
+    for (const queue of perPartition) {
+      this.tails.delete(queue);
+      await queue.obliterate({ force: true });
+      await queue.close();
+    }
   }
 
   /** Adds the batch to its partition's queue of every destination (or of those named). Errors surface on the next call or on settle(). */

@@ -16,18 +16,18 @@ import { quoteIdent } from './replication.js';
 let syncs = 0;
 
 /**
- * Copies one table beside the running stream, at an exact LSN: a temporary slot created with
- * USE_SNAPSHOT gives this transaction the snapshot of its consistent point S, so the copy holds
- * exactly the changes committed before S. The caller holds the table's streamed changes
- * meanwhile and releases those at or after S once the copy is enqueued.
- * Returns undefined when the table is no longer in the publication.
+ * Copies tables beside the running stream, at one exact LSN: a temporary slot's exported
+ * snapshot is its consistent point S, so the copy holds exactly the changes committed before
+ * S. The caller holds the tables' streamed changes meanwhile and releases them once each table's
+ * copy is enqueued (onCopied; without a copy when the table left the publication).
  */
-export async function copyTableAtNewSnapshot(
+export async function copyTablesAtNewSnapshot(
   session: Session,
-  tableOid: number,
+  tableOids: number[],
   destinations: string[] | undefined,
   waitForRoom: () => Promise<void>,
-): Promise<{ snapshotLsn: Lsn; relation: Relation; rows: number } | undefined> {
+  onCopied: (tableOid: number, copied?: { snapshotLsn: Lsn; relation: Relation; rows: number }) => void,
+): Promise<void> {
   const { options } = session;
   // The temporary slot exports its snapshot; a plain connection imports it for the copy (the
   // replication connection must then stay idle, and it cannot run parameterised queries).
@@ -40,16 +40,26 @@ export async function copyTableAtNewSnapshot(
     const snapshotLsn = parseLsn(created.rows[0].consistent_point);
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     await client.query(`SET TRANSACTION SNAPSHOT '${created.rows[0].snapshot_name}'`);
-    const table = (await publicationTables(client, options.publication)).find((candidate) => candidate.oid === tableOid);
-    if (!table) return undefined;
-    const relation = await describeTable(client, table, new Catalog(client));
-    const rows = await copyTable(session, client, relation, table.rowFilter, snapshotLsn, () => {}, destinations, waitForRoom);
+    const published = await publicationTables(client, options.publication);
+    const catalog = new Catalog(client);
+    for (const tableOid of tableOids) {
+      const table = published.find((candidate) => candidate.oid === tableOid);
+      if (!table) {
+        onCopied(tableOid);
+        continue;
+      }
+      const relation = await describeTable(client, table, catalog);
+      const rows = await copyTable(session, client, relation, table.rowFilter, snapshotLsn, () => {}, destinations, waitForRoom);
+      onCopied(tableOid, { snapshotLsn, relation, rows });
+    }
     await client.query('COMMIT');
-    return { snapshotLsn, relation, rows };
   } finally {
     await Promise.all([client.end().catch(() => {}), replication.end().catch(() => {})]);
   }
 }
+
+/** What `pg-replicate resync`, a starting consumer and `destinations remove` ask of the producer. */
+export type Request = { tableOid: number; destinations?: string[] } | { addDestination: string } | { removeDestination: string };
 
 /** A streamed change held back while its table is copied, and how to put it in its batch later. */
 interface HeldChange {
@@ -79,6 +89,7 @@ export class TableSync {
     private readonly redis: Redis,
     /** Tables every destination has a copy of, by OID. */
     private readonly known: Set<number>,
+    private readonly destinations: { add(name: string): Promise<boolean>; remove(name: string): Promise<void> },
     private readonly fail: (error: Error) => void,
   ) {}
 
@@ -102,16 +113,22 @@ export class TableSync {
 
   /** A relation message: a table we have not copied has joined the publication. */
   noticeRelation(tableOid: number): void {
-    if (!this.known.has(tableOid) && !this.holds.has(tableOid)) this.start(tableOid, undefined, 'added to the publication');
+    if (!this.known.has(tableOid) && !this.holds.has(tableOid)) this.start([tableOid], undefined, 'added to the publication');
   }
 
-  /** Called from the stream's loop: resync requests, and tables added to the publication without changes yet. */
+  /** Called from the stream's loop: requests (resync, destinations added or removed), and tables added to the publication without changes yet. */
   async tick(publicationTables: () => Promise<number[]>): Promise<void> {
     for (;;) {
-      const request = await this.redis.lpop(keys.requests(this.session.options.pipeline));
-      if (!request) break;
-      const { tableOid, destinations } = JSON.parse(request) as { tableOid: number; destinations?: string[] };
-      if (!this.holds.has(tableOid)) this.start(tableOid, destinations, 'resync requested');
+      const text = await this.redis.lpop(keys.requests(this.session.options.pipeline));
+      if (!text) break;
+      const request = JSON.parse(text) as Request;
+      if ('tableOid' in request) {
+        if (!this.holds.has(request.tableOid)) this.start([request.tableOid], request.destinations, 'resync requested');
+      } else if ('addDestination' in request) {
+        if (await this.destinations.add(request.addDestination)) this.start([...this.known].filter((oid) => !this.holds.has(oid)), [request.addDestination], 'new destination');
+      } else if ('removeDestination' in request) {
+        await this.destinations.remove(request.removeDestination);
+      }
     }
     if (Date.now() - this.lastPublicationPoll < PUBLICATION_POLL_MS) return;
     this.lastPublicationPoll = Date.now();
@@ -120,20 +137,20 @@ export class TableSync {
     for (const oid of this.known) if (!published.has(oid)) this.known.delete(oid);
   }
 
-  private start(tableOid: number, destinations: string[] | undefined, reason: string): void {
-    this.holds.set(tableOid, []);
-    log.info({ tableOid, destinations: destinations ?? 'all', reason }, 'table sync: holding the table\'s changes and copying it');
+  private start(tableOids: number[], destinations: string[] | undefined, reason: string): void {
+    for (const oid of tableOids) this.holds.set(oid, []);
+    log.info({ tableOids, destinations: destinations ?? 'all', reason }, 'table sync: holding the tables\' changes and copying them');
     const waitForRoom = async () => {
       while (this.session.watcher.isFull && !this.session.signal.aborted) await sleep(POLL_MS);
     };
-    copyTableAtNewSnapshot(this.session, tableOid, destinations, waitForRoom)
-      .then(async (copied) => {
-        this.release(tableOid);
-        if (!copied) return;
-        this.known.add(tableOid);
-        await writePipelineState(this.redis, this.session.options.pipeline, { tables: [...this.known] });
-        log.info({ table: qualifiedName(copied.relation), rows: copied.rows, snapshotLsn: formatLsn(copied.snapshotLsn) }, 'table sync: copy enqueued, changes released');
-      })
+    const copied = (oid: number, copy?: { snapshotLsn: Lsn; relation: Relation; rows: number }) => {
+      this.release(oid);
+      if (!copy) return;
+      this.known.add(oid);
+      log.info({ table: qualifiedName(copy.relation), rows: copy.rows, snapshotLsn: formatLsn(copy.snapshotLsn) }, 'table sync: copy enqueued, changes released');
+    };
+    copyTablesAtNewSnapshot(this.session, tableOids, destinations, waitForRoom, copied)
+      .then(() => writePipelineState(this.redis, this.session.options.pipeline, { tables: [...this.known] }))
       .catch((error: Error) => this.fail(error));
   }
 

@@ -30,7 +30,7 @@ export const producerConfig = z.object({
     .string({ error: '--slot (SLOT) is required' })
     .regex(/^[a-z0-9_]{1,63}$/, '--slot (SLOT) may use only lower-case letters, digits and _ (Postgres slot names)'),
   mode: z.enum(['both', 'copy', 'cdc'], { error: '--mode must be both, copy or cdc' }),
-  destinations: z.array(name('each of --destinations')).min(1, '--destinations needs at least one destination name (e.g. --destinations analytics,stdout)'),
+  destinations: z.array(name('each of --destinations')).default([]),
   partitions: positive.max(1024),
   maxBatchChanges: positive,
   maxBatchBytes: positive,
