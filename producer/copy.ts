@@ -108,6 +108,7 @@ export async function copyTable(
     return ready;
   };
   for await (const data of stream as AsyncIterable<Buffer>) {
+    if (session.signal.aborted) throw new Error('the producer session ended during a table copy');
     const complete = cutter.push(data);
     if (!complete) continue;
     parts.push(complete.rows);

@@ -76,10 +76,11 @@ export class Producer {
         for (let partition = 0; partition < options.partitions; partition++) marks[partition] = formatApplied(epoch, sequencer.lastOf(partition));
         await this.redis.del(keys.applied(options.pipeline, name), keys.health(options.pipeline, name));
         await this.redis.hset(keys.applied(options.pipeline, name), marks);
-        await record();
         log.info({ destination: name }, 'destination added: it gets its own copy of every table, then the stream');
         return true;
       },
+      /** Its copy is enqueued: from now on a restarted producer feeds it without copying again. */
+      added: record,
       remove: async (name: string): Promise<void> => {
         await queues.removeDestination(name);
         await this.redis.del(keys.applied(options.pipeline, name), keys.health(options.pipeline, name), keys.tableStates(options.pipeline, name));

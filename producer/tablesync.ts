@@ -89,7 +89,7 @@ export class TableSync {
     private readonly redis: Redis,
     /** Tables every destination has a copy of, by OID. */
     private readonly known: Set<number>,
-    private readonly destinations: { add(name: string): Promise<boolean>; remove(name: string): Promise<void> },
+    private readonly destinations: { add(name: string): Promise<boolean>; added(name: string): Promise<void>; remove(name: string): Promise<void> },
     private readonly fail: (error: Error) => void,
   ) {}
 
@@ -125,7 +125,8 @@ export class TableSync {
       if ('tableOid' in request) {
         if (!this.holds.has(request.tableOid)) this.start([request.tableOid], request.destinations, 'resync requested');
       } else if ('addDestination' in request) {
-        if (await this.destinations.add(request.addDestination)) this.start([...this.known].filter((oid) => !this.holds.has(oid)), [request.addDestination], 'new destination');
+        const name = request.addDestination;
+        if (await this.destinations.add(name)) this.start([...this.known].filter((oid) => !this.holds.has(oid)), [name], 'new destination', () => this.destinations.added(name));
       } else if ('removeDestination' in request) {
         await this.destinations.remove(request.removeDestination);
       }
@@ -137,7 +138,7 @@ export class TableSync {
     for (const oid of this.known) if (!published.has(oid)) this.known.delete(oid);
   }
 
-  private start(tableOids: number[], destinations: string[] | undefined, reason: string): void {
+  private start(tableOids: number[], destinations: string[] | undefined, reason: string, done = async () => {}): void {
     for (const oid of tableOids) this.holds.set(oid, []);
     log.info({ tableOids, destinations: destinations ?? 'all', reason }, 'table sync: holding the tables\' changes and copying them');
     const waitForRoom = async () => {
@@ -151,6 +152,7 @@ export class TableSync {
     };
     copyTablesAtNewSnapshot(this.session, tableOids, destinations, waitForRoom, copied)
       .then(() => writePipelineState(this.redis, this.session.options.pipeline, { tables: [...this.known] }))
+      .then(done)
       .catch((error: Error) => this.fail(error));
   }
 
