@@ -9,6 +9,7 @@ COPY producer producer
 COPY consumers consumers
 COPY cli cli
 COPY test test
+COPY scripts scripts
 RUN npm run build && npm prune --omit=dev
 
 FROM node:24-slim

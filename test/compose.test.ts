@@ -31,6 +31,9 @@ test('the compose file has Postgres with wal_level=logical, Redis, the producer 
     }
   }
   const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8');
+  // Every source the build stage copies exists (npm run build also runs scripts/).
+  for (const [, source] of dockerfile.matchAll(/^COPY (?!--from)(\S+) /gm)) t.true(existsSync(join(ROOT, source)), `Dockerfile copies existing ${source}`);
+  for (const script of ['scripts/link-bin.mjs']) t.regex(dockerfile, new RegExp(`COPY ${script.split('/')[0]} `), `the image build has ${script}`);
   t.regex(dockerfile, /ENTRYPOINT \["node", "dist\/cli\/index.js"\]/);
   t.true(existsSync(join(ROOT, 'dist', 'cli', 'index.js')));
 });
