@@ -71,7 +71,8 @@ export async function streamSlot(
         const change = { op: decoded.tag, version, ...('row' in decoded ? { row: decoded.row } : {}), ...('old' in decoded && decoded.old ? { old: decoded.old } : {}) };
         const oid = decoded.relation;
         if (tableSync.isHeld(oid)) {
-          tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addRow(change, oid, bytes) });
+          const shape = batcher.relation(oid);
+          tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addRow(change, oid, bytes, shape) });
           if (tableSync.isFull) setPaused('held', true);
         } else {
           const { partition, seq } = batcher.addRow(change, oid, bytes);
