@@ -24,6 +24,7 @@ interface OpenBatch {
   relations: Relation[];
   changes: Change[];
   bytes: number;
+  committedAt?: number;
 }
 
 export interface BatchLimits {
@@ -39,6 +40,8 @@ export interface BatchLimits {
 export class Batcher {
   private readonly relations = new Map<number, Relation>();
   private readonly open = new Map<number, OpenBatch>();
+  /** Commit time of the transaction being read (ms since the Unix epoch). */
+  committedAt: number | undefined;
 
   constructor(
     private readonly pipeline: string,
@@ -120,6 +123,7 @@ export class Batcher {
       seq: batch.seq,
       relations: batch.relations,
       changes: batch.changes,
+      ...(batch.committedAt !== undefined ? { committedAt: batch.committedAt } : {}),
     }, batch.bytes);
   }
 
@@ -143,6 +147,7 @@ export class Batcher {
 
   private account(partition: number, batch: OpenBatch, bytes: number): { partition: number; seq: number } {
     batch.bytes += bytes;
+    batch.committedAt ??= this.committedAt;
     const seq = batch.seq;
     if (batch.changes.length >= this.limits.maxChanges || batch.bytes >= this.limits.maxBytes) this.flush(partition);
     return { partition, seq };

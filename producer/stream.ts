@@ -9,6 +9,9 @@ import { type PgoutputMessage, decodePgoutput } from './pgoutput.js';
 import type { ReplicationConnection } from './replication.js';
 import type { TableSync } from './tablesync.js';
 
+/** Milliseconds between the Unix epoch and Postgres' (2000-01-01). */
+const PG_EPOCH_MS = 946_684_800_000;
+
 /** What arrives from the walsender, in order: a pgoutput message, or the WAL end of a keepalive. */
 type Arrival = { message: Buffer } | { walEnd: Lsn };
 
@@ -61,6 +64,7 @@ export async function streamSlot(
     switch (decoded.tag) {
       case 'begin':
         commitLsn = decoded.finalLsn;
+        batcher.committedAt = Number(decoded.commitTime / 1000n) + PG_EPOCH_MS;
         ordinal = 0;
         tracker.begin();
         break;

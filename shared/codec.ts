@@ -24,6 +24,7 @@ export interface EncodedBatch {
   r: EncodedRelation[];
   c: EncodedChange[];
   k?: [number, string, number, 0 | 1, number, string];
+  t?: number;
 }
 
 const OP_CODES = { insert: 'I', update: 'U', delete: 'D' } as const;
@@ -41,6 +42,7 @@ export function encodeBatch(batch: Batch): EncodedBatch {
     r: batch.relations.map(encodeRelation),
     c: batch.changes.map(encodeChange),
   };
+  if (batch.committedAt !== undefined) encoded.t = batch.committedAt;
   if (batch.copy) {
     const { relation, snapshotLsn, chunk, last, rows, csv } = batch.copy;
     encoded.k = [relation, formatLsn(snapshotLsn), chunk, last ? 1 : 0, rows, csv];
@@ -60,6 +62,7 @@ export function decodeBatch(encoded: EncodedBatch): Batch {
     relations: encoded.r.map(decodeRelation),
     changes: encoded.c.map(decodeChange),
   };
+  if (encoded.t !== undefined) batch.committedAt = encoded.t;
   if (encoded.k) {
     const [relation, snapshotLsn, chunk, last, rows, csv] = encoded.k;
     batch.copy = { relation, snapshotLsn: parseLsn(snapshotLsn), chunk, last: last === 1, rows, csv };

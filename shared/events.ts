@@ -82,6 +82,8 @@ export interface Batch {
   epoch: number;
   seq: number;
   relations: Relation[];
+  /** When the oldest transaction in the batch committed (ms since the Unix epoch): for replication lag. */
+  committedAt?: number;
   /** Streamed changes, in commit order; empty on copy batches. */
   changes: Change[];
   copy?: CopyChunk;

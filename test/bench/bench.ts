@@ -7,7 +7,8 @@
  * Sizes: BENCH_ROWS (backfill, default 1,000,000), BENCH_CHANGES (small transactions, default
  * 300,000), BENCH_BIG_INSERT (one transaction, default 5,000,000), BENCH_BIG_UPDATE (one
  * transaction, default 1,000,000), BENCH_HUGE_ROWS (memory-flatness backfill, default
- * 10,000,000). A size of 0 skips that scenario.
+ * 10,000,000), BENCH_LATENCY_SECONDS (steady 5 k changes/s, default 30). A size of 0 skips that
+ * scenario. Each target of the performance issue is printed with PASS or FAIL.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -25,6 +26,10 @@ const CHANGES = size('BENCH_CHANGES', 300_000);
 const BIG_INSERT = size('BENCH_BIG_INSERT', 5_000_000);
 const BIG_UPDATE = size('BENCH_BIG_UPDATE', 1_000_000);
 const HUGE_ROWS = size('BENCH_HUGE_ROWS', 10_000_000);
+const LATENCY_SECONDS = size('BENCH_LATENCY_SECONDS', 30);
+const LATENCY_RATE = 5_000;
+const CDC_SMALL = 'CDC, transactions of 10 changes (60 % insert, 30 % update, 10 % delete)';
+const CDC_BIG = 'CDC, one transaction inserting every row';
 
 interface Result {
   name: string;
@@ -40,18 +45,20 @@ const pgServer = await startPostgres();
 const redis = await startRedis();
 const results: Result[] = [];
 let scenario = 0;
+let latency: { p50: number; p99: number; batches: number } | undefined;
 try {
   if (ROWS > 0) results.push(await benchBackfill('backfill, mixed types', ROWS));
   if (CHANGES > 0) {
-    results.push(await benchCdc('CDC, transactions of 10 changes (60 % insert, 30 % update, 10 % delete)', CHANGES, `CALL bench_write(${CHANGES}, 10)`));
+    results.push(await benchCdc(CDC_SMALL, CHANGES, `CALL bench_write(${CHANGES}, 10)`));
   }
-  if (BIG_INSERT > 0) results.push(await benchCdc('CDC, one transaction inserting every row', BIG_INSERT, `INSERT INTO bench_changes SELECT g, 'n' || g, g / 100.0, now() FROM generate_series(1, ${BIG_INSERT}) g`));
+  if (BIG_INSERT > 0) results.push(await benchCdc(CDC_BIG, BIG_INSERT, `INSERT INTO bench_changes SELECT g, 'n' || g, g / 100.0, now() FROM generate_series(1, ${BIG_INSERT}) g`));
   if (BIG_UPDATE > 0) {
     results.push(
       await benchCdc('CDC, one transaction updating every row', BIG_UPDATE, `UPDATE bench_changes SET amount = amount + 1, updated = now()`, `INSERT INTO bench_changes SELECT g, 'n' || g, g / 100.0, now() FROM generate_series(1, ${BIG_UPDATE}) g`),
     );
   }
   if (HUGE_ROWS > 0) results.push(await benchBackfill('backfill, large table (memory)', HUGE_ROWS));
+  if (LATENCY_SECONDS > 0) latency = await benchLatency();
 } finally {
   await Promise.all([pgServer.stop(), redis.stop()]);
 }
@@ -147,6 +154,39 @@ async function benchCdc(name: string, count: number, write: string, prepare?: st
   return result;
 }
 
+/** Commit → applied in DuckDB, at a steady 5 k changes/s (transactions of 50 inserts every 10 ms). */
+async function benchLatency(): Promise<{ p50: number; p99: number; batches: number }> {
+  const pipeline = new TestPipeline(pgServer, redis.url, `benchlatency${++scenario}`, ['bench']);
+  await pgServer.query(`
+    CREATE TABLE bench_latency (id bigint PRIMARY KEY, name text, amount numeric(12,2), updated timestamptz);
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE bench_latency;
+  `);
+  const producer = pipeline.producer();
+  const consumer = pipeline.duckdb('bench', { LOG_LEVEL: 'debug' });
+  await pipeline.waitForCopy(redis.client);
+  process.stderr.write(`latency: ${LATENCY_RATE} changes/s for ${LATENCY_SECONDS} s…\n`);
+  const client = new pg.Client({ connectionString: pgServer.url });
+  await client.connect();
+  const perTransaction = 50;
+  const intervalMs = (1000 * perTransaction) / LATENCY_RATE;
+  const started = performance.now();
+  let measuredFrom = 0;
+  for (let tick = 0; performance.now() - started < LATENCY_SECONDS * 1000; tick++) {
+    const first = tick * perTransaction;
+    await client.query(`INSERT INTO bench_latency SELECT g, 'n' || g, g / 100.0, now() FROM generate_series(${first + 1}, ${first + perTransaction}) g`);
+    if (measuredFrom === 0 && performance.now() - started > 3000) measuredFrom = consumer.stderr.length;
+    const wait = started + (tick + 1) * intervalMs - performance.now();
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+  }
+  await client.end();
+  await pipeline.waitForCatchUp();
+  await Promise.all([producer.stop(), consumer.stop()]);
+  // Batches applied after a 3 s warm-up, from the consumer's debug log.
+  const lags = [...consumer.stderr.slice(measuredFrom).matchAll(/"lagMs":(\d+)/g)].map((match) => Number(match[1])).sort((a, b) => a - b);
+  const percentile = (p: number) => lags[Math.min(lags.length - 1, Math.floor((p / 100) * lags.length))] ?? NaN;
+  return { p50: percentile(50), p99: percentile(99), batches: lags.length };
+}
+
 async function timeRawCopy(table: string): Promise<number> {
   const client = new pg.Client({ connectionString: pgServer.url });
   await client.connect();
@@ -185,12 +225,31 @@ function report(all: Result[]): void {
     const raw = result.count / result.rawSeconds;
     return `| ${result.name} | ${format(result.count)} | ${format(rate)}/s | ${format(raw)}/s (${result.rawName}) | ${(rate / raw).toFixed(2)} | ${result.producerPeakMb} MB | ${result.consumerPeakMb} MB |`;
   });
+  const verdict = (ok: boolean) => (ok ? 'PASS' : 'FAIL');
+  const ratio = (name: string) => {
+    const result = all.find((candidate) => candidate.name === name);
+    return result ? result.rawSeconds / result.seconds : undefined;
+  };
+  const targets: string[] = [];
+  const target = (what: string, measured: number | undefined, text: (value: number) => string, ok: (value: number) => boolean) => {
+    if (measured !== undefined && !Number.isNaN(measured)) targets.push(`| ${what} | ${text(measured)} | ${verdict(ok(measured))} |`);
+  };
+  target('backfill ≥ 0.5 × raw COPY (mixed types)', ratio('backfill, mixed types'), (value) => value.toFixed(2), (value) => value >= 0.5);
+  target('CDC, small transactions ≥ 0.8 × pg_recvlogical', ratio(CDC_SMALL), (value) => value.toFixed(2), (value) => value >= 0.8);
+  target('CDC, one large transaction ≥ 0.8 × pg_recvlogical', ratio(CDC_BIG), (value) => value.toFixed(2), (value) => value >= 0.8);
+  target(`CDC latency at ${LATENCY_RATE.toLocaleString('en-US')} changes/s, p99 ≤ 250 ms`, latency?.p99, (value) => `p50 ${latency!.p50} ms, p99 ${value} ms (${latency!.batches} batches)`, (value) => value <= 250);
+  const producerPeak = Math.max(0, ...all.filter((result) => result.name !== 'backfill, large table (memory)').map((result) => result.producerPeakMb));
+  target('producer peak RSS ≤ 200 MB (backfill and CDC runs)', all.length > 0 ? producerPeak : undefined, (value) => `${value} MB`, (value) => value <= 200);
   const table = [
     `Measured ${new Date().toISOString().slice(0, 10)} on ${machine}.`,
     '',
     '| scenario | rows or changes | pg-replicate → DuckDB | raw Postgres, same data | ratio | producer peak RSS | consumer peak RSS |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...rows,
+    '',
+    '| target (performance issue) | measured | |',
+    '| --- | --- | --- |',
+    ...targets,
   ].join('\n');
   process.stdout.write(`${table}\n`);
   const readmePath = join(process.cwd(), 'README.md');

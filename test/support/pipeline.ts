@@ -139,8 +139,8 @@ export class TestPipeline {
     return join(this.dir, `${name}.duckdb`);
   }
 
-  duckdb(name: string): CliProcess {
-    return new CliProcess(['consumer', 'duckdb', '--name', name, '--path', this.duckdbPath(name), '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common]);
+  duckdb(name: string, env: Record<string, string> = {}): CliProcess {
+    return new CliProcess(['consumer', 'duckdb', '--name', name, '--path', this.duckdbPath(name), '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common], env);
   }
 
   stdout(name: string): CliProcess {
