@@ -32,6 +32,10 @@ export class Producer {
   private readonly position: AckPosition = { lsn: 0n };
   /** Every destination has applied the copy for the current slot: survives Redis losing its record of it. */
   private copyApplied = false;
+  /** The destinations fed, as last recorded: survives Redis losing its record of them. */
+  private registered: string[] = [];
+  /** OIDs of the tables every destination has a copy of (TableSync adds to it): survives Redis losing its record. */
+  private tables = new Set<number>();
 
   constructor(private readonly options: ProducerOptions) {
     this.redis = connectRedis(options.redisUrl);
@@ -66,7 +70,10 @@ export class Producer {
 
   /** How a running session adds and removes destinations (on a consumer's registration, or `destinations remove`). */
   private destinationChanges({ options, epoch, sequencer, queues }: Session) {
-    const record = () => writePipelineState(this.redis, options.pipeline, { destinations: queues.destinations });
+    const record = async () => {
+      this.registered = queues.destinations;
+      await writePipelineState(this.redis, options.pipeline, { destinations: queues.destinations });
+    };
     return {
       add: async (name: string): Promise<boolean> => {
         if (queues.destinations.includes(name)) return false;
@@ -113,7 +120,11 @@ export class Producer {
     }
     // Destinations named on the command line but new to a running pipeline join like a consumer
     // that registers itself: with a copy of their own, beside the stream.
-    const registered = needsCopy ? [...new Set([...(previous?.destinations ?? []), ...options.destinations])] : (previous?.destinations ?? []);
+    // Without Redis' record (it lost its data) the destinations this process fed are kept: their
+    // stores still hold what they applied, and the slot resumes where the slowest one stopped.
+    const known = previous?.destinations ?? this.registered;
+    const registered = needsCopy ? [...new Set([...known, ...options.destinations])] : known;
+    this.registered = registered;
     for (const name of options.destinations.filter((name) => !registered.includes(name))) {
       await this.redis.rpush(keys.requests(options.pipeline), JSON.stringify({ addDestination: name }));
     }
@@ -153,6 +164,7 @@ export class Producer {
         this.position.lsn = created.consistentPoint;
         log.info({ slot: options.slot, snapshotLsn: formatLsn(created.consistentPoint) }, 'created replication slot; copying tables');
         const copied = await copyTables(session, created.snapshotName!, created.consistentPoint);
+        this.tables = new Set(copied);
         await writePipelineState(this.redis, options.pipeline, { copy: 'enqueued', tables: copied });
       } else if (!slot) {
         const created = await replication.createSlot(options.slot, false);
@@ -173,10 +185,13 @@ export class Producer {
       const client = (catalogClient = await connectPostgres(options.pgUrl, 'pg-replicate catalog', VALUE_TEXT_SETTINGS));
       const catalog = new Catalog(client);
       const published = () => publishedTableOids(client, options.publication);
-      // Tables every destination has a copy of; without a record (Redis lost), today's publication.
-      const known = (await readPipelineState(this.redis, options.pipeline))?.tables ?? (await published());
-      await writePipelineState(this.redis, options.pipeline, { tables: known });
-      const tableSync = new TableSync(session, this.redis, new Set(known), this.destinationChanges(session), fail);
+      // Tables every destination has a copy of: Redis' record, else what this process knew, else
+      // (a fresh process after Redis lost its data) today's publication.
+      const recorded = (await readPipelineState(this.redis, options.pipeline))?.tables;
+      if (recorded) this.tables = new Set(recorded);
+      else if (this.tables.size === 0) this.tables = new Set(await published());
+      await writePipelineState(this.redis, options.pipeline, { tables: [...this.tables] });
+      const tableSync = new TableSync(session, this.redis, this.tables, this.destinationChanges(session), fail);
       await streamSlot(session, replication, this.position, (relation, previous) => catalog.enrich(relation, previous), tableSync, published, fail);
       if (failure) throw failure;
       return false;
