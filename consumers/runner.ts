@@ -109,6 +109,7 @@ export class ConsumerRunner {
 
   private async process(job: Job<EncodedBatch>, token?: string): Promise<void> {
     const batch = decodeBatch(job.data);
+    const started = Date.now();
     for (let attempt = 1; ; attempt++) {
       try {
         const plan = planBatch(batch, await this.destination.tableStates(batch.relations));
@@ -134,7 +135,7 @@ export class ConsumerRunner {
     }
     await this.redis.hset(keys.applied(this.options.pipeline, this.options.name), String(batch.partition), formatApplied(batch.epoch, batch.seq));
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
-    if (batch.committedAt !== undefined) log.debug({ partition: batch.partition, changes: batch.changes.length, lagMs: Date.now() - batch.committedAt }, 'batch applied');
+    if (batch.committedAt !== undefined) log.debug({ partition: batch.partition, changes: batch.changes.length, applyMs: Date.now() - started, lagMs: Date.now() - batch.committedAt }, 'batch applied');
     if (this.unhealthy.has(batch.partition)) await this.report(batch.partition, { state: 'ok' });
   }
 

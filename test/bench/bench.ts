@@ -167,6 +167,9 @@ async function benchLatency(): Promise<{ p50: number; p99: number; batches: numb
   process.stderr.write(`latency: ${LATENCY_RATE} changes/s for ${LATENCY_SECONDS} s…\n`);
   const client = new pg.Client({ connectionString: pgServer.url });
   await client.connect();
+  // The bench cluster runs with synchronous_commit=off for speed; then the WAL writer flushes
+  // (and the walsender sends) only every 200 ms. Commit as production does.
+  await client.query('SET synchronous_commit = on');
   const perTransaction = 50;
   const intervalMs = (1000 * perTransaction) / LATENCY_RATE;
   const started = performance.now();
