@@ -2,8 +2,8 @@ import pg from 'pg';
 import { type Lsn, formatLsn, parseLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 
-/** Microseconds between the Unix epoch and Postgres' epoch (2000-01-01). */
-const PG_EPOCH_OFFSET_US = 946_684_800_000_000n;
+/** Milliseconds between the Unix epoch and Postgres' epoch (2000-01-01), which replication timestamps count from. */
+export const PG_EPOCH_MS = 946_684_800_000;
 
 export interface StreamHandlers {
   /** One pgoutput message, with the WAL position the server had sent up to. */
@@ -77,7 +77,7 @@ export class ReplicationConnection {
     message.writeBigUInt64BE(acknowledged, 1);
     message.writeBigUInt64BE(acknowledged, 9);
     message.writeBigUInt64BE(acknowledged, 17);
-    message.writeBigUInt64BE(BigInt(Date.now()) * 1000n - PG_EPOCH_OFFSET_US, 25);
+    message.writeBigUInt64BE(BigInt(Date.now() - PG_EPOCH_MS) * 1000n, 25);
     message[33] = replyRequested ? 1 : 0;
     const connection = (this.client as unknown as { connection: ConnectionInternals }).connection;
     connection.sendCopyFromChunk(message);

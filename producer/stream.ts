@@ -6,11 +6,8 @@ import { Batcher } from './batcher.js';
 import { Heartbeat } from './heartbeat.js';
 import { type AckPosition, type Session } from './options.js';
 import { type PgoutputMessage, decodePgoutput } from './pgoutput.js';
-import type { ReplicationConnection } from './replication.js';
+import { PG_EPOCH_MS, type ReplicationConnection } from './replication.js';
 import type { TableSync } from './tablesync.js';
-
-/** Milliseconds between the Unix epoch and Postgres' (2000-01-01). */
-const PG_EPOCH_MS = 946_684_800_000;
 
 /** What arrives from the walsender, in order: a pgoutput message, or the WAL end of a keepalive. */
 type Arrival = { message: Buffer } | { walEnd: Lsn };

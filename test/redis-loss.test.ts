@@ -8,10 +8,7 @@ const env = useServices(test);
 test('FLUSHALL and a Redis restart mid-stream: the producer re-reads from the slot and DuckDB still equals Postgres', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'redisloss', ['main']);
   await env.pg.query(LOAD_SCHEMA(pipeline.publication));
-  const producer = pipeline.producer();
-  const consumer = pipeline.duckdb('main');
-  try {
-    await pipeline.waitForCopy(env.redis.client);
+  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async ({ producer }) => {
     const load = writeLoad(env.pg, 1500, 2);
     await sleep(1000);
     await env.redis.client.flushall();
@@ -20,9 +17,7 @@ test('FLUSHALL and a Redis restart mid-stream: the producer re-reads from the sl
     await env.redis.restart();
     await load;
     await pipeline.waitForCatchUp();
-  } finally {
-    await Promise.all([producer.stop(), consumer.stop()]);
-  }
+  });
   const { duckdb, postgres } = await loadTablesIn(env.pg, pipeline.duckdbPath('main'));
   t.deepEqual(duckdb, postgres);
   t.false(producer.stderr.includes('copying every table again'), 'the copy is not redone: the stream resumes from the slot');

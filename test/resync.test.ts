@@ -8,10 +8,7 @@ const env = useServices(test);
 test('resync recopies one table consistently while everything streams under a write load', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'resync', ['main']);
   await env.pg.query(LOAD_SCHEMA(pipeline.publication));
-  const producer = pipeline.producer();
-  const consumer = pipeline.duckdb('main');
-  try {
-    await pipeline.waitForCopy(env.redis.client);
+  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async ({ producer }) => {
     const load = writeLoad(env.pg, 1500, 2);
     await sleep(500);
     // A rewrite with USING changes every row without streaming anything: DuckDB now disagrees.
@@ -23,9 +20,7 @@ test('resync recopies one table consistently while everything streams under a wr
     await waitFor('the resync to be enqueued', async () => producer.stderr.includes('table sync: copy enqueued'));
     await load;
     await pipeline.waitForCatchUp();
-  } finally {
-    await Promise.all([producer.stop(), consumer.stop()]);
-  }
+  });
   t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
   const { duckdb, postgres } = await loadTablesIn(env.pg, pipeline.duckdbPath('main'));
   t.deepEqual(duckdb, postgres);

@@ -18,10 +18,7 @@ test('unchanged TOASTed values survive updates of other columns, with REPLICA ID
     INSERT INTO docs_full SELECT g, ${BIG}, g FROM generate_series(1, 3) g;
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE docs, docs_full;
   `);
-  const producer = pipeline.producer();
-  const consumer = pipeline.duckdb('main');
-  try {
-    await pipeline.waitForCopy(env.redis.client);
+  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async () => {
     for (const table of ['docs', 'docs_full']) {
       await env.pg.query(`UPDATE ${table} SET n = n + 10 WHERE id = 1`);
       await env.pg.query(`INSERT INTO ${table} VALUES (4, ${BIG}, 4)`);
@@ -31,9 +28,7 @@ test('unchanged TOASTed values survive updates of other columns, with REPLICA ID
       await env.pg.query(`UPDATE ${table} SET id = 30 WHERE id = 3`);
     }
     await pipeline.waitForCatchUp();
-  } finally {
-    await Promise.all([producer.stop(), consumer.stop()]);
-  }
+  });
   t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
   const toasted = (await env.pg.query("SELECT count(*)::int AS n FROM docs WHERE length(body) > 8000")).rows[0].n;
   t.true(toasted >= 3, 'the test really has values over 8 kB');
@@ -58,10 +53,7 @@ test('tables without a primary key: FULL replicates duplicates exactly, USING IN
     INSERT INTO no_key VALUES (1);
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE dupes, by_index, no_key, no_identity;
   `);
-  const producer = pipeline.producer();
-  const consumer = pipeline.duckdb('main');
-  try {
-    await pipeline.waitForCopy(env.redis.client);
+  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async () => {
     await env.pg.query(`
       DELETE FROM dupes WHERE ctid = (SELECT ctid FROM dupes WHERE a = 1 LIMIT 1);
       UPDATE dupes SET b = 'y' WHERE ctid = (SELECT ctid FROM dupes WHERE a = 1 LIMIT 1);
@@ -77,9 +69,7 @@ test('tables without a primary key: FULL replicates duplicates exactly, USING IN
     const refused = await env.pg.query('UPDATE no_key SET v = 3').catch((error: Error) => error);
     t.regex(String(refused), /does not have a replica identity/);
     await pipeline.waitForCatchUp();
-  } finally {
-    await Promise.all([producer.stop(), consumer.stop()]);
-  }
+  });
   t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
   const path = pipeline.duckdbPath('main');
   t.deepEqual(await duckdbRows(path, 'public.dupes', ['a', 'b']), await postgresRows(env.pg, 'dupes', ['a', 'b']));
@@ -108,10 +98,7 @@ test('TRUNCATE: one table, several at once, CASCADE, RESTART IDENTITY, and trunc
     INSERT INTO t_serial (v) SELECT 'v' || g FROM generate_series(1, 10) g;
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE ${tables.join(', ')};
   `);
-  const producer = pipeline.producer();
-  const consumer = pipeline.duckdb('main');
-  try {
-    await pipeline.waitForCopy(env.redis.client);
+  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async () => {
     await env.pg.query('TRUNCATE t_one');
     await env.pg.query('INSERT INTO t_one VALUES (100)');
     await env.pg.query('TRUNCATE t_two, t_three');
@@ -122,9 +109,7 @@ test('TRUNCATE: one table, several at once, CASCADE, RESTART IDENTITY, and trunc
     await env.pg.query("INSERT INTO t_serial (v) VALUES ('restarted')");
     await env.pg.query("BEGIN; INSERT INTO t_two VALUES (1); TRUNCATE t_two; INSERT INTO t_two VALUES (2), (3); UPDATE t_two SET id = 4 WHERE id = 3; COMMIT");
     await pipeline.waitForCatchUp();
-  } finally {
-    await Promise.all([producer.stop(), consumer.stop()]);
-  }
+  });
   t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
   const columns: Record<string, string[]> = { t_child: ['id', 'parent'], t_serial: ['id', 'v'] };
   for (const table of tables) {

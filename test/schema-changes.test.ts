@@ -17,10 +17,7 @@ test('schema changes apply in stream order: add (with and without default), drop
     INSERT INTO keyless VALUES (1, 'one'), (2, 'two');
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE evolving, keyless;
   `);
-  const producer = pipeline.producer();
-  const consumer = pipeline.duckdb('main');
-  try {
-    await pipeline.waitForCopy(env.redis.client);
+  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async () => {
     const steps = [
       "INSERT INTO evolving VALUES (6, 'a6', 6, 'c6')",
       'ALTER TABLE evolving ADD COLUMN d int',
@@ -48,9 +45,7 @@ test('schema changes apply in stream order: add (with and without default), drop
       else await env.pg.query(step);
     }
     await pipeline.waitForCatchUp();
-  } finally {
-    await Promise.all([producer.stop(), consumer.stop()]);
-  }
+  });
   t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
   const path = pipeline.duckdbPath('main');
   const evolvedColumns = await columnsOf('evolved');

@@ -109,10 +109,7 @@ test('every built-in type (and enums, domains, composites, arrays, hstore) arriv
       INSERT INTO ${table} (id) VALUES (1000);`).join('\n')}
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE zoo, zoo_flat;
   `);
-  const producer = pipeline.producer();
-  const consumer = pipeline.duckdb('main');
-  try {
-    await pipeline.waitForCopy(env.redis.client);
+  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async () => {
     for (const [table, columns] of TABLES) {
       for (let id = ROWS; id < 2 * ROWS; id++) await env.pg.query(`INSERT INTO ${table} VALUES (${id}, ${valuesFor(id + 1, columns).join(', ')})`);
       await env.pg.query(`UPDATE ${table} SET (${columns.map((column) => column.name).join(', ')}) = (${valuesFor(3, columns).join(', ')}) WHERE id IN (0, ${ROWS})`);
@@ -120,9 +117,7 @@ test('every built-in type (and enums, domains, composites, arrays, hstore) arriv
       await env.pg.query(`INSERT INTO ${table} (id) VALUES (1001)`);
     }
     await pipeline.waitForCatchUp();
-  } finally {
-    await Promise.all([producer.stop(), consumer.stop()]);
-  }
+  });
   t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
 
   const mismatches: string[] = [];

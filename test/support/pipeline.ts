@@ -147,6 +147,21 @@ export class TestPipeline {
     return new CliProcess(['consumer', 'stdout', '--name', name, ...this.common]);
   }
 
+  /**
+   * Runs the producer and the DuckDB consumer "main", waits for the initial copy, runs `body`,
+   * then stops both; returns them for assertions on what they printed.
+   */
+  async runWithDuckdb(redis: { hget(key: string, field: string): Promise<string | null> }, body: (processes: { producer: CliProcess; consumer: CliProcess }) => Promise<void>) {
+    const processes = { producer: this.producer(), consumer: this.duckdb('main') };
+    try {
+      await this.waitForCopy(redis);
+      await body(processes);
+    } finally {
+      await Promise.all([processes.producer.stop(), processes.consumer.stop()]);
+    }
+    return processes;
+  }
+
   async waitForCopy(redis: { hget(key: string, field: string): Promise<string | null> }): Promise<void> {
     await waitFor('the copy to be applied by every destination', async () => (await redis.hget(`pgr:{${this.pipeline}}:state`, 'copy')) === 'done');
   }
