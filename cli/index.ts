@@ -7,7 +7,7 @@ import { openDestination, type DestinationConfig } from '../consumers/index.js';
 import { ConsumerRunner, RUNNER_DEFAULTS } from '../consumers/runner.js';
 import { PRODUCER_DEFAULTS } from '../producer/options.js';
 import { Producer } from '../producer/producer.js';
-import { destinationName, pgUrl, pipelineId, producerConfig, redisUrl, runnerConfig, validate } from '../shared/config.js';
+import { bigQueryConfig, destinationName, pgUrl, pipelineId, producerConfig, redisUrl, runnerConfig, validate } from '../shared/config.js';
 import { UserError, errorMessage } from '../shared/errors.js';
 import { connectRedis } from '../shared/redis.js';
 import { exitWithError, runUntilStopped } from './lifecycle.js';
@@ -69,6 +69,17 @@ consumerCommand('duckdb', 'Mirror the tables into a DuckDB file (or MotherDuck w
     await runConsumer(flags, { type: 'duckdb', path: flags.path });
   });
 
+consumerCommand('bigquery', 'Mirror the tables into a BigQuery dataset (exactly once; several processes may share the work).')
+  .addOption(new Option('--project <id>', 'Google Cloud project that runs the jobs and holds the dataset').env('BIGQUERY_PROJECT'))
+  .addOption(new Option('--dataset <name>', 'dataset for the tables (created if missing)').env('BIGQUERY_DATASET'))
+  .addOption(new Option('--key-file <file>', 'service account JSON key (default: Application Default Credentials, e.g. GOOGLE_APPLICATION_CREDENTIALS)'))
+  .addOption(new Option('--location <location>', 'dataset location, e.g. US or europe-west1').env('BIGQUERY_LOCATION'))
+  .addOption(new Option('--api-endpoint <url>', 'another BigQuery endpoint, e.g. an emulator (unauthenticated unless credentials are given)').env('BIGQUERY_API_ENDPOINT'))
+  .action(async (flags) => {
+    const options = validate(bigQueryConfig, flags);
+    await runConsumer(flags, { type: 'bigquery', ...options });
+  });
+
 consumerCommand('stdout', 'Print one JSON line per change to stdout.').action(async (flags) => {
   await runConsumer(flags, { type: 'stdout' });
 });
@@ -102,6 +113,7 @@ const runFileSchema = z.object({
       z.discriminatedUnion('type', [
         z.object({ type: z.literal('duckdb'), name: destinationName, path: z.string().min(1) }),
         z.object({ type: z.literal('stdout'), name: destinationName }),
+        bigQueryConfig.extend({ type: z.literal('bigquery'), name: destinationName }),
       ]),
     )
     .min(1),

@@ -29,3 +29,12 @@ export interface Destination {
   apply(steps: Step[], states: Map<number, TableState>): Promise<void>;
   close(): Promise<void>;
 }
+
+/**
+ * A failure retrying will not fix by itself (bad credentials, missing permissions, a schema the
+ * destination refuses): the runner reports the partition parked at once, with this message,
+ * and keeps retrying slowly so that it resumes when the cause is fixed.
+ */
+export class PermanentError extends Error {
+  override name = 'PermanentError';
+}

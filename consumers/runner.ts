@@ -6,7 +6,7 @@ import { errorMessage } from '../shared/errors.js';
 import { QUEUE_PREFIX, formatApplied, keys, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { connectRedis, readPipelineState } from '../shared/redis.js';
-import type { Destination } from './destination.js';
+import { type Destination, PermanentError } from './destination.js';
 import { planBatch } from './plan.js';
 
 export interface RunnerOptions {
@@ -116,7 +116,7 @@ export class ConsumerRunner {
         if (plan.steps.length > 0 || plan.states.size > 0) await this.destination.apply(plan.steps, plan.states);
         break;
       } catch (error) {
-        const parked = attempt >= this.options.attemptsBeforePark;
+        const parked = attempt >= this.options.attemptsBeforePark || error instanceof PermanentError;
         await this.report(batch.partition, {
           state: parked ? 'parked' : 'retrying',
           attempts: attempt,

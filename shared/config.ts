@@ -52,6 +52,14 @@ export const runnerConfig = z.object({
   attemptsBeforePark: positive,
 });
 
+export const bigQueryConfig = z.object({
+  project: z.string({ error: '--project (BIGQUERY_PROJECT) is required: the Google Cloud project id' }).regex(/^[a-z0-9.:-]{1,100}$/, '--project must be a Google Cloud project id, e.g. my-project-123'),
+  dataset: z.string({ error: '--dataset (BIGQUERY_DATASET) is required: the dataset to write the tables to' }).regex(/^[A-Za-z0-9_]{1,1024}$/, '--dataset may use only letters, digits and _'),
+  keyFile: z.string().optional(),
+  location: z.string().optional(),
+  apiEndpoint: url('--api-endpoint (BIGQUERY_API_ENDPOINT)', ['http:', 'https:']).optional(),
+});
+
 /** Parses with a schema, turning every problem into one UserError that lists them all. */
 export function validate<T extends z.ZodType>(schema: T, input: unknown): z.infer<T> {
   // An empty flag or environment variable counts as not given.

@@ -5,6 +5,7 @@ import { type DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import { parseCsvRows } from '../../shared/csv.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError, errorMessage } from '../../shared/errors.js';
+import { collapseByKey } from '../collapse.js';
 import type { Destination, Step, TableState } from '../destination.js';
 import { type DuckDbType, duckDbType } from './types.js';
 
@@ -218,35 +219,8 @@ export class DuckDbDestination implements Destination {
       for (const change of changes) await this.applyOneByOne(relation, change);
       return;
     }
-    const keyOf = (values: Value[]) => JSON.stringify(keyColumns.map((index) => values[index]));
-    const finalImages = new Map<string, Value[] | null>();
-    // Rows still missing unchanged TOASTed values, with the key their old version is stored under.
-    const lookups = new Map<Value[], Value[]>();
-    for (const change of changes) {
-      if (change.op === 'delete') {
-        finalImages.set(keyOf(change.old!), null);
-        continue;
-      }
-      const row = [...change.row!];
-      const key = keyOf(row);
-      const oldValues = change.op === 'update' && change.old ? change.old : row;
-      const oldKey = keyOf(oldValues);
-      if (row.includes(UNCHANGED)) {
-        const previous = finalImages.get(oldKey);
-        if (previous) {
-          row.forEach((value, index) => value === UNCHANGED && (row[index] = previous[index]));
-          // The earlier image may itself still wait for its stored values: look up where it would.
-          if (row.includes(UNCHANGED)) lookups.set(row, lookups.get(previous)!);
-        } else {
-          lookups.set(row, keyColumns.map((index) => oldValues[index]));
-        }
-      }
-      if (oldKey !== key) finalImages.set(oldKey, null);
-      finalImages.set(key, row);
-    }
-    const rows = [...finalImages.values()].filter((row): row is Value[] => row !== null);
-    const deleted = [...finalImages].filter(([, row]) => row === null).map(([key]) => JSON.parse(key) as Value[]);
-    await this.writeRows(relation, keyColumns, rows, deleted, lookups);
+    const { rows, deletedKeys, lookups } = collapseByKey(keyColumns, changes);
+    await this.writeRows(relation, keyColumns, rows, deletedKeys, lookups);
   }
 
   /**

@@ -1,6 +1,6 @@
 import type { Column } from '../../shared/events.js';
 import { PgType, numericPrecision, typeKind } from '../../shared/pgtypes.js';
-import { pgArrayToJson } from './arrays.js';
+import { pgArrayToJson } from '../pgarray.js';
 
 /**
  * How one Postgres column lands in DuckDB: the column type and the SQL that turns Postgres'

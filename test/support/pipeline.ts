@@ -98,11 +98,16 @@ export async function duckdbRows(path: string, table: string, columns: string[])
   const connection = await instance.connect();
   try {
     const reader = await connection.runAndReadAll(`SELECT ${columns.map((column) => `CAST(${column} AS VARCHAR)`).join(', ')} FROM ${table}`);
-    return reader.getRows().map((row) => JSON.stringify(row.map((value) => normalise(value === null ? null : String(value))))).sort();
+    return rowsAsText(reader.getRows());
   } finally {
     connection.closeSync();
     instance.closeSync();
   }
+}
+
+/** Rows read as text (CAST … AS VARCHAR), in the form postgresRows gives, for deepEqual. */
+export function rowsAsText(rows: unknown[][]): string[] {
+  return rows.map((row) => JSON.stringify(row.map((value) => normalise(value === null ? null : String(value))))).sort();
 }
 
 function normalise(value: string | null): string | null {
@@ -141,6 +146,14 @@ export class TestPipeline {
 
   duckdb(name: string, env: Record<string, string> = {}): CliProcess {
     return new CliProcess(['consumer', 'duckdb', '--name', name, '--path', this.duckdbPath(name), '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common], env);
+  }
+
+  /** A BigQuery consumer writing dataset `dataset` through the emulator at `endpoint`. */
+  bigquery(name: string, endpoint: string, dataset: string): CliProcess {
+    return new CliProcess([
+      'consumer', 'bigquery', '--name', name, '--project', 'test-project', '--dataset', dataset, '--api-endpoint', endpoint,
+      '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common,
+    ]);
   }
 
   stdout(name: string): CliProcess {

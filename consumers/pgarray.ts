@@ -1,6 +1,7 @@
 /**
  * Postgres array text ("{1,NULL,"a b"}", "{{1,2},{3,4}}", "[0:1]={1,2}") as a JSON array of
- * strings and nulls nested to the given depth, which DuckDB casts to a list.
+ * strings and nulls nested to the given depth (what DuckDB casts to a list, and BigQuery
+ * stores as JSON).
  */
 export function pgArrayToJson(text: string, dimensions: number): string {
   let position = 0;

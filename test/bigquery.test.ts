@@ -1,0 +1,57 @@
+import test from 'ava';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BigQueryEmulator } from './support/bigquery-emulator.js';
+import { LOAD_SCHEMA, LOAD_TABLES, type CliProcess, TestPipeline, postgresRows, writeLoad } from './support/pipeline.js';
+import { useServices } from './support/services.js';
+
+const env = useServices(test);
+let emulator: BigQueryEmulator;
+test.before(async () => {
+  emulator = await BigQueryEmulator.start();
+});
+test.after.always(async () => {
+  await emulator?.close();
+});
+
+async function loadTablesInBigQuery(dataset: string) {
+  const bigquery: Record<string, string[]> = {};
+  const postgres: Record<string, string[]> = {};
+  for (const [table, columns] of LOAD_TABLES) {
+    bigquery[table] = await emulator.tableRows(dataset, table, columns);
+    postgres[table] = await postgresRows(env.pg, `public.${table}`, columns);
+  }
+  return { bigquery, postgres };
+}
+
+test('backfill and CDC into BigQuery by two consumer processes, exact after kill -9 of producer and consumers', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'bq', ['warehouse']);
+  const dataset = 'crash_test';
+  await env.pg.query(LOAD_SCHEMA(pipeline.publication));
+  let producer = pipeline.producer();
+  // Two processes with one name share the partitions: either may take any batch.
+  let consumers: CliProcess[] = [pipeline.bigquery('warehouse', emulator.url, dataset), pipeline.bigquery('warehouse', emulator.url, dataset)];
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    const load = writeLoad(env.pg, 1200, 2);
+    await sleep(1000);
+    await producer.kill9();
+    producer = pipeline.producer();
+    await sleep(1500);
+    await consumers[0].kill9();
+    consumers[0] = pipeline.bigquery('warehouse', emulator.url, dataset);
+    await sleep(1500);
+    await Promise.all([producer.kill9(), consumers[1].kill9()]);
+    producer = pipeline.producer();
+    consumers[1] = pipeline.bigquery('warehouse', emulator.url, dataset);
+    await load;
+    await pipeline.waitForCatchUp();
+  } finally {
+    await Promise.all([producer.stop(), ...consumers.map((consumer) => consumer.stop())]);
+  }
+  const { bigquery, postgres } = await loadTablesInBigQuery(dataset);
+  t.deepEqual(bigquery, postgres);
+  t.deepEqual(emulator.primaryKeys.get(`${dataset}.accounts`), ['id']);
+  t.false(emulator.primaryKeys.has(`${dataset}.events`), 'a table without a primary key declares none');
+  const staging = await emulator.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = '${dataset}' AND table_name LIKE '_pg_replicate_stage_%'`);
+  t.is(staging.length, 0, 'staging tables are dropped after use');
+});
