@@ -60,25 +60,29 @@ export class Catalog {
    */
   async enrich(relation: Relation, previous?: Relation): Promise<Relation> {
     const result = await this.client.query(
-      `SELECT a.attname, a.attnum, a.attndims,
+      `SELECT a.attname, a.attnum, a.attndims, a.atttypid,
               CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END AS missing
          FROM pg_attribute a
-        WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped`,
+        WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+        ORDER BY a.attnum`,
       [relation.oid],
     );
     const attributes = new Map(result.rows.map((row) => [row.attname as string, row]));
     const columns: Column[] = [];
     const names = new Set(relation.columns.map((column) => column.name));
+    // Without an earlier description of this table in the stream (the first one after a
+    // restart), the catalog as it is now stands in: a column renamed since keeps its position.
+    const reference = previous?.columns ?? result.rows.map((row) => ({ name: row.attname as string, attnum: Number(row.attnum), typeOid: Number(row.atttypid) }));
     for (const [index, column] of relation.columns.entries()) {
       const attribute = attributes.get(column.name);
       const enriched: Column = { ...column };
       if (attribute) {
         enriched.attnum = Number(attribute.attnum);
         if (attribute.missing !== null) enriched.missingValue = attribute.missing;
-      } else if (previous) {
-        const atPosition = previous.columns[index];
+      } else {
+        const atPosition = reference[index];
         const before =
-          previous.columns.find((candidate) => candidate.name === column.name) ??
+          reference.find((candidate) => candidate.name === column.name) ??
           (atPosition && !names.has(atPosition.name) && atPosition.typeOid === column.typeOid ? atPosition : undefined);
         if (before?.attnum !== undefined) enriched.attnum = before.attnum;
       }

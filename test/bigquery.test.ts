@@ -52,6 +52,8 @@ test('backfill and CDC into BigQuery by two consumer processes, exact after kill
   t.deepEqual(bigquery, postgres);
   t.deepEqual(emulator.primaryKeys.get(`${dataset}.accounts`), ['id']);
   t.false(emulator.primaryKeys.has(`${dataset}.events`), 'a table without a primary key declares none');
+  // A consumer killed between its load and its script leaves its staging table: it expires by itself.
   const staging = await emulator.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = '${dataset}' AND table_name LIKE '_pg_replicate_stage_%'`);
-  t.is(staging.length, 0, 'staging tables are dropped after use');
+  t.true(staging.length <= 2, 'staging tables are dropped after use');
+  for (const [table] of staging) t.true((emulator.expirations.get(`${dataset}.${table}`) ?? Infinity) < Date.now() + 25 * 3600_000, `${table} expires`);
 });

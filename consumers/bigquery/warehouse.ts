@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { BigQuery, type TableField } from '@google-cloud/bigquery';
 import { PassThroughClient } from 'google-auth-library';
 import { UserError, errorMessage } from '../../shared/errors.js';
+import { log } from '../../shared/log.js';
 import { PermanentError } from '../destination.js';
 
 export interface BigQueryOptions {
@@ -58,6 +59,7 @@ export class Warehouse {
 
   /** Runs a query or script in the dataset and returns its (last statement's) rows. */
   async query(sql: string): Promise<Record<string, unknown>[]> {
+    log.debug({ sql }, 'BigQuery query');
     return this.call('run a query', async () => {
       const [job] = await this.client.createQueryJob({
         query: sql,

@@ -22,6 +22,8 @@ export class BigQueryEmulator {
   readonly url: string;
   /** PRIMARY KEY … NOT ENFORCED declarations seen, by "dataset.table". */
   readonly primaryKeys = new Map<string, string[]>();
+  /** Expiration times (ms since the epoch) set on tables by load jobs, by "dataset.table". */
+  readonly expirations = new Map<string, number>();
   /** Requests answered with an injected fault so far. */
   faultsServed = 0;
   private readonly jobs = new Map<string, Record<string, unknown>>();
@@ -40,7 +42,7 @@ export class BigQueryEmulator {
     const instance = await DuckDBInstance.create(':memory:');
     const setup = await instance.connect();
     // BigQuery functions DuckDB lacks or names differently.
-    await setup.run(`CREATE MACRO parse_json(text, wide_number_mode := NULL) AS CAST(text AS JSON)`);
+    await setup.run(`CREATE MACRO parse_json(text, wide_number_mode := NULL) AS json(text)`);
     await setup.run(`CREATE MACRO to_json_string(value) AS CAST(to_json(value) AS VARCHAR)`);
     // Canonical INTERVAL text "[-]Y-M D [-]H:M:S[.F]", as months, days and microseconds.
     await setup.run(`CREATE MACRO bq_interval_of(p, negative) AS CAST(
@@ -227,6 +229,8 @@ export class BigQueryEmulator {
   private async load(config: Record<string, any>, data: Buffer): Promise<void> {
     if (config.sourceFormat !== 'NEWLINE_DELIMITED_JSON') throw new Error('the emulator loads NEWLINE_DELIMITED_JSON only');
     const { datasetId, tableId } = config.destinationTable;
+    const expiration = config.destinationTableProperties?.expirationTime;
+    if (expiration) this.expirations.set(`${datasetId}.${tableId}`, Number(expiration));
     const table = `"${datasetId}"."${tableId}"`;
     const fields = config.schema.fields as { name: string; type: string }[];
     const columns = fields.map((field) => `"${field.name}" ${duckDbTypeName(field.type)}`).join(', ');
