@@ -1,4 +1,4 @@
-import type { Relation, RowChange } from '../shared/events.js';
+import type { Column, Relation, RowChange } from '../shared/events.js';
 import type { Lsn, Version } from '../shared/lsn.js';
 
 /** What a destination stores durably about each table, in the same transaction as the table's data. */
@@ -9,6 +9,19 @@ export interface TableState {
   copyDone: boolean;
   /** The highest version applied to this table: every change at or below it is skipped. */
   applied: Version;
+}
+
+/** The source table a destination's table was shaped from: its schema, name and columns then. */
+export interface TableShape {
+  schema: string;
+  name: string;
+  columns: Column[];
+}
+
+/** A destination's record of one table: its state and the shape of the rows it holds. */
+export interface StoredTable<Shape extends TableShape = TableShape> {
+  state: TableState;
+  shape: Shape;
 }
 
 /** One step of a batch, after the runner removed everything the destination already has. */

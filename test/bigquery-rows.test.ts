@@ -1,21 +1,15 @@
 import test from 'ava';
-import { BigQueryEmulator } from './support/bigquery-emulator.js';
+import { useBigQueryEmulator } from './support/bigquery-emulator.js';
 import { TestPipeline, postgresRows, runCli, waitFor } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
-let emulator: BigQueryEmulator;
-test.before(async () => {
-  emulator = await BigQueryEmulator.start();
-});
-test.after.always(async () => {
-  await emulator?.close();
-});
+const bq = useBigQueryEmulator(test);
 
 /** Runs producer and BigQuery consumer around `body`, then waits until everything written is applied. */
 async function withBigQuery(pipeline: TestPipeline, dataset: string, body: () => Promise<void>): Promise<void> {
   const producer = pipeline.producer();
-  const consumer = pipeline.bigquery('warehouse', emulator.url, dataset);
+  const consumer = pipeline.bigquery('warehouse', bq.emulator.url, dataset);
   try {
     await pipeline.waitForCopy(env.redis.client);
     await body();
@@ -44,7 +38,7 @@ end', '\\x00ff10', '{"a": [1, 2.5, "x"], "b": null}', '2024-02-29', '0044-03-15 
   await withBigQuery(pipeline, dataset, async () => {
     await env.pg.query(`INSERT INTO kinds VALUES ${values.replace('ID', '2')}; INSERT INTO kinds (id) VALUES (3);`);
   });
-  const columns = await emulator.query(`SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = '${dataset}' AND table_name = 'kinds' ORDER BY ordinal_position`);
+  const columns = await bq.emulator.query(`SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = '${dataset}' AND table_name = 'kinds' ORDER BY ordinal_position`);
   t.deepEqual(Object.fromEntries(columns.map(([name, type]) => [name, type])), {
     id: 'BIGINT', b: 'BOOLEAN', i2: 'BIGINT', i8: 'BIGINT', f4: 'DOUBLE', f8: 'DOUBLE', n: 'DECIMAL(10,2)', nbig: 'DECIMAL(30,12)', nfree: 'VARCHAR',
     m: 'DECIMAL(19,2)', t: 'VARCHAR', by: 'BLOB', j: 'JSON', d: 'DATE', dbc: 'DATE', ts: 'TIMESTAMP', tsinf: 'TIMESTAMP', tz: 'TIMESTAMP WITH TIME ZONE',
@@ -57,7 +51,7 @@ end', '\\x00ff10', '{"a": [1, 2.5, "x"], "b": null}', '2024-02-29', '0044-03-15 
     'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '[1,null,3]', '[["a b","c"],[null,"d"]]', 'happy',
   ];
   const names = columns.map(([name]) => `"${name}"`);
-  const rows = await emulator.query(`SELECT ${names.map((name) => `CAST(${name} AS VARCHAR)`).join(', ')} FROM "${dataset}".kinds ORDER BY id`);
+  const rows = await bq.emulator.query(`SELECT ${names.map((name) => `CAST(${name} AS VARCHAR)`).join(', ')} FROM "${dataset}".kinds ORDER BY id`);
   t.deepEqual(rows[0], ['1', ...expected], 'copied');
   t.deepEqual(rows[1], ['2', ...expected], 'streamed');
   t.deepEqual(rows[2], ['3', ...expected.map(() => null)], 'NULLs');
@@ -96,7 +90,7 @@ test('updates keep unchanged TOASTed values; deletes, truncates, keyless duplica
     ['bag', ['label', 'n']],
     ['scratch', ['id']],
   ] as [string, string[]][]) {
-    t.deepEqual(await emulator.tableRows(dataset, table, columns), await postgresRows(env.pg, table, columns), table);
+    t.deepEqual(await bq.emulator.tableRows(dataset, table, columns), await postgresRows(env.pg, table, columns), table);
   }
 });
 
@@ -107,23 +101,23 @@ test('transient errors (503, 429) are retried; a permanent one (403) parks the p
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE items;`);
   const status = async () => JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout);
   await withBigQuery(pipeline, dataset, async () => {
-    const served = emulator.faultsServed;
-    emulator.failNext(2, 503, 'backendError', /^POST .*\/jobs$/);
-    emulator.failNext(1, 429, 'rateLimitExceeded', /queries/);
+    const served = bq.emulator.faultsServed;
+    bq.emulator.failNext(2, 503, 'backendError', /^POST .*\/jobs$/);
+    bq.emulator.failNext(1, 429, 'rateLimitExceeded', /queries/);
     await env.pg.query(`UPDATE items SET label = 'after outage' WHERE id <= 50`);
-    await waitFor('the injected faults to be served', async () => emulator.faultsServed >= served + 3);
+    await waitFor('the injected faults to be served', async () => bq.emulator.faultsServed >= served + 3);
     await pipeline.waitForCatchUp();
 
-    emulator.denyAccess(true);
+    bq.emulator.denyAccess(true);
     await env.pg.query(`UPDATE items SET label = 'while denied' WHERE id > 50`);
     const parked = await waitFor('the partition to be parked', async () => {
       const destination = (await status()).destinations.find((candidate: { name: string }) => candidate.name === 'warehouse');
       return destination?.state === 'parked' ? destination : undefined;
     });
     t.regex(JSON.stringify(parked), /roles\/bigquery\.dataEditor/, 'the status says which roles are missing');
-    emulator.denyAccess(false);
+    bq.emulator.denyAccess(false);
   });
-  t.deepEqual(await emulator.tableRows(dataset, 'items', ['id', 'label']), await postgresRows(env.pg, 'items', ['id', 'label']));
+  t.deepEqual(await bq.emulator.tableRows(dataset, 'items', ['id', 'label']), await postgresRows(env.pg, 'items', ['id', 'label']));
   const destination = (await status()).destinations.find((candidate: { name: string }) => candidate.name === 'warehouse');
   t.is(destination.state, 'ok', 'the partition recovered by itself');
 });

@@ -1,23 +1,17 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BigQueryEmulator } from './support/bigquery-emulator.js';
+import { useBigQueryEmulator } from './support/bigquery-emulator.js';
 import { LOAD_SCHEMA, LOAD_TABLES, type CliProcess, TestPipeline, postgresRows, writeLoad } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
-let emulator: BigQueryEmulator;
-test.before(async () => {
-  emulator = await BigQueryEmulator.start();
-});
-test.after.always(async () => {
-  await emulator?.close();
-});
+const bq = useBigQueryEmulator(test);
 
 async function loadTablesInBigQuery(dataset: string) {
   const bigquery: Record<string, string[]> = {};
   const postgres: Record<string, string[]> = {};
   for (const [table, columns] of LOAD_TABLES) {
-    bigquery[table] = await emulator.tableRows(dataset, table, columns);
+    bigquery[table] = await bq.emulator.tableRows(dataset, table, columns);
     postgres[table] = await postgresRows(env.pg, `public.${table}`, columns);
   }
   return { bigquery, postgres };
@@ -29,7 +23,7 @@ test('backfill and CDC into BigQuery by two consumer processes, exact after kill
   await env.pg.query(LOAD_SCHEMA(pipeline.publication));
   let producer = pipeline.producer();
   // Two processes with one name share the partitions: either may take any batch.
-  let consumers: CliProcess[] = [pipeline.bigquery('warehouse', emulator.url, dataset), pipeline.bigquery('warehouse', emulator.url, dataset)];
+  let consumers: CliProcess[] = [pipeline.bigquery('warehouse', bq.emulator.url, dataset), pipeline.bigquery('warehouse', bq.emulator.url, dataset)];
   try {
     await pipeline.waitForCopy(env.redis.client);
     const load = writeLoad(env.pg, 1200, 2);
@@ -38,11 +32,11 @@ test('backfill and CDC into BigQuery by two consumer processes, exact after kill
     producer = pipeline.producer();
     await sleep(1500);
     await consumers[0].kill9();
-    consumers[0] = pipeline.bigquery('warehouse', emulator.url, dataset);
+    consumers[0] = pipeline.bigquery('warehouse', bq.emulator.url, dataset);
     await sleep(1500);
     await Promise.all([producer.kill9(), consumers[1].kill9()]);
     producer = pipeline.producer();
-    consumers[1] = pipeline.bigquery('warehouse', emulator.url, dataset);
+    consumers[1] = pipeline.bigquery('warehouse', bq.emulator.url, dataset);
     await load;
     await pipeline.waitForCatchUp();
   } finally {
@@ -50,10 +44,10 @@ test('backfill and CDC into BigQuery by two consumer processes, exact after kill
   }
   const { bigquery, postgres } = await loadTablesInBigQuery(dataset);
   t.deepEqual(bigquery, postgres);
-  t.deepEqual(emulator.primaryKeys.get(`${dataset}.accounts`), ['id']);
-  t.false(emulator.primaryKeys.has(`${dataset}.events`), 'a table without a primary key declares none');
+  t.deepEqual(bq.emulator.primaryKeys.get(`${dataset}.accounts`), ['id']);
+  t.false(bq.emulator.primaryKeys.has(`${dataset}.events`), 'a table without a primary key declares none');
   // A consumer killed between its load and its script leaves its staging table: it expires by itself.
-  const staging = await emulator.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = '${dataset}' AND table_name LIKE '_pg_replicate_stage_%'`);
+  const staging = await bq.emulator.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = '${dataset}' AND table_name LIKE '_pg_replicate_stage_%'`);
   t.true(staging.length <= 2, 'staging tables are dropped after use');
-  for (const [table] of staging) t.true((emulator.expirations.get(`${dataset}.${table}`) ?? Infinity) < Date.now() + 25 * 3600_000, `${table} expires`);
+  for (const [table] of staging) t.true((bq.emulator.expirations.get(`${dataset}.${table}`) ?? Infinity) < Date.now() + 25 * 3600_000, `${table} expires`);
 });

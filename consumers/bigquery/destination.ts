@@ -4,7 +4,7 @@ import { parseCsvRows } from '../../shared/csv.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError } from '../../shared/errors.js';
 import { collapseByKey, netRowCounts } from '../collapse.js';
-import { type Destination, PermanentError, type Step, type TableState } from '../destination.js';
+import { type Destination, PermanentError, type Step, type StoredTable, type TableShape, type TableState } from '../destination.js';
 import { type BigQueryType, bigQueryName, bigQueryTableName, bigQueryType } from './types.js';
 import { type BigQueryOptions, Warehouse } from './warehouse.js';
 
@@ -17,18 +17,9 @@ const STALE = 'pg-replicate: stale table state (another consumer process applied
 export const literal = (text: string) => `'${text.replace(/\\/g, '\\\\').replace(/'/g, "\\'").replace(/\n/g, '\\n').replace(/\r/g, '\\r')}'`;
 const ident = (name: string) => `\`${name}\``;
 
-/** A table as BigQuery holds it: its name there and the source columns it was shaped from. */
-interface Shape {
+/** A table as BigQuery holds it: the source table's shape, and the table's name in BigQuery. */
+interface Shape extends TableShape {
   table: string;
-  /** The source table's schema and name. */
-  schema: string;
-  name: string;
-  columns: Column[];
-}
-
-interface StoredTable {
-  state: TableState;
-  shape: Shape;
 }
 
 /** A run of one table's work within a batch: the batch's steps regrouped per table. */
@@ -58,7 +49,7 @@ interface StageRow {
  */
 export class BigQueryDestination implements Destination {
   /** The states as last read, by table OID: the basis the runner planned the batch against. */
-  private readonly stored = new Map<number, StoredTable>();
+  private readonly stored = new Map<number, StoredTable<Shape>>();
 
   private constructor(private readonly warehouse: Warehouse) {}
 

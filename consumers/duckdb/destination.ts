@@ -6,7 +6,7 @@ import { parseCsvRows } from '../../shared/csv.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError, errorMessage } from '../../shared/errors.js';
 import { collapseByKey } from '../collapse.js';
-import type { Destination, Step, TableState } from '../destination.js';
+import type { Destination, Step, StoredTable, TableShape as Shape, TableState } from '../destination.js';
 import { type DuckDbType, duckDbType } from './types.js';
 
 const STATE_TABLE = '_pg_replicate.tables';
@@ -15,18 +15,6 @@ const STAGE_DELETED = '_pg_deleted';
 const ident = (name: string) => `"${name.replace(/"/g, '""')}"`;
 const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
 const tableSql = (relation: Pick<Relation, 'schema' | 'name'>) => `${ident(relation.schema)}.${ident(relation.name)}`;
-
-/** A table as DuckDB holds it: where it lives and the source columns it was shaped from. */
-interface Shape {
-  schema: string;
-  name: string;
-  columns: Column[];
-}
-
-interface StoredTable {
-  state: TableState;
-  shape: Shape;
-}
 
 /**
  * The DuckDB destination: each source table mirrored as "schema"."table", and its state

@@ -6,6 +6,18 @@ import { join } from 'node:path';
 import { type DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import { rowsAsText, tempDir } from './pipeline.js';
 
+/** Starts one emulator for a test file (before its tests) and stops it after them. */
+export function useBigQueryEmulator(test: { before: (fn: () => Promise<void>) => void; after: { always: (fn: () => Promise<void>) => void } }): { emulator: BigQueryEmulator } {
+  const holder = {} as { emulator: BigQueryEmulator };
+  test.before(async () => {
+    holder.emulator = await BigQueryEmulator.start();
+  });
+  test.after.always(async () => {
+    await holder.emulator?.close();
+  });
+  return holder;
+}
+
 /**
  * A local BigQuery for the tests: the REST calls our destination makes through
  * @google-cloud/bigquery (datasets get/insert, jobs insert/get, getQueryResults, multipart
