@@ -1,6 +1,6 @@
 import { Queue } from 'bullmq';
 import { keys, QUEUE_PREFIX, queueName } from '../shared/keys.js';
-import { connectRedis, readApplied, readPipelineState } from '../shared/redis.js';
+import { connectRedis, readApplied, readCopyProgress, readPipelineState } from '../shared/redis.js';
 import { connectPostgres } from '../producer/preflight.js';
 import { UserError } from '../shared/errors.js';
 import type { Health } from '../consumers/runner.js';
@@ -10,6 +10,8 @@ export interface PipelineStatus {
   slot: string;
   publication: string;
   copy: string;
+  /** The initial copy, per table: CTID ranges in the queues out of all, rows, and rows per second so far. */
+  copyProgress: { table: string; rangesDone: number; rangesTotal: number; rows: number; rowsPerSecond: number }[];
   slotConfirmedFlushLsn?: string | null;
   slotActive?: boolean;
   destinations: {
@@ -28,7 +30,17 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
   try {
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url, or start its producer first.`);
-    const status: PipelineStatus = { pipeline: options.pipeline, slot: state.slot, publication: state.publication, copy: state.copy ?? 'none', destinations: [] };
+    const status: PipelineStatus = { pipeline: options.pipeline, slot: state.slot, publication: state.publication, copy: state.copy ?? 'none', copyProgress: [], destinations: [] };
+    for (const progress of (await readCopyProgress(redis, options.pipeline)).values()) {
+      const seconds = ((progress.updatedAt ?? Date.now()) - progress.startedAt) / 1000;
+      status.copyProgress.push({
+        table: `${progress.schema}.${progress.name}`,
+        rangesDone: progress.done.length,
+        rangesTotal: progress.ranges,
+        rows: progress.rows,
+        rowsPerSecond: seconds > 0 ? Math.round(progress.rows / seconds) : 0,
+      });
+    }
     if (options.pgUrl) {
       const client = await connectPostgres(options.pgUrl, 'pg-replicate status');
       try {
@@ -69,6 +81,9 @@ export function formatStatus(status: PipelineStatus): string {
   const lines = [
     `pipeline ${status.pipeline}: slot ${status.slot}, publication ${status.publication}, copy ${status.copy}`,
   ];
+  for (const table of status.copyProgress) {
+    lines.push(`copy ${table.table}: ${table.rangesDone}/${table.rangesTotal} ranges, ${table.rows} rows, ${table.rowsPerSecond} rows/s`);
+  }
   if (status.slotConfirmedFlushLsn !== undefined) {
     lines.push(`slot confirmed flush LSN ${status.slotConfirmedFlushLsn ?? '(slot missing)'}${status.slotActive ? ' (producer connected)' : ' (no producer connected)'}`);
   }

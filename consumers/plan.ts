@@ -1,5 +1,4 @@
 import type { Batch, Relation, RowChange } from '../shared/events.js';
-import { qualifiedName } from '../shared/events.js';
 import { compareVersions } from '../shared/lsn.js';
 import type { Step, TableState } from './destination.js';
 
@@ -15,25 +14,22 @@ export function planBatch(batch: Batch, states: Map<number, TableState>): { step
 function planCopy(batch: Batch, states: Map<number, TableState>) {
   const copy = batch.copy!;
   const relation = batch.relations[copy.relation];
-  const name = qualifiedName(relation);
   const state = states.get(relation.oid);
   const updated = new Map<number, TableState>();
   if (state && state.copyLsn > copy.snapshotLsn) return { steps: [], states: updated }; // a newer copy superseded this one
   if (state && state.copyLsn === copy.snapshotLsn && (state.copyDone || state.copyChunk >= copy.chunk)) {
     return { steps: [], states: updated }; // delivered again
   }
-  if (copy.chunk > 0 && (!state || state.copyLsn !== copy.snapshotLsn || state.copyChunk !== copy.chunk - 1)) {
-    throw new Error(
-      `copy of ${name} at ${copy.snapshotLsn} arrived out of order (chunk ${copy.chunk}, destination has chunk ${state?.copyChunk ?? 'none'} of copy ${state?.copyLsn ?? 'none'})`,
-    );
-  }
+  // Chunks of one copy reach a table's partition queue in increasing order, so the first one
+  // seen of a copy is its first: it replaces the table.
+  const first = !state || state.copyLsn !== copy.snapshotLsn;
   updated.set(relation.oid, {
     copyLsn: copy.snapshotLsn,
     copyChunk: copy.chunk,
     copyDone: copy.last,
     applied: { lsn: copy.snapshotLsn, ordinal: 0 },
   });
-  return { steps: [{ kind: 'copy', relation, replace: copy.chunk === 0, csv: copy.csv, rows: copy.rows }] as Step[], states: updated };
+  return { steps: [{ kind: 'copy', relation, replace: first, merge: copy.merge ?? false, csv: copy.csv, rows: copy.rows }] as Step[], states: updated };
 }
 
 function planChanges(batch: Batch, states: Map<number, TableState>) {

@@ -12,6 +12,8 @@ export interface TableName {
 /** A published table, with the publication's column list and row filter (Postgres 15+), which the copy must honour as pgoutput does. */
 export interface PublishedTable extends TableName {
   oid: number;
+  /** pg_class.relkind: 'r' for a plain table (only those have CTIDs to cut a copy by), 'p' for a partitioned one. */
+  kind: string;
   columns: string[] | null;
   rowFilter: string | null;
 }
@@ -20,7 +22,7 @@ export async function publicationTables(client: pg.ClientBase, publication: stri
   const version = Number((await client.query('SHOW server_version_num')).rows[0].server_version_num);
   const extra = version >= 150000 ? 'p.attnames::text[] AS columns, p.rowfilter AS "rowFilter"' : 'NULL AS columns, NULL AS "rowFilter"';
   const result = await client.query(
-    `SELECT p.schemaname AS schema, p.tablename AS name, c.oid::int8 AS oid, ${extra}
+    `SELECT p.schemaname AS schema, p.tablename AS name, c.oid::int8 AS oid, c.relkind AS kind, ${extra}
        FROM pg_publication_tables p
        JOIN pg_namespace n ON n.nspname = p.schemaname
        JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename

@@ -1,133 +1,253 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import copyStreams from 'pg-copy-streams';
+import type { Redis } from 'ioredis';
 import type { Batch, Relation } from '../shared/events.js';
-import { partitionOf } from '../shared/keys.js';
+import { keys, partitionOf } from '../shared/keys.js';
 import { log } from '../shared/log.js';
-import type { Lsn } from '../shared/lsn.js';
+import { type Lsn, formatLsn, parseLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
+import type { TableCopyProgress } from '../shared/redis.js';
 import { Catalog, describeTable, publicationTables } from './catalog.js';
 import { CsvRowCutter } from './copycsv.js';
 import { POLL_MS, type Session } from './options.js';
 import { quoteIdent } from './replication.js';
 
+/** A resumed run numbers its chunks above every earlier run's: chunk = run × 2³² + n. */
+const RUN_STRIDE = 2 ** 32;
+
+/** Where the copy of the tables comes from: a snapshot's name and the LSN it was taken at. */
+export interface CopySnapshot {
+  name: string;
+  lsn: Lsn;
+}
+
 /**
- * Copies every table of the publication under the slot's exported snapshot, as chunk batches
- * in each table's partition, and records the whole copy as one entry for the ack tracker.
+ * The initial copy of every table of the publication under the slot's exported snapshot, or —
+ * when `resume` holds an interrupted copy's progress — the rest of it under a new snapshot.
+ * Large tables are cut into CTID ranges, copied over several connections; each range is
+ * recorded in Redis once its rows are all in the queues, so a restart loses at most the ranges
+ * in flight. The whole copy is one entry for the ack tracker. Returns the tables' OIDs.
  */
-export async function copyTables(session: Session, snapshotName: string, snapshotLsn: Lsn): Promise<number[]> {
+export async function copyTables(session: Session, redis: Redis, snapshot: CopySnapshot, resume?: Map<number, TableCopyProgress>): Promise<number[]> {
   const { options, tracker, queues } = session;
-  // Every copy connection imports the snapshot before anything else runs on the replication
-  // connection: the exported snapshot lives only while that connection stays idle.
-  const connections: pg.Client[] = [];
+  const connections = await openSnapshotConnections(options.pgUrl, snapshot.name, options.copyConnections);
   try {
-    for (let i = 0; i < Math.max(1, options.copyConnections); i++) {
-      const client = new pg.Client({ connectionString: options.pgUrl, application_name: 'pg-replicate copy', options: VALUE_TEXT_SETTINGS });
-      connections.push(client);
-      await client.connect();
-      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-      await client.query(`SET TRANSACTION SNAPSHOT '${snapshotName}'`);
+    const client = connections[0];
+    const run = await redis.hincrby(keys.state(options.pipeline), 'copyRun', 1);
+    const rangeScans = Number((await client.query('SHOW server_version_num')).rows[0].server_version_num) >= 140000;
+    const catalog = new Catalog(client);
+    const copies: TableCopy[] = [];
+    for (const table of await publicationTables(client, options.publication)) {
+      const earlier = resume?.get(table.oid);
+      if (resume && !earlier) continue; // joined the publication since: the stream's table sync copies it
+      const relation = await describeTable(client, table, catalog);
+      const keyed = relation.replicaIdentity !== 'full' && relation.columns.some((column) => column.isKey);
+      let progress: TableCopyProgress;
+      if (earlier && keyed) {
+        // Rows of the remaining ranges are read at the new snapshot but keep the copy's version:
+        // the stream replays from the copy's LSN, and by key every row converges.
+        progress = earlier;
+      } else {
+        // Keyless tables cannot be mended by key: an unfinished one is copied anew, at the new snapshot.
+        if (earlier && earlier.done.length === earlier.ranges) continue;
+        const rangeBlocks = options.copyRangeBlocks;
+        const ranges = rangeScans && table.kind === 'r' ? Math.max(1, Math.ceil((await heapBlocks(client, table.oid)) / rangeBlocks)) : 1;
+        progress = { schema: table.schema, name: table.name, snapshotLsn: formatLsn(snapshot.lsn), ranges, rangeBlocks, done: [], rows: 0, startedAt: Date.now() };
+        await redis.hset(keys.copyProgress(options.pipeline), String(table.oid), JSON.stringify(progress));
+      }
+      // A resumed copy's rows may have reached the queues before the restart (ranges in flight): they replace by key.
+      const copy = new TableCopy(session, relation, table.rowFilter, parseLsn(progress.snapshotLsn), run, progress === earlier);
+      copy.progress = progress;
+      copies.push(copy);
     }
-    const tables = await publicationTables(connections[0], options.publication);
-    const catalog = new Catalog(connections[0]);
-    const relations: Relation[] = [];
-    const rowFilters = new Map<Relation, string | null>();
-    for (const table of tables) {
-      const relation = await describeTable(connections[0], table, catalog);
-      relations.push(relation);
-      rowFilters.set(relation, table.rowFilter);
-    }
+    const work = copies.flatMap((copy) => copy.remainingRanges().map((range) => ({ copy, range })));
+    log.info({ tables: copies.length, ranges: work.length, resumed: !!resume }, resume ? 'resuming the copy' : 'copying tables');
     tracker.begin();
-    const pending = [...relations];
-    let rows = 0;
     const worker = async (client: pg.Client) => {
-      for (let relation = pending.shift(); relation; relation = pending.shift()) {
-        const copied = await copyTable(session, client, relation, rowFilters.get(relation) ?? null, snapshotLsn, (batch) => tracker.touch(batch.partition, batch.seq));
-        rows += copied;
-        log.info({ table: `${relation.schema}.${relation.name}`, rows: copied }, 'table copied');
+      for (let item = work.shift(); item; item = work.shift()) {
+        const { copy, range } = item;
+        const rows = await copy.copyRange(client, range, (batch) => tracker.touch(batch.partition, batch.seq));
+        // Recorded only once its rows are in Redis: a restart then never skips rows it lacks.
+        await queues.settle();
+        await copy.recordRange(redis, range, rows);
       }
     };
     await Promise.all(connections.map(worker));
     await queues.settle();
-    tracker.commit(snapshotLsn, true);
-    log.info({ tables: relations.length, rows }, 'copy enqueued');
-    return relations.map((relation) => relation.oid);
+    tracker.commit(snapshot.lsn, true);
+    log.info({ tables: copies.length, rows: copies.reduce((sum, copy) => sum + copy.rows, 0) }, 'copy enqueued');
+    return resume ? [...resume.keys()] : copies.map((copy) => copy.relation.oid);
   } finally {
     await Promise.all(connections.map((client) => client.end().catch(() => {})));
   }
 }
 
-/** Streams one table with COPY into chunk batches; never holds more than one chunk. */
 /**
- * Streams one table with COPY (CSV) into chunk batches of whole rows, passed through as they
- * come from Postgres; never holds more than one chunk. A chunk is held back until the next
- * one starts, so the table's last chunk can be marked as such.
+ * Connections that all see one exported snapshot. They import it before anything else runs on
+ * the exporting connection: the snapshot lives only while that connection stays idle.
  */
-export async function copyTable(
-  session: Session,
-  client: pg.Client,
-  relation: Relation,
-  rowFilter: string | null,
-  snapshotLsn: Lsn,
-  onBatch: (batch: { partition: number; seq: number }) => void,
-  destinations?: string[],
-  room: () => Promise<void> = () => waitForRoom(session),
-): Promise<number> {
-  const { options, epoch, sequencer, queues } = session;
-  const partition = partitionOf(relation.oid, options.partitions);
-  const columns = relation.columns.map((column) => quoteIdent(column.name)).join(', ');
-  const where = rowFilter ? ` WHERE ${rowFilter}` : '';
-  const stream = client.query(copyStreams.to(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (FORMAT csv)`));
-  const cutter = new CsvRowCutter();
-  let chunk = 0;
-  let total = 0;
-  let parts: Buffer[] = [];
-  let bytes = 0;
-  let rows = 0;
-  let held: { csv: string; rows: number } | undefined;
-  const send = (ready: { csv: string; rows: number }, last: boolean) => {
+export async function openSnapshotConnections(pgUrl: string, snapshotName: string, count: number): Promise<pg.Client[]> {
+  const connections: pg.Client[] = [];
+  try {
+    for (let i = 0; i < Math.max(1, count); i++) {
+      const client = new pg.Client({ connectionString: pgUrl, application_name: 'pg-replicate copy', options: VALUE_TEXT_SETTINGS });
+      connections.push(client);
+      await client.connect();
+      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      await client.query(`SET TRANSACTION SNAPSHOT '${snapshotName}'`);
+    }
+    return connections;
+  } catch (error) {
+    await Promise.all(connections.map((client) => client.end().catch(() => {})));
+    throw error;
+  }
+}
+
+let exported = 0;
+
+/**
+ * Runs `body` with a snapshot at an exact LSN: a temporary slot's consistent point, exported.
+ * Import it (openSnapshotConnections) before `body` awaits anything else: the exporting
+ * connection must stay idle meanwhile, and the slot goes away with it afterwards.
+ */
+export async function withExportedSnapshot<T>(pgUrl: string, body: (snapshot: CopySnapshot) => Promise<T>): Promise<T> {
+  const replication = new pg.Client({ connectionString: pgUrl, replication: 'database', application_name: 'pg-replicate copy' } as pg.ClientConfig);
+  try {
+    await replication.connect();
+    // A replication connection cannot run parameterised queries: the slot name is our own.
+    const slot = `pgr_sync_${process.pid}_${++exported}`;
+    const created = await replication.query(`CREATE_REPLICATION_SLOT ${quoteIdent(slot)} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT`);
+    return await body({ name: created.rows[0].snapshot_name, lsn: parseLsn(created.rows[0].consistent_point) });
+  } finally {
+    await replication.end().catch(() => {});
+  }
+}
+
+/** The table's size in heap blocks, as of now (rows the snapshot sees are all below it). */
+async function heapBlocks(client: pg.Client, tableOid: number): Promise<number> {
+  const result = await client.query(`SELECT pg_relation_size(${tableOid}) / current_setting('block_size')::int8 AS blocks`);
+  return Number(result.rows[0].blocks);
+}
+
+/**
+ * One table's copy in this run: its ranges, the numbering of its chunks in queue order, and
+ * which chunk is its last (the final chunk of the last range to finish).
+ */
+export class TableCopy {
+  progress?: TableCopyProgress;
+  rows = 0;
+  private chunks = 0;
+  private unfinished = 0;
+
+  constructor(
+    private readonly session: Session,
+    readonly relation: Relation,
+    private readonly rowFilter: string | null,
+    private readonly snapshotLsn: Lsn,
+    private readonly run: number,
+    private readonly merge: boolean,
+    private readonly destinations?: string[],
+    private readonly room: () => Promise<void> = () => waitForRoom(session),
+  ) {}
+
+  remainingRanges(): number[] {
+    const progress = this.progress!;
+    const ranges = Array.from({ length: progress.ranges }, (_, index) => index).filter((index) => !progress.done.includes(index));
+    this.unfinished = ranges.length;
+    return ranges;
+  }
+
+  /** Copies the whole table (no ranges, no record): table syncs beside the stream. */
+  async copyAll(client: pg.Client, onBatch: (batch: { partition: number; seq: number }) => void): Promise<number> {
+    this.unfinished = 1;
+    return this.copyRange(client, undefined, onBatch);
+  }
+
+  /**
+   * Streams one range with COPY (CSV) into chunk batches of whole rows, passed through as they
+   * come from Postgres; never holds more than one chunk. A range's final chunk is held back
+   * until the range ends, so the table's last chunk can be marked as such.
+   */
+  async copyRange(client: pg.Client, range: number | undefined, onBatch: (batch: { partition: number; seq: number }) => void): Promise<number> {
+    const { relation } = this;
+    const columns = relation.columns.map((column) => quoteIdent(column.name)).join(', ');
+    const conditions = [this.rowFilter, range === undefined ? undefined : this.ctidRange(range)].filter((condition) => condition);
+    const where = conditions.length > 0 ? ` WHERE ${conditions.map((condition) => `(${condition})`).join(' AND ')}` : '';
+    const stream = client.query(copyStreams.to(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (FORMAT csv)`));
+    const cutter = new CsvRowCutter();
+    let parts: Buffer[] = [];
+    let bytes = 0;
+    let rows = 0;
+    let held: { csv: string; rows: number } | undefined;
+    const before = this.rows;
+    const cut = () => {
+      const ready = { csv: Buffer.concat(parts, bytes).toString('utf8'), rows };
+      parts = [];
+      bytes = 0;
+      rows = 0;
+      return ready;
+    };
+    for await (const data of stream as AsyncIterable<Buffer>) {
+      if (this.session.signal.aborted) throw new Error('the producer session ended during a table copy');
+      const complete = cutter.push(data);
+      if (!complete) continue;
+      parts.push(complete.rows);
+      bytes += complete.rows.length;
+      rows += complete.count;
+      if (rows >= this.session.options.copyChunkRows || bytes >= this.session.options.maxBatchBytes) {
+        if (held) this.send(held, false, onBatch);
+        held = cut();
+        await this.room();
+      }
+    }
+    cutter.end();
+    const rest = cut();
+    if (held && rest.rows > 0) {
+      this.send(held, false, onBatch);
+      held = rest;
+    }
+    const final = held ?? rest;
+    const lastOfTable = --this.unfinished === 0;
+    // An empty range adds nothing; the table's last chunk is sent even empty, to complete the copy.
+    if (final.rows > 0 || lastOfTable) this.send(final, lastOfTable, onBatch);
+    return this.rows - before;
+  }
+
+  /** Marks a range as copied, in Redis: a restart continues with the others. */
+  async recordRange(redis: Redis, range: number, rows: number): Promise<void> {
+    const progress = this.progress!;
+    progress.done.push(range);
+    progress.rows += rows;
+    progress.updatedAt = Date.now();
+    await redis.hset(keys.copyProgress(this.session.options.pipeline), String(this.relation.oid), JSON.stringify(progress));
+  }
+
+  private ctidRange(range: number): string | undefined {
+    const { ranges, rangeBlocks } = this.progress!;
+    if (ranges === 1) return undefined;
+    const from = `ctid >= '(${range * rangeBlocks},0)'::tid`;
+    return range === ranges - 1 ? from : `${from} AND ctid < '(${(range + 1) * rangeBlocks},0)'::tid`;
+  }
+
+  private send(ready: { csv: string; rows: number }, last: boolean, onBatch: (batch: { partition: number; seq: number }) => void): void {
+    const { options, epoch, sequencer, queues } = this.session;
+    const partition = partitionOf(this.relation.oid, options.partitions);
     const seq = sequencer.next(partition);
+    const chunk = this.run * RUN_STRIDE + this.chunks++;
     const batch: Batch = {
       pipeline: options.pipeline,
       partition,
       epoch,
       seq,
-      relations: [relation],
+      relations: [this.relation],
       changes: [],
-      copy: { relation: 0, snapshotLsn, chunk: chunk++, last, rows: ready.rows, csv: ready.csv },
+      copy: { relation: 0, snapshotLsn: this.snapshotLsn, chunk, last, rows: ready.rows, csv: ready.csv, ...(this.merge ? { merge: true } : {}) },
     };
-    queues.enqueue(batch, ready.csv.length, destinations);
+    queues.enqueue(batch, ready.csv.length, this.destinations);
     onBatch({ partition, seq });
-    total += ready.rows;
-  };
-  const cut = () => {
-    const ready = { csv: Buffer.concat(parts, bytes).toString('utf8'), rows };
-    parts = [];
-    bytes = 0;
-    rows = 0;
-    return ready;
-  };
-  for await (const data of stream as AsyncIterable<Buffer>) {
-    if (session.signal.aborted) throw new Error('the producer session ended during a table copy');
-    const complete = cutter.push(data);
-    if (!complete) continue;
-    parts.push(complete.rows);
-    bytes += complete.rows.length;
-    rows += complete.count;
-    if (rows >= options.copyChunkRows || bytes >= options.maxBatchBytes) {
-      if (held) send(held, false);
-      held = cut();
-      await room();
-    }
+    this.rows += ready.rows;
   }
-  cutter.end();
-  const rest = cut();
-  if (held && rest.rows > 0) {
-    send(held, false);
-    held = rest;
-  }
-  send(held ?? rest, true);
-  return total;
 }
 
 /** Waits while Redis or the destinations are behind: the copy never floods the queues. */

@@ -24,6 +24,8 @@ export interface ProducerOptions {
   heartbeatIntervalMs: number;
   copyConnections: number;
   copyChunkRows: number;
+  /** Heap blocks per CTID range of a table's copy: the unit of parallel copying and of resuming. */
+  copyRangeBlocks: number;
 }
 
 export const PRODUCER_DEFAULTS = {
@@ -38,6 +40,7 @@ export const PRODUCER_DEFAULTS = {
   heartbeatIntervalMs: 30_000,
   copyConnections: 2,
   copyChunkRows: 50_000,
+  copyRangeBlocks: 8192,
 } as const;
 
 /** What one producer session (a run from the slot's confirmed position) shares between its copy and its stream. */

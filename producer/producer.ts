@@ -6,11 +6,11 @@ import { log } from '../shared/log.js';
 import { formatLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import { formatApplied, keys } from '../shared/keys.js';
-import { connectRedis, readPipelineState, writePipelineState } from '../shared/redis.js';
+import { connectRedis, readCopyProgress, readPipelineState, writePipelineState } from '../shared/redis.js';
 import { AckTracker } from './acks.js';
 import { Catalog, publishedTableOids } from './catalog.js';
 import { Sequencer } from './batcher.js';
-import { copyTables } from './copy.js';
+import { copyTables, withExportedSnapshot } from './copy.js';
 import { type AckPosition, POLL_MS, type ProducerOptions, type Session } from './options.js';
 import { checkRedis, checkSource, connectPostgres } from './preflight.js';
 import { BatchQueues } from './queues.js';
@@ -115,8 +115,12 @@ export class Producer {
     }
     const copyApplied = this.copyApplied || (previous?.copy === 'done' && previous.slot === options.slot);
     const needsCopy = options.mode === 'copy' || (options.mode === 'both' && (!slot || !copyApplied));
-    if (needsCopy && slot && options.mode === 'both') {
-      log.warn('Redis holds no record of a finished copy for this slot (was Redis wiped, or the producer stopped mid-copy?): copying every table again under a new slot');
+    // A copy interrupted by a restart (its slot still at the copy's LSN, its progress in Redis) continues.
+    const interrupted =
+      needsCopy && slot && previous?.slot === options.slot && (previous.copy === 'started' || previous.copy === 'enqueued') ? await readCopyProgress(this.redis, options.pipeline) : undefined;
+    const resume = interrupted && interrupted.size > 0 ? interrupted : undefined;
+    if (needsCopy && slot && !resume && options.mode === 'both') {
+      log.warn('Redis holds no record of a finished copy for this slot (was Redis wiped?): copying every table again under a new slot');
     }
     // Destinations named on the command line but new to a running pipeline join like a consumer
     // that registers itself: with a copy of their own, beside the stream.
@@ -156,14 +160,22 @@ export class Producer {
       const watcher = new AppliedWatcher(this.redis, options, epoch, queues, sequencer, tracker, () => (this.copyApplied = true), () => this.position.lsn);
       const session: Session = { options, epoch, sequencer, tracker, queues, watcher, signal: ended.signal };
 
-      if (needsCopy) {
+      if (needsCopy && resume && slot) {
+        this.copyApplied = false;
+        this.position.lsn = slot.confirmedFlush;
+        await writePipelineState(this.redis, options.pipeline, { copy: 'started' });
+        const copied = await withExportedSnapshot(options.pgUrl, (snapshot) => copyTables(session, this.redis, snapshot, resume));
+        this.tables = new Set(copied);
+        await writePipelineState(this.redis, options.pipeline, { copy: 'enqueued', tables: copied });
+      } else if (needsCopy) {
         this.copyApplied = false;
         if (slot) await dropSlot(options.pgUrl, options.slot);
+        await this.redis.del(keys.copyProgress(options.pipeline));
         await writePipelineState(this.redis, options.pipeline, { copy: 'started' });
         const created = await replication.createSlot(options.slot, true);
         this.position.lsn = created.consistentPoint;
         log.info({ slot: options.slot, snapshotLsn: formatLsn(created.consistentPoint) }, 'created replication slot; copying tables');
-        const copied = await copyTables(session, created.snapshotName!, created.consistentPoint);
+        const copied = await copyTables(session, this.redis, { name: created.snapshotName!, lsn: created.consistentPoint });
         this.tables = new Set(copied);
         await writePipelineState(this.redis, options.pipeline, { copy: 'enqueued', tables: copied });
       } else if (!slot) {

@@ -1,19 +1,14 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import pg from 'pg';
 import { type Relation, qualifiedName } from '../shared/events.js';
 import { keys } from '../shared/keys.js';
 import { log } from '../shared/log.js';
-import { type Lsn, formatLsn, parseLsn } from '../shared/lsn.js';
-import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
+import { type Lsn, formatLsn } from '../shared/lsn.js';
 import { writePipelineState } from '../shared/redis.js';
 import type { PendingEntry } from './acks.js';
 import { Catalog, describeTable, publicationTables } from './catalog.js';
-import { copyTable } from './copy.js';
+import { TableCopy, openSnapshotConnections, withExportedSnapshot } from './copy.js';
 import { POLL_MS, type Session } from './options.js';
-import { quoteIdent } from './replication.js';
-
-let syncs = 0;
 
 /**
  * Copies tables beside the running stream, at one exact LSN: a temporary slot's exported
@@ -29,33 +24,25 @@ export async function copyTablesAtNewSnapshot(
   onCopied: (tableOid: number, copied?: { snapshotLsn: Lsn; relation: Relation; rows: number }) => void,
 ): Promise<void> {
   const { options } = session;
-  // The temporary slot exports its snapshot; a plain connection imports it for the copy (the
-  // replication connection must then stay idle, and it cannot run parameterised queries).
-  const replication = new pg.Client({ connectionString: options.pgUrl, replication: 'database', application_name: 'pg-replicate table sync' } as pg.ClientConfig);
-  const client = new pg.Client({ connectionString: options.pgUrl, application_name: 'pg-replicate table sync', options: VALUE_TEXT_SETTINGS });
-  try {
-    await Promise.all([replication.connect(), client.connect()]);
-    const slot = `pgr_sync_${process.pid}_${++syncs}`;
-    const created = await replication.query(`CREATE_REPLICATION_SLOT ${quoteIdent(slot)} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT`);
-    const snapshotLsn = parseLsn(created.rows[0].consistent_point);
-    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-    await client.query(`SET TRANSACTION SNAPSHOT '${created.rows[0].snapshot_name}'`);
-    const published = await publicationTables(client, options.publication);
-    const catalog = new Catalog(client);
-    for (const tableOid of tableOids) {
-      const table = published.find((candidate) => candidate.oid === tableOid);
-      if (!table) {
-        onCopied(tableOid);
-        continue;
+  await withExportedSnapshot(options.pgUrl, async (snapshot) => {
+    const [client] = await openSnapshotConnections(options.pgUrl, snapshot.name, 1);
+    try {
+      const published = await publicationTables(client, options.publication);
+      const catalog = new Catalog(client);
+      for (const tableOid of tableOids) {
+        const table = published.find((candidate) => candidate.oid === tableOid);
+        if (!table) {
+          onCopied(tableOid);
+          continue;
+        }
+        const relation = await describeTable(client, table, catalog);
+        const rows = await new TableCopy(session, relation, table.rowFilter, snapshot.lsn, 0, false, destinations, waitForRoom).copyAll(client, () => {});
+        onCopied(tableOid, { snapshotLsn: snapshot.lsn, relation, rows });
       }
-      const relation = await describeTable(client, table, catalog);
-      const rows = await copyTable(session, client, relation, table.rowFilter, snapshotLsn, () => {}, destinations, waitForRoom);
-      onCopied(tableOid, { snapshotLsn, relation, rows });
+    } finally {
+      await client.end().catch(() => {});
     }
-    await client.query('COMMIT');
-  } finally {
-    await Promise.all([client.end().catch(() => {}), replication.end().catch(() => {})]);
-  }
+  });
 }
 
 /** What `pg-replicate resync`, a starting consumer and `destinations remove` ask of the producer. */

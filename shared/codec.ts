@@ -23,7 +23,7 @@ export interface EncodedBatch {
   s: number;
   r: EncodedRelation[];
   c: EncodedChange[];
-  k?: [number, string, number, 0 | 1, number, string];
+  k?: [number, string, number, 0 | 1, number, string, 1?];
   t?: number;
 }
 
@@ -44,8 +44,9 @@ export function encodeBatch(batch: Batch): EncodedBatch {
   };
   if (batch.committedAt !== undefined) encoded.t = batch.committedAt;
   if (batch.copy) {
-    const { relation, snapshotLsn, chunk, last, rows, csv } = batch.copy;
+    const { relation, snapshotLsn, chunk, last, rows, csv, merge } = batch.copy;
     encoded.k = [relation, formatLsn(snapshotLsn), chunk, last ? 1 : 0, rows, csv];
+    if (merge) encoded.k.push(1);
   }
   return encoded;
 }
@@ -64,8 +65,8 @@ export function decodeBatch(encoded: EncodedBatch): Batch {
   };
   if (encoded.t !== undefined) batch.committedAt = encoded.t;
   if (encoded.k) {
-    const [relation, snapshotLsn, chunk, last, rows, csv] = encoded.k;
-    batch.copy = { relation, snapshotLsn: parseLsn(snapshotLsn), chunk, last: last === 1, rows, csv };
+    const [relation, snapshotLsn, chunk, last, rows, csv, merge] = encoded.k;
+    batch.copy = { relation, snapshotLsn: parseLsn(snapshotLsn), chunk, last: last === 1, rows, csv, ...(merge === 1 ? { merge: true } : {}) };
   }
   return batch;
 }

@@ -69,10 +69,19 @@ export interface CopyChunk {
   rows: number;
   /** The snapshot LSN the copy was read at: its rows have version (snapshotLsn, 0). */
   snapshotLsn: Lsn;
-  /** Chunk number within this table's copy, from 0; chunk 0 replaces whatever the table held. */
+  /**
+   * Increasing in queue order within one copy (gaps allowed: a resumed copy numbers its chunks
+   * above every earlier run's). The first chunk of a copy a destination sees replaces whatever
+   * the table held; a chunk at or below the last one applied is a re-delivery.
+   */
   chunk: number;
   /** True on the table's last chunk: after it the copy is complete. */
   last: boolean;
+  /**
+   * The rows replace stored rows with the same key rather than being added: set on the chunks
+   * of a resumed copy, whose rows may already have arrived in a chunk of the interrupted run.
+   */
+  merge?: boolean;
 }
 
 export interface Batch {

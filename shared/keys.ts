@@ -15,6 +15,8 @@ export const keys = {
   health: (pipeline: string, destination: string) => `pgr:{${pipeline}}:health:${destination}`,
   /** List of resync requests for the producer: JSON { tableOid, destinations? }. */
   requests: (pipeline: string) => `pgr:{${pipeline}}:requests`,
+  /** Hash table OID → JSON progress of the table's initial copy (ranges done, rows): what a restarted producer continues. */
+  copyProgress: (pipeline: string) => `pgr:{${pipeline}}:copy-progress`,
   /** Hash table → JSON state, for destinations that have no store of their own (stdout). */
   tableStates: (pipeline: string, destination: string) => `pgr:{${pipeline}}:tables:${destination}`,
 };

@@ -45,6 +45,28 @@ export async function writePipelineState(redis: Redis, pipeline: string, state: 
   await redis.hset(keys.state(pipeline), fields);
 }
 
+/** A table's initial copy as the producer records it, range by range, so that a restart continues it. */
+export interface TableCopyProgress {
+  schema: string;
+  name: string;
+  /** The copy's identity: its rows carry version (snapshotLsn, 0). */
+  snapshotLsn: string;
+  /** The table is copied in this many CTID ranges of rangeBlocks heap blocks (the last one open-ended). */
+  ranges: number;
+  rangeBlocks: number;
+  /** Ranges whose every row is in the queues. */
+  done: number[];
+  rows: number;
+  startedAt: number;
+  /** When the last range was recorded. */
+  updatedAt?: number;
+}
+
+export async function readCopyProgress(redis: Redis, pipeline: string): Promise<Map<number, TableCopyProgress>> {
+  const raw = await redis.hgetall(keys.copyProgress(pipeline));
+  return new Map(Object.entries(raw).map(([oid, text]) => [Number(oid), JSON.parse(text) as TableCopyProgress]));
+}
+
 /** The applied marks of one destination: partition → last batch applied. */
 export async function readApplied(redis: Redis, pipeline: string, destination: string): Promise<Map<number, { epoch: number; seq: number }>> {
   const raw = await redis.hgetall(keys.applied(pipeline, destination));

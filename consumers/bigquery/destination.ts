@@ -25,7 +25,7 @@ interface Shape extends TableShape {
 /** A run of one table's work within a batch: the batch's steps regrouped per table. */
 type Segment =
   | { kind: 'truncate'; oid: number }
-  | { kind: 'copy'; oid: number; relation: Relation; replace: boolean; csv: string }
+  | { kind: 'copy'; oid: number; relation: Relation; replace: boolean; merge: boolean; csv: string }
   | { kind: 'changes'; oid: number; relation: Relation; changes: RowChange[] };
 
 /** One staged row: which segment it belongs to, its values, and how to apply it. */
@@ -179,7 +179,7 @@ function segmentsOf(steps: Step[]): Segment[] {
   };
   for (const step of steps) {
     if (step.kind === 'truncate') step.relations.forEach((relation) => push({ kind: 'truncate', oid: relation.oid }));
-    else if (step.kind === 'copy') push({ kind: 'copy', oid: step.relation.oid, relation: step.relation, replace: step.replace, csv: step.csv });
+    else if (step.kind === 'copy') push({ kind: 'copy', oid: step.relation.oid, relation: step.relation, replace: step.replace, merge: step.merge, csv: step.csv });
     else push({ kind: 'changes', oid: step.relation.oid, relation: step.relation, changes: [...step.changes] });
   }
   return [...byTable.values()].flat();
@@ -268,15 +268,21 @@ class Script {
     }
     const step = this.segments++;
     const columns = new Columns(segment.relation, shape);
+    const keyColumns = segment.relation.columns.flatMap((column, index) => (column.isKey ? [index] : []));
     if (segment.kind === 'copy') {
       if (segment.replace) this.body.push(`DELETE FROM ${target} WHERE TRUE`);
       const rows = parseCsvRows(segment.csv);
       if (rows.length === 0) return;
+      if (segment.merge) {
+        // A resumed copy's rows may be stored already: they replace rows with their key.
+        const inserts = rows.map((row): RowChange => ({ op: 'insert', relation: 0, version: { lsn: 0n, ordinal: 0 }, row }));
+        this.keyedChanges(step, target, columns, keyColumns, inserts);
+        return;
+      }
       for (const values of rows) this.addRow(step, columns, { values });
       this.body.push(`INSERT INTO ${target} (${columns.names()}) SELECT ${columns.values()} FROM ${this.table(this.stage)} s WHERE s._step = ${step}`);
       return;
     }
-    const keyColumns = segment.relation.columns.flatMap((column, index) => (column.isKey ? [index] : []));
     if (segment.relation.replicaIdentity === 'full' || keyColumns.length === 0) this.keylessChanges(step, target, columns, segment);
     else this.keyedChanges(step, target, columns, keyColumns, segment.changes);
   }

@@ -53,7 +53,7 @@ export class DuckDbDestination implements Destination {
     await this.connection.run(
       `CREATE TABLE IF NOT EXISTS ${STATE_TABLE} (
          table_oid UBIGINT PRIMARY KEY, table_schema VARCHAR, table_name VARCHAR, columns JSON,
-         copy_lsn UBIGINT, copy_chunk INTEGER, copy_done BOOLEAN, applied_lsn UBIGINT, applied_ordinal INTEGER)`,
+         copy_lsn UBIGINT, copy_chunk BIGINT, copy_done BOOLEAN, applied_lsn UBIGINT, applied_ordinal INTEGER)`,
     );
     this.tables.clear();
     const reader = await this.connection.runAndReadAll(
@@ -98,7 +98,8 @@ export class DuckDbDestination implements Destination {
           for (const relation of step.relations) await this.connection.run(`DELETE FROM ${tableSql(relation)}`);
         } else if (step.kind === 'copy') {
           if (step.replace) await this.connection.run(`DELETE FROM ${tableSql(step.relation)}`);
-          await this.copyRows(step.relation, step.csv);
+          if (step.merge) await this.writeRows(step.relation, keyColumnsOf(step.relation), parseCsvRows(step.csv));
+          else await this.copyRows(step.relation, step.csv);
         } else {
           await this.applyChanges(step.relation, step.changes);
         }
@@ -202,7 +203,7 @@ export class DuckDbDestination implements Destination {
    * REPLICA IDENTITY FULL rows need not be unique, so each change is applied on its own.
    */
   private async applyChanges(relation: Relation, changes: RowChange[]): Promise<void> {
-    const keyColumns = relation.columns.flatMap((column, index) => (column.isKey ? [index] : []));
+    const keyColumns = keyColumnsOf(relation);
     if (relation.replicaIdentity === 'full' || keyColumns.length === 0) {
       for (const change of changes) await this.applyOneByOne(relation, change);
       return;
@@ -296,6 +297,10 @@ export class DuckDbDestination implements Destination {
     this.instance.closeSync();
     await rm(this.scratch, { recursive: true, force: true });
   }
+}
+
+function keyColumnsOf(relation: Relation): number[] {
+  return relation.columns.flatMap((column, index) => (column.isKey ? [index] : []));
 }
 
 /** A value as a SQL literal of its DuckDB type. */
