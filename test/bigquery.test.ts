@@ -22,8 +22,10 @@ test('backfill and CDC into BigQuery by two consumer processes, exact after kill
   const dataset = 'crash_test';
   await env.pg.query(LOAD_SCHEMA(pipeline.publication));
   let producer = pipeline.producer();
-  // Two processes with one name share the partitions: either may take any batch.
-  let consumers: CliProcess[] = [pipeline.bigquery('warehouse', bq.emulator.url, dataset), pipeline.bigquery('warehouse', bq.emulator.url, dataset)];
+  // Two processes with one name share the partitions: either may take any batch (debug logs say which applied what).
+  const consumer = () => pipeline.bigquery('warehouse', bq.emulator.url, dataset, { LOG_LEVEL: 'debug' });
+  let consumers: CliProcess[] = [consumer(), consumer()];
+  const started = [...consumers];
   try {
     await pipeline.waitForCopy(env.redis.client);
     const load = writeLoad(env.pg, 1200, 2);
@@ -32,16 +34,17 @@ test('backfill and CDC into BigQuery by two consumer processes, exact after kill
     producer = pipeline.producer();
     await sleep(1500);
     await consumers[0].kill9();
-    consumers[0] = pipeline.bigquery('warehouse', bq.emulator.url, dataset);
+    consumers[0] = consumer();
     await sleep(1500);
     await Promise.all([producer.kill9(), consumers[1].kill9()]);
     producer = pipeline.producer();
-    consumers[1] = pipeline.bigquery('warehouse', bq.emulator.url, dataset);
+    consumers[1] = consumer();
     await load;
     await pipeline.waitForCatchUp();
   } finally {
     await Promise.all([producer.stop(), ...consumers.map((consumer) => consumer.stop())]);
   }
+  for (const [index, process] of started.entries()) t.regex(process.stderr, /"msg":"batch applied"/, `consumer process ${index + 1} applied batches`);
   const { bigquery, postgres } = await loadTablesInBigQuery(dataset);
   t.deepEqual(bigquery, postgres);
   t.deepEqual(bq.emulator.primaryKeys.get(`${dataset}.accounts`), ['id']);

@@ -149,11 +149,11 @@ export class TestPipeline {
   }
 
   /** A BigQuery consumer writing dataset `dataset` through the emulator at `endpoint`. */
-  bigquery(name: string, endpoint: string, dataset: string): CliProcess {
-    return new CliProcess([
-      'consumer', 'bigquery', '--name', name, '--project', 'test-project', '--dataset', dataset, '--api-endpoint', endpoint,
-      '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common,
-    ]);
+  bigquery(name: string, endpoint: string, dataset: string, env: Record<string, string> = {}): CliProcess {
+    return new CliProcess(
+      ['consumer', 'bigquery', '--name', name, '--project', 'test-project', '--dataset', dataset, '--api-endpoint', endpoint, '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common],
+      env,
+    );
   }
 
   stdout(name: string): CliProcess {
