@@ -135,7 +135,8 @@ export class ConsumerRunner {
     }
     await this.redis.hset(keys.applied(this.options.pipeline, this.options.name), String(batch.partition), formatApplied(batch.epoch, batch.seq));
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
-    if (batch.committedAt !== undefined) log.debug({ partition: batch.partition, changes: batch.changes.length, applyMs: Date.now() - started, lagMs: Date.now() - batch.committedAt }, 'batch applied');
+    const lagMs = batch.committedAt === undefined ? undefined : Date.now() - batch.committedAt;
+    log.debug({ partition: batch.partition, changes: batch.changes.length, copyRows: batch.copy?.rows, applyMs: Date.now() - started, lagMs }, 'batch applied');
     if (this.unhealthy.has(batch.partition)) await this.report(batch.partition, { state: 'ok' });
   }
 

@@ -1,6 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import copyStreams from 'pg-copy-streams';
 import type { Redis } from 'ioredis';
 import type { Batch, Relation } from '../shared/events.js';
 import { keys, partitionOf } from '../shared/keys.js';
@@ -9,7 +8,7 @@ import { type Lsn, formatLsn, parseLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import type { TableCopyProgress } from '../shared/redis.js';
 import { Catalog, describeTable, publicationTables } from './catalog.js';
-import { CsvRowCutter } from './copycsv.js';
+import { CopyOut } from './copyout.js';
 import { POLL_MS, type Session } from './options.js';
 import { quoteIdent } from './replication.js';
 
@@ -174,40 +173,18 @@ export class TableCopy {
     const columns = relation.columns.map((column) => quoteIdent(column.name)).join(', ');
     const conditions = [this.rowFilter, range === undefined ? undefined : this.ctidRange(range)].filter((condition) => condition);
     const where = conditions.length > 0 ? ` WHERE ${conditions.map((condition) => `(${condition})`).join(' AND ')}` : '';
-    const stream = client.query(copyStreams.to(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (FORMAT csv)`));
-    const cutter = new CsvRowCutter();
-    let parts: Buffer[] = [];
-    let bytes = 0;
-    let rows = 0;
-    let held: { csv: string; rows: number } | undefined;
+    const { copyChunkRows, maxBatchBytes } = this.session.options;
+    const copyOut = new CopyOut(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (FORMAT csv)`, maxBatchBytes, copyChunkRows);
+    client.query(copyOut as never);
     const before = this.rows;
-    const cut = () => {
-      const ready = { csv: Buffer.concat(parts, bytes).toString('utf8'), rows };
-      parts = [];
-      bytes = 0;
-      rows = 0;
-      return ready;
-    };
-    for await (const data of stream as AsyncIterable<Buffer>) {
+    let held: { csv: Buffer; rows: number } | undefined;
+    for await (const { data, rows } of copyOut) {
       if (this.session.signal.aborted) throw new Error('the producer session ended during a table copy');
-      const complete = cutter.push(data);
-      if (!complete) continue;
-      parts.push(complete.rows);
-      bytes += complete.rows.length;
-      rows += complete.count;
-      if (rows >= this.session.options.copyChunkRows || bytes >= this.session.options.maxBatchBytes) {
-        if (held) this.send(held, false, onBatch);
-        held = cut();
-        await this.room();
-      }
+      if (held) this.send(held, false, onBatch);
+      held = { csv: data, rows };
+      await this.room();
     }
-    cutter.end();
-    const rest = cut();
-    if (held && rest.rows > 0) {
-      this.send(held, false, onBatch);
-      held = rest;
-    }
-    const final = held ?? rest;
+    const final = held ?? { csv: Buffer.alloc(0), rows: 0 };
     const lastOfTable = --this.unfinished === 0;
     // An empty range adds nothing; the table's last chunk is sent even empty, to complete the copy.
     if (final.rows > 0 || lastOfTable) this.send(final, lastOfTable, onBatch);
@@ -230,7 +207,7 @@ export class TableCopy {
     return range === ranges - 1 ? from : `${from} AND ctid < '(${(range + 1) * rangeBlocks},0)'::tid`;
   }
 
-  private send(ready: { csv: string; rows: number }, last: boolean, onBatch: (batch: { partition: number; seq: number }) => void): void {
+  private send(ready: { csv: Buffer; rows: number }, last: boolean, onBatch: (batch: { partition: number; seq: number }) => void): void {
     const { options, epoch, sequencer, queues } = this.session;
     const partition = partitionOf(this.relation.oid, options.partitions);
     const seq = sequencer.next(partition);

@@ -45,7 +45,8 @@ export function encodeBatch(batch: Batch): EncodedBatch {
   if (batch.committedAt !== undefined) encoded.t = batch.committedAt;
   if (batch.copy) {
     const { relation, snapshotLsn, chunk, last, rows, csv, merge } = batch.copy;
-    encoded.k = [relation, formatLsn(snapshotLsn), chunk, last ? 1 : 0, rows, csv];
+    // Base64: JSON carries it without escaping a character (CSV is full of quotes and newlines).
+    encoded.k = [relation, formatLsn(snapshotLsn), chunk, last ? 1 : 0, rows, csv.toString('base64')];
     if (merge) encoded.k.push(1);
   }
   return encoded;
@@ -66,7 +67,7 @@ export function decodeBatch(encoded: EncodedBatch): Batch {
   if (encoded.t !== undefined) batch.committedAt = encoded.t;
   if (encoded.k) {
     const [relation, snapshotLsn, chunk, last, rows, csv, merge] = encoded.k;
-    batch.copy = { relation, snapshotLsn: parseLsn(snapshotLsn), chunk, last: last === 1, rows, csv, ...(merge === 1 ? { merge: true } : {}) };
+    batch.copy = { relation, snapshotLsn: parseLsn(snapshotLsn), chunk, last: last === 1, rows, csv: Buffer.from(csv, 'base64'), ...(merge === 1 ? { merge: true } : {}) };
   }
   return batch;
 }

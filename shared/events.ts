@@ -64,8 +64,8 @@ export type Change = RowChange | TruncateChange;
 export interface CopyChunk {
   /** Index into the batch's relations. */
   relation: number;
-  /** Whole rows in Postgres' CSV COPY format (parse with shared/csv), straight from COPY: no per-value work on the way. */
-  csv: string;
+  /** Whole rows in Postgres' CSV COPY format (UTF-8; parse with shared/csv), straight from COPY: no per-value work on the way. */
+  csv: Buffer;
   rows: number;
   /** The snapshot LSN the copy was read at: its rows have version (snapshotLsn, 0). */
   snapshotLsn: Lsn;

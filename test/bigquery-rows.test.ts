@@ -7,9 +7,9 @@ const env = useServices(test);
 const bq = useBigQueryEmulator(test);
 
 /** Runs producer and BigQuery consumer around `body`, then waits until everything written is applied. */
-async function withBigQuery(pipeline: TestPipeline, dataset: string, body: () => Promise<void>): Promise<void> {
+async function withBigQuery(pipeline: TestPipeline, dataset: string, body: () => Promise<void>, project?: string): Promise<void> {
   const producer = pipeline.producer();
-  const consumer = pipeline.bigquery('warehouse', bq.emulator.url, dataset);
+  const consumer = pipeline.bigquery('warehouse', bq.emulator.url, dataset, {}, project);
   try {
     await pipeline.waitForCopy(env.redis.client);
     await body();
@@ -102,21 +102,22 @@ test('transient errors (503, 429) are retried; a permanent one (403) parks the p
   const status = async () => JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout);
   await withBigQuery(pipeline, dataset, async () => {
     const served = bq.emulator.faultsServed;
-    bq.emulator.failNext(2, 503, 'backendError', /^POST .*\/jobs$/);
-    bq.emulator.failNext(1, 429, 'rateLimitExceeded', /queries/);
+    // Faults only for this test's project: the other tests share the emulator.
+    bq.emulator.failNext(2, 503, 'backendError', /^POST .*\/projects\/faults-project\/jobs$/);
+    bq.emulator.failNext(1, 429, 'rateLimitExceeded', /\/projects\/faults-project\/queries/);
     await env.pg.query(`UPDATE items SET label = 'after outage' WHERE id <= 50`);
     await waitFor('the injected faults to be served', async () => bq.emulator.faultsServed >= served + 3);
     await pipeline.waitForCatchUp();
 
-    bq.emulator.denyAccess(true);
+    bq.emulator.denyAccess('faults-project', true);
     await env.pg.query(`UPDATE items SET label = 'while denied' WHERE id > 50`);
     const parked = await waitFor('the partition to be parked', async () => {
       const destination = (await status()).destinations.find((candidate: { name: string }) => candidate.name === 'warehouse');
       return destination?.state === 'parked' ? destination : undefined;
     });
     t.regex(JSON.stringify(parked), /roles\/bigquery\.dataEditor/, 'the status says which roles are missing');
-    bq.emulator.denyAccess(false);
-  });
+    bq.emulator.denyAccess('faults-project', false);
+  }, 'faults-project');
   t.deepEqual(await bq.emulator.tableRows(dataset, 'items', ['id', 'label']), await postgresRows(env.pg, 'items', ['id', 'label']));
   const destination = (await status()).destinations.find((candidate: { name: string }) => candidate.name === 'warehouse');
   t.is(destination.state, 'ok', 'the partition recovered by itself');

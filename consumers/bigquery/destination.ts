@@ -25,7 +25,7 @@ interface Shape extends TableShape {
 /** A run of one table's work within a batch: the batch's steps regrouped per table. */
 type Segment =
   | { kind: 'truncate'; oid: number }
-  | { kind: 'copy'; oid: number; relation: Relation; replace: boolean; merge: boolean; csv: string }
+  | { kind: 'copy'; oid: number; relation: Relation; replace: boolean; merge: boolean; csv: Buffer }
   | { kind: 'changes'; oid: number; relation: Relation; changes: RowChange[] };
 
 /** One staged row: which segment it belongs to, its values, and how to apply it. */
@@ -271,7 +271,7 @@ class Script {
     const keyColumns = segment.relation.columns.flatMap((column, index) => (column.isKey ? [index] : []));
     if (segment.kind === 'copy') {
       if (segment.replace) this.body.push(`DELETE FROM ${target} WHERE TRUE`);
-      const rows = parseCsvRows(segment.csv);
+      const rows = parseCsvRows(segment.csv.toString());
       if (rows.length === 0) return;
       if (segment.merge) {
         // A resumed copy's rows may be stored already: they replace rows with their key.

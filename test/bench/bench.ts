@@ -4,7 +4,7 @@
  * drain of the same WAL for CDC), with the peak memory of the producer and the consumer.
  * Writes the table into README.md.
  *
- * Sizes: BENCH_ROWS (backfill, default 1,000,000), BENCH_CHANGES (small transactions, default
+ * Sizes: BENCH_ROWS (backfill, default 2,000,000), BENCH_CHANGES (small transactions, default
  * 300,000), BENCH_BIG_INSERT (one transaction, default 5,000,000), BENCH_BIG_UPDATE (one
  * transaction, default 1,000,000), BENCH_HUGE_ROWS (memory-flatness backfill, default
  * 10,000,000), BENCH_LATENCY_SECONDS (steady 5 k changes/s, default 30). A size of 0 skips that
@@ -21,7 +21,7 @@ import { CliProcess, TestPipeline, currentWalLsn, waitForSlotAt } from '../suppo
 import { startPostgres, startRedis } from '../support/services.js';
 
 const size = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
-const ROWS = size('BENCH_ROWS', 1_000_000);
+const ROWS = size('BENCH_ROWS', 2_000_000);
 const CHANGES = size('BENCH_CHANGES', 300_000);
 const BIG_INSERT = size('BENCH_BIG_INSERT', 5_000_000);
 const BIG_UPDATE = size('BENCH_BIG_UPDATE', 1_000_000);
@@ -83,7 +83,7 @@ async function benchBackfill(name: string, rows: number): Promise<Result> {
   const producerPeak = sampleRss(producer);
   const code = await producer.exited;
   const seconds = (performance.now() - started) / 1000;
-  const result = { name, count: rows, seconds, rawSeconds, rawName: 'COPY … TO STDOUT', producerPeakMb: producerPeak(), consumerPeakMb: consumerPeak() };
+  const result = { name, count: rows, seconds, rawSeconds, rawName: 'binary COPY … TO STDOUT', producerPeakMb: producerPeak(), consumerPeakMb: consumerPeak() };
   await consumer.stop();
   if (code !== 0) throw new Error(`producer failed: ${producer.stderr}`);
   await pgServer.query(`DROP TABLE ${table}`);
@@ -194,7 +194,7 @@ async function timeRawCopy(table: string): Promise<number> {
   const client = new pg.Client({ connectionString: pgServer.url });
   await client.connect();
   const started = performance.now();
-  const stream = client.query(copyStreams.to(`COPY ${table} TO STDOUT`));
+  const stream = client.query(copyStreams.to(`COPY ${table} TO STDOUT (FORMAT binary)`));
   for await (const chunk of stream as AsyncIterable<Buffer>) void chunk;
   const seconds = (performance.now() - started) / 1000;
   await client.end();

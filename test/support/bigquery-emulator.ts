@@ -80,9 +80,11 @@ export class BigQueryEmulator {
     this.faults.push({ status, reason, times, match });
   }
 
-  /** Every request fails with 403 accessDenied until cleared, as with a revoked role. */
-  denyAccess(denied: boolean): void {
-    this.faults.splice(0, this.faults.length, ...(denied ? [{ status: 403, reason: 'accessDenied', times: Number.MAX_SAFE_INTEGER, match: /./ }] : []));
+  /** Every request for this project fails with 403 accessDenied until cleared, as with a revoked role. */
+  denyAccess(project: string, denied: boolean): void {
+    const match = new RegExp(`/projects/${project}/`);
+    const others = this.faults.filter((fault) => fault.match.source !== match.source);
+    this.faults.splice(0, this.faults.length, ...others, ...(denied ? [{ status: 403, reason: 'accessDenied', times: Number.MAX_SAFE_INTEGER, match }] : []));
   }
 
   /** Runs SQL (DuckDB's dialect) against the stored tables, for assertions. */

@@ -17,7 +17,9 @@ export class CliProcess {
   readonly exited: Promise<number | null>;
 
   constructor(args: string[], env: Record<string, string> = {}) {
-    this.child = spawn(process.execPath, [CLI, ...args], {
+    // PGR_CPU_PROF=DIR writes a V8 CPU profile of every CLI process there (npm run bench -- profiles).
+    const profile = process.env.PGR_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PGR_CPU_PROF}`] : [];
+    this.child = spawn(process.execPath, [...profile, CLI, ...args], {
       env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'info', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -149,9 +151,9 @@ export class TestPipeline {
   }
 
   /** A BigQuery consumer writing dataset `dataset` through the emulator at `endpoint`. */
-  bigquery(name: string, endpoint: string, dataset: string, env: Record<string, string> = {}): CliProcess {
+  bigquery(name: string, endpoint: string, dataset: string, env: Record<string, string> = {}, project = 'test-project'): CliProcess {
     return new CliProcess(
-      ['consumer', 'bigquery', '--name', name, '--project', 'test-project', '--dataset', dataset, '--api-endpoint', endpoint, '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common],
+      ['consumer', 'bigquery', '--name', name, '--project', project, '--dataset', dataset, '--api-endpoint', endpoint, '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common],
       env,
     );
   }
