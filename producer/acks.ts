@@ -24,7 +24,9 @@ export interface PendingEntry {
  * commit order, so a fast partition never lets the ack pass a slow one.
  */
 export class AckTracker {
-  private readonly entries: PendingEntry[] = [];
+  /** Pending entries from `head` on (a queue: taking from the front of a long array is O(n)). */
+  private entries: PendingEntry[] = [];
+  private head = 0;
   private open: PendingEntry | undefined;
 
   constructor(private readonly epoch: number) {}
@@ -62,20 +64,18 @@ export class AckTracker {
   }
 
   get isIdle(): boolean {
-    return this.entries.length === 0 && this.open === undefined;
+    return this.pendingEntries === 0 && this.open === undefined;
   }
 
   get pendingEntries(): number {
-    return this.entries.length;
+    return this.entries.length - this.head;
   }
 
   /** The newest LSN one destination has applied everything up to, as far as the pending entries tell. */
   appliedBy(marks: Map<number, AppliedMark>): Lsn | undefined {
     let lsn: Lsn | undefined;
-    for (const entry of this.entries) {
-      if (!isApplied(entry, new Map([['one', marks]]))) break;
-      lsn = entry.ackLsn;
-    }
+    const one = new Map([['one', marks]]);
+    for (let index = this.head; index < this.entries.length && isApplied(this.entries[index], one); index++) lsn = this.entries[index].ackLsn;
     return lsn;
   }
 
@@ -86,10 +86,15 @@ export class AckTracker {
   advance(applied: Map<string, Map<number, AppliedMark>>): { ackLsn?: Lsn; copyConfirmed: boolean } {
     let ackLsn: Lsn | undefined;
     let copyConfirmed = false;
-    while (this.entries.length > 0 && isApplied(this.entries[0], applied)) {
-      const entry = this.entries.shift()!;
+    while (this.head < this.entries.length && isApplied(this.entries[this.head], applied)) {
+      const entry = this.entries[this.head++];
       ackLsn = entry.ackLsn;
       copyConfirmed ||= entry.isCopy;
+    }
+    // Drop the taken entries now and then, not on every advance.
+    if (this.head > 1024 && this.head * 2 > this.entries.length) {
+      this.entries = this.entries.slice(this.head);
+      this.head = 0;
     }
     return { ackLsn, copyConfirmed };
   }

@@ -74,14 +74,16 @@ export class Batcher {
    * Adds a row change; returns the partition and the batch it went into. `relation` is the shape
    * the change was made under when that is not the current one (a change held during a copy).
    */
-  addRow(change: Omit<RowChange, 'relation'>, relationOid: number, bytes: number, relation = this.relation(relationOid)): { partition: number; seq: number } {
+  addRow(change: RowChange, relationOid: number, bytes: number, relation = this.relation(relationOid)): { partition: number; seq: number } {
     const partition = this.partitionOf(relation);
     const open = this.open.get(partition);
     const index = open?.relationIndex.get(relation.oid);
     // One batch describes a table one way: a change of another shape starts a new batch.
     if (open && index !== undefined && open.relations[index] !== relation) this.flush(partition);
     const batch = this.openBatch(partition);
-    batch.changes.push({ ...change, relation: this.indexOf(batch, relation) } as RowChange);
+    // The change is ours from here on: it takes its relation's index in this batch.
+    change.relation = this.indexOf(batch, relation);
+    batch.changes.push(change);
     return this.account(partition, batch, bytes);
   }
 

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Relation } from '../shared/events.js';
+import type { Relation, RowChange } from '../shared/events.js';
 import { log } from '../shared/log.js';
 import { type Lsn, formatLsn, maxLsn } from '../shared/lsn.js';
 import { Batcher } from './batcher.js';
@@ -69,7 +69,9 @@ export async function streamSlot(
       case 'update':
       case 'delete': {
         const version = { lsn: commitLsn, ordinal: ++ordinal };
-        const change = { op: decoded.tag, version, ...('row' in decoded ? { row: decoded.row } : {}), ...('old' in decoded && decoded.old ? { old: decoded.old } : {}) };
+        const change: RowChange = { op: decoded.tag, relation: 0, version };
+        if ('row' in decoded) change.row = decoded.row;
+        if ('old' in decoded && decoded.old) change.old = decoded.old;
         const oid = decoded.relation;
         if (tableSync.isHeld(oid)) {
           const shape = batcher.relation(oid);

@@ -1,5 +1,5 @@
 import type { Batch, Change, Relation, Value } from './events.js';
-import { formatLsn, parseLsn } from './lsn.js';
+import { type Lsn, formatLsn, parseLsn } from './lsn.js';
 
 /**
  * The batch codec: a Batch as a compact, JSON-safe object (BullMQ stores job data as JSON).
@@ -33,6 +33,8 @@ const TRUNCATE_CASCADE = 1;
 const TRUNCATE_RESTART_IDENTITY = 2;
 
 export function encodeBatch(batch: Batch): EncodedBatch {
+  // A transaction's changes share their commit LSN: convert it once per batch, not per change.
+  const lsnTexts = memo(formatLsn);
   const encoded: EncodedBatch = {
     v: CODEC_VERSION,
     p: batch.pipeline,
@@ -40,7 +42,7 @@ export function encodeBatch(batch: Batch): EncodedBatch {
     e: batch.epoch,
     s: batch.seq,
     r: batch.relations.map(encodeRelation),
-    c: batch.changes.map(encodeChange),
+    c: batch.changes.map((change) => encodeChange(change, lsnTexts)),
   };
   if (batch.committedAt !== undefined) encoded.t = batch.committedAt;
   if (batch.copy) {
@@ -53,6 +55,7 @@ export function encodeBatch(batch: Batch): EncodedBatch {
 }
 
 export function decodeBatch(encoded: EncodedBatch): Batch {
+  const lsns = memo(parseLsn);
   if (encoded.v !== CODEC_VERSION) {
     throw new Error(`batch codec version ${encoded.v} is not supported (this consumer reads version ${CODEC_VERSION}); run the same pg-replicate version for producer and consumers`);
   }
@@ -62,7 +65,7 @@ export function decodeBatch(encoded: EncodedBatch): Batch {
     epoch: encoded.e,
     seq: encoded.s,
     relations: encoded.r.map(decodeRelation),
-    changes: encoded.c.map(decodeChange),
+    changes: encoded.c.map((change) => decodeChange(change, lsns)),
   };
   if (encoded.t !== undefined) batch.committedAt = encoded.t;
   if (encoded.k) {
@@ -112,7 +115,16 @@ function decodeRelation([oid, schema, name, replicaIdentity, columns]: EncodedRe
   };
 }
 
-function encodeChange(change: Change): EncodedChange {
+function memo<From, To>(convert: (value: From) => To): (value: From) => To {
+  const known = new Map<From, To>();
+  return (value) => {
+    let converted = known.get(value);
+    if (converted === undefined) known.set(value, (converted = convert(value)));
+    return converted;
+  };
+}
+
+function encodeChange(change: Change, formatLsn: (lsn: Lsn) => string): EncodedChange {
   const lsn = formatLsn(change.version.lsn);
   if (change.op === 'truncate') {
     const flags = (change.cascade ? TRUNCATE_CASCADE : 0) | (change.restartIdentity ? TRUNCATE_RESTART_IDENTITY : 0);
@@ -121,7 +133,7 @@ function encodeChange(change: Change): EncodedChange {
   return [OP_CODES[change.op], change.relation, lsn, change.version.ordinal, change.row ?? null, change.old ?? null];
 }
 
-function decodeChange(encoded: EncodedChange): Change {
+function decodeChange(encoded: EncodedChange, parseLsn: (text: string) => Lsn): Change {
   const version = { lsn: parseLsn(encoded[2]), ordinal: encoded[3] };
   if (encoded[0] === 'T') {
     const flags = encoded[4];
