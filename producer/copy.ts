@@ -7,7 +7,7 @@ import { log } from '../shared/log.js';
 import { type Lsn, formatLsn, parseLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import type { TableCopyProgress } from '../shared/redis.js';
-import { Catalog, describeTable, publicationTables } from './catalog.js';
+import { Catalog, type PublishedTable, describeTable, publicationTables } from './catalog.js';
 import { CopyOut } from './copyout.js';
 import { POLL_MS, type Session } from './options.js';
 import { quoteIdent } from './replication.js';
@@ -34,7 +34,6 @@ export async function copyTables(session: Session, redis: Redis, snapshot: CopyS
   try {
     const client = connections[0];
     const run = await redis.hincrby(keys.state(options.pipeline), 'copyRun', 1);
-    const rangeScans = Number((await client.query('SHOW server_version_num')).rows[0].server_version_num) >= 140000;
     const catalog = new Catalog(client);
     const copies: TableCopy[] = [];
     for (const table of await publicationTables(client, options.publication)) {
@@ -50,9 +49,7 @@ export async function copyTables(session: Session, redis: Redis, snapshot: CopyS
       } else {
         // Keyless tables cannot be mended by key: an unfinished one is copied anew, at the new snapshot.
         if (earlier && earlier.done.length === earlier.ranges) continue;
-        const rangeBlocks = options.copyRangeBlocks;
-        const ranges = rangeScans && table.kind === 'r' ? Math.max(1, Math.ceil((await heapBlocks(client, table.oid)) / rangeBlocks)) : 1;
-        progress = { schema: table.schema, name: table.name, snapshotLsn: formatLsn(snapshot.lsn), ranges, rangeBlocks, done: [], rows: 0, startedAt: Date.now() };
+        progress = await planRanges(client, table, snapshot.lsn, options.copyRangeBlocks);
         await redis.hset(keys.copyProgress(options.pipeline), String(table.oid), JSON.stringify(progress));
       }
       // A resumed copy's rows may have reached the queues before the restart (ranges in flight): they replace by key.
@@ -60,19 +57,18 @@ export async function copyTables(session: Session, redis: Redis, snapshot: CopyS
       copy.progress = progress;
       copies.push(copy);
     }
-    const work = copies.flatMap((copy) => copy.remainingRanges().map((range) => ({ copy, range })));
-    log.info({ tables: copies.length, ranges: work.length, resumed: !!resume }, resume ? 'resuming the copy' : 'copying tables');
     tracker.begin();
-    const worker = async (client: pg.Client) => {
-      for (let item = work.shift(); item; item = work.shift()) {
-        const { copy, range } = item;
-        const rows = await copy.copyRange(client, range, (batch) => tracker.touch(batch.partition, batch.seq));
+    await copyInRanges(
+      connections,
+      copies,
+      (batch) => tracker.touch(batch.partition, batch.seq),
+      async (copy, range, rows) => {
         // Recorded only once its rows are in Redis: a restart then never skips rows it lacks.
         await queues.settle();
         await copy.recordRange(redis, range, rows);
-      }
-    };
-    await Promise.all(connections.map(worker));
+      },
+      { msg: resume ? 'resuming the copy' : 'copying tables', resumed: !!resume },
+    );
     await queues.settle();
     tracker.commit(snapshot.lsn, true);
     log.info({ tables: copies.length, rows: copies.reduce((sum, copy) => sum + copy.rows, 0) }, 'copy enqueued');
@@ -80,6 +76,35 @@ export async function copyTables(session: Session, redis: Redis, snapshot: CopyS
   } finally {
     await Promise.all(connections.map((client) => client.end().catch(() => {})));
   }
+}
+
+/**
+ * Copies the tables' remaining ranges over the connections, each taking the next range of any
+ * table; `afterRange` runs once a range's rows are handed to the queues.
+ */
+export async function copyInRanges(
+  connections: pg.Client[],
+  copies: TableCopy[],
+  onBatch: (batch: { partition: number; seq: number }) => void,
+  afterRange: (copy: TableCopy, range: number, rows: number) => Promise<void>,
+  logged: { msg: string; resumed?: boolean },
+): Promise<void> {
+  const work = copies.flatMap((copy) => copy.remainingRanges().map((range) => ({ copy, range })));
+  log.info({ tables: copies.length, ranges: work.length, resumed: logged.resumed }, logged.msg);
+  const worker = async (client: pg.Client) => {
+    for (let item = work.shift(); item; item = work.shift()) {
+      const rows = await item.copy.copyRange(client, item.range, onBatch);
+      await afterRange(item.copy, item.range, rows);
+    }
+  };
+  await Promise.all(connections.map(worker));
+}
+
+/** Cuts a table's copy into CTID ranges of `rangeBlocks` heap blocks (one range before Postgres 14, or for a partitioned table). */
+export async function planRanges(client: pg.Client, table: PublishedTable, snapshotLsn: Lsn, rangeBlocks: number): Promise<TableCopyProgress> {
+  const rangeScans = Number((await client.query('SHOW server_version_num')).rows[0].server_version_num) >= 140000;
+  const ranges = rangeScans && table.kind === 'r' ? Math.max(1, Math.ceil((await heapBlocks(client, table.oid)) / rangeBlocks)) : 1;
+  return { schema: table.schema, name: table.name, snapshotLsn: formatLsn(snapshotLsn), ranges, rangeBlocks, done: [], rows: 0, startedAt: Date.now() };
 }
 
 /**
@@ -157,10 +182,9 @@ export class TableCopy {
     return ranges;
   }
 
-  /** Copies the whole table (no ranges, no record): table syncs beside the stream. */
-  async copyAll(client: pg.Client, onBatch: (batch: { partition: number; seq: number }) => void): Promise<number> {
-    this.unfinished = 1;
-    return this.copyRange(client, undefined, onBatch);
+  /** Whether every range of this run has been handed to the queues. */
+  get finished(): boolean {
+    return this.unfinished === 0;
   }
 
   /**
@@ -168,10 +192,10 @@ export class TableCopy {
    * come from Postgres; never holds more than one chunk. A range's final chunk is held back
    * until the range ends, so the table's last chunk can be marked as such.
    */
-  async copyRange(client: pg.Client, range: number | undefined, onBatch: (batch: { partition: number; seq: number }) => void): Promise<number> {
+  async copyRange(client: pg.Client, range: number, onBatch: (batch: { partition: number; seq: number }) => void): Promise<number> {
     const { relation } = this;
     const columns = relation.columns.map((column) => quoteIdent(column.name)).join(', ');
-    const conditions = [this.rowFilter, range === undefined ? undefined : this.ctidRange(range)].filter((condition) => condition);
+    const conditions = [this.rowFilter, this.ctidRange(range)].filter((condition) => condition);
     const where = conditions.length > 0 ? ` WHERE ${conditions.map((condition) => `(${condition})`).join(' AND ')}` : '';
     const { copyChunkRows, maxBatchBytes } = this.session.options;
     const copyOut = new CopyOut(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (FORMAT csv)`, maxBatchBytes, copyChunkRows);

@@ -7,7 +7,7 @@ import { type Lsn, formatLsn } from '../shared/lsn.js';
 import { writePipelineState } from '../shared/redis.js';
 import type { PendingEntry } from './acks.js';
 import { Catalog, describeTable, publicationTables } from './catalog.js';
-import { TableCopy, openSnapshotConnections, withExportedSnapshot } from './copy.js';
+import { TableCopy, copyInRanges, openSnapshotConnections, planRanges, withExportedSnapshot } from './copy.js';
 import { POLL_MS, type Session } from './options.js';
 
 /**
@@ -25,10 +25,12 @@ export async function copyTablesAtNewSnapshot(
 ): Promise<void> {
   const { options } = session;
   await withExportedSnapshot(options.pgUrl, async (snapshot) => {
-    const [client] = await openSnapshotConnections(options.pgUrl, snapshot.name, 1);
+    const connections = await openSnapshotConnections(options.pgUrl, snapshot.name, options.copyConnections);
     try {
+      const client = connections[0];
       const published = await publicationTables(client, options.publication);
       const catalog = new Catalog(client);
+      const copies: TableCopy[] = [];
       for (const tableOid of tableOids) {
         const table = published.find((candidate) => candidate.oid === tableOid);
         if (!table) {
@@ -36,11 +38,21 @@ export async function copyTablesAtNewSnapshot(
           continue;
         }
         const relation = await describeTable(client, table, catalog);
-        const rows = await new TableCopy(session, relation, table.rowFilter, snapshot.lsn, 0, false, destinations, waitForRoom).copyAll(client, () => {});
-        onCopied(tableOid, { snapshotLsn: snapshot.lsn, relation, rows });
+        const copy = new TableCopy(session, relation, table.rowFilter, snapshot.lsn, 0, false, destinations, waitForRoom);
+        copy.progress = await planRanges(client, table, snapshot.lsn, options.copyRangeBlocks);
+        copies.push(copy);
       }
+      await copyInRanges(
+        connections,
+        copies,
+        () => {},
+        async (copy) => {
+          if (copy.finished) onCopied(copy.relation.oid, { snapshotLsn: snapshot.lsn, relation: copy.relation, rows: copy.rows });
+        },
+        { msg: 'table sync: copying' },
+      );
     } finally {
-      await client.end().catch(() => {});
+      await Promise.all(connections.map((client) => client.end().catch(() => {})));
     }
   });
 }

@@ -5,10 +5,11 @@ import { useServices } from './support/services.js';
 
 const env = useServices(test);
 
-test('a table added to the publication while running is copied consistently, then streamed', async (t) => {
+test('a table added to the publication while running is copied consistently (in ranges, in parallel), then streamed', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'addtable', ['main']);
   await env.pg.query(`${LOAD_SCHEMA(pipeline.publication)}; CREATE TABLE late (id int PRIMARY KEY, v text); INSERT INTO late SELECT g, 'v' || g FROM generate_series(1, 5000) g;`);
-  const producer = pipeline.producer();
+  // Small ranges: the new table's copy is cut into several, copied over two connections.
+  const producer = pipeline.producer(['--copy-range-blocks', '4', '--copy-chunk-rows', '500']);
   const consumer = pipeline.duckdb('main');
   let writing = true;
   const lateWrites = (async () => {
@@ -31,6 +32,7 @@ test('a table added to the publication while running is copied consistently, the
     await Promise.all([producer.stop(), consumer.stop()]);
   }
   t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
+  t.true(Number(/"ranges":(\d+)[^\n]*"msg":"table sync: copying"/.exec(producer.stderr)?.[1]) > 1, 'the table sync copied several ranges');
   t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.late', ['id', 'v']), await postgresRows(env.pg, 'late', ['id', 'v']));
   const { duckdb, postgres } = await loadTablesIn(env.pg, pipeline.duckdbPath('main'));
   t.deepEqual(duckdb, postgres);

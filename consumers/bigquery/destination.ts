@@ -20,6 +20,7 @@ const ident = (name: string) => `\`${name}\``;
 /** A table as BigQuery holds it: the source table's shape, and the table's name in BigQuery. */
 interface Shape extends TableShape {
   table: string;
+  replicaIdentity?: Relation['replicaIdentity'];
 }
 
 /** A run of one table's work within a batch: the batch's steps regrouped per table. */
@@ -157,7 +158,7 @@ function finalShapes(steps: Step[]): Map<number, Shape> {
   const shapes = new Map<number, Shape>();
   for (const step of steps) {
     for (const relation of step.kind === 'truncate' ? step.relations : [step.relation]) {
-      shapes.set(relation.oid, { table: bigQueryTableName(relation), schema: relation.schema, name: relation.name, columns: relation.columns });
+      shapes.set(relation.oid, { table: bigQueryTableName(relation), schema: relation.schema, name: relation.name, columns: relation.columns, replicaIdentity: relation.replicaIdentity });
     }
   }
   return shapes;
@@ -222,8 +223,9 @@ class Script {
     const target = this.table(wanted.table);
     const definition = (column: Column) => `${ident(bigQueryName(column.name))} ${bigQueryType(column).sql}`;
     if (!known) {
-      const keys = wanted.columns.filter((column) => column.isKey).map((column) => ident(bigQueryName(column.name)));
-      const primaryKey = keys.length > 0 && keys.length < wanted.columns.length ? `, PRIMARY KEY (${keys.join(', ')}) NOT ENFORCED` : '';
+      // With REPLICA IDENTITY DEFAULT the key columns are the primary key (FULL marks every column, USING INDEX a unique index).
+      const keys = wanted.replicaIdentity === 'default' ? wanted.columns.filter((column) => column.isKey).map((column) => ident(bigQueryName(column.name))) : [];
+      const primaryKey = keys.length > 0 ? `, PRIMARY KEY (${keys.join(', ')}) NOT ENFORCED` : '';
       this.ddl.push(`CREATE OR REPLACE TABLE ${target} (${wanted.columns.map(definition).join(', ')}${primaryKey})`);
       return;
     }

@@ -38,9 +38,7 @@ export class DuckDbDestination implements Destination {
   static async open(path: string): Promise<DuckDbDestination> {
     let instance: DuckDBInstance;
     try {
-      // Checkpoints rewrite table blocks: at the default WAL size (16 MB) a bulk copy pays for
-      // one every few batches; fewer, larger ones cost less in total.
-      instance = await DuckDBInstance.create(path, { checkpoint_threshold: '256MB' });
+      instance = await DuckDBInstance.create(path);
     } catch (error) {
       throw new UserError(`Cannot open DuckDB database ${path} (${errorMessage(error)}). Check --path: the directory must exist and no other process may have the file open for writing.`);
     }
