@@ -28,7 +28,7 @@ export interface CopySnapshot {
  * recorded in Redis once its rows are all in the queues, so a restart loses at most the ranges
  * in flight. The whole copy is one entry for the ack tracker. Returns the tables' OIDs.
  */
-export async function copyTables(session: Session, redis: Redis, snapshot: CopySnapshot, resume?: Map<number, TableCopyProgress>): Promise<number[]> {
+export async function copyTables(session: Session, redis: Redis, snapshot: CopySnapshot, resume?: { progress: Map<number, TableCopyProgress>; slotLsn: Lsn }): Promise<number[]> {
   const { options, tracker, queues } = session;
   const connections = await openSnapshotConnections(options.pgUrl, snapshot.name, options.copyConnections);
   try {
@@ -37,7 +37,7 @@ export async function copyTables(session: Session, redis: Redis, snapshot: CopyS
     const catalog = new Catalog(client);
     const copies: TableCopy[] = [];
     for (const table of await publicationTables(client, options.publication)) {
-      const earlier = resume?.get(table.oid);
+      const earlier = resume?.progress.get(table.oid);
       if (resume && !earlier) continue; // joined the publication since: the stream's table sync copies it
       const relation = await describeTable(client, table, catalog);
       const keyed = relation.replicaIdentity !== 'full' && relation.columns.some((column) => column.isKey);
@@ -70,9 +70,11 @@ export async function copyTables(session: Session, redis: Redis, snapshot: CopyS
       { msg: resume ? 'resuming the copy' : 'copying tables', resumed: !!resume },
     );
     await queues.settle();
-    tracker.commit(snapshot.lsn, true);
+    // A resumed copy is acknowledged at the slot's position, not the new snapshot's: the stream
+    // must still replay what lies between them.
+    tracker.commit(resume?.slotLsn ?? snapshot.lsn, true);
     log.info({ tables: copies.length, rows: copies.reduce((sum, copy) => sum + copy.rows, 0) }, 'copy enqueued');
-    return resume ? [...resume.keys()] : copies.map((copy) => copy.relation.oid);
+    return resume ? [...resume.progress.keys()] : copies.map((copy) => copy.relation.oid);
   } finally {
     await Promise.all(connections.map((client) => client.end().catch(() => {})));
   }

@@ -164,7 +164,7 @@ export class Producer {
         this.copyApplied = false;
         this.position.lsn = slot.confirmedFlush;
         await writePipelineState(this.redis, options.pipeline, { copy: 'started' });
-        const copied = await withExportedSnapshot(options.pgUrl, (snapshot) => copyTables(session, this.redis, snapshot, resume));
+        const copied = await withExportedSnapshot(options.pgUrl, (snapshot) => copyTables(session, this.redis, snapshot, { progress: resume, slotLsn: slot.confirmedFlush }));
         this.tables = new Set(copied);
         await writePipelineState(this.redis, options.pipeline, { copy: 'enqueued', tables: copied });
       } else if (needsCopy) {
