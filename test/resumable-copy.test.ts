@@ -1,9 +1,11 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { useBigQueryEmulator } from './support/bigquery-emulator.js';
 import { type CliProcess, TestPipeline, duckdbRows, postgresRows, runCli, waitFor } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
+const bq = useBigQueryEmulator(test);
 
 /** Ranges recorded as copied, per table, from the producer's record in Redis. */
 async function rangesDone(pipeline: string): Promise<Record<string, { done: number; total: number }>> {
@@ -11,8 +13,8 @@ async function rangesDone(pipeline: string): Promise<Record<string, { done: numb
   return Object.fromEntries(Object.values(raw).map((text) => JSON.parse(text)).map((progress) => [progress.name, { done: progress.done.length, total: progress.ranges }]));
 }
 
-test('a large table is copied in CTID ranges over several connections and continues after the producer is killed twice mid-copy', async (t) => {
-  const pipeline = new TestPipeline(env.pg, env.redis.url, 'resume', ['main']);
+test('a large table is copied in CTID ranges over several connections and continues after the producer is killed twice mid-copy (DuckDB and BigQuery)', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'resume', ['main', 'warehouse']);
   await env.pg.query(`
     CREATE TABLE big (id bigint PRIMARY KEY, payload text, n int);
     INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text), 0 FROM generate_series(1, 300000) g;
@@ -25,7 +27,7 @@ test('a large table is copied in CTID ranges over several connections and contin
   const copyFlags = ['--copy-range-blocks', '60', '--copy-connections', '3', '--copy-chunk-rows', '2000', '--max-backlog-batches', '6'];
   let producer: CliProcess = pipeline.producer(copyFlags);
   const runs: CliProcess[] = [producer];
-  const consumer = pipeline.duckdb('main');
+  const consumers = [pipeline.duckdb('main'), pipeline.bigquery('warehouse', bq.emulator.url, 'resume_test')];
   let writing = true;
   const load = (async () => {
     for (let round = 1; writing; round++) {
@@ -64,7 +66,7 @@ test('a large table is copied in CTID ranges over several connections and contin
   } finally {
     writing = false;
     await load.catch(() => {});
-    await Promise.all([producer.stop(), consumer.stop()]);
+    await Promise.all([producer.stop(), ...consumers.map((consumer) => consumer.stop())]);
   }
   // Each restart copied only the ranges not yet recorded: its log says how many remained.
   for (const [index, run] of runs.slice(1).entries()) {
@@ -76,4 +78,6 @@ test('a large table is copied in CTID ranges over several connections and contin
   }
   t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.big', ['id', 'payload', 'n']), await postgresRows(env.pg, 'big', ['id', 'payload', 'n']));
   t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.zbag', ['label', 'n']), await postgresRows(env.pg, 'zbag', ['label', 'n']));
+  t.deepEqual(await bq.emulator.tableRows('resume_test', 'big', ['id', 'payload', 'n']), await postgresRows(env.pg, 'big', ['id', 'payload', 'n']), 'BigQuery: big');
+  t.deepEqual(await bq.emulator.tableRows('resume_test', 'zbag', ['label', 'n']), await postgresRows(env.pg, 'zbag', ['label', 'n']), 'BigQuery: zbag');
 });
