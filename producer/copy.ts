@@ -53,9 +53,7 @@ export async function copyTables(session: Session, redis: Redis, snapshot: CopyS
         await redis.hset(keys.copyProgress(options.pipeline), String(table.oid), JSON.stringify(progress));
       }
       // A resumed copy's rows may have reached the queues before the restart (ranges in flight): they replace by key.
-      const copy = new TableCopy(session, relation, table.rowFilter, parseLsn(progress.snapshotLsn), run, progress === earlier);
-      copy.progress = progress;
-      copies.push(copy);
+      copies.push(new TableCopy(session, relation, table.rowFilter, progress, { run, merge: progress === earlier }));
     }
     tracker.begin();
     await copyInRanges(
@@ -161,24 +159,35 @@ async function heapBlocks(client: pg.Client, tableOid: number): Promise<number> 
  * which chunk is its last (the final chunk of the last range to finish).
  */
 export class TableCopy {
-  progress?: TableCopyProgress;
   rows = 0;
   private chunks = 0;
   private unfinished = 0;
+  /** The copy's identity: its rows carry version (snapshotLsn, 0). */
+  private readonly snapshotLsn: Lsn;
+  private readonly room: () => Promise<void>;
 
   constructor(
     private readonly session: Session,
     readonly relation: Relation,
     private readonly rowFilter: string | null,
-    private readonly snapshotLsn: Lsn,
-    private readonly run: number,
-    private readonly merge: boolean,
-    private readonly destinations?: string[],
-    private readonly room: () => Promise<void> = () => waitForRoom(session),
-  ) {}
+    /** Its ranges and those already done (updated as ranges finish). */
+    private readonly progress: TableCopyProgress,
+    private readonly options: {
+      /** This copy run's number: chunk numbers start at run × 2³². */
+      run: number;
+      /** Rows replace stored rows with their key (a resumed copy). */
+      merge: boolean;
+      /** Only these destinations (a resync for one); all by default. */
+      destinations?: string[];
+      room?: () => Promise<void>;
+    },
+  ) {
+    this.snapshotLsn = parseLsn(progress.snapshotLsn);
+    this.room = options.room ?? (() => waitForRoom(session));
+  }
 
   remainingRanges(): number[] {
-    const progress = this.progress!;
+    const progress = this.progress;
     const ranges = Array.from({ length: progress.ranges }, (_, index) => index).filter((index) => !progress.done.includes(index));
     this.unfinished = ranges.length;
     return ranges;
@@ -219,7 +228,7 @@ export class TableCopy {
 
   /** Marks a range as copied, in Redis: a restart continues with the others. */
   async recordRange(redis: Redis, range: number, rows: number): Promise<void> {
-    const progress = this.progress!;
+    const progress = this.progress;
     progress.done.push(range);
     progress.rows += rows;
     progress.updatedAt = Date.now();
@@ -227,7 +236,7 @@ export class TableCopy {
   }
 
   private ctidRange(range: number): string | undefined {
-    const { ranges, rangeBlocks } = this.progress!;
+    const { ranges, rangeBlocks } = this.progress;
     if (ranges === 1) return undefined;
     const from = `ctid >= '(${range * rangeBlocks},0)'::tid`;
     return range === ranges - 1 ? from : `${from} AND ctid < '(${(range + 1) * rangeBlocks},0)'::tid`;
@@ -237,7 +246,7 @@ export class TableCopy {
     const { options, epoch, sequencer, queues } = this.session;
     const partition = partitionOf(this.relation.oid, options.partitions);
     const seq = sequencer.next(partition);
-    const chunk = this.run * RUN_STRIDE + this.chunks++;
+    const chunk = this.options.run * RUN_STRIDE + this.chunks++;
     const batch: Batch = {
       pipeline: options.pipeline,
       partition,
@@ -245,9 +254,9 @@ export class TableCopy {
       seq,
       relations: [this.relation],
       changes: [],
-      copy: { relation: 0, snapshotLsn: this.snapshotLsn, chunk, last, rows: ready.rows, csv: ready.csv, ...(this.merge ? { merge: true } : {}) },
+      copy: { relation: 0, snapshotLsn: this.snapshotLsn, chunk, last, rows: ready.rows, csv: ready.csv, ...(this.options.merge ? { merge: true } : {}) },
     };
-    queues.enqueue(batch, ready.csv.length, this.destinations);
+    queues.enqueue(batch, ready.csv.length, this.options.destinations);
     onBatch({ partition, seq });
     this.rows += ready.rows;
   }

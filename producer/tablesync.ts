@@ -38,9 +38,8 @@ export async function copyTablesAtNewSnapshot(
           continue;
         }
         const relation = await describeTable(client, table, catalog);
-        const copy = new TableCopy(session, relation, table.rowFilter, snapshot.lsn, 0, false, destinations, waitForRoom);
-        copy.progress = await planRanges(client, table, snapshot.lsn, options.copyRangeBlocks);
-        copies.push(copy);
+        const ranges = await planRanges(client, table, snapshot.lsn, options.copyRangeBlocks);
+        copies.push(new TableCopy(session, relation, table.rowFilter, ranges, { run: 0, merge: false, destinations, room: waitForRoom }));
       }
       await copyInRanges(
         connections,
