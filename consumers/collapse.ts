@@ -19,12 +19,17 @@ export interface CollapsedChanges {
  * Unchanged TOASTed values are filled from an earlier image in the run where there is one.
  */
 export function collapseByKey(keyColumns: number[], changes: RowChange[]): CollapsedChanges {
-  const keyOf = (values: Value[]) => JSON.stringify(keyColumns.map((index) => values[index]));
+  // Key columns are never NULL (primary key or replica identity index): one column's text is its key.
+  const single = keyColumns.length === 1 ? keyColumns[0] : -1;
+  const keyOf = (values: Value[]) => (single >= 0 ? (values[single] as string) : JSON.stringify(keyColumns.map((index) => values[index])));
+  const keyValues = new Map<string, Value[]>();
   const finalImages = new Map<string, Value[] | null>();
   const lookups = new Map<Value[], Value[]>();
   for (const change of changes) {
     if (change.op === 'delete') {
-      finalImages.set(keyOf(change.old!), null);
+      const key = keyOf(change.old!);
+      keyValues.set(key, change.old!);
+      finalImages.set(key, null);
       continue;
     }
     const row = [...change.row!];
@@ -41,12 +46,15 @@ export function collapseByKey(keyColumns: number[], changes: RowChange[]): Colla
         lookups.set(row, keyColumns.map((index) => oldValues[index]));
       }
     }
-    if (oldKey !== key) finalImages.set(oldKey, null);
+    if (oldKey !== key) {
+      keyValues.set(oldKey, oldValues);
+      finalImages.set(oldKey, null);
+    }
     finalImages.set(key, row);
   }
   return {
     rows: [...finalImages.values()].filter((row): row is Value[] => row !== null),
-    deletedKeys: [...finalImages].filter(([, row]) => row === null).map(([key]) => JSON.parse(key) as Value[]),
+    deletedKeys: [...finalImages].filter(([, row]) => row === null).map(([key]) => keyColumns.map((index) => keyValues.get(key)![index])),
     lookups,
   };
 }

@@ -40,8 +40,12 @@ function planChanges(batch: Batch, states: Map<number, TableState>) {
     states.get(relation.oid) ?? { copyLsn: 0n, copyChunk: -1, copyDone: false, applied: { lsn: 0n, ordinal: 0 } };
   const isNew = (relation: Relation, change: { version: RowChange['version'] }) =>
     compareVersions(change.version, current(relation).applied) > 0;
-  const advance = (relation: Relation, change: { version: RowChange['version'] }) =>
-    updated.set(relation.oid, { ...current(relation), applied: change.version });
+  const advance = (relation: Relation, change: { version: RowChange['version'] }) => {
+    // The batch's own copy of the state is updated in place: one object per table, not per change.
+    const state = updated.get(relation.oid);
+    if (state) state.applied = change.version;
+    else updated.set(relation.oid, { ...current(relation), applied: change.version });
+  };
 
   for (const change of batch.changes) {
     if (change.op === 'truncate') {
