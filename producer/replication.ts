@@ -6,7 +6,7 @@ import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 export const PG_EPOCH_MS = 946_684_800_000;
 
 export interface StreamHandlers {
-  /** One pgoutput message, with the WAL position the server had sent up to. */
+  /** One pgoutput message, with the WAL position the server had sent up to. The buffer is valid only during the call. */
   onData(message: Buffer, walEnd: Lsn): void;
   /** A primary keepalive: the server's WAL end, and whether it wants an answer now. */
   onKeepalive(walEnd: Lsn, replyRequested: boolean): void;
@@ -58,9 +58,9 @@ export class ReplicationConnection {
     connection.on('copyData', ({ chunk }: { chunk: Buffer }) => {
       const kind = chunk[0];
       if (kind === 0x77 /* w: XLogData */) {
-        // pg hands out views into its read buffer, which it reuses for later socket data: copy
-        // the message, since it is processed after this callback returns.
-        handlers.onData(Buffer.from(chunk.subarray(25)), chunk.readBigUInt64BE(9));
+        // A view into pg's read buffer, which it reuses for later socket data: the handler must
+        // take what it needs before returning.
+        handlers.onData(chunk.subarray(25), chunk.readBigUInt64BE(9));
       } else if (kind === 0x6b /* k: keepalive */) {
         handlers.onKeepalive(chunk.readBigUInt64BE(1), chunk[17] === 1);
       }

@@ -10,7 +10,8 @@ import { PG_EPOCH_MS, type ReplicationConnection } from './replication.js';
 import type { TableSync } from './tablesync.js';
 
 /** What arrives from the walsender, in order: a pgoutput message, or the WAL end of a keepalive. */
-type Arrival = { message: Buffer } | { walEnd: Lsn };
+/** A decoded pgoutput message and its size on the wire, or a keepalive's WAL end. */
+type Arrival = { decoded: PgoutputMessage; bytes: number } | { walEnd: Lsn };
 
 /** Arrivals held before reading pauses, and the level at which it resumes. */
 const INBOX_HIGH = 4096;
@@ -114,12 +115,12 @@ export async function streamSlot(
             sendStatus();
           }
         } else {
-          const decoded = decodePgoutput(arrival.message);
+          const { decoded } = arrival;
           if (decoded.tag === 'relation') {
             batcher.setRelation(await describe(decoded, batcher.knownRelation(decoded.oid)));
             tableSync.noticeRelation(decoded.oid);
           } else {
-            apply(decoded, arrival.message.length);
+            apply(decoded, arrival.bytes);
           }
           lastActivity = Date.now();
           if (watcher.isFull) setPaused('backlog', true);
@@ -143,7 +144,14 @@ export async function streamSlot(
   };
 
   const streaming = replication.start(options.slot, options.publication, 0n, {
-    onData: (message) => receive({ message }),
+    // Decoded at once: the message is a view into pg's read buffer, which the next read reuses.
+    onData: (message) => {
+      try {
+        receive({ decoded: decodePgoutput(message), bytes: message.length });
+      } catch (error) {
+        fail(error as Error);
+      }
+    },
     onKeepalive: (walEnd, replyRequested) => {
       if (replyRequested) sendStatus();
       receive({ walEnd });
