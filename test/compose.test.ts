@@ -12,12 +12,14 @@ import { useServices } from './support/services.js';
  */
 const ROOT = join(process.cwd());
 const compose = parse(readFileSync(join(ROOT, 'docker-compose.yml'), 'utf8'));
-const services: Record<string, { build?: string; image?: string; command: string[]; environment?: Record<string, string>; volumes?: string[]; depends_on?: unknown }> = compose.services;
+const services: Record<string, { build?: string; image?: string; command: string[]; environment?: Record<string, string>; volumes?: string[]; depends_on?: unknown; profiles?: string[] }> = compose.services;
 
 const env = useServices(test);
 
 test('the compose file has Postgres with wal_level=logical, Redis, the producer and both consumers, and its references resolve', (t) => {
-  t.deepEqual(Object.keys(services).sort(), ['demo-traffic', 'duckdb', 'postgres', 'producer', 'redis', 'stdout']);
+  t.deepEqual(Object.keys(services).sort(), ['bigquery', 'demo-traffic', 'duckdb', 'postgres', 'producer', 'redis', 'stdout']);
+  t.deepEqual(services.bigquery.profiles, ['bigquery'], 'BigQuery (which needs credentials) starts only with --profile bigquery');
+  t.deepEqual(services.bigquery.command.slice(0, 2), ['consumer', 'bigquery']);
   t.true(services.postgres.command.includes('wal_level=logical'));
   for (const [name, service] of Object.entries(services)) {
     t.true(Boolean(service.build ?? service.image), `${name} has an image or a build`);
@@ -26,6 +28,7 @@ test('the compose file has Postgres with wal_level=logical, Redis, the producer 
     for (const dependency of dependencies) t.truthy(services[dependency], `${name} depends on existing service ${dependency}`);
     for (const volume of service.volumes ?? []) {
       const source = volume.split(':')[0];
+      if (source.startsWith('${')) continue; // the user's own file, named by an environment variable
       if (source.startsWith('.')) t.true(existsSync(join(ROOT, source)), `${name} mounts existing ${source}`);
       else t.true(source in (compose.volumes ?? {}), `${name} uses declared volume ${source}`);
     }
