@@ -34,6 +34,7 @@ export async function copyTables(session: Session, redis: Redis, snapshot: CopyS
   try {
     const client = connections[0];
     const run = await redis.hincrby(keys.state(options.pipeline), 'copyRun', 1);
+    const rangeScans = await scansCtidRanges(client);
     const catalog = new Catalog(client);
     const copies: TableCopy[] = [];
     for (const table of await publicationTables(client, options.publication)) {
@@ -49,7 +50,7 @@ export async function copyTables(session: Session, redis: Redis, snapshot: CopyS
       } else {
         // Keyless tables cannot be mended by key: an unfinished one is copied anew, at the new snapshot.
         if (earlier && earlier.done.length === earlier.ranges) continue;
-        progress = await planRanges(client, table, snapshot.lsn, options.copyRangeBlocks);
+        progress = await planRanges(client, table, snapshot.lsn, options.copyRangeBlocks, rangeScans);
         await redis.hset(keys.copyProgress(options.pipeline), String(table.oid), JSON.stringify(progress));
       }
       // A resumed copy's rows may have reached the queues before the restart (ranges in flight): they replace by key.
@@ -100,9 +101,13 @@ export async function copyInRanges(
   await Promise.all(connections.map(worker));
 }
 
-/** Cuts a table's copy into CTID ranges of `rangeBlocks` heap blocks (one range before Postgres 14, or for a partitioned table). */
-export async function planRanges(client: pg.Client, table: PublishedTable, snapshotLsn: Lsn, rangeBlocks: number): Promise<TableCopyProgress> {
-  const rangeScans = Number((await client.query('SHOW server_version_num')).rows[0].server_version_num) >= 140000;
+/** Whether the server scans CTID ranges directly (Postgres 14+); older ones would read the whole table per range. */
+export async function scansCtidRanges(client: pg.Client): Promise<boolean> {
+  return Number((await client.query('SHOW server_version_num')).rows[0].server_version_num) >= 140000;
+}
+
+/** Cuts a table's copy into CTID ranges of `rangeBlocks` heap blocks (one range without range scans, or for a partitioned table). */
+export async function planRanges(client: pg.Client, table: PublishedTable, snapshotLsn: Lsn, rangeBlocks: number, rangeScans: boolean): Promise<TableCopyProgress> {
   const ranges = rangeScans && table.kind === 'r' ? Math.max(1, Math.ceil((await heapBlocks(client, table.oid)) / rangeBlocks)) : 1;
   return { schema: table.schema, name: table.name, snapshotLsn: formatLsn(snapshotLsn), ranges, rangeBlocks, done: [], rows: 0, startedAt: Date.now() };
 }

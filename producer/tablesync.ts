@@ -7,7 +7,7 @@ import { type Lsn, formatLsn } from '../shared/lsn.js';
 import { writePipelineState } from '../shared/redis.js';
 import type { PendingEntry } from './acks.js';
 import { Catalog, describeTable, publicationTables } from './catalog.js';
-import { TableCopy, copyInRanges, openSnapshotConnections, planRanges, withExportedSnapshot } from './copy.js';
+import { TableCopy, copyInRanges, openSnapshotConnections, planRanges, scansCtidRanges, withExportedSnapshot } from './copy.js';
 import { POLL_MS, type Session } from './options.js';
 
 /**
@@ -31,6 +31,7 @@ export async function copyTablesAtNewSnapshot(
       const published = await publicationTables(client, options.publication);
       const catalog = new Catalog(client);
       const copies: TableCopy[] = [];
+      const rangeScans = await scansCtidRanges(client);
       for (const tableOid of tableOids) {
         const table = published.find((candidate) => candidate.oid === tableOid);
         if (!table) {
@@ -38,7 +39,7 @@ export async function copyTablesAtNewSnapshot(
           continue;
         }
         const relation = await describeTable(client, table, catalog);
-        const ranges = await planRanges(client, table, snapshot.lsn, options.copyRangeBlocks);
+        const ranges = await planRanges(client, table, snapshot.lsn, options.copyRangeBlocks, rangeScans);
         copies.push(new TableCopy(session, relation, table.rowFilter, ranges, { run: 0, merge: false, destinations, room: waitForRoom }));
       }
       await copyInRanges(

@@ -360,7 +360,7 @@ class Script {
     }
     if (row.lookup) {
       const lookup = row.lookup;
-      columns.keyIndexes().forEach((index, position) => {
+      columns.keyIndexes.forEach((index, position) => {
         const value = lookup[position];
         if (typeof value === 'string') line[`k${position}`] = columns.typeOf(index).stage(value);
       });
@@ -414,37 +414,40 @@ class Columns {
   readonly tableName: string;
   /** The step's columns that still exist in the final table, by their index in the step. */
   readonly mapped: { index: number; column: Column; type: BigQueryType }[] = [];
+  /** The step's key columns, by index in the step: computed once, used for every staged row. */
+  readonly keyIndexes: number[];
   /** Final columns the step does not know, which had a default when they were added. */
   private readonly filled: Column[];
+  private readonly byIndex = new Map<number, { column: Column; type: BigQueryType }>();
 
   constructor(
-    private readonly relation: Relation,
+    relation: Relation,
     private readonly shape: Shape,
   ) {
     this.source = relation.columns;
     this.tableName = qualifiedName(relation);
     relation.columns.forEach((column, index) => {
       const final = counterpart(column, shape.columns);
-      if (final) this.mapped.push({ index, column: final, type: bigQueryType(final) });
+      if (!final) return;
+      const entry = { index, column: final, type: bigQueryType(final) };
+      this.mapped.push(entry);
+      this.byIndex.set(index, entry);
     });
+    this.keyIndexes = relation.columns.flatMap((column, index) => (column.isKey ? [index] : []));
     const known = new Set(this.mapped.map(({ column }) => column));
     this.filled = shape.columns.filter((column) => !known.has(column) && column.missingValue !== undefined);
   }
 
   target(index: number): string {
-    return ident(bigQueryName(this.mapped.find((entry) => entry.index === index)!.column.name));
+    return ident(bigQueryName(this.byIndex.get(index)!.column.name));
   }
 
   typeOf(index: number): BigQueryType {
-    return this.mapped.find((entry) => entry.index === index)!.type;
+    return this.byIndex.get(index)!.type;
   }
 
   cast(index: number, value: string): string {
     return this.typeOf(index).cast(value);
-  }
-
-  keyIndexes(): number[] {
-    return this.relation.columns.flatMap((column, index) => (column.isKey ? [index] : []));
   }
 
   names(): string {
