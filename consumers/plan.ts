@@ -1,4 +1,4 @@
-import type { Batch, Relation, RowChange } from '../shared/events.js';
+import { type Batch, type CopyChunk, type Relation, type RowChange, qualifiedName } from '../shared/events.js';
 import { compareVersions } from '../shared/lsn.js';
 import type { Step, TableState } from './destination.js';
 
@@ -11,15 +11,20 @@ export function planBatch(batch: Batch, states: Map<number, TableState>): { step
   return batch.copy ? planCopy(batch, states) : planChanges(batch, states);
 }
 
+/** Whether a copy chunk still has to be applied to a table in this state (its rows are then read from Redis). */
+export function copyIsNew(copy: CopyChunk, state: TableState | undefined): boolean {
+  if (!state) return true;
+  if (state.copyLsn > copy.snapshotLsn) return false; // a newer copy superseded this one
+  return !(state.copyLsn === copy.snapshotLsn && (state.copyDone || state.copyChunk >= copy.chunk)); // else delivered again
+}
+
 function planCopy(batch: Batch, states: Map<number, TableState>) {
   const copy = batch.copy!;
   const relation = batch.relations[copy.relation];
   const state = states.get(relation.oid);
   const updated = new Map<number, TableState>();
-  if (state && state.copyLsn > copy.snapshotLsn) return { steps: [], states: updated }; // a newer copy superseded this one
-  if (state && state.copyLsn === copy.snapshotLsn && (state.copyDone || state.copyChunk >= copy.chunk)) {
-    return { steps: [], states: updated }; // delivered again
-  }
+  if (!copyIsNew(copy, state)) return { steps: [], states: updated };
+  if (copy.rows > 0 && !copy.csv) throw new Error(`copy chunk ${copy.id} of ${qualifiedName(relation)} was planned before its rows were read`);
   // Chunks of one copy reach a table's partition queue in increasing order, so the first one
   // seen of a copy is its first: it replaces the table.
   const first = !state || state.copyLsn !== copy.snapshotLsn;
@@ -29,7 +34,7 @@ function planCopy(batch: Batch, states: Map<number, TableState>) {
     copyDone: copy.last,
     applied: { lsn: copy.snapshotLsn, ordinal: 0 },
   });
-  return { steps: [{ kind: 'copy', relation, replace: first, merge: copy.merge ?? false, csv: copy.csv, rows: copy.rows }] as Step[], states: updated };
+  return { steps: [{ kind: 'copy', relation, replace: first, merge: copy.merge ?? false, csv: copy.csv ?? Buffer.alloc(0), rows: copy.rows }] as Step[], states: updated };
 }
 
 function planChanges(batch: Batch, states: Map<number, TableState>) {

@@ -1,13 +1,14 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type Job, WaitingError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
+import { readChunk, releaseChunk } from '../shared/chunks.js';
 import { type EncodedBatch, decodeBatch } from '../shared/codec.js';
 import { errorMessage } from '../shared/errors.js';
 import { QUEUE_PREFIX, formatApplied, keys, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { connectRedis, readPipelineState } from '../shared/redis.js';
 import { type Destination, PermanentError } from './destination.js';
-import { planBatch } from './plan.js';
+import { copyIsNew, planBatch } from './plan.js';
 
 export interface RunnerOptions {
   redisUrl: string;
@@ -112,7 +113,11 @@ export class ConsumerRunner {
     const started = Date.now();
     for (let attempt = 1; ; attempt++) {
       try {
-        const plan = planBatch(batch, await this.destination.tableStates(batch.relations));
+        const states = await this.destination.tableStates(batch.relations);
+        if (batch.copy?.id && !batch.copy.csv && copyIsNew(batch.copy, states.get(batch.relations[batch.copy.relation].oid))) {
+          batch.copy.csv = await this.readChunk(batch.copy.id);
+        }
+        const plan = planBatch(batch, states);
         if (plan.steps.length > 0 || plan.states.size > 0) await this.destination.apply(plan.steps, plan.states);
         break;
       } catch (error) {
@@ -134,10 +139,17 @@ export class ConsumerRunner {
       }
     }
     await this.redis.hset(keys.applied(this.options.pipeline, this.options.name), String(batch.partition), formatApplied(batch.epoch, batch.seq));
+    if (batch.copy?.id) await releaseChunk(this.redis, this.options.pipeline, batch.copy.id, this.options.name);
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
     const lagMs = batch.committedAt === undefined ? undefined : Date.now() - batch.committedAt;
     log.debug({ partition: batch.partition, changes: batch.changes.length, copyRows: batch.copy?.rows, applyMs: Date.now() - started, lagMs }, 'batch applied');
     if (this.unhealthy.has(batch.partition)) await this.report(batch.partition, { state: 'ok' });
+  }
+
+  private async readChunk(id: string): Promise<Buffer> {
+    const csv = await readChunk(this.redis, this.options.pipeline, id);
+    if (!csv) throw new Error(`copy chunk ${id} is missing from Redis (was Redis flushed or restarted without persistence?); the producer copies the tables again once it notices`);
+    return csv;
   }
 
   private async report(partition: number, health: Health): Promise<void> {

@@ -8,6 +8,7 @@ import { type Lsn, formatLsn, parseLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import type { TableCopyProgress } from '../shared/redis.js';
 import { Catalog, type PublishedTable, describeTable, publicationTables } from './catalog.js';
+import { ChunkWriter } from './chunkwriter.js';
 import { CopyOut } from './copyout.js';
 import { POLL_MS, type Session } from './options.js';
 import { quoteIdent } from './replication.js';
@@ -204,30 +205,41 @@ export class TableCopy {
   }
 
   /**
-   * Streams one range with COPY (CSV) into chunk batches of whole rows, passed through as they
-   * come from Postgres; never holds more than one chunk. A range's final chunk is held back
-   * until the range ends, so the table's last chunk can be marked as such.
+   * Streams one range with COPY (CSV) into chunks of whole rows, written to Redis as they come
+   * from Postgres (producer/chunkwriter) and cut at --copy-chunk-rows or --copy-chunk-bytes. A
+   * range's first chunks are smaller (a quarter, then half the rows), so destinations start
+   * while the rest is still read. The chunk still open when the table's last range ends is
+   * marked as the table's last.
    */
   async copyRange(client: pg.Client, range: number, onBatch: (batch: { partition: number; seq: number }) => void): Promise<number> {
     const { relation } = this;
     const columns = relation.columns.map((column) => quoteIdent(column.name)).join(', ');
     const conditions = [this.rowFilter, this.ctidRange(range)].filter((condition) => condition);
     const where = conditions.length > 0 ? ` WHERE ${conditions.map((condition) => `(${condition})`).join(' AND ')}` : '';
-    const { copyChunkRows, maxBatchBytes } = this.session.options;
-    const copyOut = new CopyOut(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (FORMAT csv)`, maxBatchBytes, copyChunkRows);
+    const { copyChunkRows, copyChunkBytes, pipeline } = this.session.options;
+    const copyOut = new CopyOut(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (FORMAT csv)`);
     client.query(copyOut as never);
     const before = this.rows;
-    let held: { csv: Buffer; rows: number } | undefined;
-    for await (const { data, rows } of copyOut) {
+    const targets = this.options.destinations ?? this.session.queues.destinations;
+    let open: ChunkWriter | undefined;
+    let sealed = 0;
+    for await (const piece of copyOut) {
       if (this.session.signal.aborted) throw new Error('the producer session ended during a table copy');
-      if (held) this.send(held, false, onBatch);
-      held = { csv: data, rows };
-      await this.room();
+      open ??= new ChunkWriter(this.session.redis, pipeline, this.session.epoch, this.partition);
+      await open.write(piece.data, piece.rows);
+      const scale = 2 ** Math.max(0, 2 - sealed);
+      if (open.rows >= copyChunkRows / scale || open.bytes >= copyChunkBytes / scale) {
+        await open.seal(targets);
+        this.send(open, false, targets, onBatch);
+        open = undefined;
+        sealed++;
+        await this.room();
+      }
     }
-    const final = held ?? { csv: Buffer.alloc(0), rows: 0 };
+    await open?.seal(targets);
     const lastOfTable = --this.unfinished === 0;
-    // An empty range adds nothing; the table's last chunk is sent even empty, to complete the copy.
-    if (final.rows > 0 || lastOfTable) this.send(final, lastOfTable, onBatch);
+    // The table's last chunk is sent even empty, to complete the copy.
+    if (open || lastOfTable) this.send(open, lastOfTable, targets, onBatch);
     return this.rows - before;
   }
 
@@ -247,11 +259,17 @@ export class TableCopy {
     return range === ranges - 1 ? from : `${from} AND ctid < '(${(range + 1) * rangeBlocks},0)'::tid`;
   }
 
-  private send(ready: { csv: Buffer; rows: number }, last: boolean, onBatch: (batch: { partition: number; seq: number }) => void): void {
+  private get partition(): number {
+    return partitionOf(this.relation.oid, this.session.options.partitions);
+  }
+
+  private send(ready: ChunkWriter | undefined, last: boolean, targets: string[], onBatch: (batch: { partition: number; seq: number }) => void): void {
     const { options, epoch, sequencer, queues } = this.session;
-    const partition = partitionOf(this.relation.oid, options.partitions);
+    const partition = this.partition;
     const seq = sequencer.next(partition);
     const chunk = this.options.run * RUN_STRIDE + this.chunks++;
+    const rows = ready?.rows ?? 0;
+    const bytes = ready?.bytes ?? 0;
     const batch: Batch = {
       pipeline: options.pipeline,
       partition,
@@ -259,11 +277,11 @@ export class TableCopy {
       seq,
       relations: [this.relation],
       changes: [],
-      copy: { relation: 0, snapshotLsn: this.snapshotLsn, chunk, last, rows: ready.rows, csv: ready.csv, ...(this.options.merge ? { merge: true } : {}) },
+      copy: { relation: 0, snapshotLsn: this.snapshotLsn, chunk, last, rows, bytes, ...(ready ? { id: ready.id } : {}), ...(this.options.merge ? { merge: true } : {}) },
     };
-    queues.enqueue(batch, ready.csv.length, this.options.destinations);
+    queues.enqueue(batch, bytes, targets);
     onBatch({ partition, seq });
-    this.rows += ready.rows;
+    this.rows += rows;
   }
 }
 

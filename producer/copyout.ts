@@ -5,9 +5,11 @@ const COPY_DATA = 0x64; // 'd'
 const COPY_DONE = 0x63; // 'c'
 const ERROR_RESPONSE = 0x45; // 'E'
 const HEADER = 5;
+/** Pieces waiting to be taken before the socket is paused. */
+const MAX_QUEUED_BYTES = 1024 * 1024;
 
-/** A run of whole rows of COPY output, and how many. */
-export interface CopyChunk {
+/** Whole rows of COPY output, and how many. */
+export interface CopyPiece {
   data: Buffer;
   rows: number;
 }
@@ -18,11 +20,13 @@ interface PgConnection {
 }
 
 /**
- * `COPY … TO STDOUT` read straight off a `pg` connection, one CopyData message at a time.
- * Postgres sends each row as its own message, so chunks end on row boundaries and rows are
- * counted without looking at the data (no CSV scanning), and each row's bytes are copied
- * once, into its chunk. Submit it with `client.query(copyOut)`, then iterate the chunks; the
- * socket is paused while a chunk waits to be taken, so memory stays at about two chunks.
+ * `COPY … TO STDOUT` read straight off a `pg` connection. Postgres sends each row as its own
+ * CopyData message; each socket read is turned, in place, into one piece of whole rows by
+ * moving the rows over the message headers between them, so rows are counted without looking
+ * at the data (no CSV scanning) and nothing is allocated per row. A row split across reads is
+ * gathered on its own and handed out as a piece of one row. Submit it with
+ * `client.query(copyOut)`, then iterate the pieces; the socket is paused while more than about
+ * a megabyte of pieces waits to be taken.
  *
  * While the copy runs, the connection's data goes to this reader instead of `pg`'s parser;
  * from CopyDone (or an error) on, the rest goes back to `pg`, which finishes the query.
@@ -33,25 +37,16 @@ export class CopyOut {
   private readonly onData = (data: Buffer) => this.parse(data);
   /** Bytes of a message header split across socket reads. */
   private partialHeader = Buffer.alloc(0);
-  /** What remains of the message being read, and whether it is a row. */
+  /** What remains of a message begun in an earlier read; a row's bytes so far are in `split`. */
   private remaining = 0;
-  private inRow = false;
-  private chunk: Buffer;
-  private used = 0;
-  private rows = 0;
-  private readonly ready: CopyChunk[] = [];
+  private split?: { row: Buffer; used: number };
+  private readonly ready: CopyPiece[] = [];
+  private readyBytes = 0;
   private finished = false;
   private failure?: Error;
   private wake?: () => void;
 
-  constructor(
-    private readonly text: string,
-    /** A chunk is handed out once it holds this many bytes or rows. */
-    private readonly chunkBytes: number,
-    private readonly chunkRows: number,
-  ) {
-    this.chunk = Buffer.allocUnsafe(chunkBytes);
-  }
+  constructor(private readonly text: string) {}
 
   /** Called by `pg` when the query's turn comes. */
   submit(connection: PgConnection): void {
@@ -78,11 +73,12 @@ export class CopyOut {
 
   handleCommandComplete(): void {}
 
-  async *[Symbol.asyncIterator](): AsyncGenerator<CopyChunk> {
+  async *[Symbol.asyncIterator](): AsyncGenerator<CopyPiece> {
     for (;;) {
       const next = this.ready.shift();
       if (next) {
-        if (this.ready.length === 0) this.connection?.stream.resume();
+        this.readyBytes -= next.data.length;
+        if (this.readyBytes < MAX_QUEUED_BYTES) this.connection?.stream.resume();
         yield next;
         continue;
       }
@@ -100,13 +96,23 @@ export class CopyOut {
 
   private parse(data: Buffer): void {
     let position = 0;
+    // Whole rows of this read are moved down to data[0, end).
+    let end = 0;
+    let rows = 0;
     while (position < data.length) {
       if (this.remaining > 0) {
         const take = Math.min(this.remaining, data.length - position);
-        if (this.inRow) this.append(data, position, take);
+        const split = this.split;
+        if (split) {
+          data.copy(split.row, split.used, position, position + take);
+          split.used += take;
+        }
         position += take;
         this.remaining -= take;
-        if (this.remaining === 0 && this.inRow) this.endRow();
+        if (this.remaining === 0 && split) {
+          this.split = undefined;
+          this.push(split.row, 1);
+        }
         continue;
       }
       // A message header: its type byte and length, possibly split across reads.
@@ -121,7 +127,7 @@ export class CopyOut {
         const needed = HEADER - this.partialHeader.length;
         this.partialHeader = Buffer.concat([this.partialHeader, data.subarray(position, position + needed)]);
         position += Math.min(needed, data.length - position);
-        if (this.partialHeader.length < HEADER) return;
+        if (this.partialHeader.length < HEADER) break;
         header = this.partialHeader;
         this.partialHeader = Buffer.alloc(0);
         type = header[0];
@@ -129,40 +135,40 @@ export class CopyOut {
       }
       if (type === COPY_DONE || type === ERROR_RESPONSE) {
         // The rest (CommandComplete, ReadyForQuery, or the error) is pg's to handle.
-        if (this.rows > 0) this.flush();
+        if (rows > 0) this.push(data.subarray(0, end), rows);
         const rest = type === COPY_DONE ? data.subarray(position + length) : header ? Buffer.concat([header, data.subarray(position)]) : data.subarray(position - HEADER);
         this.detach(rest);
         return;
       }
-      this.inRow = type === COPY_DATA;
-      this.remaining = length;
-      if (length === 0 && this.inRow) this.endRow();
+      const available = data.length - position;
+      if (type !== COPY_DATA) {
+        // Not a row (a notice, say): skipped.
+        this.remaining = Math.max(0, length - available);
+        position += Math.min(length, available);
+      } else if (length <= available) {
+        if (end !== position) data.copyWithin(end, position, position + length);
+        end += length;
+        rows++;
+        position += length;
+      } else {
+        // The row goes on in the next read: gathered on its own, after this read's rows.
+        if (rows > 0) this.push(data.subarray(0, end), rows);
+        end = 0;
+        rows = 0;
+        this.split = { row: Buffer.allocUnsafe(length), used: available };
+        data.copy(this.split.row, 0, position);
+        this.remaining = length - available;
+        position = data.length;
+      }
     }
+    if (rows > 0) this.push(data.subarray(0, end), rows);
   }
 
-  private append(data: Buffer, start: number, length: number): void {
-    if (this.used + length > this.chunk.length) {
-      // One row larger than what is left: grow this chunk to hold it.
-      const grown = Buffer.allocUnsafe(Math.max(this.chunk.length * 2, this.used + length));
-      this.chunk.copy(grown, 0, 0, this.used);
-      this.chunk = grown;
-    }
-    data.copy(this.chunk, this.used, start, start + length);
-    this.used += length;
-  }
-
-  private endRow(): void {
-    this.rows++;
-    if (this.rows >= this.chunkRows || this.used >= this.chunkBytes) this.flush();
-  }
-
-  private flush(): void {
-    this.ready.push({ data: this.chunk.subarray(0, this.used), rows: this.rows });
-    this.chunk = Buffer.allocUnsafe(this.chunkBytes);
-    this.used = 0;
-    this.rows = 0;
-    // Backpressure: stop reading until the chunk is taken.
-    this.connection?.stream.pause();
+  private push(data: Buffer, rows: number): void {
+    this.ready.push({ data, rows });
+    this.readyBytes += data.length;
+    // Backpressure: stop reading while the pieces wait to be taken.
+    if (this.readyBytes >= MAX_QUEUED_BYTES) this.connection?.stream.pause();
     this.signal();
   }
 

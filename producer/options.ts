@@ -1,3 +1,4 @@
+import type { Redis } from 'ioredis';
 import type { Lsn } from '../shared/lsn.js';
 import type { AckTracker } from './acks.js';
 import type { Sequencer } from './batcher.js';
@@ -24,6 +25,8 @@ export interface ProducerOptions {
   heartbeatIntervalMs: number;
   copyConnections: number;
   copyChunkRows: number;
+  /** A copy chunk is also cut once it holds this many bytes (it streams into Redis: the producer never holds it). */
+  copyChunkBytes: number;
   /** Heap blocks per CTID range of a table's copy: the unit of parallel copying and of resuming. */
   copyRangeBlocks: number;
 }
@@ -39,13 +42,17 @@ export const PRODUCER_DEFAULTS = {
   statusIntervalMs: 10_000,
   heartbeatIntervalMs: 30_000,
   copyConnections: 2,
-  copyChunkRows: 50_000,
+  // Large chunks: DuckDB writes whole row groups (122 880 rows) of a chunk straight to its file
+  // instead of through its WAL, and every chunk costs a transaction at each destination.
+  copyChunkRows: 4 * 122_880,
+  copyChunkBytes: 64 * 1024 * 1024,
   copyRangeBlocks: 8192,
 } as const;
 
 /** What one producer session (a run from the slot's confirmed position) shares between its copy and its stream. */
 export interface Session {
   options: ProducerOptions;
+  redis: Redis;
   epoch: number;
   sequencer: Sequencer;
   tracker: AckTracker;

@@ -155,10 +155,11 @@ export class Producer {
         epoch,
         ...(copyApplied && !needsCopy ? { copy: 'done' as const } : {}),
       });
+      await queues.releaseOrphanedChunks(epoch);
       const sequencer = new Sequencer(options.partitions);
       const tracker = new AckTracker(epoch);
       const watcher = new AppliedWatcher(this.redis, options, epoch, queues, sequencer, tracker, () => (this.copyApplied = true), () => this.position.lsn);
-      const session: Session = { options, epoch, sequencer, tracker, queues, watcher, signal: ended.signal };
+      const session: Session = { options, redis: this.redis, epoch, sequencer, tracker, queues, watcher, signal: ended.signal };
 
       if (needsCopy && resume && slot) {
         this.copyApplied = false;

@@ -1,8 +1,10 @@
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
+import { chunkKeys, dropUnheldChunks, heldChunks, parseChunkId, releaseChunk } from '../shared/chunks.js';
 import { encodeBatch } from '../shared/codec.js';
 import type { Batch } from '../shared/events.js';
 import { QUEUE_PREFIX, queueName } from '../shared/keys.js';
+import { log } from '../shared/log.js';
 
 /**
  * The producer's side of the queues: one BullMQ queue per (destination, partition). Adds to
@@ -62,6 +64,7 @@ export class BatchQueues {
       await queue.obliterate({ force: true });
       await queue.close();
     }
+    for (const id of await heldChunks(this.redis, this.pipeline)) await releaseChunk(this.redis, this.pipeline, id, destination);
   }
 
   /** Adds the batch to its partition's queue of every destination (or of those named). Errors surface on the next call or on settle(). */
@@ -71,22 +74,46 @@ export class BatchQueues {
     if (!sizes) this.sizes.set(batch.partition, (sizes = []));
     sizes.push([batch.seq, bytes]);
     const data = encodeBatch(batch);
+    // A copy chunk's rows are in Redis already: its job is small, and named after the chunk.
+    const jobId = batch.copy?.id;
+    const addedBytes = batch.copy ? 0 : bytes;
     for (const [destination, perPartition] of this.queues) {
       if (only && !only.includes(destination)) continue;
       const queue = perPartition[batch.partition];
       this.inFlight++;
-      this.inFlightBytes += bytes;
+      this.inFlightBytes += addedBytes;
       const added = (this.tails.get(queue) ?? Promise.resolve())
-        .then(() => queue.add('batch', data, { removeOnComplete: true, removeOnFail: false }))
+        .then(() => queue.add('batch', data, { removeOnComplete: true, removeOnFail: false, ...(jobId ? { jobId } : {}) }))
         .catch((error: Error) => {
           this.failure ??= error;
         })
         .finally(() => {
           this.inFlight--;
-          this.inFlightBytes -= bytes;
+          this.inFlightBytes -= addedBytes;
         });
       this.tails.set(queue, added);
     }
+  }
+
+  /**
+   * Releases copy chunks of earlier producer runs that no queue will deliver: a destination
+   * holds a chunk only while its queue holds the chunk's job (a run that ended between sealing
+   * a chunk and enqueueing it, or a removed destination, leaves holders without jobs), and a
+   * chunk nobody holds was never enqueued at all.
+   */
+  async releaseOrphanedChunks(epoch: number): Promise<void> {
+    let released = await dropUnheldChunks(this.redis, this.pipeline);
+    for (const id of await heldChunks(this.redis, this.pipeline)) {
+      const { epoch: madeBy, partition } = parseChunkId(id);
+      if (madeBy >= epoch) continue;
+      for (const destination of await this.redis.smembers(chunkKeys.holders(this.pipeline, id))) {
+        const queue = this.queues.get(destination)?.[partition];
+        if (queue && (await queue.getJob(id))) continue;
+        await releaseChunk(this.redis, this.pipeline, id, destination);
+        released++;
+      }
+    }
+    if (released > 0) log.info({ released }, 'released copy chunks left behind by an earlier run or a removed destination');
   }
 
   /** Bytes of this partition's batches after `appliedSeq`; forgets the ones at or before it. */

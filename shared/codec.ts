@@ -6,7 +6,7 @@ import { type Lsn, formatLsn, parseLsn } from './lsn.js';
  * Relations travel once per batch, rows as positional arrays, LSNs as Postgres-style strings.
  * `v` lets a consumer refuse a batch made by a producer it does not understand.
  */
-export const CODEC_VERSION = 1;
+export const CODEC_VERSION = 2;
 
 type EncodedColumn = [string, number, number, 0 | 1, EncodedColumnDetails?];
 type EncodedColumnDetails = { a?: number; b?: number; e?: number; d?: number; m?: string };
@@ -23,7 +23,7 @@ export interface EncodedBatch {
   s: number;
   r: EncodedRelation[];
   c: EncodedChange[];
-  k?: [number, string, number, 0 | 1, number, string, 1?];
+  k?: [number, string, number, 0 | 1, number, number, string, 1?];
   t?: number;
 }
 
@@ -46,9 +46,9 @@ export function encodeBatch(batch: Batch): EncodedBatch {
   };
   if (batch.committedAt !== undefined) encoded.t = batch.committedAt;
   if (batch.copy) {
-    const { relation, snapshotLsn, chunk, last, rows, csv, merge } = batch.copy;
-    // Base64: JSON carries it without escaping a character (CSV is full of quotes and newlines).
-    encoded.k = [relation, formatLsn(snapshotLsn), chunk, last ? 1 : 0, rows, csv.toString('base64')];
+    // The rows themselves travel beside the job (shared/chunks), never through its JSON.
+    const { relation, snapshotLsn, chunk, last, rows, bytes, id, merge } = batch.copy;
+    encoded.k = [relation, formatLsn(snapshotLsn), chunk, last ? 1 : 0, rows, bytes, id ?? ''];
     if (merge) encoded.k.push(1);
   }
   return encoded;
@@ -69,8 +69,8 @@ export function decodeBatch(encoded: EncodedBatch): Batch {
   };
   if (encoded.t !== undefined) batch.committedAt = encoded.t;
   if (encoded.k) {
-    const [relation, snapshotLsn, chunk, last, rows, csv, merge] = encoded.k;
-    batch.copy = { relation, snapshotLsn: parseLsn(snapshotLsn), chunk, last: last === 1, rows, csv: Buffer.from(csv, 'base64'), ...(merge === 1 ? { merge: true } : {}) };
+    const [relation, snapshotLsn, chunk, last, rows, bytes, id, merge] = encoded.k;
+    batch.copy = { relation, snapshotLsn: parseLsn(snapshotLsn), chunk, last: last === 1, rows, bytes, ...(id ? { id } : {}), ...(merge === 1 ? { merge: true } : {}) };
   }
   return batch;
 }

@@ -41,6 +41,7 @@ export const producerConfig = z.object({
   heartbeatIntervalMs: positive,
   copyConnections: positive.max(64),
   copyChunkRows: positive,
+  copyChunkBytes: positive,
   copyRangeBlocks: positive,
 });
 

@@ -64,9 +64,16 @@ export type Change = RowChange | TruncateChange;
 export interface CopyChunk {
   /** Index into the batch's relations. */
   relation: number;
-  /** Whole rows in Postgres' CSV COPY format (UTF-8; parse with shared/csv), straight from COPY: no per-value work on the way. */
-  csv: Buffer;
+  /**
+   * Where its rows wait in Redis (shared/chunks): absent for a chunk without rows. The rows are
+   * Postgres' CSV COPY format (UTF-8; parse with shared/csv), straight from COPY: no per-value
+   * work on the way.
+   */
+  id?: string;
+  /** The rows, once read from Redis: set by the consumer only when it applies the chunk. */
+  csv?: Buffer;
   rows: number;
+  bytes: number;
   /** The snapshot LSN the copy was read at: its rows have version (snapshotLsn, 0). */
   snapshotLsn: Lsn;
   /**

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { join } from 'node:path';
-import { CliProcess, TestPipeline, currentWalLsn, duckdbRows, names, postgresRows, tempDir, waitFor, waitForSlotAt } from './support/pipeline.js';
+import { CliProcess, TestPipeline, currentWalLsn, duckdbRows, names, postgresRows, storedChunks, tempDir, waitFor, waitForSlotAt } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -26,6 +26,9 @@ test('copies a publication of several tables, then streams inserts, updates, del
   const stdout = new CliProcess(['consumer', 'stdout', '--name', 'console', ...common]);
   try {
     await waitFor('the copy to be applied', async () => (await env.redis.client.hget(`pgr:{${pipeline}}:state`, 'copy')) === 'done');
+    // Each destination releases a chunk right after recording it applied.
+    await waitFor('every copy chunk to be released', async () => (await storedChunks(env.redis.client, pipeline)).length === 0);
+    t.pass('once both destinations applied the copy, Redis holds none of its rows');
     await env.pg.query(`
       INSERT INTO orders VALUES ('eu', 100001, 'new customer', 10.50, false, 'fresh');
       UPDATE orders SET amount = amount + 1, note = 'updated' WHERE order_id % 7 = 0;

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { useBigQueryEmulator } from './support/bigquery-emulator.js';
-import { type CliProcess, TestPipeline, duckdbRows, postgresRows, runCli, waitFor } from './support/pipeline.js';
+import { type CliProcess, TestPipeline, duckdbRows, postgresRows, runCli, storedChunks, waitFor } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -52,6 +52,12 @@ test('a large table is copied in CTID ranges over several connections and contin
       await producer.kill9();
       t.true(progress.big.done < progress.big.total, `kill ${kill} happened mid-copy (${progress.big.done}/${progress.big.total} ranges)`);
       kills.push(await rangesDone(pipeline.pipeline));
+      // What a kill can leave behind, made certain: rows of a chunk not yet enqueued (no
+      // holders), and a chunk whose holders are set but whose job was never added.
+      const redis = env.redis.client;
+      await redis.set(`pgr:{${pipeline.pipeline}}:chunk:1.0.${kill}`, '1,half written\n');
+      await redis.set(`pgr:{${pipeline.pipeline}}:chunk:1.1.${kill}`, '2,never enqueued\n');
+      await redis.sadd(`pgr:{${pipeline.pipeline}}:chunk-for:1.1.${kill}`, 'main', 'warehouse');
       producer = pipeline.producer(copyFlags);
       runs.push(producer);
     }
@@ -63,6 +69,7 @@ test('a large table is copied in CTID ranges over several connections and contin
     writing = false;
     await load;
     await pipeline.waitForCatchUp();
+    t.deepEqual(await storedChunks(env.redis.client, pipeline.pipeline), [], 'chunks of the killed runs were dropped, every applied one released');
   } finally {
     writing = false;
     await load.catch(() => {});

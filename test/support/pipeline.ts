@@ -187,6 +187,11 @@ export class TestPipeline {
   }
 }
 
+/** Keys of copy chunks (rows and holders) Redis holds for a pipeline. */
+export async function storedChunks(redis: { keys(pattern: string): Promise<string[]> }, pipeline: string): Promise<string[]> {
+  return (await redis.keys(`pgr:{${pipeline}}:chunk*`)).sort();
+}
+
 /**
  * A write load of small transactions: updates of a keyed table, inserts and deletes in a
  * ledger, and every few rounds two transactions committed back to back in one round trip.

@@ -1,0 +1,67 @@
+import type { Redis } from 'ioredis';
+
+/**
+ * The bytes of copy chunks live in Redis beside the queues, not inside job data: the producer
+ * streams COPY output into a Redis string as it arrives (never holding a chunk in memory, never
+ * encoding it as JSON), and the job carries only the chunk's id. One string serves every
+ * destination; a set lists the destinations that still need it, and the last one to release it
+ * deletes both.
+ *
+ * Ids are `epoch.partition.n` (n counts the producer process's chunks): unique across producer runs.
+ */
+export const chunkKeys = {
+  data: (pipeline: string, id: string) => `pgr:{${pipeline}}:chunk:${id}`,
+  holders: (pipeline: string, id: string) => `pgr:{${pipeline}}:chunk-for:${id}`,
+};
+
+export function chunkId(epoch: number, partition: number, n: number): string {
+  return `${epoch}.${partition}.${n}`;
+}
+
+export function parseChunkId(id: string): { epoch: number; partition: number } {
+  const [epoch, partition] = id.split('.').map(Number);
+  return { epoch, partition };
+}
+
+/** The chunk's CSV bytes, or undefined when Redis no longer holds them. */
+export async function readChunk(redis: Redis, pipeline: string, id: string): Promise<Buffer | undefined> {
+  return (await redis.getBuffer(chunkKeys.data(pipeline, id))) ?? undefined;
+}
+
+// Atomic, so that of two destinations releasing at once exactly the last one deletes the bytes;
+// releasing twice (a batch retried after its release) changes nothing.
+const RELEASE = `
+redis.call('SREM', KEYS[2], ARGV[1])
+if redis.call('SCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[1], KEYS[2]) end`;
+
+/** This destination no longer needs the chunk (it applied it, or it was removed). */
+export async function releaseChunk(redis: Redis, pipeline: string, id: string, destination: string): Promise<void> {
+  await redis.eval(RELEASE, 2, chunkKeys.data(pipeline, id), chunkKeys.holders(pipeline, id), destination);
+}
+
+/** Ids of the chunks of this pipeline that some destination still holds. */
+export async function heldChunks(redis: Redis, pipeline: string): Promise<string[]> {
+  const prefix = chunkKeys.holders(pipeline, '');
+  const ids: string[] = [];
+  for await (const found of redis.scanStream({ match: `${prefix}*`, count: 1000 })) {
+    for (const key of found as string[]) ids.push(key.slice(prefix.length));
+  }
+  return ids;
+}
+
+/**
+ * Deletes chunk bytes that no destination was ever given: a producer run that ended while
+ * writing a chunk (before its batch was enqueued, so before its holders were set).
+ */
+export async function dropUnheldChunks(redis: Redis, pipeline: string): Promise<number> {
+  const prefix = chunkKeys.data(pipeline, '');
+  let dropped = 0;
+  for await (const found of redis.scanStream({ match: `${prefix}*`, count: 1000 })) {
+    for (const key of found as string[]) {
+      const id = key.slice(prefix.length);
+      // Only if still without holders when deleted: checked and done in one step.
+      dropped += Number(await redis.eval(`if redis.call('EXISTS', KEYS[2]) == 0 then return redis.call('DEL', KEYS[1]) end return 0`, 2, key, chunkKeys.holders(pipeline, id)));
+    }
+  }
+  return dropped;
+}
