@@ -40,6 +40,7 @@ export interface BatchLimits {
 export class Batcher {
   private readonly relations = new Map<number, Relation>();
   private readonly open = new Map<number, OpenBatch>();
+  private readonly partitionByOid = new Map<number, number>();
   /** Commit time of the transaction being read (ms since the Unix epoch). */
   committedAt: number | undefined;
 
@@ -111,7 +112,9 @@ export class Batcher {
   }
 
   partitionOf(relation: Relation): number {
-    return partitionOf(relation.oid, this.partitions);
+    let partition = this.partitionByOid.get(relation.oid);
+    if (partition === undefined) this.partitionByOid.set(relation.oid, (partition = partitionOf(relation.oid, this.partitions)));
+    return partition;
   }
 
   private flush(partition: number): void {

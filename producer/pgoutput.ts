@@ -1,80 +1,28 @@
-import { UNCHANGED, type Column, type ReplicaIdentity, type Value } from '../shared/events.js';
+import type { Column, ReplicaIdentity } from '../shared/events.js';
 import type { Lsn } from '../shared/lsn.js';
+import { ByteReader } from '../shared/tupledata.js';
 
 /**
  * A decoder for the pgoutput logical decoding protocol, version 1
  * (https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html).
- * Values are kept as the text Postgres sent; nothing goes through pg's global type parsers.
+ * A row change's images are not decoded here: they are passed on as the walsender sent them
+ * (shared/tupledata), to be decoded by the consumer.
  */
 export type PgoutputMessage =
   | { tag: 'begin'; finalLsn: Lsn; commitTime: bigint; xid: number }
   | { tag: 'commit'; commitLsn: Lsn; endLsn: Lsn; commitTime: bigint }
   | { tag: 'relation'; oid: number; schema: string; name: string; replicaIdentity: ReplicaIdentity; columns: Column[] }
   | { tag: 'type'; oid: number; schema: string; name: string }
-  | { tag: 'insert'; relation: number; row: Value[] }
-  | { tag: 'update'; relation: number; row: Value[]; old?: Value[] }
-  | { tag: 'delete'; relation: number; old: Value[] }
+  | { tag: 'insert' | 'update' | 'delete'; relation: number; images: Buffer }
   | { tag: 'truncate'; relations: number[]; cascade: boolean; restartIdentity: boolean }
   | { tag: 'origin' }
   | { tag: 'message' };
 
+const ROW_OPS = { I: 'insert', U: 'update', D: 'delete' } as const;
 const REPLICA_IDENTITIES: Record<string, ReplicaIdentity> = { d: 'default', n: 'nothing', f: 'full', i: 'index' };
 
-class Reader {
-  offset = 0;
-  constructor(private readonly buffer: Buffer) {}
-
-  byte(): number {
-    return this.buffer[this.offset++];
-  }
-  int16(): number {
-    const value = this.buffer.readInt16BE(this.offset);
-    this.offset += 2;
-    return value;
-  }
-  int32(): number {
-    const value = this.buffer.readInt32BE(this.offset);
-    this.offset += 4;
-    return value;
-  }
-  uint32(): number {
-    const value = this.buffer.readUInt32BE(this.offset);
-    this.offset += 4;
-    return value;
-  }
-  uint64(): bigint {
-    const value = this.buffer.readBigUInt64BE(this.offset);
-    this.offset += 8;
-    return value;
-  }
-  /** A NUL-terminated string. */
-  cstring(): string {
-    const end = this.buffer.indexOf(0, this.offset);
-    const value = this.buffer.toString('utf8', this.offset, end);
-    this.offset = end + 1;
-    return value;
-  }
-  text(length: number): string {
-    const value = this.buffer.toString('utf8', this.offset, this.offset + length);
-    this.offset += length;
-    return value;
-  }
-  tuple(): Value[] {
-    const count = this.int16();
-    const values: Value[] = new Array(count);
-    for (let i = 0; i < count; i++) {
-      const kind = this.byte();
-      if (kind === 0x74 /* t */) values[i] = this.text(this.int32());
-      else if (kind === 0x6e /* n */) values[i] = null;
-      else if (kind === 0x75 /* u */) values[i] = UNCHANGED;
-      else throw new Error(`pgoutput: unexpected tuple value kind ${String.fromCharCode(kind)} (binary mode is not requested)`);
-    }
-    return values;
-  }
-}
-
 export function decodePgoutput(buffer: Buffer): PgoutputMessage {
-  const reader = new Reader(buffer);
+  const reader = new ByteReader(buffer);
   const tag = String.fromCharCode(reader.byte());
   switch (tag) {
     case 'B':
@@ -99,26 +47,11 @@ export function decodePgoutput(buffer: Buffer): PgoutputMessage {
     }
     case 'Y':
       return { tag: 'type', oid: reader.uint32(), schema: reader.cstring(), name: reader.cstring() };
-    case 'I': {
-      const relation = reader.uint32();
-      reader.byte(); // 'N'
-      return { tag: 'insert', relation, row: reader.tuple() };
-    }
-    case 'U': {
-      const relation = reader.uint32();
-      let kind = String.fromCharCode(reader.byte());
-      let old: Value[] | undefined;
-      if (kind === 'K' || kind === 'O') {
-        old = reader.tuple();
-        kind = String.fromCharCode(reader.byte());
-      }
-      return { tag: 'update', relation, row: reader.tuple(), ...(old ? { old } : {}) };
-    }
-    case 'D': {
-      const relation = reader.uint32();
-      reader.byte(); // 'K' or 'O'
-      return { tag: 'delete', relation, old: reader.tuple() };
-    }
+    case 'I':
+    case 'U':
+    case 'D':
+      // Copied: the message is a view into a read buffer that the connection reuses.
+      return { tag: ROW_OPS[tag], relation: reader.uint32(), images: Buffer.from(buffer.subarray(5)) };
     case 'T': {
       const count = reader.uint32();
       const options = reader.byte();

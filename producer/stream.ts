@@ -70,9 +70,7 @@ export async function streamSlot(
       case 'update':
       case 'delete': {
         const version = { lsn: commitLsn, ordinal: ++ordinal };
-        const change: RowChange = { op: decoded.tag, relation: 0, version };
-        if ('row' in decoded) change.row = decoded.row;
-        if ('old' in decoded && decoded.old) change.old = decoded.old;
+        const change: RowChange = { op: decoded.tag, relation: 0, version, images: decoded.images };
         const oid = decoded.relation;
         if (tableSync.isHeld(oid)) {
           const shape = batcher.relation(oid);

@@ -1,19 +1,24 @@
-import type { Batch, Change, Relation, Value } from './events.js';
-import { type Lsn, formatLsn, parseLsn } from './lsn.js';
+import type { Batch, Change, Relation } from './events.js';
+import { formatLsn, parseLsn } from './lsn.js';
+import { ByteReader, type RowOp, readRowImages, rowImages } from './tupledata.js';
 
 /**
  * The batch codec: a Batch as a compact, JSON-safe object (BullMQ stores job data as JSON).
- * Relations travel once per batch, rows as positional arrays, LSNs as Postgres-style strings.
+ * Relations travel once per batch as JSON; the changes as one base64 string of binary records
+ * whose row images are pgoutput's own TupleData (shared/tupledata), copied from the walsender's
+ * messages without decoding: no JSON per value on either side, and the producer allocates no
+ * strings per value. A copy chunk's rows travel beside the job (shared/chunks).
  * `v` lets a consumer refuse a batch made by a producer it does not understand.
+ *
+ * Change record: op byte (I, U, D, T); LSN (two uint32); ordinal (uint32); then for I/U/D the
+ * relation index (uint16), the images' length (uint32) and the images; for T the relation
+ * count (uint16), the relation indexes (uint16 each) and the option flags (byte).
  */
-export const CODEC_VERSION = 2;
+export const CODEC_VERSION = 3;
 
 type EncodedColumn = [string, number, number, 0 | 1, EncodedColumnDetails?];
 type EncodedColumnDetails = { a?: number; b?: number; e?: number; d?: number; m?: string };
 type EncodedRelation = [number, string, string, string, EncodedColumn[]];
-type EncodedChange =
-  | ['I' | 'U' | 'D', number, string, number, Value[] | null, Value[] | null]
-  | ['T', number[], string, number, number];
 
 export interface EncodedBatch {
   v: number;
@@ -22,19 +27,18 @@ export interface EncodedBatch {
   e: number;
   s: number;
   r: EncodedRelation[];
-  c: EncodedChange[];
+  /** Change records, base64. */
+  c: string;
   k?: [number, string, number, 0 | 1, number, number, string, 1?];
   t?: number;
 }
 
-const OP_CODES = { insert: 'I', update: 'U', delete: 'D' } as const;
-const OPS = { I: 'insert', U: 'update', D: 'delete' } as const;
+const OP_CODES = { insert: 0x49, update: 0x55, delete: 0x44, truncate: 0x54 } as const;
+const OPS: Record<number, RowOp> = { 0x49: 'insert', 0x55: 'update', 0x44: 'delete' };
 const TRUNCATE_CASCADE = 1;
 const TRUNCATE_RESTART_IDENTITY = 2;
 
 export function encodeBatch(batch: Batch): EncodedBatch {
-  // A transaction's changes share their commit LSN: convert it once per batch, not per change.
-  const lsnTexts = memo(formatLsn);
   const encoded: EncodedBatch = {
     v: CODEC_VERSION,
     p: batch.pipeline,
@@ -42,7 +46,7 @@ export function encodeBatch(batch: Batch): EncodedBatch {
     e: batch.epoch,
     s: batch.seq,
     r: batch.relations.map(encodeRelation),
-    c: batch.changes.map((change) => encodeChange(change, lsnTexts)),
+    c: encodeChanges(batch.changes).toString('base64'),
   };
   if (batch.committedAt !== undefined) encoded.t = batch.committedAt;
   if (batch.copy) {
@@ -55,7 +59,6 @@ export function encodeBatch(batch: Batch): EncodedBatch {
 }
 
 export function decodeBatch(encoded: EncodedBatch): Batch {
-  const lsns = memo(parseLsn);
   if (encoded.v !== CODEC_VERSION) {
     throw new Error(`batch codec version ${encoded.v} is not supported (this consumer reads version ${CODEC_VERSION}); run the same pg-replicate version for producer and consumers`);
   }
@@ -65,7 +68,7 @@ export function decodeBatch(encoded: EncodedBatch): Batch {
     epoch: encoded.e,
     seq: encoded.s,
     relations: encoded.r.map(decodeRelation),
-    changes: encoded.c.map((change) => decodeChange(change, lsns)),
+    changes: decodeChanges(Buffer.from(encoded.c, 'base64')),
   };
   if (encoded.t !== undefined) batch.committedAt = encoded.t;
   if (encoded.k) {
@@ -115,36 +118,76 @@ function decodeRelation([oid, schema, name, replicaIdentity, columns]: EncodedRe
   };
 }
 
-function memo<From, To>(convert: (value: From) => To): (value: From) => To {
-  const known = new Map<From, To>();
-  return (value) => {
-    let converted = known.get(value);
-    if (converted === undefined) known.set(value, (converted = convert(value)));
-    return converted;
-  };
+function encodeChanges(changes: Change[]): Buffer {
+  const images = changes.map((change) => (change.op === 'truncate' ? undefined : (change.images ?? rowImages(change.op, change.row, change.old))));
+  let size = 0;
+  for (let i = 0; i < changes.length; i++) {
+    const change = changes[i];
+    size += change.op === 'truncate' ? 16 + 2 * change.relations.length : 19 + images[i]!.length;
+  }
+  const buffer = Buffer.allocUnsafe(size);
+  let offset = 0;
+  // A transaction's changes share their commit LSN: split it once, not per change.
+  let lsn = -1n;
+  let high = 0;
+  let low = 0;
+  for (let i = 0; i < changes.length; i++) {
+    const change = changes[i];
+    if (change.version.lsn !== lsn) {
+      lsn = change.version.lsn;
+      high = Number(lsn >> 32n);
+      low = Number(lsn & 0xffffffffn);
+    }
+    buffer[offset] = OP_CODES[change.op];
+    buffer.writeUInt32BE(high, offset + 1);
+    buffer.writeUInt32BE(low, offset + 5);
+    buffer.writeUInt32BE(change.version.ordinal, offset + 9);
+    offset += 13;
+    if (change.op === 'truncate') {
+      buffer.writeUInt16BE(change.relations.length, offset);
+      offset += 2;
+      for (const relation of change.relations) offset = buffer.writeUInt16BE(relation, offset);
+      buffer[offset++] = (change.cascade ? TRUNCATE_CASCADE : 0) | (change.restartIdentity ? TRUNCATE_RESTART_IDENTITY : 0);
+    } else {
+      const image = images[i]!;
+      buffer.writeUInt16BE(change.relation, offset);
+      buffer.writeUInt32BE(image.length, offset + 2);
+      offset += 6;
+      offset += image.copy(buffer, offset);
+    }
+  }
+  return buffer;
 }
 
-function encodeChange(change: Change, formatLsn: (lsn: Lsn) => string): EncodedChange {
-  const lsn = formatLsn(change.version.lsn);
-  if (change.op === 'truncate') {
-    const flags = (change.cascade ? TRUNCATE_CASCADE : 0) | (change.restartIdentity ? TRUNCATE_RESTART_IDENTITY : 0);
-    return ['T', change.relations, lsn, change.version.ordinal, flags];
+function decodeChanges(buffer: Buffer): Change[] {
+  const changes: Change[] = [];
+  const reader = new ByteReader(buffer);
+  let high = -1;
+  let low = -1;
+  let lsn = 0n;
+  while (reader.offset < buffer.length) {
+    const code = reader.byte();
+    const nextHigh = reader.uint32();
+    const nextLow = reader.uint32();
+    if (nextHigh !== high || nextLow !== low) {
+      high = nextHigh;
+      low = nextLow;
+      lsn = (BigInt(high) << 32n) | BigInt(low);
+    }
+    const version = { lsn, ordinal: reader.uint32() };
+    if (code === OP_CODES.truncate) {
+      const relations: number[] = new Array(reader.uint16());
+      for (let i = 0; i < relations.length; i++) relations[i] = reader.uint16();
+      const flags = reader.byte();
+      changes.push({ op: 'truncate', relations, version, cascade: (flags & TRUNCATE_CASCADE) !== 0, restartIdentity: (flags & TRUNCATE_RESTART_IDENTITY) !== 0 });
+      continue;
+    }
+    const op = OPS[code];
+    if (!op) throw new Error(`batch codec: unknown change record ${code}`);
+    const relation = reader.uint16();
+    const end = reader.uint32() + reader.offset;
+    changes.push({ op, relation, version, ...readRowImages(reader, op) });
+    if (reader.offset !== end) throw new Error('batch codec: a change record\'s images do not match their length');
   }
-  return [OP_CODES[change.op], change.relation, lsn, change.version.ordinal, change.row ?? null, change.old ?? null];
-}
-
-function decodeChange(encoded: EncodedChange, parseLsn: (text: string) => Lsn): Change {
-  const version = { lsn: parseLsn(encoded[2]), ordinal: encoded[3] };
-  if (encoded[0] === 'T') {
-    const flags = encoded[4];
-    return {
-      op: 'truncate',
-      relations: encoded[1],
-      version,
-      cascade: (flags & TRUNCATE_CASCADE) !== 0,
-      restartIdentity: (flags & TRUNCATE_RESTART_IDENTITY) !== 0,
-    };
-  }
-  const [code, relation, , , row, old] = encoded;
-  return { op: OPS[code], relation, version, ...(row ? { row } : {}), ...(old ? { old } : {}) };
+  return changes;
 }

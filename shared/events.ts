@@ -48,6 +48,11 @@ export interface RowChange {
   row?: Value[];
   /** Old key (or whole old row with REPLICA IDENTITY FULL) for update/delete, when Postgres sent one. */
   old?: Value[];
+  /**
+   * On the producer side, instead of row and old: the images as the walsender sent them
+   * (shared/tupledata), passed on undecoded; the consumer's codec decodes them into row and old.
+   */
+  images?: Buffer;
 }
 
 export interface TruncateChange {

@@ -4,6 +4,7 @@ import { parseCsvRows } from '../shared/csv.js';
 import { decodePgoutput } from '../producer/pgoutput.js';
 import { planBatch } from '../consumers/plan.js';
 import { decodeBatch, encodeBatch } from '../shared/codec.js';
+import { ByteReader, readRowImages, rowImages } from '../shared/tupledata.js';
 import { type Batch, type Relation, UNCHANGED } from '../shared/events.js';
 import { partitionOf } from '../shared/keys.js';
 import { compareVersions, formatLsn, parseLsn } from '../shared/lsn.js';
@@ -63,7 +64,7 @@ test('COPY CSV text parses back to values (quotes, commas, newlines, empty strin
   ]);
 });
 
-test('pgoutput messages decode with values kept as text', (t) => {
+test('pgoutput messages decode; row images travel undecoded to the consumer, which reads the values as text', (t) => {
   const tuple = (values: (string | null | 'u')[]) => {
     const parts: Buffer[] = [u16(values.length)];
     for (const value of values) {
@@ -80,8 +81,18 @@ test('pgoutput messages decode with values kept as text', (t) => {
     { isKey: true, name: 'id', typeOid: 20, typeModifier: -1 },
     { isKey: false, name: 'body', typeOid: 25, typeModifier: -1 },
   ] });
-  const update = Buffer.concat([Buffer.from('U'), u32(16384), Buffer.from('K'), tuple(['1', null]), Buffer.from('N'), tuple(['2', 'u'])]);
-  t.deepEqual(decodePgoutput(update), { tag: 'update', relation: 16384, old: ['1', null], row: ['2', UNCHANGED] });
+  const images = Buffer.concat([Buffer.from('K'), tuple(['1', null]), Buffer.from('N'), tuple(['2 é', 'u'])]);
+  const update = Buffer.concat([Buffer.from('U'), u32(16384), images]);
+  const decoded = decodePgoutput(update);
+  t.deepEqual(decoded, { tag: 'update', relation: 16384, images }, 'row images are passed on undecoded');
+  update.fill(0);
+  t.deepEqual(readRowImages(new ByteReader((decoded as { images: Buffer }).images), 'update'), { old: ['1', null], row: ['2 é', UNCHANGED] }, 'and copied: the read buffer may be reused');
+  t.deepEqual(rowImages('update', ['2 é', UNCHANGED], ['1', null]), images, 'images built from values are the same bytes');
+  const batch: Batch = {
+    pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [],
+    changes: [{ op: 'update', relation: 0, version: { lsn: 0x5_0000_0010n, ordinal: 3 }, images }],
+  };
+  t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))).changes, [{ op: 'update', relation: 0, version: { lsn: 0x5_0000_0010n, ordinal: 3 }, old: ['1', null], row: ['2 é', UNCHANGED] }], 'the consumer decodes them');
   const truncate = Buffer.concat([Buffer.from('T'), u32(2), Buffer.from([3]), u32(1), u32(2)]);
   t.deepEqual(decodePgoutput(truncate), { tag: 'truncate', relations: [1, 2], cascade: true, restartIdentity: true });
   const commit = Buffer.concat([Buffer.from('C'), Buffer.from([0]), u64(0x10n), u64(0x48n), u64(5n)]);
