@@ -1,18 +1,17 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
-import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { openDestination, type DestinationConfig } from '../consumers/index.js';
-import { ConsumerRunner, RUNNER_DEFAULTS } from '../consumers/runner.js';
-import { PRODUCER_DEFAULTS } from '../producer/options.js';
-import { Producer } from '../producer/producer.js';
-import { bigQueryConfig, destinationName, pgUrl, pipelineId, producerConfig, redisUrl, runnerConfig, validate } from '../shared/config.js';
+import type { DestinationConfig } from '../consumers/index.js';
+import { RUNNER_DEFAULTS } from '../consumers/options.js';
+import { PRODUCER_DEFAULTS, PRODUCER_HEAP_MB } from '../producer/options.js';
+import { runProducerThread } from '../producer/thread.js';
+import { bigQueryConfig, destinationName, heapMb, pgUrl, pipelineId, producerConfig, redisUrl, runnerConfig, validate } from '../shared/config.js';
 import { UserError, errorMessage } from '../shared/errors.js';
-import { connectRedis } from '../shared/redis.js';
 import { exitWithError, runUntilStopped } from './lifecycle.js';
-import { removeDestination, requestResync } from './resync.js';
-import { formatStatus, pipelineStatus } from './status.js';
+
+// Modules that talk to Postgres, Redis or a destination are imported by the commands that use
+// them: the producer command's main thread stays small (the producer runs on a worker thread).
 
 const program = new Command('pg-replicate')
   .description('Replicate PostgreSQL tables (copy, then every change) through Redis into DuckDB, stdout and more, exactly once.')
@@ -45,10 +44,11 @@ program
   .addOption(new Option('--copy-chunk-rows <n>', 'rows per copy batch at most').default(PRODUCER_DEFAULTS.copyChunkRows).argParser(integer))
   .addOption(new Option('--copy-chunk-bytes <n>', 'bytes per copy batch at most (chunks stream through Redis, not through the producer\'s memory)').default(PRODUCER_DEFAULTS.copyChunkBytes).argParser(integer))
   .addOption(new Option('--copy-range-blocks <n>', 'heap blocks (8 kB) per CTID range of a table copy: ranges are copied in parallel and resumed after a restart').default(PRODUCER_DEFAULTS.copyRangeBlocks).argParser(integer))
-  .action(async (flags) => {
+  .addOption(new Option('--heap-mb <n>', 'heap size of the producer\'s thread (what it holds is bounded; the cap keeps V8 from growing the heap far beyond it)').default(PRODUCER_HEAP_MB).argParser(integer).env('PRODUCER_HEAP_MB'))
+  .action(async ({ heapMb: heap, ...flags }) => {
     const config = validate(producerConfig, { ...flags, destinations: splitList(flags.destinations) });
-    const producer = new Producer(config);
-    await runUntilStopped((signal) => producer.run(signal), () => producer.close());
+    const cap = validate(heapMb, heap);
+    await runUntilStopped((signal) => runProducerThread(config, cap, signal), async () => {});
   });
 
 const consumer = program.command('consumer').description('Apply one destination\'s batches: consumer <type> --name NAME …');
@@ -88,6 +88,7 @@ consumerCommand('stdout', 'Print one JSON line per change to stdout.').action(as
 
 async function runConsumer(flags: Record<string, unknown>, destinationConfig: DestinationConfig): Promise<void> {
   const config = validate(runnerConfig, flags);
+  const [{ openDestination }, { ConsumerRunner }, { connectRedis }] = await Promise.all([import('../consumers/index.js'), import('../consumers/runner.js'), import('../shared/redis.js')]);
   const redis = connectRedis(config.redisUrl);
   redis.on('error', () => {});
   const destination = await openDestination(destinationConfig, { redis, pipeline: config.pipeline, name: config.name });
@@ -135,11 +136,17 @@ program
     const expanded = text.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_, name: string) => process.env[name] ?? '');
     let raw: unknown;
     try {
-      raw = parseYaml(expanded);
+      raw = (await import('yaml')).parse(expanded);
     } catch (error) {
       throw new UserError(`--config ${flags.config} is not valid YAML: ${errorMessage(error)}`);
     }
     const file = validate(runFileSchema, raw);
+    const [{ Producer }, { openDestination }, { ConsumerRunner }, { connectRedis }] = await Promise.all([
+      import('../producer/producer.js'),
+      import('../consumers/index.js'),
+      import('../consumers/runner.js'),
+      import('../shared/redis.js'),
+    ]);
     const producer = new Producer(
       validate(producerConfig, { ...PRODUCER_DEFAULTS, ...file, destinations: file.destinations.map((destination) => destination.name) }),
     );
@@ -175,6 +182,7 @@ program
   .addOption(new Option('--pg-url <url>', 'Postgres URL, to find the table').env('PG_URL'))
   .action(async (flags) => {
     const options = validate(z.object({ pipeline: pipelineId, redisUrl, pgUrl, table: z.string().min(1), destination: destinationName.optional() }), flags);
+    const { requestResync } = await import('./resync.js');
     process.stdout.write(`${await requestResync(options)}\n`);
   });
 
@@ -186,6 +194,7 @@ destinations
   .addOption(pipelineOption())
   .addOption(redisOption())
   .action(async (flags) => {
+    const { pipelineStatus } = await import('./status.js');
     const status = await pipelineStatus(validate(z.object({ pipeline: pipelineId, redisUrl }), flags));
     for (const destination of status.destinations) {
       process.stdout.write(`${destination.name}\t${destination.state}\tapplied ${destination.appliedLsn ?? '-'}\t${destination.pendingBatches} pending\n`);
@@ -200,6 +209,7 @@ destinations
   .addOption(redisOption())
   .action(async (name: string, flags) => {
     const options = validate(z.object({ pipeline: pipelineId, redisUrl, name: destinationName }), { ...flags, name });
+    const { removeDestination } = await import('./resync.js');
     process.stdout.write(`${await removeDestination(options)}\n`);
   });
 
@@ -212,6 +222,7 @@ program
   .option('--json', 'print JSON')
   .action(async (flags) => {
     const options = validate(z.object({ pipeline: pipelineId, redisUrl, pgUrl: pgUrl.optional() }), flags);
+    const { formatStatus, pipelineStatus } = await import('./status.js');
     const status = await pipelineStatus(options);
     process.stdout.write(flags.json ? `${JSON.stringify(status, null, 2)}\n` : `${formatStatus(status)}\n`);
   });

@@ -3,7 +3,7 @@ import { keys, QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { connectRedis, readApplied, readCopyProgress, readPipelineState } from '../shared/redis.js';
 import { connectPostgres } from '../producer/preflight.js';
 import { UserError } from '../shared/errors.js';
-import type { Health } from '../consumers/runner.js';
+import type { Health } from '../consumers/options.js';
 
 export interface PipelineStatus {
   pipeline: string;

@@ -9,25 +9,11 @@ import { log } from '../shared/log.js';
 import { connectRedis, readPipelineState } from '../shared/redis.js';
 import { type Destination, PermanentError } from './destination.js';
 import { copyIsNew, planBatch } from './plan.js';
-
-export interface RunnerOptions {
-  redisUrl: string;
-  pipeline: string;
-  /** The destination's name: its queues, its applied marks, its health. */
-  name: string;
-  /** A consumer that dies holds its partition for at most about lockDurationMs + stalledIntervalMs. */
-  lockDurationMs: number;
-  stalledIntervalMs: number;
-  /** Failed attempts of one batch before its partition is reported as parked. */
-  attemptsBeforePark: number;
-}
-
-export const RUNNER_DEFAULTS = { lockDurationMs: 10_000, stalledIntervalMs: 5_000, attemptsBeforePark: 8 } as const;
+import type { Health, RunnerOptions } from './options.js';
 
 const MAX_BACKOFF_MS = 60_000;
 const REGISTRATION_CHECK_MS = 3_000;
 
-export type Health = { state: 'ok' } | { state: 'retrying' | 'parked'; attempts: number; error: string; since: string };
 
 /**
  * Runs one destination: a BullMQ worker per partition queue, each taking one batch at a time

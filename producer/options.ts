@@ -49,6 +49,12 @@ export const PRODUCER_DEFAULTS = {
   copyRangeBlocks: 8192,
 } as const;
 
+/**
+ * The producer thread's heap cap (MB): about five times what a streaming producer holds, so
+ * collections stay rare, while V8 is kept from growing the heap far beyond what is live.
+ */
+export const PRODUCER_HEAP_MB = 128;
+
 /** What one producer session (a run from the slot's confirmed position) shares between its copy and its stream. */
 export interface Session {
   options: ProducerOptions;
@@ -64,8 +70,8 @@ export interface Session {
 /** How often the producer reads the destinations' applied marks. */
 export const POLL_MS = 100;
 /** Adds not yet acknowledged by Redis, in number and bytes, before reading pauses: bounds producer memory. */
-export const MAX_PENDING_ADDS = 32;
-export const MAX_PENDING_BYTES = 16 * 1024 * 1024;
+export const MAX_PENDING_ADDS = 8;
+export const MAX_PENDING_BYTES = 8 * 1024 * 1024;
 
 /** The LSN last acknowledged to Postgres, shared by a producer's successive sessions. */
 export interface AckPosition {

@@ -74,7 +74,7 @@ export async function streamSlot(
         const oid = decoded.relation;
         if (tableSync.isHeld(oid)) {
           const shape = batcher.relation(oid);
-          tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addRow(change, oid, bytes, shape) });
+          tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addRow(change, oid, bytes, shape), bytes });
           if (tableSync.isFull) setPaused('held', true);
         } else {
           const { partition, seq } = batcher.addRow(change, oid, bytes);
@@ -87,7 +87,7 @@ export async function streamSlot(
         const truncate = { op: 'truncate' as const, version, cascade: decoded.cascade, restartIdentity: decoded.restartIdentity };
         const streamed = decoded.relations.filter((oid) => !tableSync.isHeld(oid));
         for (const oid of decoded.relations.filter((oid) => tableSync.isHeld(oid))) {
-          tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addTruncate(truncate, [oid])[0] });
+          tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addTruncate(truncate, [oid])[0], bytes: 16 });
         }
         if (streamed.length > 0) for (const { partition, seq } of batcher.addTruncate(truncate, streamed)) tracker.touch(partition, seq);
         break;

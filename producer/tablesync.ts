@@ -64,10 +64,13 @@ export type Request = { tableOid: number; destinations?: string[] } | { addDesti
 interface HeldChange {
   entry: PendingEntry;
   enqueue: () => { partition: number; seq: number };
+  /** Its size on the wire, for the memory bound. */
+  bytes: number;
 }
 
-/** Held changes (all tables) above which reading the slot pauses until a copy finishes. */
-const MAX_HELD = 200_000;
+/** Held changes (all tables), in number and bytes, above which reading the slot pauses until a copy finishes. */
+const MAX_HELD = 100_000;
+const MAX_HELD_BYTES = 32 * 1024 * 1024;
 const PUBLICATION_POLL_MS = 5_000;
 
 /**
@@ -81,6 +84,7 @@ const PUBLICATION_POLL_MS = 5_000;
 export class TableSync {
   private readonly holds = new Map<number, HeldChange[]>();
   private heldCount = 0;
+  private heldBytes = 0;
   private lastPublicationPoll = Date.now();
 
   constructor(
@@ -99,11 +103,12 @@ export class TableSync {
   hold(tableOid: number, change: HeldChange): void {
     this.holds.get(tableOid)!.push(change);
     this.heldCount++;
+    this.heldBytes += change.bytes;
   }
 
   /** Whether reading the slot must wait for a copy to finish (held changes use memory). */
   get isFull(): boolean {
-    return this.heldCount > MAX_HELD;
+    return this.heldCount > MAX_HELD || this.heldBytes > MAX_HELD_BYTES;
   }
 
   get syncing(): number {
@@ -160,6 +165,7 @@ export class TableSync {
     const held = this.holds.get(tableOid) ?? [];
     this.holds.delete(tableOid);
     this.heldCount -= held.length;
+    for (const change of held) this.heldBytes -= change.bytes;
     for (const change of held) this.session.tracker.release(change.entry, change.enqueue());
   }
 }

@@ -45,6 +45,9 @@ export const producerConfig = z.object({
   copyRangeBlocks: positive,
 });
 
+/** The producer thread's heap cap in MB (producer/thread.ts). */
+export const heapMb = z.coerce.number({ error: '--heap-mb must be a whole number of megabytes' }).int('--heap-mb must be a whole number of megabytes').min(48, '--heap-mb must be at least 48 (MB)');
+
 export const runnerConfig = z.object({
   redisUrl,
   pipeline: pipelineId,

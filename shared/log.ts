@@ -1,3 +1,4 @@
+import { isMainThread } from 'node:worker_threads';
 import { pino } from 'pino';
 
 /**
@@ -10,7 +11,8 @@ export const log = pino(
     base: { pid: process.pid },
     redact: { paths: ['*.password', '*.pgUrl', '*.redisUrl', 'pgUrl', 'redisUrl'], censor: '***' },
   },
-  pino.destination({ fd: 2, sync: false }),
+  // Synchronous on a worker thread (the producer's): its last lines must not be lost when it ends.
+  pino.destination({ fd: 2, sync: !isMainThread }),
 );
 
 export type Logger = typeof log;

@@ -1,0 +1,37 @@
+import { Worker } from 'node:worker_threads';
+import { UserError } from '../shared/errors.js';
+import type { ProducerOptions } from './options.js';
+
+/**
+ * Runs the producer on a worker thread with a capped heap. What the producer holds is bounded
+ * by design (about 25 MB live while streaming), but V8 lets an uncapped heap grow to several
+ * times its live size before collecting, which is most of an uncapped producer's memory. A
+ * worker thread is the one way to cap a heap from inside the process, whoever starts it
+ * (`npx`, Docker, a service manager), without NODE_OPTIONS. Exceeding the cap ends the
+ * producer with an error naming --heap-mb; it resumes from the slot when restarted.
+ */
+export async function runProducerThread(options: ProducerOptions, heapMb: number, signal: AbortSignal): Promise<void> {
+  const worker = new Worker(new URL('./worker.js', import.meta.url), {
+    workerData: { producerOptions: options },
+    resourceLimits: { maxOldGenerationSizeMb: heapMb, maxYoungGenerationSizeMb: Math.max(4, Math.round(heapMb / 8)) },
+  });
+  const stop = () => worker.postMessage('stop');
+  signal.addEventListener('abort', stop);
+  let failure: Error | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      worker.on('message', (message: { error: string; userError: boolean }) => {
+        failure = message.userError ? new UserError(message.error) : new Error(message.error);
+      });
+      worker.on('error', (error: Error & { code?: string }) => {
+        failure ??=
+          error.code === 'ERR_WORKER_OUT_OF_MEMORY'
+            ? new Error(`the producer needed more than its ${heapMb} MB heap; restart it with a larger --heap-mb (it resumes from the slot)`)
+            : error;
+      });
+      worker.on('exit', (code) => (failure ? reject(failure) : code === 0 ? resolve() : reject(new Error(`the producer thread exited with code ${code}`))));
+    });
+  } finally {
+    signal.removeEventListener('abort', stop);
+  }
+}
