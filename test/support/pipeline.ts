@@ -19,12 +19,11 @@ export class CliProcess {
   constructor(args: string[], env: Record<string, string> = {}) {
     // PGR_CPU_PROF=DIR writes a V8 CPU profile of every CLI process there (npm run bench -- profiles).
     const profile = process.env.PGR_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PGR_CPU_PROF}`] : [];
-    const extra = args[0] === 'producer' && process.env.PGR_PRODUCER_FLAGS ? process.env.PGR_PRODUCER_FLAGS.split(' ') : [];
-    this.child = spawn(process.execPath, [...profile, ...extra, CLI, ...args], {
+    this.child = spawn(process.execPath, [...profile, CLI, ...args], {
       env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'info', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    this.child.stdout!.on('data', (data) => { this.stdout += data; if (process.env.PGR_TEST_STDOUT) process.stderr.write(data); });
+    this.child.stdout!.on('data', (data) => (this.stdout += data));
     this.child.stderr!.on('data', (data) => {
       this.stderr += data;
       // PGR_TEST_LOGS=1 shows every CLI process's log while debugging a test.
