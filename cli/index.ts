@@ -45,9 +45,8 @@ program
   .addOption(new Option('--copy-chunk-bytes <n>', 'bytes per copy batch at most (chunks stream through Redis, not through the producer\'s memory)').default(PRODUCER_DEFAULTS.copyChunkBytes).argParser(integer))
   .addOption(new Option('--copy-range-blocks <n>', 'heap blocks (8 kB) per CTID range of a table copy: ranges are copied in parallel and resumed after a restart').default(PRODUCER_DEFAULTS.copyRangeBlocks).argParser(integer))
   .addOption(new Option('--heap-mb <n>', 'heap size of the producer\'s thread (what it holds is bounded; the cap keeps V8 from growing the heap far beyond it)').default(PRODUCER_HEAP_MB).argParser(integer).env('PRODUCER_HEAP_MB'))
-  .action(async ({ heapMb: heap, ...flags }) => {
-    const config = validate(producerConfig, { ...flags, destinations: splitList(flags.destinations) });
-    const cap = validate(heapMb, heap);
+  .action(async (flags) => {
+    const { heapMb: cap, ...config } = validate(producerConfig.extend({ heapMb }), { ...flags, destinations: splitList(flags.destinations) });
     await runUntilStopped((signal) => runProducerThread(config, cap, signal), async () => {});
   });
 

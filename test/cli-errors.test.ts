@@ -42,8 +42,9 @@ test('an unknown flag exits 2 and says so', async (t) => {
 });
 
 test('missing and malformed flags exit 2 naming each flag', async (t) => {
-  const result = await runCli(['producer', '--pg-url', 'mysql://x', '--slot', 'Bad-Slot'], { PG_URL: '', REDIS_URL: '', PIPELINE_ID: '', PUBLICATION: '', SLOT: '', DESTINATIONS: '' });
+  const result = await runCli(['producer', '--pg-url', 'mysql://x', '--slot', 'Bad-Slot', '--heap-mb', '16'], { PG_URL: '', REDIS_URL: '', PIPELINE_ID: '', PUBLICATION: '', SLOT: '', DESTINATIONS: '' });
   t.is(result.code, 2);
+  t.regex(result.stderr, /--heap-mb must be at least 48/);
   t.regex(result.stderr, /--pg-url \(PG_URL\) must be a URL starting with postgres:\/\//);
   t.regex(result.stderr, /--redis-url \(REDIS_URL\) is required/);
   t.regex(result.stderr, /--slot \(SLOT\) may use only lower-case letters/);
