@@ -221,6 +221,54 @@ export class DuckDbDestination implements Destination {
   private async writeRows(relation: Relation, keyColumns: number[], rows: Value[][], deletedKeys: Value[][] = [], lookups = new Map<Value[], Value[]>()): Promise<void> {
     if (rows.length === 0 && deletedKeys.length === 0) return;
     const types = relation.columns.map(duckDbType);
+    if (rows.some((row) => lookups.has(row) && row.includes(UNCHANGED))) {
+      await this.writeRowsKeepingUnchanged(relation, types, keyColumns, rows, deletedKeys, lookups);
+      return;
+    }
+    // The common case: the rows' values, and the keys deleted, each staged as nothing but text.
+    const target = tableSql(relation);
+    const rowStage = rows.length > 0 ? await this.stageText('c', rows, types) : undefined;
+    const keyTypes = keyColumns.map((column) => types[column]);
+    const keyStage = deletedKeys.length > 0 ? await this.stageText('k', deletedKeys, keyTypes) : undefined;
+    if (keyColumns.length > 0) {
+      // One DELETE of every key touched (one scan of the table): rows rewritten and rows deleted.
+      const touched = [
+        ...(rowStage ? [`SELECT ${keyColumns.map((column, position) => `c${column} AS k${position}`).join(', ')} FROM ${rowStage}`] : []),
+        ...(keyStage ? [`SELECT * FROM ${keyStage}`] : []),
+      ].join(' UNION ALL ');
+      const match = keyColumns.map((column, position) => `${target}.${ident(relation.columns[column].name)} = ${keyTypes[position].cast(`s.k${position}`)}`).join(' AND ');
+      await this.connection.run(`DELETE FROM ${target} USING (${touched}) s WHERE ${match}`);
+    }
+    if (!rowStage) return;
+    const names = relation.columns.map((column) => ident(column.name)).join(', ');
+    await this.connection.run(`INSERT INTO ${target} (${names}) SELECT ${types.map((type, index) => type.cast(`s.c${index}`)).join(', ')} FROM ${rowStage} s`);
+  }
+
+  /** A fresh temporary table of text columns prefix0, prefix1, … holding the rows (after the rewrite some types need). */
+  private async stageText(prefix: 'c' | 'k', rows: Value[][], types: DuckDbType[]): Promise<string> {
+    const stage = `_pg_stage_${prefix}${this.stageCounter++ % 4}`;
+    await this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} (${types.map((_, index) => `${prefix}${index} VARCHAR`).join(', ')})`);
+    const appender = await this.connection.createAppender(stage, 'main', 'temp');
+    const width = types.length;
+    for (const row of rows) {
+      for (let index = 0; index < width; index++) {
+        const value = row[index];
+        const rewrite = types[index].stage;
+        const text = typeof value === 'string' && rewrite ? rewrite(value) : value;
+        if (typeof text === 'string') appender.appendVarchar(text);
+        else appender.appendNull();
+      }
+      appender.endRow();
+    }
+    appender.closeSync();
+    return stage;
+  }
+
+  /**
+   * Rows that keep unchanged TOASTed values from the stored row under their old key: staged
+   * with that key, a row number and which values to keep.
+   */
+  private async writeRowsKeepingUnchanged(relation: Relation, types: DuckDbType[], keyColumns: number[], rows: Value[][], deletedKeys: Value[][], lookups: Map<Value[], Value[]>): Promise<void> {
     const stage = `_pg_stage_${this.stageCounter++ % 4}`;
     const stageColumns = [
       ...relation.columns.map((_, index) => `c${index} VARCHAR`),
@@ -256,22 +304,15 @@ export class DuckDbDestination implements Destination {
     const keyMatch = (table: string, prefix: 'c' | 'k') =>
       keyColumns.map((column, position) => `${table}.${ident(relation.columns[column].name)} = ${types[column].cast(`s.${prefix}${prefix === 'c' ? column : position}`)}`).join(' AND ');
     const keep = `${stage}_keep`;
-    const keepsUnchanged = rows.some((row) => lookups.has(row) && row.includes(UNCHANGED));
-    if (keepsUnchanged) {
-      await this.connection.run(`CREATE OR REPLACE TEMP TABLE ${keep} AS SELECT s._pg_row, t.* FROM ${stage} s JOIN ${target} t ON ${keyMatch('t', 'k')} WHERE s._pg_unchanged IS NOT NULL`);
-      const missing = (await this.connection.runAndReadAll(`SELECT count(*) FROM ${stage} s WHERE s._pg_unchanged IS NOT NULL AND s._pg_row NOT IN (SELECT _pg_row FROM ${keep})`)).getRows()[0][0];
-      if (Number(missing) > 0) throw new Error(`an update of ${qualifiedName(relation)} kept unchanged TOASTed values, but the destination has no row with that key to take them from`);
-    }
+    await this.connection.run(`CREATE OR REPLACE TEMP TABLE ${keep} AS SELECT s._pg_row, t.* FROM ${stage} s JOIN ${target} t ON ${keyMatch('t', 'k')} WHERE s._pg_unchanged IS NOT NULL`);
+    const missing = (await this.connection.runAndReadAll(`SELECT count(*) FROM ${stage} s WHERE s._pg_unchanged IS NOT NULL AND s._pg_row NOT IN (SELECT _pg_row FROM ${keep})`)).getRows()[0][0];
+    if (Number(missing) > 0) throw new Error(`an update of ${qualifiedName(relation)} kept unchanged TOASTed values, but the destination has no row with that key to take them from`);
     if (keyColumns.length > 0) await this.connection.run(`DELETE FROM ${target} USING ${stage} s WHERE ${keyMatch(target, 'c')}`);
     const names = relation.columns.map((column) => ident(column.name)).join(', ');
     const values = relation.columns
-      .map((column, index) => {
-        const cast = types[index].cast(`s.c${index}`);
-        return keepsUnchanged ? `CASE WHEN contains(s._pg_unchanged, ',${index},') THEN k.${ident(column.name)} ELSE ${cast} END` : cast;
-      })
+      .map((column, index) => `CASE WHEN contains(s._pg_unchanged, ',${index},') THEN k.${ident(column.name)} ELSE ${types[index].cast(`s.c${index}`)} END`)
       .join(', ');
-    const from = keepsUnchanged ? `${stage} s LEFT JOIN ${keep} k ON k._pg_row = s._pg_row` : `${stage} s`;
-    await this.connection.run(`INSERT INTO ${target} (${names}) SELECT ${values} FROM ${from} WHERE NOT s.${STAGE_DELETED}`);
+    await this.connection.run(`INSERT INTO ${target} (${names}) SELECT ${values} FROM ${stage} s LEFT JOIN ${keep} k ON k._pg_row = s._pg_row WHERE NOT s.${STAGE_DELETED}`);
   }
 
   /** REPLICA IDENTITY FULL: rows may repeat, so a delete or update touches exactly one matching row. */
