@@ -279,7 +279,7 @@ export class TableCopy {
       changes: [],
       copy: { relation: 0, snapshotLsn: this.snapshotLsn, chunk, last, rows, bytes, ...(ready ? { id: ready.id } : {}), ...(this.options.merge ? { merge: true } : {}) },
     };
-    queues.enqueue(batch, bytes, targets);
+    queues.enqueue(batch, targets);
     onBatch({ partition, seq });
     this.rows += rows;
   }

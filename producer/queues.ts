@@ -67,14 +67,19 @@ export class BatchQueues {
     for (const id of await heldChunks(this.redis, this.pipeline)) await releaseChunk(this.redis, this.pipeline, id, destination);
   }
 
-  /** Adds the batch to its partition's queue of every destination (or of those named). Errors surface on the next call or on settle(). */
-  enqueue(batch: Batch, bytes: number, only?: string[]): void {
+  /**
+   * Adds the batch to its partition's queue of every destination (or of those named). Errors
+   * surface on the next call or on settle(). Its size, for the backlog bound, is what Redis
+   * stores for it: the encoded changes, or a copy chunk's rows (already in Redis).
+   */
+  enqueue(batch: Batch, only?: string[]): void {
     if (this.failure) throw this.failure;
+    const data = encodeBatch(batch);
+    const bytes = batch.copy ? batch.copy.bytes : data.c.length;
     let sizes = this.sizes.get(batch.partition);
     if (!sizes) this.sizes.set(batch.partition, (sizes = []));
     sizes.push([batch.seq, bytes]);
-    const data = encodeBatch(batch);
-    // A copy chunk's rows are in Redis already: its job is small, and named after the chunk.
+    // A copy chunk's job is small, and named after the chunk.
     const jobId = batch.copy?.id;
     const addedBytes = batch.copy ? 0 : bytes;
     for (const [destination, perPartition] of this.queues) {

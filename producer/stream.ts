@@ -34,7 +34,7 @@ export async function streamSlot(
 ): Promise<void> {
   const { options, epoch, sequencer, tracker, queues, watcher, signal } = session;
   const limits = { maxChanges: options.maxBatchChanges, maxBytes: options.maxBatchBytes };
-  const batcher = new Batcher(options.pipeline, epoch, options.partitions, limits, sequencer, (batch, bytes) => queues.enqueue(batch, bytes));
+  const batcher = new Batcher(options.pipeline, epoch, options.partitions, limits, sequencer, (batch) => queues.enqueue(batch));
   const inbox: Arrival[] = [];
   let inboxHead = 0;
   let draining = false;

@@ -21,10 +21,15 @@ export async function runProducerThread(options: ProducerOptions, heapMb: number
   const stop = () => worker.postMessage('stop');
   signal.addEventListener('abort', stop);
   let failure: Error | undefined;
+  let reported = false;
   try {
     await new Promise<void>((resolve, reject) => {
-      worker.on('message', (message: { error: string; userError: boolean }) => {
-        failure = message.userError ? new UserError(message.error) : new Error(message.error);
+      // The thread reports how it ended once its clients are closed, and is then terminated
+      // (timers of closed clients may still be pending there).
+      worker.on('message', (message: { done: true; error?: string; userError?: boolean }) => {
+        reported = true;
+        if (message.error) failure = message.userError ? new UserError(message.error) : new Error(message.error);
+        void worker.terminate();
       });
       worker.on('error', (error: Error & { code?: string }) => {
         failure ??=
@@ -32,7 +37,7 @@ export async function runProducerThread(options: ProducerOptions, heapMb: number
             ? new Error(`the producer needed more than its ${heapMb} MB heap; restart it with a larger --heap-mb (it resumes from the slot)`)
             : error;
       });
-      worker.on('exit', (code) => (failure ? reject(failure) : code === 0 ? resolve() : reject(new Error(`the producer thread exited with code ${code}`))));
+      worker.on('exit', (code) => (failure ? reject(failure) : reported || code === 0 ? resolve() : reject(new Error(`the producer thread exited with code ${code}`))));
     });
   } finally {
     signal.removeEventListener('abort', stop);

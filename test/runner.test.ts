@@ -54,7 +54,7 @@ async function setup(pipeline: string, destination: string) {
   await writePipelineState(redis.client, pipeline, { slot: 's', publication: 'p', partitions: 2, destinations: [destination], epoch: 1 });
   const queues = new BatchQueues(redis.client, pipeline, [destination], 2);
   await queues.limitToOneWorker();
-  for (let seq = 1; seq <= 10; seq++) for (const partition of [0, 1]) queues.enqueue(batch(pipeline, partition, seq), 100);
+  for (let seq = 1; seq <= 10; seq++) for (const partition of [0, 1]) queues.enqueue(batch(pipeline, partition, seq));
   await queues.settle();
   return queues;
 }

@@ -1,7 +1,7 @@
 /**
  * npm run bench: end-to-end rates into DuckDB, each next to the raw rate at which Postgres
  * hands out the same data in the same run (COPY … TO STDOUT for a backfill, a pg_recvlogical
- * drain of the same WAL for CDC), with the peak memory of the producer and the consumer.
+ * drain of the same WAL for CDC), with the peak memory of the producer, the consumer and Redis.
  * Writes the table into README.md.
  *
  * Sizes: BENCH_ROWS (backfill, default 2,000,000), BENCH_CHANGES (small transactions, default
@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import copyStreams from 'pg-copy-streams';
+import { PRODUCER_DEFAULTS } from '../../producer/options.js';
 import { CliProcess, TestPipeline, currentWalLsn, waitForSlotAt } from '../support/pipeline.js';
 import { startPostgres, startRedis } from '../support/services.js';
 
@@ -39,6 +40,9 @@ interface Result {
   rawName: string;
   producerPeakMb: number;
   consumerPeakMb: number;
+  /** Redis' used memory at its highest during the run, and the bound the producer's settings put on it. */
+  redisPeakMb: number;
+  redisBoundMb: number;
 }
 
 const pgServer = await startPostgres();
@@ -78,12 +82,15 @@ async function benchBackfill(name: string, rows: number): Promise<Result> {
   const rawSeconds = await timeRawCopy(table);
   const consumer = pipeline.duckdb('bench');
   const consumerPeak = sampleRss(consumer);
+  const redisPeak = sampleRedis();
   const started = performance.now();
   const producer = pipeline.producer(['--mode', 'copy']);
   const producerPeak = sampleRss(producer);
   const code = await producer.exited;
   const seconds = (performance.now() - started) / 1000;
-  const result = { name, count: rows, seconds, rawSeconds, rawName: 'binary COPY … TO STDOUT', producerPeakMb: producerPeak(), consumerPeakMb: consumerPeak() };
+  // Chunks being written are not yet part of the backlog: one per copy connection on top of it.
+  const bound = PRODUCER_DEFAULTS.maxBacklogBytes + PRODUCER_DEFAULTS.copyConnections * PRODUCER_DEFAULTS.copyChunkBytes;
+  const result = { name, count: rows, seconds, rawSeconds, rawName: 'binary COPY … TO STDOUT', producerPeakMb: producerPeak(), consumerPeakMb: consumerPeak(), ...redisPeak(bound) };
   await consumer.stop();
   if (code !== 0) throw new Error(`producer failed: ${producer.stderr}`);
   await pgServer.query(`DROP TABLE ${table}`);
@@ -143,12 +150,13 @@ async function benchCdc(name: string, count: number, write: string, prepare?: st
   await pgServer.query(`SELECT pg_drop_replication_slot('${rawSlot}')`);
 
   const consumerPeak = sampleRss(consumer);
+  const redisPeak = sampleRedis();
   const started = performance.now();
   producer = pipeline.producer();
   const producerPeak = sampleRss(producer);
   await waitForSlotAt(pgServer, pipeline.slot, end, 60 * 60_000);
   const seconds = (performance.now() - started) / 1000;
-  const result = { name, count, seconds, rawSeconds, rawName: 'pg_recvlogical', producerPeakMb: producerPeak(), consumerPeakMb: consumerPeak() };
+  const result = { name, count, seconds, rawSeconds, rawName: 'pg_recvlogical', producerPeakMb: producerPeak(), consumerPeakMb: consumerPeak(), ...redisPeak(PRODUCER_DEFAULTS.maxBacklogBytes) };
   await Promise.all([producer.stop(), consumer.stop()]);
   await pgServer.query(`DROP PUBLICATION ${pipeline.publication}; SELECT pg_drop_replication_slot('${pipeline.slot}')`);
   return result;
@@ -201,6 +209,27 @@ async function timeRawCopy(table: string): Promise<number> {
   return seconds;
 }
 
+/**
+ * Samples Redis' used memory (what it holds beyond the scenario's start); returns a function
+ * giving the peak and the bound, in MB, against a bound in bytes.
+ */
+function sampleRedis(): (boundBytes: number) => { redisPeakMb: number; redisBoundMb: number } {
+  const usedMemory = async () => Number(/used_memory:(\d+)/.exec(await redis.client.info('memory'))?.[1] ?? 0);
+  let base: number | undefined;
+  let peak = 0;
+  const sample = async () => {
+    const used = await usedMemory();
+    base ??= used;
+    peak = Math.max(peak, used - base);
+  };
+  void sample();
+  const timer = setInterval(() => void sample().catch(() => {}), 100);
+  return (boundBytes) => {
+    clearInterval(timer);
+    return { redisPeakMb: Math.round(peak / 2 ** 20), redisBoundMb: Math.round(boundBytes / 2 ** 20) };
+  };
+}
+
 /** Samples a child's resident set size; returns a function giving the peak in MB. */
 function sampleRss(child: CliProcess): () => number {
   let peak = 0;
@@ -226,7 +255,7 @@ function report(all: Result[]): void {
   const rows = all.map((result) => {
     const rate = result.count / result.seconds;
     const raw = result.count / result.rawSeconds;
-    return `| ${result.name} | ${format(result.count)} | ${format(rate)}/s | ${format(raw)}/s (${result.rawName}) | ${(rate / raw).toFixed(2)} | ${result.producerPeakMb} MB | ${result.consumerPeakMb} MB |`;
+    return `| ${result.name} | ${format(result.count)} | ${format(rate)}/s | ${format(raw)}/s (${result.rawName}) | ${(rate / raw).toFixed(2)} | ${result.producerPeakMb} MB | ${result.consumerPeakMb} MB | ${result.redisPeakMb} MB (bound ${result.redisBoundMb} MB) |`;
   });
   const verdict = (ok: boolean) => (ok ? 'PASS' : 'FAIL');
   const ratio = (name: string) => {
@@ -243,11 +272,14 @@ function report(all: Result[]): void {
   target(`CDC latency at ${LATENCY_RATE.toLocaleString('en-US')} changes/s, p99 ≤ 250 ms`, latency?.p99, (value) => `p50 ${latency!.p50} ms, p99 ${value} ms (${latency!.batches} batches)`, (value) => value <= 250);
   const producerPeak = Math.max(0, ...all.filter((result) => result.name !== 'backfill, large table (memory)').map((result) => result.producerPeakMb));
   target('producer peak RSS ≤ 200 MB (backfill and CDC runs)', all.length > 0 ? producerPeak : undefined, (value) => `${value} MB`, (value) => value <= 200);
+  const targeted = all.filter((result) => result.name !== 'backfill, large table (memory)');
+  const worstRedis = targeted.reduce((worst, result) => Math.max(worst, result.redisPeakMb / result.redisBoundMb), 0);
+  target('Redis peak memory within the backlog bound (backfill and CDC runs)', targeted.length > 0 ? worstRedis : undefined, (value) => `at most ${Math.round(value * 100)} % of the bound`, (value) => value <= 1);
   const table = [
     `Measured ${new Date().toISOString().slice(0, 10)} on ${machine}.`,
     '',
-    '| scenario | rows or changes | pg-replicate → DuckDB | raw Postgres, same data | ratio | producer peak RSS | consumer peak RSS |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| scenario | rows or changes | pg-replicate → DuckDB | raw Postgres, same data | ratio | producer peak RSS | consumer peak RSS | Redis peak |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...rows,
     '',
     '| target (performance issue) | measured | |',
