@@ -34,7 +34,7 @@ export interface ProducerOptions {
 export const PRODUCER_DEFAULTS = {
   mode: 'both',
   partitions: 8,
-  maxBatchChanges: 5000,
+  maxBatchChanges: 20000,
   maxBatchBytes: 4 * 1024 * 1024,
   flushIntervalMs: 50,
   maxBacklogBatches: 1000,
