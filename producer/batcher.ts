@@ -1,4 +1,7 @@
-import type { Batch, Change, Relation, RowChange, TruncateChange } from '../shared/events.js';
+import { ChangeRecords } from '../shared/codec.js';
+import type { Batch, Relation, TruncateChange } from '../shared/events.js';
+import type { Lsn } from '../shared/lsn.js';
+import type { RowOp } from '../shared/tupledata.js';
 import { partitionOf } from '../shared/keys.js';
 
 /** Numbers the batches of each partition within one producer run: 1, 2, 3, … */
@@ -22,7 +25,7 @@ interface OpenBatch {
   seq: number;
   relationIndex: Map<number, number>;
   relations: Relation[];
-  changes: Change[];
+  records: ChangeRecords;
   bytes: number;
   committedAt?: number;
 }
@@ -70,21 +73,19 @@ export class Batcher {
     return relation;
   }
 
-  /** Adds a row change; returns the partition and the batch it went into. */
   /**
-   * Adds a row change; returns the partition and the batch it went into. `relation` is the shape
-   * the change was made under when that is not the current one (a change held during a copy).
+   * Adds a row change (its images as pgoutput sent them, copied into the batch); returns the
+   * partition and the batch it went into. `relation` is the shape the change was made under
+   * when that is not the current one (a change held during a copy).
    */
-  addRow(change: RowChange, relationOid: number, bytes: number, relation = this.relation(relationOid)): { partition: number; seq: number } {
+  addRow(op: RowOp, images: Buffer, lsn: Lsn, ordinal: number, relationOid: number, bytes: number, relation = this.relation(relationOid)): { partition: number; seq: number } {
     const partition = this.partitionOf(relation);
     const open = this.open.get(partition);
     const index = open?.relationIndex.get(relation.oid);
     // One batch describes a table one way: a change of another shape starts a new batch.
     if (open && index !== undefined && open.relations[index] !== relation) this.flush(partition);
     const batch = this.openBatch(partition);
-    // The change is ours from here on: it takes its relation's index in this batch.
-    change.relation = this.indexOf(batch, relation);
-    batch.changes.push(change);
+    batch.records.row(op, this.indexOf(batch, relation), lsn, ordinal, images);
     return this.account(partition, batch, bytes);
   }
 
@@ -98,7 +99,7 @@ export class Batcher {
     }
     return [...byPartition].map(([partition, relations]) => {
       const batch = this.openBatch(partition);
-      batch.changes.push({ ...change, relations: relations.map((relation) => this.indexOf(batch, relation)) });
+      batch.records.truncate(relations.map((relation) => this.indexOf(batch, relation)), change.version, change.cascade, change.restartIdentity);
       return this.account(partition, batch, 16);
     });
   }
@@ -127,7 +128,8 @@ export class Batcher {
       epoch: this.epoch,
       seq: batch.seq,
       relations: batch.relations,
-      changes: batch.changes,
+      changes: [],
+      records: batch.records.bytes(),
       ...(batch.committedAt !== undefined ? { committedAt: batch.committedAt } : {}),
     }, batch.bytes);
   }
@@ -135,7 +137,7 @@ export class Batcher {
   private openBatch(partition: number): OpenBatch {
     let batch = this.open.get(partition);
     if (!batch) {
-      batch = { seq: this.sequencer.next(partition), relationIndex: new Map(), relations: [], changes: [], bytes: 0 };
+      batch = { seq: this.sequencer.next(partition), relationIndex: new Map(), relations: [], records: new ChangeRecords(), bytes: 0 };
       this.open.set(partition, batch);
     }
     return batch;
@@ -154,7 +156,7 @@ export class Batcher {
     batch.bytes += bytes;
     batch.committedAt ??= this.committedAt;
     const seq = batch.seq;
-    if (batch.changes.length >= this.limits.maxChanges || batch.bytes >= this.limits.maxBytes) this.flush(partition);
+    if (batch.records.count >= this.limits.maxChanges || batch.bytes >= this.limits.maxBytes) this.flush(partition);
     return { partition, seq };
   }
 }

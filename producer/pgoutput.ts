@@ -50,8 +50,8 @@ export function decodePgoutput(buffer: Buffer): PgoutputMessage {
     case 'I':
     case 'U':
     case 'D':
-      // Copied: the message is a view into a read buffer that the connection reuses.
-      return { tag: ROW_OPS[tag], relation: reader.uint32(), images: Buffer.from(buffer.subarray(5)) };
+      // A view into the message: copy it (or write it somewhere) before the read buffer is reused.
+      return { tag: ROW_OPS[tag], relation: reader.uint32(), images: buffer.subarray(5) };
     case 'T': {
       const count = reader.uint32();
       const options = reader.byte();

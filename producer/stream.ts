@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Relation, RowChange } from '../shared/events.js';
+import type { Relation } from '../shared/events.js';
 import { log } from '../shared/log.js';
 import { type Lsn, formatLsn, maxLsn } from '../shared/lsn.js';
 import { Batcher } from './batcher.js';
@@ -69,15 +69,17 @@ export async function streamSlot(
       case 'insert':
       case 'update':
       case 'delete': {
-        const version = { lsn: commitLsn, ordinal: ++ordinal };
-        const change: RowChange = { op: decoded.tag, relation: 0, version, images: decoded.images };
-        const oid = decoded.relation;
+        const { tag, relation: oid, images } = decoded;
+        const lsn = commitLsn;
+        const position = ++ordinal;
         if (tableSync.isHeld(oid)) {
           const shape = batcher.relation(oid);
-          tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addRow(change, oid, bytes, shape), bytes });
+          // Kept past this call: a copy of the images, not a view of the read buffer.
+          const kept = Buffer.from(images);
+          tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addRow(tag, kept, lsn, position, oid, bytes, shape), bytes });
           if (tableSync.isFull) setPaused('held', true);
         } else {
-          const { partition, seq } = batcher.addRow(change, oid, bytes);
+          const { partition, seq } = batcher.addRow(tag, images, lsn, position, oid, bytes);
           tracker.touch(partition, seq);
         }
         break;
@@ -136,13 +138,16 @@ export async function streamSlot(
     }
   };
   const receive = (arrival: Arrival) => {
+    // A message that waits behind a catalog look-up outlives the read buffer its images are in.
+    if (draining && 'decoded' in arrival && 'images' in arrival.decoded) arrival.decoded.images = Buffer.from(arrival.decoded.images);
     inbox.push(arrival);
     if (inbox.length - inboxHead > INBOX_HIGH) setPaused('inbox', true);
     if (!draining) void drain();
   };
 
   const streaming = replication.start(options.slot, options.publication, 0n, {
-    // Decoded at once: the message is a view into pg's read buffer, which the next read reuses.
+    // Decoded at once, and applied at once unless a catalog look-up is pending: the message is
+    // a view into pg's read buffer, which the next read reuses.
     onData: (message) => {
       try {
         receive({ decoded: decodePgoutput(message), bytes: message.length });

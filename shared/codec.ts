@@ -1,5 +1,5 @@
 import type { Batch, Change, Relation } from './events.js';
-import { formatLsn, parseLsn } from './lsn.js';
+import { type Lsn, type Version, formatLsn, parseLsn } from './lsn.js';
 import { ByteReader, type RowOp, readRowImages, rowImages } from './tupledata.js';
 
 /**
@@ -46,7 +46,7 @@ export function encodeBatch(batch: Batch): EncodedBatch {
     e: batch.epoch,
     s: batch.seq,
     r: batch.relations.map(encodeRelation),
-    c: encodeChanges(batch.changes).toString('base64'),
+    c: (batch.records ?? encodeChanges(batch.changes)).toString('base64'),
   };
   if (batch.committedAt !== undefined) encoded.t = batch.committedAt;
   if (batch.copy) {
@@ -119,44 +119,71 @@ function decodeRelation([oid, schema, name, replicaIdentity, columns]: EncodedRe
 }
 
 function encodeChanges(changes: Change[]): Buffer {
-  const images = changes.map((change) => (change.op === 'truncate' ? undefined : (change.images ?? rowImages(change.op, change.row, change.old))));
-  let size = 0;
-  for (let i = 0; i < changes.length; i++) {
-    const change = changes[i];
-    size += change.op === 'truncate' ? 16 + 2 * change.relations.length : 19 + images[i]!.length;
+  const records = new ChangeRecords();
+  for (const change of changes) {
+    if (change.op === 'truncate') records.truncate(change.relations, change.version, change.cascade, change.restartIdentity);
+    else records.row(change.op, change.relation, change.version.lsn, change.version.ordinal, change.images ?? rowImages(change.op, change.row, change.old));
   }
-  const buffer = Buffer.allocUnsafe(size);
-  let offset = 0;
+  return records.bytes();
+}
+
+/**
+ * Change records written one by one into a growing buffer: the producer's batcher writes each
+ * streamed change here as it arrives, copying its row images straight from the walsender's
+ * message, so a batch holds no object per change.
+ */
+export class ChangeRecords {
+  count = 0;
+  private buffer = Buffer.allocUnsafe(64 * 1024);
+  private length = 0;
   // A transaction's changes share their commit LSN: split it once, not per change.
-  let lsn = -1n;
-  let high = 0;
-  let low = 0;
-  for (let i = 0; i < changes.length; i++) {
-    const change = changes[i];
-    if (change.version.lsn !== lsn) {
-      lsn = change.version.lsn;
-      high = Number(lsn >> 32n);
-      low = Number(lsn & 0xffffffffn);
-    }
-    buffer[offset] = OP_CODES[change.op];
-    buffer.writeUInt32BE(high, offset + 1);
-    buffer.writeUInt32BE(low, offset + 5);
-    buffer.writeUInt32BE(change.version.ordinal, offset + 9);
-    offset += 13;
-    if (change.op === 'truncate') {
-      buffer.writeUInt16BE(change.relations.length, offset);
-      offset += 2;
-      for (const relation of change.relations) offset = buffer.writeUInt16BE(relation, offset);
-      buffer[offset++] = (change.cascade ? TRUNCATE_CASCADE : 0) | (change.restartIdentity ? TRUNCATE_RESTART_IDENTITY : 0);
-    } else {
-      const image = images[i]!;
-      buffer.writeUInt16BE(change.relation, offset);
-      buffer.writeUInt32BE(image.length, offset + 2);
-      offset += 6;
-      offset += image.copy(buffer, offset);
-    }
+  private lsn = -1n;
+  private high = 0;
+  private low = 0;
+
+  row(op: RowOp, relation: number, lsn: Lsn, ordinal: number, images: Buffer): void {
+    const offset = this.header(OP_CODES[op], lsn, ordinal, 6 + images.length);
+    const buffer = this.buffer;
+    buffer.writeUInt16BE(relation, offset);
+    buffer.writeUInt32BE(images.length, offset + 2);
+    images.copy(buffer, offset + 6);
   }
-  return buffer;
+
+  truncate(relations: number[], version: Version, cascade: boolean, restartIdentity: boolean): void {
+    let offset = this.header(OP_CODES.truncate, version.lsn, version.ordinal, 3 + 2 * relations.length);
+    const buffer = this.buffer;
+    offset = buffer.writeUInt16BE(relations.length, offset);
+    for (const relation of relations) offset = buffer.writeUInt16BE(relation, offset);
+    buffer[offset] = (cascade ? TRUNCATE_CASCADE : 0) | (restartIdentity ? TRUNCATE_RESTART_IDENTITY : 0);
+  }
+
+  bytes(): Buffer {
+    return this.buffer.subarray(0, this.length);
+  }
+
+  /** Reserves a record of `body` bytes after its 13-byte header; returns where the body goes. */
+  private header(code: number, lsn: Lsn, ordinal: number, body: number): number {
+    const needed = this.length + 13 + body;
+    if (needed > this.buffer.length) {
+      const grown = Buffer.allocUnsafe(Math.max(needed, this.buffer.length * 2));
+      this.buffer.copy(grown, 0, 0, this.length);
+      this.buffer = grown;
+    }
+    if (lsn !== this.lsn) {
+      this.lsn = lsn;
+      this.high = Number(lsn >> 32n);
+      this.low = Number(lsn & 0xffffffffn);
+    }
+    const buffer = this.buffer;
+    const offset = this.length;
+    buffer[offset] = code;
+    buffer.writeUInt32BE(this.high, offset + 1);
+    buffer.writeUInt32BE(this.low, offset + 5);
+    buffer.writeUInt32BE(ordinal, offset + 9);
+    this.length = needed;
+    this.count++;
+    return offset + 13;
+  }
 }
 
 function decodeChanges(buffer: Buffer): Change[] {

@@ -107,6 +107,11 @@ export interface Batch {
   committedAt?: number;
   /** Streamed changes, in commit order; empty on copy batches. */
   changes: Change[];
+  /**
+   * On the producer side, instead of changes: the changes already written as codec records
+   * (shared/codec ChangeRecords), as the batcher receives them.
+   */
+  records?: Buffer;
   copy?: CopyChunk;
 }
 
