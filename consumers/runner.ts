@@ -4,7 +4,8 @@ import type { Redis } from 'ioredis';
 import { readChunk, releaseChunk } from '../shared/chunks.js';
 import { type EncodedBatch, decodeBatch } from '../shared/codec.js';
 import { errorMessage } from '../shared/errors.js';
-import { QUEUE_PREFIX, formatApplied, keys, queueName } from '../shared/keys.js';
+import type { Batch } from '../shared/events.js';
+import { QUEUE_PREFIX, formatApplied, keys, parseApplied, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { connectRedis, readPipelineState } from '../shared/redis.js';
 import { type Destination, PermanentError } from './destination.js';
@@ -95,26 +96,38 @@ export class ConsumerRunner {
   }
 
   private async process(job: Job<EncodedBatch>, token?: string): Promise<void> {
-    const batch = decodeBatch(job.data);
+    const encoded = job.data;
+    const partition = encoded.n;
     const started = Date.now();
+    let batch: Batch | undefined;
     for (let attempt = 1; ; attempt++) {
       try {
+        if (!batch) {
+          const records = encoded.b ? await readChunk(this.redis, this.options.pipeline, encoded.b) : undefined;
+          // Its records released already: this batch was applied, and its consumer stopped
+          // before the queue heard so. Nothing to do.
+          if (encoded.b && !records && (await this.applied(partition, encoded))) break;
+          if (encoded.b && !records) throw missingChunk(encoded.b);
+          batch = decodeBatch(encoded, records);
+        }
         const states = await this.destination.tableStates(batch.relations);
         if (batch.copy?.id && !batch.copy.csv && copyIsNew(batch.copy, states.get(batch.relations[batch.copy.relation].oid))) {
-          batch.copy.csv = await this.readChunk(batch.copy.id);
+          const csv = await readChunk(this.redis, this.options.pipeline, batch.copy.id);
+          if (!csv) throw missingChunk(batch.copy.id);
+          batch.copy.csv = csv;
         }
         const plan = planBatch(batch, states);
         if (plan.steps.length > 0 || plan.states.size > 0) await this.destination.apply(plan.steps, plan.states);
         break;
       } catch (error) {
         const parked = attempt >= this.options.attemptsBeforePark || error instanceof PermanentError;
-        await this.report(batch.partition, {
+        await this.report(partition, {
           state: parked ? 'parked' : 'retrying',
           attempts: attempt,
           error: errorMessage(error),
           since: new Date().toISOString(),
         });
-        (parked ? log.error : log.warn).call(log, { partition: batch.partition, attempt, err: errorMessage(error) }, parked ? 'batch cannot be applied: partition parked, retrying slowly until the cause is fixed' : 'batch failed; retrying in place');
+        (parked ? log.error : log.warn).call(log, { partition, attempt, err: errorMessage(error) }, parked ? 'batch cannot be applied: partition parked, retrying slowly until the cause is fixed' : 'batch failed; retrying in place');
         const wait = Math.min(MAX_BACKOFF_MS, 200 * 2 ** attempt) * (0.5 + Math.random() / 2);
         for (const until = Date.now() + wait; Date.now() < until && !this.closing; ) await sleep(100);
         if (this.closing) {
@@ -124,18 +137,19 @@ export class ConsumerRunner {
         }
       }
     }
-    await this.redis.hset(keys.applied(this.options.pipeline, this.options.name), String(batch.partition), formatApplied(batch.epoch, batch.seq));
-    if (batch.copy?.id) await releaseChunk(this.redis, this.options.pipeline, batch.copy.id, this.options.name);
+    await this.redis.hset(keys.applied(this.options.pipeline, this.options.name), String(partition), formatApplied(encoded.e, encoded.s));
+    const chunk = batch?.copy?.id ?? encoded.b;
+    if (chunk) await releaseChunk(this.redis, this.options.pipeline, chunk, this.options.name);
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
-    const lagMs = batch.committedAt === undefined ? undefined : Date.now() - batch.committedAt;
-    log.debug({ partition: batch.partition, changes: batch.changes.length, copyRows: batch.copy?.rows, applyMs: Date.now() - started, lagMs }, 'batch applied');
-    if (this.unhealthy.has(batch.partition)) await this.report(batch.partition, { state: 'ok' });
+    const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
+    log.debug({ partition, changes: batch?.changes.length, copyRows: batch?.copy?.rows, applyMs: Date.now() - started, lagMs }, 'batch applied');
+    if (this.unhealthy.has(partition)) await this.report(partition, { state: 'ok' });
   }
 
-  private async readChunk(id: string): Promise<Buffer> {
-    const csv = await readChunk(this.redis, this.options.pipeline, id);
-    if (!csv) throw new Error(`copy chunk ${id} is missing from Redis (was Redis flushed or restarted without persistence?); the producer copies the tables again once it notices`);
-    return csv;
+  /** Whether this destination's applied mark for the partition is at or past the batch (queue order is (epoch, seq)). */
+  private async applied(partition: number, encoded: EncodedBatch): Promise<boolean> {
+    const mark = parseApplied((await this.redis.hget(keys.applied(this.options.pipeline, this.options.name), String(partition))) ?? undefined);
+    return !!mark && (mark.epoch > encoded.e || (mark.epoch === encoded.e && mark.seq >= encoded.s));
   }
 
   private async report(partition: number, health: Health): Promise<void> {
@@ -143,4 +157,8 @@ export class ConsumerRunner {
     else this.unhealthy.add(partition);
     await this.redis.hset(keys.health(this.options.pipeline, this.options.name), String(partition), JSON.stringify(health)).catch(() => {});
   }
+}
+
+function missingChunk(id: string): Error {
+  return new Error(`chunk ${id} of this batch is missing from Redis (was Redis flushed or restarted without persistence?); the producer re-reads from the slot once it notices`);
 }

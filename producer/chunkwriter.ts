@@ -1,10 +1,8 @@
 import type { Redis } from 'ioredis';
-import { chunkId, chunkKeys } from '../shared/chunks.js';
+import { chunkKeys, newChunkId } from '../shared/chunks.js';
 
 /** Appends not yet acknowledged by Redis, per chunk being written, before the copy waits. */
 const MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
-
-let written = 0;
 
 /**
  * One copy chunk on its way into Redis: pieces of COPY output are appended to the chunk's
@@ -26,7 +24,7 @@ export class ChunkWriter {
     epoch: number,
     partition: number,
   ) {
-    this.id = chunkId(epoch, partition, ++written);
+    this.id = newChunkId(epoch, partition);
   }
 
   async write(piece: Buffer, rows: number): Promise<void> {

@@ -1,10 +1,13 @@
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { chunkKeys, dropUnheldChunks, heldChunks, parseChunkId, releaseChunk } from '../shared/chunks.js';
-import { encodeBatch } from '../shared/codec.js';
+import { chunkKeys, dropUnheldChunks, heldChunks, newChunkId, parseChunkId, releaseChunk, storeChunk } from '../shared/chunks.js';
+import { changeRecords, encodeBatch } from '../shared/codec.js';
 import type { Batch } from '../shared/events.js';
 import { QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
+
+/** Change records up to this size travel inside the job; larger ones as a chunk beside it. */
+const INLINE_RECORDS_BYTES = 64 * 1024;
 
 /**
  * The producer's side of the queues: one BullMQ queue per (destination, partition). Adds to
@@ -74,20 +77,25 @@ export class BatchQueues {
    */
   enqueue(batch: Batch, only?: string[]): void {
     if (this.failure) throw this.failure;
-    const data = encodeBatch(batch);
-    const bytes = batch.copy ? batch.copy.bytes : data.c.length;
+    const targets = [...this.queues.keys()].filter((destination) => !only || only.includes(destination));
+    const records = batch.copy ? undefined : changeRecords(batch);
+    // Large change records are stored as a chunk beside the job (no base64, no JSON), before it.
+    const stored = records && records.length > INLINE_RECORDS_BYTES && targets.length > 0 ? newChunkId(batch.epoch, batch.partition) : undefined;
+    const written = stored ? storeChunk(this.redis, this.pipeline, stored, records!, targets) : undefined;
+    const data = encodeBatch(batch, stored);
+    const bytes = records ? records.length : batch.copy!.bytes;
     let sizes = this.sizes.get(batch.partition);
     if (!sizes) this.sizes.set(batch.partition, (sizes = []));
     sizes.push([batch.seq, bytes]);
-    // A copy chunk's job is small, and named after the chunk.
-    const jobId = batch.copy?.id;
+    // A batch whose payload is a chunk (its rows, or its records) is named after the chunk.
+    const jobId = batch.copy?.id ?? stored;
     const addedBytes = batch.copy ? 0 : bytes;
-    for (const [destination, perPartition] of this.queues) {
-      if (only && !only.includes(destination)) continue;
-      const queue = perPartition[batch.partition];
+    for (const destination of targets) {
+      const queue = this.queues.get(destination)![batch.partition];
       this.inFlight++;
       this.inFlightBytes += addedBytes;
       const added = (this.tails.get(queue) ?? Promise.resolve())
+        .then(() => written)
         .then(() => queue.add('batch', data, { removeOnComplete: true, removeOnFail: false, ...(jobId ? { jobId } : {}) }))
         .catch((error: Error) => {
           this.failure ??= error;

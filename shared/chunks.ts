@@ -1,21 +1,32 @@
 import type { Redis } from 'ioredis';
 
 /**
- * The bytes of copy chunks live in Redis beside the queues, not inside job data: the producer
- * streams COPY output into a Redis string as it arrives (never holding a chunk in memory, never
- * encoding it as JSON), and the job carries only the chunk's id. One string serves every
+ * Large payloads live in Redis beside the queues, not inside job data: the rows of a copy chunk
+ * (the producer streams COPY output into a Redis string as it arrives, never holding a chunk in
+ * memory) and the change records of a large batch. Neither is encoded as JSON or base64; the
+ * job carries only the chunk's id. One string serves every
  * destination; a set lists the destinations that still need it, and the last one to release it
  * deletes both.
  *
- * Ids are `epoch.partition.n` (n counts the producer process's chunks): unique across producer runs.
+ * Ids are `epoch.partition.n` (n counts the producer process's chunks): unique across producer runs;
+ * a batch whose payload is a chunk has the chunk's id as its job id.
  */
 export const chunkKeys = {
   data: (pipeline: string, id: string) => `pgr:{${pipeline}}:chunk:${id}`,
   holders: (pipeline: string, id: string) => `pgr:{${pipeline}}:chunk-for:${id}`,
 };
 
-export function chunkId(epoch: number, partition: number, n: number): string {
-  return `${epoch}.${partition}.${n}`;
+let made = 0;
+
+/** A new chunk id for a batch of this producer run and partition. */
+export function newChunkId(epoch: number, partition: number): string {
+  return `${epoch}.${partition}.${++made}`;
+}
+
+/** Writes bytes as one chunk, then records which destinations hold it. */
+export async function storeChunk(redis: Redis, pipeline: string, id: string, bytes: Buffer, destinations: string[]): Promise<void> {
+  await redis.set(chunkKeys.data(pipeline, id), bytes);
+  await redis.sadd(chunkKeys.holders(pipeline, id), ...destinations);
 }
 
 export function parseChunkId(id: string): { epoch: number; partition: number } {

@@ -27,8 +27,9 @@ export interface EncodedBatch {
   e: number;
   s: number;
   r: EncodedRelation[];
-  /** Change records, base64. */
+  /** Change records, base64; empty when they are in Redis as chunk `b`. */
   c: string;
+  b?: string;
   k?: [number, string, number, 0 | 1, number, number, string, 1?];
   t?: number;
 }
@@ -38,7 +39,8 @@ const OPS: Record<number, RowOp> = { 0x49: 'insert', 0x55: 'update', 0x44: 'dele
 const TRUNCATE_CASCADE = 1;
 const TRUNCATE_RESTART_IDENTITY = 2;
 
-export function encodeBatch(batch: Batch): EncodedBatch {
+/** `recordsChunk`: the batch's change records are stored as this chunk (shared/chunks) rather than inline. */
+export function encodeBatch(batch: Batch, recordsChunk?: string): EncodedBatch {
   const encoded: EncodedBatch = {
     v: CODEC_VERSION,
     p: batch.pipeline,
@@ -46,8 +48,9 @@ export function encodeBatch(batch: Batch): EncodedBatch {
     e: batch.epoch,
     s: batch.seq,
     r: batch.relations.map(encodeRelation),
-    c: (batch.records ?? encodeChanges(batch.changes)).toString('base64'),
+    c: recordsChunk ? '' : changeRecords(batch).toString('base64'),
   };
+  if (recordsChunk) encoded.b = recordsChunk;
   if (batch.committedAt !== undefined) encoded.t = batch.committedAt;
   if (batch.copy) {
     // The rows themselves travel beside the job (shared/chunks), never through its JSON.
@@ -58,7 +61,13 @@ export function encodeBatch(batch: Batch): EncodedBatch {
   return encoded;
 }
 
-export function decodeBatch(encoded: EncodedBatch): Batch {
+/** The batch's changes as codec records. */
+export function changeRecords(batch: Batch): Buffer {
+  return batch.records ?? encodeChanges(batch.changes);
+}
+
+/** `records`: the change records of a batch that keeps them in Redis (chunk `encoded.b`). */
+export function decodeBatch(encoded: EncodedBatch, records?: Buffer): Batch {
   if (encoded.v !== CODEC_VERSION) {
     throw new Error(`batch codec version ${encoded.v} is not supported (this consumer reads version ${CODEC_VERSION}); run the same pg-replicate version for producer and consumers`);
   }
@@ -68,7 +77,7 @@ export function decodeBatch(encoded: EncodedBatch): Batch {
     epoch: encoded.e,
     seq: encoded.s,
     relations: encoded.r.map(decodeRelation),
-    changes: decodeChanges(Buffer.from(encoded.c, 'base64')),
+    changes: decodeChanges(encoded.b ? recordsOf(encoded.b, records) : Buffer.from(encoded.c, 'base64')),
   };
   if (encoded.t !== undefined) batch.committedAt = encoded.t;
   if (encoded.k) {
@@ -116,6 +125,11 @@ function decodeRelation([oid, schema, name, replicaIdentity, columns]: EncodedRe
       ...(details?.m !== undefined ? { missingValue: details.m } : {}),
     })),
   };
+}
+
+function recordsOf(chunk: string, records: Buffer | undefined): Buffer {
+  if (!records) throw new Error(`the change records of this batch are in chunk ${chunk}: read them first`);
+  return records;
 }
 
 function encodeChanges(changes: Change[]): Buffer {

@@ -46,6 +46,8 @@ test('copies a publication of several tables, then streams inserts, updates, del
     await env.pg.query('TRUNCATE items');
     await env.pg.query("INSERT INTO items (sku, qty) VALUES ('after-truncate', 7)");
     await waitForSlotAt(env.pg, slot, await currentWalLsn(env.pg));
+    // The large update transactions above made batches whose records travel as chunks.
+    await waitFor('every chunk of the stream to be released', async () => (await storedChunks(env.redis.client, pipeline)).length === 0);
   } finally {
     await Promise.all([producer.stop(), duckdb.stop(), stdout.stop()]);
   }

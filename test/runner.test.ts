@@ -1,11 +1,13 @@
 import test from 'ava';
+import { Queue } from 'bullmq';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pipelineStatus } from '../cli/status.js';
 import type { Destination, Step, TableState } from '../consumers/destination.js';
 import { ConsumerRunner } from '../consumers/runner.js';
 import { BatchQueues } from '../producer/queues.js';
+import { encodeBatch } from '../shared/codec.js';
 import type { Batch, Relation } from '../shared/events.js';
-import { keys } from '../shared/keys.js';
+import { QUEUE_PREFIX, keys, queueName } from '../shared/keys.js';
 import { writePipelineState } from '../shared/redis.js';
 import { waitFor } from './support/pipeline.js';
 import { type RedisServer, startRedis } from './support/services.js';
@@ -118,3 +120,41 @@ test('stopping a consumer mid-retry puts the batch back at the front of its queu
   t.deepEqual(first.applied.filter((id) => id.startsWith('0-')), ['0-1']);
   t.deepEqual(second.applied.filter((id) => id.startsWith('0-')), Array.from({ length: 9 }, (_, i) => `0-${i + 2}`));
 });
+
+test('a large batch travels as a chunk beside its job: applied whole, then released; re-delivered after its release, it is skipped', async (t) => {
+  await writePipelineState(redis.client, 'large', { slot: 's', publication: 'p', partitions: 1, destinations: ['d'], epoch: 1 });
+  const queues = new BatchQueues(redis.client, 'large', ['d'], 1);
+  await queues.limitToOneWorker();
+  const big: Batch = { ...batch('large', 0, 1), changes: Array.from({ length: 5000 }, (_, i) => ({ op: 'insert' as const, relation: 0, version: { lsn: 1n, ordinal: i + 1 }, row: [`row ${i} ${'x'.repeat(20)}`] })) };
+  queues.enqueue(big);
+  await queues.settle();
+  const [job] = await redis.client.keys('pgr:{large}:chunk:*');
+  t.truthy(job, 'the records are a chunk in Redis');
+  t.deepEqual(await redis.client.smembers(job.replace(':chunk:', ':chunk-for:')), ['d']);
+  const destination = new FlakyDestination('none', 0);
+  const runner = new ConsumerRunner(runnerOptions('large', 'd'), destination);
+  const controller = new AbortController();
+  const running = runner.run(controller.signal);
+  try {
+    await waitFor('the batch to be applied', async () => destination.applied.length === 1);
+    t.is(destination.applied[0].split(',').length, 5000, 'every change arrived');
+    await waitFor('its chunk to be released', async () => (await redis.client.keys('pgr:{large}:chunk*')).length === 0);
+    // As if its consumer had stopped after releasing it but before the queue heard: the same
+    // batch again, its records gone. The applied mark shows it done; it is skipped, not parked.
+    const id = job.slice('pgr:{large}:chunk:'.length);
+    const queue = new Queue(queueName('large', 'd', 0), { connection: redis.client, prefix: QUEUE_PREFIX });
+    await queue.add('batch', encodeBatch(big, id), { jobId: `${id}-again`, removeOnComplete: true });
+    await waitFor('the re-delivered batch to be completed', async () => {
+      const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'failed');
+      return Object.values(counts).every((count) => count === 0);
+    });
+    await queue.close();
+    t.is(destination.applied.length, 1, 'not applied twice');
+  } finally {
+    controller.abort();
+    await running;
+    await runner.close();
+    await queues.close();
+  }
+});
+
