@@ -32,11 +32,13 @@ export function collapseByKey(keyColumns: number[], changes: RowChange[]): Colla
       finalImages.set(key, null);
       continue;
     }
-    const row = [...change.row!];
+    const keepsValues = change.row!.includes(UNCHANGED);
+    // Copied only to be filled in: a row without unchanged values is taken as it is.
+    const row = keepsValues ? [...change.row!] : change.row!;
     const key = keyOf(row);
     const oldValues = change.op === 'update' && change.old ? change.old : row;
-    const oldKey = keyOf(oldValues);
-    if (row.includes(UNCHANGED)) {
+    const oldKey = oldValues === row ? key : keyOf(oldValues);
+    if (keepsValues) {
       const previous = finalImages.get(oldKey);
       if (previous) {
         row.forEach((value, index) => value === UNCHANGED && (row[index] = previous[index]));
@@ -52,11 +54,13 @@ export function collapseByKey(keyColumns: number[], changes: RowChange[]): Colla
     }
     finalImages.set(key, row);
   }
-  return {
-    rows: [...finalImages.values()].filter((row): row is Value[] => row !== null),
-    deletedKeys: [...finalImages].filter(([, row]) => row === null).map(([key]) => keyColumns.map((index) => keyValues.get(key)![index])),
-    lookups,
-  };
+  const rows: Value[][] = [];
+  const deletedKeys: Value[][] = [];
+  for (const [key, row] of finalImages) {
+    if (row) rows.push(row);
+    else deletedKeys.push(keyColumns.map((index) => keyValues.get(key)![index]));
+  }
+  return { rows, deletedKeys, lookups };
 }
 
 /**

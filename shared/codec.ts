@@ -1,4 +1,4 @@
-import type { Batch, Change, Relation } from './events.js';
+import type { Batch, Change, Relation, RowChange } from './events.js';
 import { type Lsn, type Version, formatLsn, parseLsn } from './lsn.js';
 import { ByteReader, type RowOp, readRowImages, rowImages } from './tupledata.js';
 
@@ -227,7 +227,7 @@ function decodeChanges(buffer: Buffer): Change[] {
     if (!op) throw new Error(`batch codec: unknown change record ${code}`);
     const relation = reader.uint16();
     const end = reader.uint32() + reader.offset;
-    changes.push({ op, relation, version, ...readRowImages(reader, op) });
+    changes.push(readRowImages<RowChange>(reader, op, { op, relation, version }));
     if (reader.offset !== end) throw new Error('batch codec: a change record\'s images do not match their length');
   }
   return changes;

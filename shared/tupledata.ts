@@ -77,22 +77,24 @@ export type RowOp = 'insert' | 'update' | 'delete';
  * The images of an insert, update or delete: the part of its pgoutput message after the
  * relation's OID ('N' new tuple; for updates and deletes 'K' key or 'O' old tuple first).
  */
-export function readRowImages(reader: ByteReader, op: RowOp): { row?: Value[]; old?: Value[] } {
+export function readRowImages<T extends { row?: Value[]; old?: Value[] }>(reader: ByteReader, op: RowOp, into: T = {} as T): T {
   if (op === 'insert') {
     reader.byte(); // 'N'
-    return { row: reader.tuple() };
+    into.row = reader.tuple();
+    return into;
   }
   if (op === 'delete') {
     reader.byte(); // 'K' or 'O'
-    return { old: reader.tuple() };
+    into.old = reader.tuple();
+    return into;
   }
-  let kind = reader.byte();
-  let old: Value[] | undefined;
+  const kind = reader.byte();
   if (kind === 0x4b /* K */ || kind === 0x4f /* O */) {
-    old = reader.tuple();
-    kind = reader.byte();
+    into.old = reader.tuple();
+    reader.byte(); // 'N'
   }
-  return { row: reader.tuple(), ...(old ? { old } : {}) };
+  into.row = reader.tuple();
+  return into;
 }
 
 /** The same images built from decoded values (changes that did not come straight from the slot). */
