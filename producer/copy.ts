@@ -287,6 +287,7 @@ export class TableCopy {
 
 /** Waits while Redis or the destinations are behind: the copy never floods the queues. */
 export async function waitForRoom({ watcher, signal }: Session): Promise<void> {
+  await watcher.measure();
   while (watcher.isFull) {
     await sleep(POLL_MS, undefined, { signal });
     await watcher.poll(() => {});

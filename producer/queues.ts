@@ -6,6 +6,10 @@ import type { Batch } from '../shared/events.js';
 import { QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 
+/** How much Redis memory a stored batch takes, for the backlog bound (measured: `npm run bench` samples Redis' used memory). */
+const STORED_OVERHEAD = 1.25;
+const JOB_BYTES = 2048;
+
 /** Change records up to this size travel inside the job; larger ones as a chunk beside it. */
 const INLINE_RECORDS_BYTES = 64 * 1024;
 
@@ -83,7 +87,9 @@ export class BatchQueues {
     const stored = records && records.length > INLINE_RECORDS_BYTES && targets.length > 0 ? newChunkId(batch.epoch, batch.partition) : undefined;
     const written = stored ? storeChunk(this.redis, this.pipeline, stored, records!, targets) : undefined;
     const data = encodeBatch(batch, stored);
-    const bytes = records ? records.length : batch.copy!.bytes;
+    // What Redis holds for it: its payload, rounded up as Redis' allocator does (up to a
+    // quarter for large strings), and the job's own hash.
+    const bytes = Math.ceil((records ? records.length : batch.copy!.bytes) * STORED_OVERHEAD) + JOB_BYTES;
     let sizes = this.sizes.get(batch.partition);
     if (!sizes) this.sizes.set(batch.partition, (sizes = []));
     sizes.push([batch.seq, bytes]);

@@ -146,6 +146,7 @@ export class TableSync {
     for (const oid of tableOids) this.holds.set(oid, []);
     log.info({ tableOids, destinations: destinations ?? 'all', reason }, 'table sync: holding the tables\' changes and copying them');
     const waitForRoom = async () => {
+      await this.session.watcher.measure();
       while (this.session.watcher.isFull && !this.session.signal.aborted) await sleep(POLL_MS);
     };
     const copied = (oid: number, copy?: { snapshotLsn: Lsn; relation: Relation; rows: number }) => {

@@ -37,10 +37,7 @@ export class AppliedWatcher {
     if (epoch !== String(this.epoch)) {
       throw new RedisLostError(`Redis no longer holds this producer run (epoch ${this.epoch}, found ${epoch ?? 'nothing'}): re-reading from the slot`);
     }
-    const applied = new Map<string, Map<number, AppliedMark>>();
-    for (const destination of this.queues.destinations) {
-      applied.set(destination, await readApplied(this.redis, this.options.pipeline, destination));
-    }
+    const applied = await this.readMarks();
     this.measureBacklog(applied);
     await this.publishAppliedLsns(applied);
     const { ackLsn, copyConfirmed } = this.tracker.advance(applied);
@@ -51,6 +48,22 @@ export class AppliedWatcher {
     if (ackLsn === undefined) return false;
     onAck(ackLsn);
     return true;
+  }
+
+  /**
+   * Measures the backlog afresh, without moving anything: for a table copy, which enqueues
+   * chunks of many megabytes between the stream's polls (or before the stream starts).
+   */
+  async measure(): Promise<void> {
+    this.measureBacklog(await this.readMarks());
+  }
+
+  private async readMarks(): Promise<Map<string, Map<number, AppliedMark>>> {
+    const applied = new Map<string, Map<number, AppliedMark>>();
+    for (const destination of this.queues.destinations) {
+      applied.set(destination, await readApplied(this.redis, this.options.pipeline, destination));
+    }
+    return applied;
   }
 
   /** For status: each destination's applied LSN (what the slot could confirm if it were the only one). */
