@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 import pg from 'pg';
 import { type Lsn, formatLsn, parseLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
@@ -18,9 +19,10 @@ export interface CreatedSlot {
 }
 
 /**
- * A walsender connection (replication=database). pg parses the wire protocol; the streaming
- * protocol on top of it (XLogData, keepalives, standby status updates) is ours, so that we
- * decide exactly which LSN is acknowledged and when.
+ * A walsender connection (replication=database). pg runs the connection and its commands; the
+ * stream itself is read off the socket here (CopyBothReader), and the streaming protocol on top
+ * of it (XLogData, keepalives, standby status updates) is ours, so that we decide exactly which
+ * LSN is acknowledged and when.
  */
 export class ReplicationConnection {
   private readonly client: pg.Client;
@@ -54,19 +56,10 @@ export class ReplicationConnection {
    * promise settles when the stream ends: by close(), or by an error from the server.
    */
   start(slot: string, publication: string, startLsn: Lsn, handlers: StreamHandlers): Promise<unknown> {
-    const connection = (this.client as unknown as { connection: ConnectionInternals }).connection;
-    connection.on('copyData', ({ chunk }: { chunk: Buffer }) => {
-      const kind = chunk[0];
-      if (kind === 0x77 /* w: XLogData */) {
-        // A view into pg's read buffer, which it reuses for later socket data: the handler must
-        // take what it needs before returning.
-        handlers.onData(chunk.subarray(25), chunk.readBigUInt64BE(9));
-      } else if (kind === 0x6b /* k: keepalive */) {
-        handlers.onKeepalive(chunk.readBigUInt64BE(1), chunk[17] === 1);
-      }
-    });
     const options = `proto_version '1', publication_names '${publication.replace(/'/g, "''")}'`;
-    this.streaming = this.client.query(`START_REPLICATION SLOT ${quoteIdent(slot)} LOGICAL ${formatLsn(startLsn)} (${options})`);
+    const stream = new CopyBothReader(`START_REPLICATION SLOT ${quoteIdent(slot)} LOGICAL ${formatLsn(startLsn)} (${options})`, handlers);
+    this.client.query(stream as never);
+    this.streaming = stream.ended;
     return this.streaming;
   }
 
@@ -108,8 +101,122 @@ export class ReplicationConnection {
   }
 }
 
+/** Protocol message types the stream reader looks at. */
+const COPY_DATA = 0x64; // 'd'
+const COPY_BOTH_RESPONSE = 0x57; // 'W'
+const NOTICE = 0x4e; // 'N'
+const HEADER = 5;
+
+/**
+ * The replication stream read straight off the connection's socket: each CopyData message is
+ * handed to the handlers as a view of the read buffer, without pg's parser making a message
+ * object, a buffer and an event of it. A message split across reads is gathered first. From
+ * CopyDone, an error or anything else on, the rest goes back to pg, which ends the query.
+ * Submitted with `client.query(reader)`; `ended` settles with the query.
+ */
+class CopyBothReader {
+  readonly ended: Promise<void>;
+  private settle!: { resolve: () => void; reject: (error: Error) => void };
+  private connection?: { stream: Socket; query(text: string): void };
+  private pgDataHandler?: (data: Buffer) => void;
+  private readonly onData = (data: Buffer) => this.parse(data);
+  private partialHeader = Buffer.alloc(0);
+  /** A message begun in an earlier read: its length, bytes read so far, and those bytes if it is kept. */
+  private split?: { length: number; used: number; message?: Buffer };
+  constructor(
+    private readonly text: string,
+    private readonly handlers: StreamHandlers,
+  ) {
+    this.ended = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+  }
+
+  submit(connection: { stream: Socket; query(text: string): void }): void {
+    this.connection = connection;
+    const stream = connection.stream;
+    const listeners = stream.listeners('data') as ((data: Buffer) => void)[];
+    if (listeners.length !== 1) throw new Error('cannot read the replication stream: the connection has an unexpected data listener');
+    this.pgDataHandler = listeners[0];
+    stream.removeListener('data', this.pgDataHandler);
+    stream.on('data', this.onData);
+    connection.query(this.text);
+  }
+
+  /** A server error, or the connection's end (then nothing follows). */
+  handleError(error: Error): void {
+    this.settle.reject(error);
+  }
+
+  handleCommandComplete(): void {}
+
+  handleReadyForQuery(): void {
+    this.settle.resolve();
+  }
+
+  private parse(data: Buffer): void {
+    let position = 0;
+    while (position < data.length) {
+      const split = this.split;
+      if (split) {
+        const take = Math.min(split.length - split.used, data.length - position);
+        if (split.message) data.copy(split.message, split.used, position, position + take);
+        split.used += take;
+        position += take;
+        if (split.used < split.length) return;
+        this.split = undefined;
+        if (split.message) this.handle(split.message, 0, split.length);
+        continue;
+      }
+      let type: number;
+      let length: number;
+      let header: Buffer | undefined;
+      if (this.partialHeader.length === 0 && data.length - position >= HEADER) {
+        type = data[position];
+        length = data.readUInt32BE(position + 1) - 4;
+        position += HEADER;
+      } else {
+        const needed = HEADER - this.partialHeader.length;
+        this.partialHeader = Buffer.concat([this.partialHeader, data.subarray(position, position + needed)]);
+        position += Math.min(needed, data.length - position);
+        if (this.partialHeader.length < HEADER) return;
+        header = this.partialHeader;
+        this.partialHeader = Buffer.alloc(0);
+        type = header[0];
+        length = header.readUInt32BE(1) - 4;
+      }
+      if (type !== COPY_DATA && type !== COPY_BOTH_RESPONSE && type !== NOTICE) {
+        // CopyDone, an error, the query's end: pg's to handle, from this message on.
+        this.detach(header ? Buffer.concat([header, data.subarray(position)]) : data.subarray(position - HEADER));
+        return;
+      }
+      const keep = type === COPY_DATA;
+      if (data.length - position >= length) {
+        if (keep) this.handle(data, position, position + length);
+        position += length;
+      } else {
+        const message = keep ? Buffer.allocUnsafe(length) : undefined;
+        if (message) data.copy(message, 0, position);
+        this.split = { length, used: data.length - position, message };
+        position = data.length;
+      }
+    }
+  }
+
+  /** One CopyData message: XLogData ('w') or a primary keepalive ('k'). */
+  private handle(buffer: Buffer, start: number, end: number): void {
+    const kind = buffer[start];
+    if (kind === 0x77 /* w */) this.handlers.onData(buffer.subarray(start + 25, end), buffer.readBigUInt64BE(start + 9));
+    else if (kind === 0x6b /* k */) this.handlers.onKeepalive(buffer.readBigUInt64BE(start + 1), buffer[start + 17] === 1);
+  }
+
+  private detach(rest: Buffer): void {
+    const stream = this.connection!.stream;
+    stream.removeListener('data', this.onData);
+    stream.on('data', this.pgDataHandler!);
+    if (rest.length > 0) this.pgDataHandler!(rest);
+  }
+}
+
 interface ConnectionInternals {
-  on(event: 'copyData', listener: (message: { chunk: Buffer }) => void): void;
   sendCopyFromChunk(chunk: Buffer): void;
   stream: { pause(): void; resume(): void };
 }
