@@ -114,7 +114,7 @@ const HEADER = 5;
  * CopyDone, an error or anything else on, the rest goes back to pg, which ends the query.
  * Submitted with `client.query(reader)`; `ended` settles with the query.
  */
-class CopyBothReader {
+export class CopyBothReader {
   readonly ended: Promise<void>;
   private settle!: { resolve: () => void; reject: (error: Error) => void };
   private connection?: { stream: Socket; query(text: string): void };

@@ -1,7 +1,9 @@
 import test from 'ava';
+import { EventEmitter } from 'node:events';
 import { AckTracker } from '../producer/acks.js';
 import { parseCsvRows } from '../shared/csv.js';
 import { decodePgoutput } from '../producer/pgoutput.js';
+import { CopyBothReader } from '../producer/replication.js';
 import { planBatch } from '../consumers/plan.js';
 import { ChangeRecords, decodeBatch, encodeBatch } from '../shared/codec.js';
 import { ByteReader, readRowImages, rowImages } from '../shared/tupledata.js';
@@ -188,3 +190,43 @@ function u64(value: bigint): Buffer {
   buffer.writeBigUInt64BE(value);
   return buffer;
 }
+
+test('the replication stream reader gathers messages and headers split across reads, and hands pg the rest', async (t) => {
+  const message = (type: string, body: Buffer) => Buffer.concat([Buffer.from(type), u32(body.length + 4), body]);
+  const xlog = (walEnd: bigint, payload: string) => message('d', Buffer.concat([Buffer.from('w'), u64(1n), u64(walEnd), u64(0n), Buffer.from(payload)]));
+  const keepalive = (walEnd: bigint, reply: boolean) => message('d', Buffer.concat([Buffer.from('k'), u64(walEnd), u64(0n), Buffer.from([reply ? 1 : 0])]));
+  const payloads = ['first', 'x'.repeat(70_000), '', 'last é'];
+  const wire = Buffer.concat([
+    message('W', Buffer.from([0, 0, 0])),
+    xlog(10n, payloads[0]),
+    message('N', Buffer.from('a notice')),
+    xlog(20n, payloads[1]),
+    keepalive(25n, true),
+    xlog(30n, payloads[2]),
+    xlog(40n, payloads[3]),
+    message('c', Buffer.alloc(0)),
+    message('C', Buffer.from('COPY 0\0')),
+  ]);
+  for (const size of [1, 2, 3, 5, 7, 64, 4096, wire.length]) {
+    const received: string[] = [];
+    const socket = new EventEmitter() as EventEmitter & { pause(): void; resume(): void };
+    socket.pause = () => {};
+    socket.resume = () => {};
+    const handedBack: Buffer[] = [];
+    socket.on('data', (data: Buffer) => handedBack.push(Buffer.from(data)));
+    const reader = new CopyBothReader('START_REPLICATION', {
+      onData: (data, walEnd) => received.push(`${walEnd}:${data.toString()}`),
+      onKeepalive: (walEnd, reply) => received.push(`keepalive ${walEnd} ${reply}`),
+    });
+    reader.submit({ stream: socket as never, query: () => {} });
+    // Every read is a fresh buffer that the next read may overwrite: reuse one to make sure.
+    const read = Buffer.alloc(size);
+    for (let offset = 0; offset < wire.length; offset += size) {
+      const piece = read.subarray(0, Math.min(size, wire.length - offset));
+      wire.copy(piece, 0, offset, offset + piece.length);
+      socket.emit('data', piece);
+    }
+    t.deepEqual(received, ['10:first', `20:${payloads[1]}`, 'keepalive 25 true', '30:', '40:last é'], `reads of ${size} bytes`);
+    t.deepEqual(Buffer.concat(handedBack), Buffer.concat([message('c', Buffer.alloc(0)), message('C', Buffer.from('COPY 0\0'))]), `pg gets CopyDone and what follows (reads of ${size} bytes)`);
+  }
+});
