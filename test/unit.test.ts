@@ -215,7 +215,7 @@ test('the replication stream reader gathers messages and headers split across re
     const handedBack: Buffer[] = [];
     socket.on('data', (data: Buffer) => handedBack.push(Buffer.from(data)));
     const reader = new CopyBothReader('START_REPLICATION', {
-      onData: (data, walEnd) => received.push(`${walEnd}:${data.toString()}`),
+      onData: (data) => received.push(data.toString()),
       onKeepalive: (walEnd, reply) => received.push(`keepalive ${walEnd} ${reply}`),
     });
     reader.submit({ stream: socket as never, query: () => {} });
@@ -226,7 +226,7 @@ test('the replication stream reader gathers messages and headers split across re
       wire.copy(piece, 0, offset, offset + piece.length);
       socket.emit('data', piece);
     }
-    t.deepEqual(received, ['10:first', `20:${payloads[1]}`, 'keepalive 25 true', '30:', '40:last é'], `reads of ${size} bytes`);
+    t.deepEqual(received, ['first', payloads[1], 'keepalive 25 true', '', 'last é'], `reads of ${size} bytes`);
     t.deepEqual(Buffer.concat(handedBack), Buffer.concat([message('c', Buffer.alloc(0)), message('C', Buffer.from('COPY 0\0'))]), `pg gets CopyDone and what follows (reads of ${size} bytes)`);
   }
 });
