@@ -1,10 +1,7 @@
-import type { Socket } from 'node:net';
+import { COPY_DATA, CopyDataReader } from './wire.js';
 
-/** Protocol message types this reader looks at. */
-const COPY_DATA = 0x64; // 'd'
 const COPY_DONE = 0x63; // 'c'
 const ERROR_RESPONSE = 0x45; // 'E'
-const HEADER = 5;
 /** Pieces waiting to be taken before the socket is paused. */
 const MAX_QUEUED_BYTES = 1024 * 1024;
 
@@ -12,11 +9,6 @@ const MAX_QUEUED_BYTES = 1024 * 1024;
 export interface CopyPiece {
   data: Buffer;
   rows: number;
-}
-
-interface PgConnection {
-  stream: Socket;
-  query(text: string): void;
 }
 
 /**
@@ -31,12 +23,7 @@ interface PgConnection {
  * While the copy runs, the connection's data goes to this reader instead of `pg`'s parser;
  * from CopyDone (or an error) on, the rest goes back to `pg`, which finishes the query.
  */
-export class CopyOut {
-  private connection?: PgConnection;
-  private pgDataHandler?: (data: Buffer) => void;
-  private readonly onData = (data: Buffer) => this.parse(data);
-  /** Bytes of a message header split across socket reads. */
-  private partialHeader = Buffer.alloc(0);
+export class CopyOut extends CopyDataReader {
   /** What remains of a message begun in an earlier read; a row's bytes so far are in `split`. */
   private remaining = 0;
   private split?: { row: Buffer; used: number };
@@ -45,20 +32,6 @@ export class CopyOut {
   private finished = false;
   private failure?: Error;
   private wake?: () => void;
-
-  constructor(private readonly text: string) {}
-
-  /** Called by `pg` when the query's turn comes. */
-  submit(connection: PgConnection): void {
-    this.connection = connection;
-    const stream = connection.stream;
-    const listeners = stream.listeners('data') as ((data: Buffer) => void)[];
-    if (listeners.length !== 1) throw new Error('cannot read COPY output: the connection has an unexpected data listener');
-    this.pgDataHandler = listeners[0];
-    stream.removeListener('data', this.pgDataHandler);
-    stream.on('data', this.onData);
-    connection.query(this.text);
-  }
 
   /** `pg` reports the query's end (after the copy) and its errors here. */
   handleError(error: Error): void {
@@ -94,7 +67,7 @@ export class CopyOut {
     wake?.();
   }
 
-  private parse(data: Buffer): void {
+  protected parse(data: Buffer): void {
     let position = 0;
     // Whole rows of this read are moved down to data[0, end).
     let end = 0;
@@ -115,29 +88,15 @@ export class CopyOut {
         }
         continue;
       }
-      // A message header: its type byte and length, possibly split across reads.
-      let header: Buffer | undefined;
-      let type: number;
-      let length: number;
-      if (this.partialHeader.length === 0 && data.length - position >= HEADER) {
-        type = data[position];
-        length = data.readUInt32BE(position + 1) - 4;
-        position += HEADER;
-      } else {
-        const needed = HEADER - this.partialHeader.length;
-        this.partialHeader = Buffer.concat([this.partialHeader, data.subarray(position, position + needed)]);
-        position += Math.min(needed, data.length - position);
-        if (this.partialHeader.length < HEADER) break;
-        header = this.partialHeader;
-        this.partialHeader = Buffer.alloc(0);
-        type = header[0];
-        length = header.readUInt32BE(1) - 4;
-      }
+      const body = this.readHeader(data, position);
+      if (body < 0) break;
+      const type = this.messageType;
+      const length = this.messageLength;
+      position = body;
       if (type === COPY_DONE || type === ERROR_RESPONSE) {
         // The rest (CommandComplete, ReadyForQuery, or the error) is pg's to handle.
         if (rows > 0) this.push(data.subarray(0, end), rows);
-        const rest = type === COPY_DONE ? data.subarray(position + length) : header ? Buffer.concat([header, data.subarray(position)]) : data.subarray(position - HEADER);
-        this.detach(rest);
+        this.detach(type === COPY_DONE ? data.subarray(position + length) : this.fromMessageStart(data, body));
         return;
       }
       const available = data.length - position;
@@ -172,11 +131,4 @@ export class CopyOut {
     this.signal();
   }
 
-  private detach(rest: Buffer): void {
-    const stream = this.connection!.stream;
-    stream.removeListener('data', this.onData);
-    stream.on('data', this.pgDataHandler!);
-    if (rest.length > 0) this.pgDataHandler!(rest);
-    stream.resume();
-  }
 }

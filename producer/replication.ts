@@ -1,7 +1,7 @@
-import type { Socket } from 'node:net';
 import pg from 'pg';
 import { type Lsn, formatLsn, parseLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
+import { COPY_DATA, CopyDataReader } from './wire.js';
 
 /** Milliseconds between the Unix epoch and Postgres' epoch (2000-01-01), which replication timestamps count from. */
 export const PG_EPOCH_MS = 946_684_800_000;
@@ -101,11 +101,8 @@ export class ReplicationConnection {
   }
 }
 
-/** Protocol message types the stream reader looks at. */
-const COPY_DATA = 0x64; // 'd'
 const COPY_BOTH_RESPONSE = 0x57; // 'W'
 const NOTICE = 0x4e; // 'N'
-const HEADER = 5;
 
 /**
  * The replication stream read straight off the connection's socket: each CopyData message is
@@ -114,31 +111,17 @@ const HEADER = 5;
  * CopyDone, an error or anything else on, the rest goes back to pg, which ends the query.
  * Submitted with `client.query(reader)`; `ended` settles with the query.
  */
-export class CopyBothReader {
+export class CopyBothReader extends CopyDataReader {
   readonly ended: Promise<void>;
   private settle!: { resolve: () => void; reject: (error: Error) => void };
-  private connection?: { stream: Socket; query(text: string): void };
-  private pgDataHandler?: (data: Buffer) => void;
-  private readonly onData = (data: Buffer) => this.parse(data);
-  private partialHeader = Buffer.alloc(0);
   /** A message begun in an earlier read: its length, bytes read so far, and those bytes if it is kept. */
   private split?: { length: number; used: number; message?: Buffer };
   constructor(
-    private readonly text: string,
+    text: string,
     private readonly handlers: StreamHandlers,
   ) {
+    super(text);
     this.ended = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
-  }
-
-  submit(connection: { stream: Socket; query(text: string): void }): void {
-    this.connection = connection;
-    const stream = connection.stream;
-    const listeners = stream.listeners('data') as ((data: Buffer) => void)[];
-    if (listeners.length !== 1) throw new Error('cannot read the replication stream: the connection has an unexpected data listener');
-    this.pgDataHandler = listeners[0];
-    stream.removeListener('data', this.pgDataHandler);
-    stream.on('data', this.onData);
-    connection.query(this.text);
   }
 
   /** A server error, or the connection's end (then nothing follows). */
@@ -152,7 +135,7 @@ export class CopyBothReader {
     this.settle.resolve();
   }
 
-  private parse(data: Buffer): void {
+  protected parse(data: Buffer): void {
     let position = 0;
     while (position < data.length) {
       const split = this.split;
@@ -166,26 +149,14 @@ export class CopyBothReader {
         if (split.message) this.handle(split.message, 0, split.length);
         continue;
       }
-      let type: number;
-      let length: number;
-      let header: Buffer | undefined;
-      if (this.partialHeader.length === 0 && data.length - position >= HEADER) {
-        type = data[position];
-        length = data.readUInt32BE(position + 1) - 4;
-        position += HEADER;
-      } else {
-        const needed = HEADER - this.partialHeader.length;
-        this.partialHeader = Buffer.concat([this.partialHeader, data.subarray(position, position + needed)]);
-        position += Math.min(needed, data.length - position);
-        if (this.partialHeader.length < HEADER) return;
-        header = this.partialHeader;
-        this.partialHeader = Buffer.alloc(0);
-        type = header[0];
-        length = header.readUInt32BE(1) - 4;
-      }
+      const body = this.readHeader(data, position);
+      if (body < 0) return;
+      const type = this.messageType;
+      const length = this.messageLength;
+      position = body;
       if (type !== COPY_DATA && type !== COPY_BOTH_RESPONSE && type !== NOTICE) {
         // CopyDone, an error, the query's end: pg's to handle, from this message on.
-        this.detach(header ? Buffer.concat([header, data.subarray(position)]) : data.subarray(position - HEADER));
+        this.detach(this.fromMessageStart(data, body));
         return;
       }
       const keep = type === COPY_DATA;
@@ -206,13 +177,6 @@ export class CopyBothReader {
     const kind = buffer[start];
     if (kind === 0x77 /* w */) this.handlers.onData(buffer.subarray(start + 25, end));
     else if (kind === 0x6b /* k */) this.handlers.onKeepalive(buffer.readBigUInt64BE(start + 1), buffer[start + 17] === 1);
-  }
-
-  private detach(rest: Buffer): void {
-    const stream = this.connection!.stream;
-    stream.removeListener('data', this.onData);
-    stream.on('data', this.pgDataHandler!);
-    if (rest.length > 0) this.pgDataHandler!(rest);
   }
 }
 
