@@ -1,4 +1,4 @@
-import type { Batch, Change, Relation, RowChange } from './events.js';
+import type { Batch, Change, Relation, RowChange, Value } from './events.js';
 import { type Lsn, type Version, formatLsn, parseLsn } from './lsn.js';
 import { ByteReader, type RowOp, readRowImages, rowImages } from './tupledata.js';
 
@@ -226,9 +226,42 @@ function decodeChanges(buffer: Buffer): Change[] {
     const op = OPS[code];
     if (!op) throw new Error(`batch codec: unknown change record ${code}`);
     const relation = reader.uint16();
-    const end = reader.uint32() + reader.offset;
-    changes.push(readRowImages<RowChange>(reader, op, { op, relation, version }));
-    if (reader.offset !== end) throw new Error('batch codec: a change record\'s images do not match their length');
+    const length = reader.uint32();
+    changes.push(new RecordedRowChange(op, relation, version, buffer.subarray(reader.offset, reader.offset + length)));
+    reader.offset += length;
   }
+  if (reader.offset !== buffer.length) throw new Error('batch codec: the last change record is cut short');
   return changes;
+}
+
+/**
+ * A row change as the consumer reads it: its images are a view of the batch's records, decoded
+ * into values only when first asked for (a destination may instead move the bytes on as they are).
+ */
+class RecordedRowChange implements RowChange {
+  private decoded?: { row?: Value[]; old?: Value[] };
+
+  constructor(
+    readonly op: RowOp,
+    readonly relation: number,
+    readonly version: Version,
+    readonly images: Buffer,
+  ) {}
+
+  get row(): Value[] | undefined {
+    return this.values().row;
+  }
+
+  get old(): Value[] | undefined {
+    return this.values().old;
+  }
+
+  private values(): { row?: Value[]; old?: Value[] } {
+    if (!this.decoded) {
+      const reader = new ByteReader(this.images);
+      this.decoded = readRowImages(reader, this.op);
+      if (reader.offset !== this.images.length) throw new Error("batch codec: a change record's images do not match their length");
+    }
+    return this.decoded;
+  }
 }

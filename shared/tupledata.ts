@@ -3,9 +3,17 @@ import { UNCHANGED, type Value } from './events.js';
 /**
  * Row images in pgoutput's own binary form (TupleData: a count, then per column 'n' for NULL,
  * 'u' for an unchanged TOASTed value, or 't' + length + text). The producer passes a change's
- * images on exactly as the walsender sent them, undecoded; the consumer's codec decodes them.
+ * images on exactly as the walsender sent them, undecoded; a consumer decodes them into values
+ * only where it needs them, and may move them on as bytes instead.
  * https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
  */
+
+/** TupleData value kinds, and the kinds of old tuple an update or delete may carry. */
+export const KIND_TEXT = 0x74; // t
+export const KIND_NULL = 0x6e; // n
+const KIND_UNCHANGED = 0x75; // u
+const KIND_KEY = 0x4b; // K
+const KIND_OLD = 0x4f; // O
 
 export class ByteReader {
   offset: number;
@@ -58,13 +66,13 @@ export class ByteReader {
     const buffer = this.buffer;
     for (let i = 0; i < count; i++) {
       const kind = buffer[this.offset++];
-      if (kind === 0x74 /* t */) {
+      if (kind === KIND_TEXT) {
         const length = buffer.readInt32BE(this.offset);
         const start = this.offset + 4;
         this.offset = start + length;
         values[i] = buffer.toString('utf8', start, this.offset);
-      } else if (kind === 0x6e /* n */) values[i] = null;
-      else if (kind === 0x75 /* u */) values[i] = UNCHANGED;
+      } else if (kind === KIND_NULL) values[i] = null;
+      else if (kind === KIND_UNCHANGED) values[i] = UNCHANGED;
       else throw new Error(`pgoutput: unexpected tuple value kind ${String.fromCharCode(kind)} (binary mode is not requested)`);
     }
     return values;
@@ -72,6 +80,60 @@ export class ByteReader {
 }
 
 export type RowOp = 'insert' | 'update' | 'delete';
+
+/*
+ * The byte-level view of a change's images, for consumers that move values on without decoding
+ * them: where its tuples start (the offset of their column count), and keys read in place.
+ */
+
+/** Where the new tuple of an insert or update starts; -1 for a delete. */
+export function newTupleAt(images: Buffer, op: RowOp): number {
+  if (op === 'delete') return -1;
+  return op === 'update' && hasOldTuple(images) ? tupleEnd(images, 1) + 1 : 1;
+}
+
+/** Where the old tuple of a delete (or of an update, when Postgres sent one) starts; -1 when absent. */
+export function oldTupleAt(images: Buffer, op: RowOp): number {
+  return op === 'delete' || (op === 'update' && hasOldTuple(images)) ? 1 : -1;
+}
+
+/**
+ * The key columns' bytes in the tuple at `offset` as one string, equal exactly for equal keys
+ * (latin1: one character per byte; NUL, which Postgres text never holds, between columns).
+ * Undefined when a key value is NULL or an unchanged TOASTed value, which bytes cannot stand for.
+ */
+export function tupleKey(images: Buffer, offset: number, keyColumns: number[]): string | undefined {
+  const count = images.readInt16BE(offset);
+  let at = offset + 2;
+  let key = '';
+  let next = 0;
+  for (let column = 0; column < count && next < keyColumns.length; column++) {
+    const kind = images[at++];
+    if (column !== keyColumns[next]) {
+      if (kind === KIND_TEXT) at += 4 + images.readInt32BE(at);
+      continue;
+    }
+    if (kind !== KIND_TEXT) return undefined;
+    const length = images.readInt32BE(at);
+    const text = images.toString('latin1', at + 4, at + 4 + length);
+    key = next === 0 ? text : `${key}\u0000${text}`;
+    at += 4 + length;
+    next++;
+  }
+  return next === keyColumns.length ? key : undefined;
+}
+
+function hasOldTuple(buffer: Buffer): boolean {
+  return buffer[0] === KIND_KEY || buffer[0] === KIND_OLD;
+}
+
+/** The offset just past the tuple whose count is at `offset`. */
+function tupleEnd(buffer: Buffer, offset: number): number {
+  const count = buffer.readInt16BE(offset);
+  let at = offset + 2;
+  for (let column = 0; column < count; column++) if (buffer[at++] === KIND_TEXT) at += 4 + buffer.readInt32BE(at);
+  return at;
+}
 
 /**
  * The images of an insert, update or delete: the part of its pgoutput message after the
@@ -89,7 +151,7 @@ export function readRowImages<T extends { row?: Value[]; old?: Value[] }>(reader
     return into;
   }
   const kind = reader.byte();
-  if (kind === 0x4b /* K */ || kind === 0x4f /* O */) {
+  if (kind === KIND_KEY || kind === KIND_OLD) {
     into.old = reader.tuple();
     reader.byte(); // 'N'
   }

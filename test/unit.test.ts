@@ -7,7 +7,9 @@ import { CopyBothReader } from '../producer/replication.js';
 import { planBatch } from '../consumers/plan.js';
 import { ChangeRecords, decodeBatch, encodeBatch } from '../shared/codec.js';
 import { ByteReader, readRowImages, rowImages } from '../shared/tupledata.js';
-import { type Batch, type Relation, UNCHANGED } from '../shared/events.js';
+import { type Batch, type Change, type Relation, type RowChange, UNCHANGED, type Value } from '../shared/events.js';
+import { collapseByKey } from '../consumers/collapse.js';
+import { collapseImagesToCsv } from '../consumers/imagescsv.js';
 import { partitionOf } from '../shared/keys.js';
 import { compareVersions, formatLsn, parseLsn } from '../shared/lsn.js';
 import { jsonFragment, numericPrecision, PgType } from '../shared/pgtypes.js';
@@ -23,6 +25,15 @@ const relation: Relation = {
     { name: 'body', typeOid: PgType.text, typeModifier: -1, isKey: false },
   ],
 };
+
+/** Decoded changes as plain values (the codec decodes a change's images when first read). */
+function valuesOf(changes: Change[]): Change[] {
+  return changes.map((change) =>
+    change.op === 'truncate'
+      ? change
+      : { op: change.op, relation: change.relation, version: change.version, ...(change.row ? { row: change.row } : {}), ...(change.old ? { old: change.old } : {}) },
+  );
+}
 
 test('LSNs parse, print and compare like Postgres', (t) => {
   t.is(parseLsn('16/B374D848'), 0x16b374d848n);
@@ -48,7 +59,8 @@ test('the batch codec round-trips changes, truncates, copies and unchanged TOAST
       { op: 'truncate', relations: [0], version: { lsn: 0x2_0000_0000n, ordinal: 1 }, cascade: true, restartIdentity: false },
     ],
   };
-  t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))), batch);
+  const decoded = decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch))));
+  t.deepEqual({ ...decoded, changes: valuesOf(decoded.changes) }, batch);
   const copy: Batch = { ...batch, changes: [], copy: { relation: 0, snapshotLsn: 77n, chunk: 2, last: true, rows: 1, bytes: 3, id: '1700000000000.3.9', merge: true } };
   t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(copy)))), copy, 'a copy batch carries the id of its rows in Redis');
   const withRows: Batch = { ...copy, copy: { ...copy.copy!, csv: Buffer.from('1,\n') } };
@@ -68,7 +80,7 @@ test('the batch codec round-trips changes, truncates, copies and unchanged TOAST
   records.truncate([0], { lsn: 0x8_0000_0000n, ordinal: 1 }, false, true);
   many.push({ op: 'truncate', relations: [0], version: { lsn: 0x8_0000_0000n, ordinal: 1 }, cascade: false, restartIdentity: true });
   const written: Batch = { ...batch, changes: [], records: records.bytes() };
-  t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(written)))).changes, many);
+  t.deepEqual(valuesOf(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(written)))).changes), many);
 });
 
 test('COPY CSV text parses back to values (quotes, commas, newlines, empty string vs NULL)', (t) => {
@@ -107,7 +119,7 @@ test('pgoutput messages decode; row images travel undecoded to the consumer, whi
     pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [],
     changes: [{ op: 'update', relation: 0, version: { lsn: 0x5_0000_0010n, ordinal: 3 }, images }],
   };
-  t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))).changes, [{ op: 'update', relation: 0, version: { lsn: 0x5_0000_0010n, ordinal: 3 }, old: ['1', null], row: ['2 é', UNCHANGED] }], 'the consumer decodes them');
+  t.deepEqual(valuesOf(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))).changes), [{ op: 'update', relation: 0, version: { lsn: 0x5_0000_0010n, ordinal: 3 }, old: ['1', null], row: ['2 é', UNCHANGED] }], 'the consumer decodes them');
   const truncate = Buffer.concat([Buffer.from('T'), u32(2), Buffer.from([3]), u32(1), u32(2)]);
   t.deepEqual(decodePgoutput(truncate), { tag: 'truncate', relations: [1, 2], cascade: true, restartIdentity: true });
   const commit = Buffer.concat([Buffer.from('C'), Buffer.from([0]), u64(0x10n), u64(0x48n), u64(5n)]);
@@ -229,4 +241,54 @@ test('the replication stream reader gathers messages and headers split across re
     t.deepEqual(received, ['first', payloads[1], 'keepalive 25 true', '', 'last é'], `reads of ${size} bytes`);
     t.deepEqual(Buffer.concat(handedBack), Buffer.concat([message('c', Buffer.alloc(0)), message('C', Buffer.from('COPY 0\0'))]), `pg gets CopyDone and what follows (reads of ${size} bytes)`);
   }
+});
+
+test('a run collapses straight from its images to the same final rows and deleted keys as from decoded values', (t) => {
+  // Two key columns (so key changes and the key's byte form are both exercised); values with
+  // quotes, commas, newlines, the empty string, NULL and non-ASCII text.
+  const keyColumns = [0, 2];
+  const texts = ['plain', 'a,b', 'say "hi"', 'two\nlines', '', 'é ü', null];
+  let seed = 7;
+  const random = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  for (let run = 0; run < 200; run++) {
+    const present = new Map<string, Value[]>();
+    const changes: RowChange[] = [];
+    for (let index = 0; index < 1 + random(40); index++) {
+      const version = { lsn: 1n, ordinal: index };
+      const key = [String(random(6)), String(random(2))];
+      const keyOf = (values: Value[]) => `${values[0]}/${values[2]}`;
+      const row: Value[] = [key[0], texts[random(texts.length)], key[1]];
+      const existing = [...present.values()][random(present.size + 1)];
+      if (!existing || present.has(keyOf(row))) {
+        if (present.has(keyOf(row))) continue;
+        present.set(keyOf(row), row);
+        changes.push({ op: 'insert', relation: 0, version, row, images: rowImages('insert', row, undefined) });
+      } else if (random(3) === 0) {
+        present.delete(keyOf(existing));
+        const old = [existing[0], null, existing[2]];
+        changes.push({ op: 'delete', relation: 0, version, old, images: rowImages('delete', undefined, old) });
+      } else {
+        // An update, half of them to a new key (Postgres then sends the old key).
+        const updated: Value[] = random(2) === 0 && !present.has(keyOf(row)) ? row : [existing[0], texts[random(texts.length)], existing[2]];
+        const old = keyOf(updated) === keyOf(existing) ? undefined : [existing[0], null, existing[2]];
+        present.delete(keyOf(existing));
+        present.set(keyOf(updated), updated);
+        changes.push({ op: 'update', relation: 0, version, row: updated, ...(old ? { old } : {}), images: rowImages('update', updated, old) });
+      }
+    }
+    const expected = collapseByKey(keyColumns, changes);
+    const lines = parseCsvRows(collapseImagesToCsv(keyColumns, 3, changes)!.toString());
+    const sorted = (rows: Value[][]) => rows.map((row) => JSON.stringify(row)).sort();
+    t.deepEqual(sorted(lines.filter((line) => line[3] === 'f').map((line) => line.slice(0, 3))), sorted(expected.rows));
+    t.deepEqual(sorted(lines.filter((line) => line[3] === 't').map((line) => [line[0], line[2]])), sorted(expected.deletedKeys));
+  }
+  const update = (row: Value[]): RowChange => ({ op: 'update', relation: 0, version: { lsn: 1n, ordinal: 1 }, images: rowImages('update', row, undefined) });
+  t.is(collapseImagesToCsv([0], 2, [update(['1', UNCHANGED])]), undefined, 'an unchanged TOASTed value needs the stored row');
+  t.is(collapseImagesToCsv([0], 3, [update(['1', 'x'])]), undefined, 'images of another width than the table');
+  t.truthy(collapseImagesToCsv([0], 2, [update(['1', UNCHANGED]), update(['1', 'x'])]), 'unless a later image replaces it');
+  const latin1 = Buffer.concat([Buffer.from('N'), Buffer.from([0, 2, 0x74, 0, 0, 0, 1, 0x31, 0x74, 0, 0, 0, 1, 0xe9])]);
+  t.is(collapseImagesToCsv([0], 2, [{ op: 'insert', relation: 0, version: { lsn: 1n, ordinal: 1 }, images: latin1 }]), undefined, 'text that is not UTF-8');
 });

@@ -6,6 +6,7 @@ import { parseCsvRows } from '../../shared/csv.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError, errorMessage } from '../../shared/errors.js';
 import { collapseByKey } from '../collapse.js';
+import { collapseImagesToCsv } from '../imagescsv.js';
 import type { Destination, Step, StoredTable, TableShape as Shape, TableState } from '../destination.js';
 import { type DuckDbType, duckDbType } from './types.js';
 
@@ -38,7 +39,7 @@ export class DuckDbDestination implements Destination {
   static async open(path: string): Promise<DuckDbDestination> {
     let instance: DuckDBInstance;
     try {
-      instance = await DuckDBInstance.create(path);
+      instance = await DuckDBInstance.create(path, process.env.DDB_THREADS ? { threads: process.env.DDB_THREADS } : {});
     } catch (error) {
       throw new UserError(`Cannot open DuckDB database ${path} (${errorMessage(error)}). Check --path: the directory must exist and no other process may have the file open for writing.`);
     }
@@ -184,14 +185,19 @@ export class DuckDbDestination implements Destination {
       await this.writeRows(relation, [], parseCsvRows(csv.toString()));
       return;
     }
-    const file = join(this.scratch, `copy-${this.stageCounter++}.csv`);
-    await writeFile(file, csv);
-    try {
-      const columns = relation.columns.map((_, index) => `'c${index}': 'VARCHAR'`).join(', ');
-      const source = `read_csv(${literal(file)}, header = false, delim = ',', quote = '"', escape = '"', nullstr = '', allow_quoted_nulls = false, auto_detect = false, new_line = '\\n', columns = {${columns}})`;
+    await this.withFile(csv, async (file) => {
       const names = relation.columns.map((column) => ident(column.name)).join(', ');
       const values = types.map((type, index) => type.cast(`s.c${index}`)).join(', ');
-      await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${source} s`);
+      await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(file, types.length)} s`);
+    });
+  }
+
+  /** `bytes` as a file of this process's scratch directory while `use` runs. */
+  private async withFile(bytes: Buffer, use: (file: string) => Promise<unknown>): Promise<void> {
+    const file = join(this.scratch, `stage-${this.stageCounter++}.csv`);
+    await writeFile(file, bytes);
+    try {
+      await use(file);
     } finally {
       await rm(file, { force: true });
     }
@@ -208,8 +214,29 @@ export class DuckDbDestination implements Destination {
       for (const change of changes) await this.applyOneByOne(relation, change);
       return;
     }
+    const types = relation.columns.map(duckDbType);
+    const lines = types.some((type) => type.stage) ? undefined : collapseImagesToCsv(keyColumns, types.length, changes);
+    if (lines) {
+      await this.writeLines(relation, types, keyColumns, lines);
+      return;
+    }
     const { rows, deletedKeys, lookups } = collapseByKey(keyColumns, changes);
     await this.writeRows(relation, keyColumns, rows, deletedKeys, lookups);
+  }
+
+  /**
+   * The bulk path for a run collapsed straight from its images (consumers/imagescsv): DuckDB
+   * reads the CSV lines into a staging table, then one DELETE of every key touched and one
+   * INSERT … SELECT of the rows left present, with the casts. No value passes through JS.
+   */
+  private async writeLines(relation: Relation, types: DuckDbType[], keyColumns: number[], lines: Buffer): Promise<void> {
+    const stage = `_pg_stage_l${this.stageCounter++ % 4}`;
+    await this.withFile(lines, (file) => this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(file, types.length, STAGE_DELETED)}`));
+    const target = tableSql(relation);
+    const match = keyColumns.map((column) => `${target}.${ident(relation.columns[column].name)} = ${types[column].cast(`s.c${column}`)}`).join(' AND ');
+    await this.connection.run(`DELETE FROM ${target} USING ${stage} s WHERE ${match}`);
+    const names = relation.columns.map((column) => ident(column.name)).join(', ');
+    await this.connection.run(`INSERT INTO ${target} (${names}) SELECT ${types.map((type, index) => type.cast(`s.c${index}`)).join(', ')} FROM ${stage} s WHERE NOT s.${STAGE_DELETED}`);
   }
 
   /**
@@ -338,6 +365,17 @@ export class DuckDbDestination implements Destination {
     this.instance.closeSync();
     await rm(this.scratch, { recursive: true, force: true });
   }
+}
+
+/**
+ * read_csv of Postgres-style CSV (as COPY writes it): `width` text columns c0, c1, …, and a
+ * BOOLEAN column `flag` after them when given. Quoted values, `""` inside, an unquoted empty
+ * field is NULL and a quoted one the empty string.
+ */
+function csvSource(file: string, width: number, flag?: string): string {
+  const columns = Array.from({ length: width }, (_, index) => `'c${index}': 'VARCHAR'`);
+  if (flag) columns.push(`'${flag}': 'BOOLEAN'`);
+  return `read_csv(${literal(file)}, header = false, delim = ',', quote = '"', escape = '"', nullstr = '', allow_quoted_nulls = false, auto_detect = false, new_line = '\\n', columns = {${columns.join(', ')}})`;
 }
 
 function keyColumnsOf(relation: Relation): number[] {

@@ -1,0 +1,104 @@
+import { isUtf8 } from 'node:buffer';
+import type { RowChange } from '../shared/events.js';
+import { KIND_NULL, KIND_TEXT, newTupleAt, oldTupleAt, tupleKey } from '../shared/tupledata.js';
+
+/**
+ * The fast path of collapseByKey (consumers/collapse): a run of changes to a keyed table reduced
+ * to the final image of each key, written as CSV straight from the changes' pgoutput images.
+ * No value becomes a JS string (keys are compared as their bytes), which is most of the cost of
+ * applying a large batch the other way.
+ *
+ * One CSV line per key touched: the row's columns, then `f`; or, for a key the run leaves
+ * absent, its old image (the key columns, the rest NULL) and `t`. Quoted values, `""` inside a
+ * value, an empty unquoted field for NULL: what a CSV reader told so returns value for value.
+ *
+ * Undefined when the run needs decoded values instead: a change without images, a final image
+ * keeping an unchanged TOASTed value (it must be looked up in the stored row), a key that is
+ * NULL or unchanged, images of another width than the table, or text that is not UTF-8.
+ */
+export function collapseImagesToCsv(keyColumns: number[], width: number, changes: RowChange[]): Buffer | undefined {
+  // Per key, the change that decides it: index × 2, plus 1 when it leaves the key absent.
+  const decisive = new Map<string, number>();
+  for (let index = 0; index < changes.length; index++) {
+    const { op, images } = changes[index];
+    if (!images) return undefined;
+    const old = oldTupleAt(images, op);
+    const oldKey = old < 0 ? undefined : tupleKey(images, old, keyColumns);
+    if (old >= 0 && oldKey === undefined) return undefined;
+    if (op === 'delete') {
+      decisive.set(oldKey!, index * 2 + 1);
+      continue;
+    }
+    const key = tupleKey(images, newTupleAt(images, op), keyColumns);
+    if (key === undefined) return undefined;
+    // An update that changed the key leaves its old key absent.
+    if (oldKey !== undefined && oldKey !== key) decisive.set(oldKey, index * 2 + 1);
+    decisive.set(key, index * 2);
+  }
+  const csv = new CsvLines();
+  for (const entry of decisive.values()) {
+    const { op, images } = changes[entry >>> 1];
+    const absent = (entry & 1) === 1;
+    if (!csv.line(images!, absent ? oldTupleAt(images!, op) : newTupleAt(images!, op), width, absent)) return undefined;
+  }
+  const bytes = csv.bytes();
+  return isUtf8(bytes) ? bytes : undefined;
+}
+
+const COMMA = 0x2c;
+const QUOTE = 0x22;
+const NEWLINE = 0x0a;
+const TRUE = 0x74;
+const FALSE = 0x66;
+
+/** CSV lines appended into one growing buffer. */
+class CsvLines {
+  private buffer = Buffer.allocUnsafe(256 * 1024);
+  private length = 0;
+
+  /** Appends the tuple at `offset` and the flag; false if it holds a value CSV cannot stand for. */
+  line(images: Buffer, offset: number, width: number, flag: boolean): boolean {
+    const count = images.readInt16BE(offset);
+    if (count !== width) return false;
+    let at = offset + 2;
+    for (let column = 0; column < count; column++) {
+      const kind = images[at++];
+      if (kind === KIND_NULL) {
+        this.reserve(1);
+        this.buffer[this.length++] = COMMA;
+        continue;
+      }
+      if (kind !== KIND_TEXT) return false;
+      const size = images.readInt32BE(at);
+      at += 4;
+      // Every byte may be a quote to double: room for twice the value, its quotes and the comma.
+      this.reserve(2 * size + 3);
+      const buffer = this.buffer;
+      let length = this.length;
+      buffer[length++] = QUOTE;
+      for (const end = at + size; at < end; at++) {
+        const byte = images[at];
+        buffer[length++] = byte;
+        if (byte === QUOTE) buffer[length++] = QUOTE;
+      }
+      buffer[length++] = QUOTE;
+      buffer[length++] = COMMA;
+      this.length = length;
+    }
+    this.reserve(2);
+    this.buffer[this.length++] = flag ? TRUE : FALSE;
+    this.buffer[this.length++] = NEWLINE;
+    return true;
+  }
+
+  bytes(): Buffer {
+    return this.buffer.subarray(0, this.length);
+  }
+
+  private reserve(bytes: number): void {
+    if (this.length + bytes <= this.buffer.length) return;
+    const grown = Buffer.allocUnsafe(Math.max(this.length + bytes, this.buffer.length * 2));
+    this.buffer.copy(grown, 0, 0, this.length);
+    this.buffer = grown;
+  }
+}
