@@ -39,7 +39,7 @@ export class DuckDbDestination implements Destination {
   static async open(path: string): Promise<DuckDbDestination> {
     let instance: DuckDBInstance;
     try {
-      instance = await DuckDBInstance.create(path, process.env.DDB_THREADS ? { threads: process.env.DDB_THREADS } : {});
+      instance = await DuckDBInstance.create(path);
     } catch (error) {
       throw new UserError(`Cannot open DuckDB database ${path} (${errorMessage(error)}). Check --path: the directory must exist and no other process may have the file open for writing.`);
     }

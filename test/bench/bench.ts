@@ -5,7 +5,7 @@
  * Writes the table into README.md.
  *
  * Sizes: BENCH_ROWS (backfill, default 2,000,000), BENCH_CHANGES (small transactions, default
- * 300,000), BENCH_BIG_INSERT (one transaction, default 5,000,000), BENCH_BIG_UPDATE (one
+ * 1,000,000), BENCH_BIG_INSERT (one transaction, default 5,000,000), BENCH_BIG_UPDATE (one
  * transaction, default 1,000,000), BENCH_HUGE_ROWS (memory-flatness backfill, default
  * 10,000,000), BENCH_LATENCY_SECONDS (steady 5 k changes/s, default 30). A size of 0 skips that
  * scenario. Each target of the performance issue is printed with PASS or FAIL.
@@ -23,7 +23,7 @@ import { startPostgres, startRedis } from '../support/services.js';
 
 const size = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 const ROWS = size('BENCH_ROWS', 2_000_000);
-const CHANGES = size('BENCH_CHANGES', 300_000);
+const CHANGES = size('BENCH_CHANGES', 1_000_000);
 const BIG_INSERT = size('BENCH_BIG_INSERT', 5_000_000);
 const BIG_UPDATE = size('BENCH_BIG_UPDATE', 1_000_000);
 const HUGE_ROWS = size('BENCH_HUGE_ROWS', 10_000_000);
