@@ -74,19 +74,20 @@ export class Batcher {
   }
 
   /**
-   * Adds a row change (its images as pgoutput sent them, copied into the batch); returns the
-   * partition and the batch it went into. `relation` is the shape the change was made under
-   * when that is not the current one (a change held during a copy).
+   * Adds a row change, its images as pgoutput sent them (`message` from `start` to `end`, copied
+   * into the batch); returns the partition and the batch it went into. `relation` is the shape
+   * the change was made under when that is not the current one (a change held during a copy).
    */
-  addRow(op: RowOp, images: Buffer, lsn: Lsn, ordinal: number, relationOid: number, bytes: number, relation = this.relation(relationOid)): { partition: number; seq: number } {
+  addRow(op: RowOp, relationOid: number, lsn: Lsn, ordinal: number, message: Buffer, start: number, end: number, relation = this.relation(relationOid)): { partition: number; seq: number } {
     const partition = this.partitionOf(relation);
     const open = this.open.get(partition);
     const index = open?.relationIndex.get(relation.oid);
     // One batch describes a table one way: a change of another shape starts a new batch.
     if (open && index !== undefined && open.relations[index] !== relation) this.flush(partition);
     const batch = this.openBatch(partition);
-    batch.records.row(op, this.indexOf(batch, relation), lsn, ordinal, images);
-    return this.account(partition, batch, bytes);
+    batch.records.row(op, this.indexOf(batch, relation), lsn, ordinal, message, start, end);
+    // Its size on the wire: the images, the message's tag and the relation's OID.
+    return this.account(partition, batch, end - start + 5);
   }
 
   /** A TRUNCATE of several tables becomes one truncate per partition involved. */

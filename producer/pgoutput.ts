@@ -1,6 +1,6 @@
 import type { Column, ReplicaIdentity } from '../shared/events.js';
 import type { Lsn } from '../shared/lsn.js';
-import { ByteReader } from '../shared/tupledata.js';
+import { ByteReader, type RowOp } from '../shared/tupledata.js';
 
 /**
  * A decoder for the pgoutput logical decoding protocol, version 1
@@ -18,8 +18,14 @@ export type PgoutputMessage =
   | { tag: 'origin' }
   | { tag: 'message' };
 
-const ROW_OPS = { I: 'insert', U: 'update', D: 'delete' } as const;
 const REPLICA_IDENTITIES: Record<string, ReplicaIdentity> = { d: 'default', n: 'nothing', f: 'full', i: 'index' };
+
+const ROW_TAGS: Record<number, RowOp> = { 0x49: 'insert', 0x55: 'update', 0x44: 'delete' };
+
+/** The operation of a row change message, from its first byte; undefined for any other message. */
+export function rowOp(tag: number): RowOp | undefined {
+  return ROW_TAGS[tag];
+}
 
 export function decodePgoutput(buffer: Buffer): PgoutputMessage {
   const reader = new ByteReader(buffer);
@@ -51,7 +57,7 @@ export function decodePgoutput(buffer: Buffer): PgoutputMessage {
     case 'U':
     case 'D':
       // A view into the message: copy it (or write it somewhere) before the read buffer is reused.
-      return { tag: ROW_OPS[tag], relation: reader.uint32(), images: buffer.subarray(5) };
+      return { tag: ROW_TAGS[buffer[0]], relation: reader.uint32(), images: buffer.subarray(5) };
     case 'T': {
       const count = reader.uint32();
       const options = reader.byte();

@@ -7,8 +7,8 @@ import { COPY_DATA, CopyDataReader } from './wire.js';
 export const PG_EPOCH_MS = 946_684_800_000;
 
 export interface StreamHandlers {
-  /** One pgoutput message. The buffer is valid only during the call. */
-  onData(message: Buffer): void;
+  /** One pgoutput message: `buffer` from `start` to `end`, a view of the read buffer valid only during the call. */
+  onData(buffer: Buffer, start: number, end: number): void;
   /** A primary keepalive: the server's WAL end, and whether it wants an answer now. */
   onKeepalive(walEnd: Lsn, replyRequested: boolean): void;
 }
@@ -175,7 +175,7 @@ export class CopyBothReader extends CopyDataReader {
   /** One CopyData message: XLogData ('w') or a primary keepalive ('k'). */
   private handle(buffer: Buffer, start: number, end: number): void {
     const kind = buffer[start];
-    if (kind === 0x77 /* w */) this.handlers.onData(buffer.subarray(start + 25, end));
+    if (kind === 0x77 /* w */) this.handlers.onData(buffer, start + 25, end);
     else if (kind === 0x6b /* k */) this.handlers.onKeepalive(buffer.readBigUInt64BE(start + 1), buffer[start + 17] === 1);
   }
 }

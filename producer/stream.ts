@@ -5,13 +5,13 @@ import { type Lsn, formatLsn, maxLsn } from '../shared/lsn.js';
 import { Batcher } from './batcher.js';
 import { Heartbeat } from './heartbeat.js';
 import { type AckPosition, type Session } from './options.js';
-import { type PgoutputMessage, decodePgoutput } from './pgoutput.js';
+import { type PgoutputMessage, decodePgoutput, rowOp } from './pgoutput.js';
+import type { RowOp } from '../shared/tupledata.js';
 import { PG_EPOCH_MS, type ReplicationConnection } from './replication.js';
 import type { TableSync } from './tablesync.js';
 
-/** What arrives from the walsender, in order: a pgoutput message, or the WAL end of a keepalive. */
-/** A decoded pgoutput message and its size on the wire, or a keepalive's WAL end. */
-type Arrival = { decoded: PgoutputMessage; bytes: number } | { walEnd: Lsn };
+/** What arrives from the walsender, in order: a decoded pgoutput message, or a keepalive's WAL end. */
+type Arrival = { decoded: PgoutputMessage } | { walEnd: Lsn };
 
 /** Arrivals held before reading pauses, and the level at which it resumes. */
 const INBOX_HIGH = 4096;
@@ -58,7 +58,26 @@ export async function streamSlot(
     log.debug({ paused: pauses.size > 0, reason }, 'slot read pause changed');
   };
 
-  const apply = (decoded: PgoutputMessage, bytes: number) => {
+  /** A row change, its images `message` from `start` to `end` (kept only by copying). */
+  const addRow = (op: RowOp, oid: number, message: Buffer, start: number, end: number) => {
+    const lsn = commitLsn;
+    const position = ++ordinal;
+    if (tableSync.isHeld(oid)) {
+      const shape = batcher.relation(oid);
+      const kept = Buffer.from(message.subarray(start, end));
+      tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addRow(op, oid, lsn, position, kept, 0, kept.length, shape), bytes: kept.length });
+      if (tableSync.isFull) setPaused('held', true);
+    } else {
+      const { partition, seq } = batcher.addRow(op, oid, lsn, position, message, start, end);
+      tracker.touch(partition, seq);
+    }
+  };
+  const noteActivity = () => {
+    lastActivity = Date.now();
+    if (watcher.isFull) setPaused('backlog', true);
+  };
+
+  const apply = (decoded: PgoutputMessage) => {
     switch (decoded.tag) {
       case 'begin':
         commitLsn = decoded.finalLsn;
@@ -68,22 +87,9 @@ export async function streamSlot(
         break;
       case 'insert':
       case 'update':
-      case 'delete': {
-        const { tag, relation: oid, images } = decoded;
-        const lsn = commitLsn;
-        const position = ++ordinal;
-        if (tableSync.isHeld(oid)) {
-          const shape = batcher.relation(oid);
-          // Kept past this call: a copy of the images, not a view of the read buffer.
-          const kept = Buffer.from(images);
-          tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addRow(tag, kept, lsn, position, oid, bytes, shape), bytes });
-          if (tableSync.isFull) setPaused('held', true);
-        } else {
-          const { partition, seq } = batcher.addRow(tag, images, lsn, position, oid, bytes);
-          tracker.touch(partition, seq);
-        }
+      case 'delete':
+        addRow(decoded.tag, decoded.relation, decoded.images, 0, decoded.images.length);
         break;
-      }
       case 'truncate': {
         const version = { lsn: commitLsn, ordinal: ++ordinal };
         const truncate = { op: 'truncate' as const, version, cascade: decoded.cascade, restartIdentity: decoded.restartIdentity };
@@ -120,10 +126,9 @@ export async function streamSlot(
             batcher.setRelation(await describe(decoded, batcher.knownRelation(decoded.oid)));
             tableSync.noticeRelation(decoded.oid);
           } else {
-            apply(decoded, arrival.bytes);
+            apply(decoded);
           }
-          lastActivity = Date.now();
-          if (watcher.isFull) setPaused('backlog', true);
+          noteActivity();
         }
         if (inboxHead === inbox.length) {
           inbox.length = 0;
@@ -146,11 +151,18 @@ export async function streamSlot(
   };
 
   const streaming = replication.start(options.slot, options.publication, 0n, {
-    // Decoded at once, and applied at once unless a catalog look-up is pending: the message is
-    // a view into pg's read buffer, which the next read reuses.
-    onData: (message) => {
+    // Applied at once unless a catalog look-up is pending: the message lies in pg's read
+    // buffer, which the next read reuses. A row change (nearly every message) is then batched
+    // straight from there, with no object made for it.
+    onData: (buffer, start, end) => {
       try {
-        receive({ decoded: decodePgoutput(message), bytes: message.length });
+        const op = rowOp(buffer[start]);
+        if (op && !draining && inboxHead === inbox.length) {
+          addRow(op, buffer.readUInt32BE(start + 1), buffer, start + 5, end);
+          noteActivity();
+        } else {
+          receive({ decoded: decodePgoutput(buffer.subarray(start, end)) });
+        }
       } catch (error) {
         fail(error as Error);
       }

@@ -155,12 +155,14 @@ export class ChangeRecords {
   private high = 0;
   private low = 0;
 
-  row(op: RowOp, relation: number, lsn: Lsn, ordinal: number, images: Buffer): void {
-    const offset = this.header(OP_CODES[op], lsn, ordinal, 6 + images.length);
+  /** A row change whose images are `images` from `start` to `end`. */
+  row(op: RowOp, relation: number, lsn: Lsn, ordinal: number, images: Buffer, start = 0, end = images.length): void {
+    const length = end - start;
+    const offset = this.header(OP_CODES[op], lsn, ordinal, 6 + length);
     const buffer = this.buffer;
     buffer.writeUInt16BE(relation, offset);
-    buffer.writeUInt32BE(images.length, offset + 2);
-    images.copy(buffer, offset + 6);
+    buffer.writeUInt32BE(length, offset + 2);
+    images.copy(buffer, offset + 6, start, end);
   }
 
   truncate(relations: number[], version: Version, cascade: boolean, restartIdentity: boolean): void {

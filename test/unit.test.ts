@@ -227,7 +227,7 @@ test('the replication stream reader gathers messages and headers split across re
     const handedBack: Buffer[] = [];
     socket.on('data', (data: Buffer) => handedBack.push(Buffer.from(data)));
     const reader = new CopyBothReader('START_REPLICATION', {
-      onData: (data) => received.push(data.toString()),
+      onData: (data, start, end) => received.push(data.toString('utf8', start, end)),
       onKeepalive: (walEnd, reply) => received.push(`keepalive ${walEnd} ${reply}`),
     });
     reader.submit({ stream: socket as never, query: () => {} });
