@@ -1,8 +1,9 @@
 /**
  * npm run bench: end-to-end rates into DuckDB, each next to the raw rate at which Postgres
  * hands out the same data in the same run (COPY … TO STDOUT for a backfill, a pg_recvlogical
- * drain of the same WAL for CDC), with the peak memory of the producer, the consumer and Redis.
- * Writes the table into README.md.
+ * drain of the same WAL for CDC), with the peak memory of the producer, the consumer and Redis,
+ * and the CPU time each part of the pipeline used (what bounds the rates on a small machine).
+ * Writes the tables into README.md.
  *
  * Sizes: BENCH_ROWS (backfill, default 2,000,000), BENCH_CHANGES (small transactions, default
  * 1,000,000), BENCH_BIG_INSERT (one transaction, default 5,000,000), BENCH_BIG_UPDATE (one
@@ -11,7 +12,7 @@
  * scenario. Each target of the performance issue is printed with PASS or FAIL.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -29,6 +30,8 @@ const BIG_UPDATE = size('BENCH_BIG_UPDATE', 1_000_000);
 const HUGE_ROWS = size('BENCH_HUGE_ROWS', 10_000_000);
 const LATENCY_SECONDS = size('BENCH_LATENCY_SECONDS', 30);
 const LATENCY_RATE = 5_000;
+/** Linux's USER_HZ: the unit of the CPU times in /proc/<pid>/stat. */
+const CLOCK_TICKS = 100;
 const CDC_SMALL = 'CDC, transactions of 10 changes (60 % insert, 30 % update, 10 % delete)';
 const CDC_BIG = 'CDC, one transaction inserting every row';
 
@@ -43,6 +46,15 @@ interface Result {
   /** Redis' used memory at its highest during the run, and the bound the producer's settings put on it. */
   redisPeakMb: number;
   redisBoundMb: number;
+  cpu: CpuSeconds;
+}
+
+/** CPU seconds (user + system, every thread) each part used during a run. */
+interface CpuSeconds {
+  postgres: number;
+  producer: number;
+  redis: number;
+  consumer: number;
 }
 
 const pgServer = await startPostgres();
@@ -83,14 +95,16 @@ async function benchBackfill(name: string, rows: number): Promise<Result> {
   const consumer = pipeline.duckdb('bench');
   const consumerPeak = sampleRss(consumer);
   const redisPeak = sampleRedis();
+  const cpuFrom = await cpuNow(consumer);
   const started = performance.now();
   const producer = pipeline.producer(['--mode', 'copy']);
   const producerPeak = sampleRss(producer);
   const code = await producer.exited;
   const seconds = (performance.now() - started) / 1000;
+  const cpu = cpuSince(cpuFrom, await cpuNow(consumer), producerPeak);
   // Chunks being written are not yet part of the backlog: one per copy connection on top of it.
   const bound = PRODUCER_DEFAULTS.maxBacklogBytes + PRODUCER_DEFAULTS.copyConnections * PRODUCER_DEFAULTS.copyChunkBytes;
-  const result = { name, count: rows, seconds, rawSeconds, rawName: 'binary COPY … TO STDOUT', producerPeakMb: producerPeak(), consumerPeakMb: consumerPeak(), ...redisPeak(bound) };
+  const result = { name, count: rows, seconds, rawSeconds, rawName: 'binary COPY … TO STDOUT', producerPeakMb: producerPeak().mb, consumerPeakMb: consumerPeak().mb, ...redisPeak(bound), cpu };
   await consumer.stop();
   if (code !== 0) throw new Error(`producer failed: ${producer.stderr}`);
   await pgServer.query(`DROP TABLE ${table}`);
@@ -151,12 +165,14 @@ async function benchCdc(name: string, count: number, write: string, prepare?: st
 
   const consumerPeak = sampleRss(consumer);
   const redisPeak = sampleRedis();
+  const cpuFrom = await cpuNow(consumer);
   const started = performance.now();
   producer = pipeline.producer();
   const producerPeak = sampleRss(producer);
   await waitForSlotAt(pgServer, pipeline.slot, end, 60 * 60_000);
   const seconds = (performance.now() - started) / 1000;
-  const result = { name, count, seconds, rawSeconds, rawName: 'pg_recvlogical', producerPeakMb: producerPeak(), consumerPeakMb: consumerPeak(), ...redisPeak(PRODUCER_DEFAULTS.maxBacklogBytes) };
+  const cpu = cpuSince(cpuFrom, await cpuNow(consumer), producerPeak);
+  const result = { name, count, seconds, rawSeconds, rawName: 'pg_recvlogical', producerPeakMb: producerPeak().mb, consumerPeakMb: consumerPeak().mb, ...redisPeak(PRODUCER_DEFAULTS.maxBacklogBytes), cpu };
   await Promise.all([producer.stop(), consumer.stop()]);
   await pgServer.query(`DROP PUBLICATION ${pipeline.publication}; SELECT pg_drop_replication_slot('${pipeline.slot}')`);
   return result;
@@ -230,23 +246,75 @@ function sampleRedis(): (boundBytes: number) => { redisPeakMb: number; redisBoun
   };
 }
 
-/** Samples a child's resident set size; returns a function giving the peak in MB. */
-function sampleRss(child: CliProcess): () => number {
+/**
+ * Samples a child's resident set size and CPU time; returns a function giving the peak RSS in
+ * MB and the CPU seconds last seen (up to its exit, to within the 100 ms between samples).
+ */
+function sampleRss(child: CliProcess): () => { mb: number; cpuSeconds: number } {
   let peak = 0;
-  const timer = setInterval(() => {
+  let cpuSeconds = 0;
+  const sample = () => {
     try {
       const status = readFileSync(`/proc/${child.child.pid}/status`, 'utf8');
       const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
       peak = Math.max(peak, kb / 1024);
+      cpuSeconds = processTimes(child.child.pid!).own;
     } catch {
       // the process has exited
     }
-  }, 100);
+  };
+  const timer = setInterval(sample, 100);
   child.exited.then(() => clearInterval(timer));
   return () => {
     clearInterval(timer);
-    return Math.round(peak);
+    sample();
+    return { mb: Math.round(peak), cpuSeconds };
   };
+}
+
+/** A process's user + system CPU seconds (every thread), and those of its children it has reaped. */
+function processTimes(pid: number): { own: number; reaped: number; parent: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15, cutime 16, cstime 17.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { parent: Number(fields[1]), own: (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS, reaped: (Number(fields[13]) + Number(fields[14])) / CLOCK_TICKS };
+}
+
+/**
+ * Postgres' CPU seconds so far: the postmaster's, the backends it has reaped, and the live ones
+ * (a backend that ends moves from the last into the second, so the sum only grows).
+ */
+async function postgresCpuSeconds(): Promise<number> {
+  const { rows } = await pgServer.query('SELECT pg_backend_pid() AS pid');
+  const postmaster = processTimes(rows[0].pid).parent;
+  const { own, reaped } = processTimes(postmaster);
+  let live = 0;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const times = processTimes(Number(entry));
+      if (times.parent === postmaster) live += times.own;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return own + reaped + live;
+}
+
+async function redisCpuSeconds(): Promise<number> {
+  const info = await redis.client.info('cpu');
+  return Number(/used_cpu_sys:([\d.]+)/.exec(info)?.[1] ?? 0) + Number(/used_cpu_user:([\d.]+)/.exec(info)?.[1] ?? 0);
+}
+
+type CpuReading = Omit<CpuSeconds, 'producer'>;
+
+async function cpuNow(consumer: CliProcess): Promise<CpuReading> {
+  return { postgres: await postgresCpuSeconds(), redis: await redisCpuSeconds(), consumer: processTimes(consumer.child.pid!).own };
+}
+
+/** The CPU each part used between two readings; the producer starts with the run, so all of its time counts. */
+function cpuSince(from: CpuReading, to: CpuReading, producer: () => { cpuSeconds: number }): CpuSeconds {
+  return { postgres: to.postgres - from.postgres, producer: producer().cpuSeconds, redis: to.redis - from.redis, consumer: to.consumer - from.consumer };
 }
 
 function report(all: Result[]): void {
@@ -285,6 +353,16 @@ function report(all: Result[]): void {
     '| target (performance issue) | measured | |',
     '| --- | --- | --- |',
     ...targets,
+    '',
+    `CPU seconds each part used during each run (user + system, all threads; the machine has ${cpus().length} cores, so a run of w seconds has ${cpus().length}·w to share):`,
+    '',
+    '| scenario | wall | Postgres | producer | Redis | consumer (DuckDB) | all | share of the cores |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...all.map(({ name, seconds, cpu }) => {
+      const total = cpu.postgres + cpu.producer + cpu.redis + cpu.consumer;
+      const s = (value: number) => `${value.toFixed(1)} s`;
+      return `| ${name} | ${s(seconds)} | ${s(cpu.postgres)} | ${s(cpu.producer)} | ${s(cpu.redis)} | ${s(cpu.consumer)} | ${s(total)} | ${Math.round((100 * total) / (seconds * cpus().length))} % |`;
+    }),
   ].join('\n');
   process.stdout.write(`${table}\n`);
   const readmePath = join(process.cwd(), 'README.md');
