@@ -21,6 +21,8 @@ export class Sequencer {
   }
 }
 
+const MIN_RECORDS_CAPACITY = 64 * 1024;
+
 interface OpenBatch {
   seq: number;
   relationIndex: Map<number, number>;
@@ -44,6 +46,7 @@ export class Batcher {
   private readonly relations = new Map<number, Relation>();
   private readonly open = new Map<number, OpenBatch>();
   private readonly partitionByOid = new Map<number, number>();
+  private recordsCapacity = MIN_RECORDS_CAPACITY;
   /** Commit time of the transaction being read (ms since the Unix epoch). */
   committedAt: number | undefined;
 
@@ -123,6 +126,9 @@ export class Batcher {
     const batch = this.open.get(partition);
     if (!batch) return;
     this.open.delete(partition);
+    const records = batch.records.bytes();
+    // The next batch is likely the size of this one (a large transaction fills batch after batch).
+    this.recordsCapacity = Math.max(MIN_RECORDS_CAPACITY, Math.ceil(records.length * 1.1));
     this.send({
       pipeline: this.pipeline,
       partition,
@@ -130,7 +136,7 @@ export class Batcher {
       seq: batch.seq,
       relations: batch.relations,
       changes: [],
-      records: batch.records.bytes(),
+      records,
       ...(batch.committedAt !== undefined ? { committedAt: batch.committedAt } : {}),
     }, batch.bytes);
   }
@@ -138,7 +144,7 @@ export class Batcher {
   private openBatch(partition: number): OpenBatch {
     let batch = this.open.get(partition);
     if (!batch) {
-      batch = { seq: this.sequencer.next(partition), relationIndex: new Map(), relations: [], records: new ChangeRecords(), bytes: 0 };
+      batch = { seq: this.sequencer.next(partition), relationIndex: new Map(), relations: [], records: new ChangeRecords(this.recordsCapacity), bytes: 0 };
       this.open.set(partition, batch);
     }
     return batch;

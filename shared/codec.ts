@@ -148,12 +148,17 @@ function encodeChanges(changes: Change[]): Buffer {
  */
 export class ChangeRecords {
   count = 0;
-  private buffer = Buffer.allocUnsafe(64 * 1024);
+  private buffer: Buffer;
   private length = 0;
   // A transaction's changes share their commit LSN: split it once, not per change.
   private lsn = -1n;
   private high = 0;
   private low = 0;
+
+  /** `capacity`: the bytes expected, so that a large batch is not grown (copied) step by step. */
+  constructor(capacity = 64 * 1024) {
+    this.buffer = Buffer.allocUnsafe(capacity);
+  }
 
   /** A row change whose images are `images` from `start` to `end`. */
   row(op: RowOp, relation: number, lsn: Lsn, ordinal: number, images: Buffer, start = 0, end = images.length): void {

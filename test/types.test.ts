@@ -90,7 +90,7 @@ const ZOO: { name: string; type: string; values: string[]; compare: Compare }[] 
 ];
 
 const ROWS = 6;
-/** The same zoo without arrays: its copy takes DuckDB's CSV path, the zoo with arrays the appender path. */
+/** The same zoo without arrays: its copy and its changes reach DuckDB as CSV, the zoo with arrays through the appender. */
 const FLAT = ZOO.filter((column) => column.compare !== ARRAY);
 const TABLES: [string, typeof ZOO][] = [['zoo', ZOO], ['zoo_flat', FLAT]];
 const valuesFor = (id: number, columns = ZOO) => columns.map((column) => `(${column.values[id % column.values.length]})::${column.type}`);
