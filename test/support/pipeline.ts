@@ -63,13 +63,13 @@ export function names(prefix: string) {
   return { pipeline: id, slot: `s_${id}`.toLowerCase(), publication: `p_${id}` };
 }
 
-export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 120_000): Promise<T> {
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 120_000, intervalMs = 200): Promise<T> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();
     if (value !== undefined && value !== false) return value;
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await sleep(200);
+    await sleep(intervalMs);
   }
 }
 
@@ -82,11 +82,12 @@ export async function slotConfirmed(pg: PostgresServer, slot: string): Promise<s
 }
 
 /** Waits until the slot's confirmed LSN reaches target: every destination has applied everything before it. */
-export async function waitForSlotAt(pg: PostgresServer, slot: string, target: string, timeoutMs = 120_000): Promise<void> {
+/** `intervalMs`: how often the slot is looked at (the bench looks often, to time the moment it gets there). */
+export async function waitForSlotAt(pg: PostgresServer, slot: string, target: string, timeoutMs = 120_000, intervalMs = 200): Promise<void> {
   await waitFor(`slot ${slot} to confirm ${target}`, async () => {
     const row = (await pg.query('SELECT confirmed_flush_lsn >= $2::pg_lsn AS reached FROM pg_replication_slots WHERE slot_name = $1', [slot, target])).rows[0];
     return row?.reached === true;
-  }, timeoutMs);
+  }, timeoutMs, intervalMs);
 }
 
 /** Rows of a table as sorted arrays of text, comparable between Postgres and DuckDB. */
