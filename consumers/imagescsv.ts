@@ -1,4 +1,5 @@
 import { isUtf8 } from 'node:buffer';
+import { RecordedRowChange } from '../shared/codec.js';
 import type { RowChange } from '../shared/events.js';
 import { KIND_NULL, KIND_TEXT, newTupleAt, oldTupleAt, tupleKey } from '../shared/tupledata.js';
 
@@ -20,16 +21,19 @@ export function collapseImagesToCsv(keyColumns: number[], width: number, changes
   // Per key, the change that decides it: index × 2, plus 1 when it leaves the key absent.
   const decisive = new Map<string, number>();
   for (let index = 0; index < changes.length; index++) {
-    const { op, images } = changes[index];
-    if (!images) return undefined;
-    const old = oldTupleAt(images, op);
-    const oldKey = old < 0 ? undefined : tupleKey(images, old, keyColumns);
+    const change = changes[index];
+    const { op } = change;
+    const buffer = imagesBuffer(change);
+    if (!buffer) return undefined;
+    const start = imagesStart(change);
+    const old = oldTupleAt(buffer, op, start);
+    const oldKey = old < 0 ? undefined : tupleKey(buffer, old, keyColumns);
     if (old >= 0 && oldKey === undefined) return undefined;
     if (op === 'delete') {
       decisive.set(oldKey!, index * 2 + 1);
       continue;
     }
-    const key = tupleKey(images, newTupleAt(images, op), keyColumns);
+    const key = tupleKey(buffer, newTupleAt(buffer, op, start), keyColumns);
     if (key === undefined) return undefined;
     // An update that changed the key leaves its old key absent.
     if (oldKey !== undefined && oldKey !== key) decisive.set(oldKey, index * 2 + 1);
@@ -37,12 +41,24 @@ export function collapseImagesToCsv(keyColumns: number[], width: number, changes
   }
   const csv = new CsvLines();
   for (const entry of decisive.values()) {
-    const { op, images } = changes[entry >>> 1];
+    const change = changes[entry >>> 1];
+    const buffer = imagesBuffer(change)!;
+    const start = imagesStart(change);
     const absent = (entry & 1) === 1;
-    if (!csv.line(images!, absent ? oldTupleAt(images!, op) : newTupleAt(images!, op), width, absent)) return undefined;
+    if (!csv.line(buffer, absent ? oldTupleAt(buffer, change.op, start) : newTupleAt(buffer, change.op, start), width, absent)) return undefined;
   }
   const bytes = csv.bytes();
   return isUtf8(bytes) ? bytes : undefined;
+}
+
+// A change read from a batch has its images in place in the batch's records: read them there
+// rather than through a view made per change.
+function imagesBuffer(change: RowChange): Buffer | undefined {
+  return change instanceof RecordedRowChange ? change.records : change.images;
+}
+
+function imagesStart(change: RowChange): number {
+  return change instanceof RecordedRowChange ? change.imagesStart : 0;
 }
 
 const COMMA = 0x2c;
@@ -56,7 +72,7 @@ class CsvLines {
   private buffer = Buffer.allocUnsafe(256 * 1024);
   private length = 0;
 
-  /** Appends the tuple at `offset` and the flag; false if it holds a value CSV cannot stand for. */
+  /** Appends the tuple at `offset` of `images` and the flag; false if it holds a value CSV cannot stand for. */
   line(images: Buffer, offset: number, width: number, flag: boolean): boolean {
     const count = images.readInt16BE(offset);
     if (count !== width) return false;

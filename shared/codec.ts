@@ -234,7 +234,7 @@ function decodeChanges(buffer: Buffer): Change[] {
     if (!op) throw new Error(`batch codec: unknown change record ${code}`);
     const relation = reader.uint16();
     const length = reader.uint32();
-    changes.push(new RecordedRowChange(op, relation, version, buffer.subarray(reader.offset, reader.offset + length)));
+    changes.push(new RecordedRowChange(op, relation, version, buffer, reader.offset, reader.offset + length));
     reader.offset += length;
   }
   if (reader.offset !== buffer.length) throw new Error('batch codec: the last change record is cut short');
@@ -242,18 +242,26 @@ function decodeChanges(buffer: Buffer): Change[] {
 }
 
 /**
- * A row change as the consumer reads it: its images are a view of the batch's records, decoded
- * into values only when first asked for (a destination may instead move the bytes on as they are).
+ * A row change as the consumer reads it: its images lie in the batch's records (from
+ * `imagesStart` to `imagesEnd`), decoded into values only when first asked for; a destination
+ * may instead move the bytes on as they are, reading them in place.
  */
-class RecordedRowChange implements RowChange {
+export class RecordedRowChange implements RowChange {
   private decoded?: { row?: Value[]; old?: Value[] };
 
   constructor(
     readonly op: RowOp,
     readonly relation: number,
     readonly version: Version,
-    readonly images: Buffer,
+    readonly records: Buffer,
+    readonly imagesStart: number,
+    readonly imagesEnd: number,
   ) {}
+
+  /** The images as a buffer of their own (a view: nothing is copied). */
+  get images(): Buffer {
+    return this.records.subarray(this.imagesStart, this.imagesEnd);
+  }
 
   get row(): Value[] | undefined {
     return this.values().row;
@@ -265,9 +273,9 @@ class RecordedRowChange implements RowChange {
 
   private values(): { row?: Value[]; old?: Value[] } {
     if (!this.decoded) {
-      const reader = new ByteReader(this.images);
+      const reader = new ByteReader(this.records, this.imagesStart);
       this.decoded = readRowImages(reader, this.op);
-      if (reader.offset !== this.images.length) throw new Error("batch codec: a change record's images do not match their length");
+      if (reader.offset !== this.imagesEnd) throw new Error("batch codec: a change record's images do not match their length");
     }
     return this.decoded;
   }

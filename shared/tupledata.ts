@@ -86,15 +86,15 @@ export type RowOp = 'insert' | 'update' | 'delete';
  * them: where its tuples start (the offset of their column count), and keys read in place.
  */
 
-/** Where the new tuple of an insert or update starts; -1 for a delete. */
-export function newTupleAt(images: Buffer, op: RowOp): number {
+/** Where the new tuple of an insert or update whose images start at `start` begins; -1 for a delete. */
+export function newTupleAt(buffer: Buffer, op: RowOp, start = 0): number {
   if (op === 'delete') return -1;
-  return op === 'update' && hasOldTuple(images) ? tupleEnd(images, 1) + 1 : 1;
+  return op === 'update' && hasOldTuple(buffer, start) ? tupleEnd(buffer, start + 1) + 1 : start + 1;
 }
 
-/** Where the old tuple of a delete (or of an update, when Postgres sent one) starts; -1 when absent. */
-export function oldTupleAt(images: Buffer, op: RowOp): number {
-  return op === 'delete' || (op === 'update' && hasOldTuple(images)) ? 1 : -1;
+/** Where the old tuple of a delete (or of an update, when Postgres sent one) begins; -1 when absent. */
+export function oldTupleAt(buffer: Buffer, op: RowOp, start = 0): number {
+  return op === 'delete' || (op === 'update' && hasOldTuple(buffer, start)) ? start + 1 : -1;
 }
 
 /**
@@ -123,8 +123,8 @@ export function tupleKey(images: Buffer, offset: number, keyColumns: number[]): 
   return next === keyColumns.length ? key : undefined;
 }
 
-function hasOldTuple(buffer: Buffer): boolean {
-  return buffer[0] === KIND_KEY || buffer[0] === KIND_OLD;
+function hasOldTuple(buffer: Buffer, start: number): boolean {
+  return buffer[start] === KIND_KEY || buffer[start] === KIND_OLD;
 }
 
 /** The offset just past the tuple whose count is at `offset`. */
