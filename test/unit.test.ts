@@ -280,7 +280,11 @@ test('a run collapses straight from its images to the same final rows and delete
       }
     }
     const expected = collapseByKey(keyColumns, changes);
-    const lines = parseCsvRows(collapseImagesToCsv(keyColumns, 3, changes)!.toString());
+    const csv = collapseImagesToCsv(keyColumns, 3, changes)!;
+    // The same run as a consumer reads it from a batch: images read in place in the records.
+    const batch: Batch = { pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [relation], changes };
+    t.deepEqual(collapseImagesToCsv(keyColumns, 3, decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))).changes as RowChange[]), csv);
+    const lines = parseCsvRows(csv.toString());
     const sorted = (rows: Value[][]) => rows.map((row) => JSON.stringify(row)).sort();
     t.deepEqual(sorted(lines.filter((line) => line[3] === 'f').map((line) => line.slice(0, 3))), sorted(expected.rows));
     t.deepEqual(sorted(lines.filter((line) => line[3] === 't').map((line) => [line[0], line[2]])), sorted(expected.deletedKeys));
