@@ -12,13 +12,15 @@
  * scenario. Each target of the performance issue is printed with PASS or FAIL.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { cpus, totalmem } from 'node:os';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import copyStreams from 'pg-copy-streams';
+import { DuckDbDestination } from '../../consumers/duckdb/destination.js';
 import { PRODUCER_DEFAULTS } from '../../producer/options.js';
+import type { Relation } from '../../shared/events.js';
 import { CliProcess, TestPipeline, currentWalLsn, waitForSlotAt } from '../support/pipeline.js';
 import { startPostgres, startRedis } from '../support/services.js';
 
@@ -47,6 +49,8 @@ interface Result {
   redisPeakMb: number;
   redisBoundMb: number;
   cpu: CpuSeconds;
+  /** Backfill: the DuckDB destination alone applying the same rows as CSV chunks, nothing else running. */
+  duckdbAloneSeconds?: number;
 }
 
 /** CPU seconds (user + system, every thread) each part used during a run. */
@@ -93,6 +97,7 @@ async function benchBackfill(name: string, rows: number): Promise<Result> {
   await pgServer.query(`VACUUM ANALYZE ${table}`);
   await quiesce();
   const rawSeconds = await timeRawCopy(table);
+  const duckdbAloneSeconds = rows <= ROWS ? await timeDuckdbAlone(table) : undefined;
   const consumer = pipeline.duckdb('bench');
   const consumerPeak = sampleRss(consumer);
   const redisPeak = sampleRedis();
@@ -105,7 +110,7 @@ async function benchBackfill(name: string, rows: number): Promise<Result> {
   const cpu = cpuSince(cpuFrom, await cpuNow(consumer), producerPeak);
   // Chunks being written are not yet part of the backlog: one per copy connection on top of it.
   const bound = PRODUCER_DEFAULTS.maxBacklogBytes + PRODUCER_DEFAULTS.copyConnections * PRODUCER_DEFAULTS.copyChunkBytes;
-  const result = { name, count: rows, seconds, rawSeconds, rawName: 'binary COPY … TO STDOUT', producerPeakMb: producerPeak().mb, consumerPeakMb: consumerPeak().mb, ...redisPeak(bound), cpu };
+  const result = { name, count: rows, seconds, rawSeconds, rawName: 'binary COPY … TO STDOUT', producerPeakMb: producerPeak().mb, consumerPeakMb: consumerPeak().mb, ...redisPeak(bound), cpu, duckdbAloneSeconds };
   await consumer.stop();
   if (code !== 0) throw new Error(`producer failed: ${producer.stderr}`);
   await pgServer.query(`DROP TABLE ${table}`);
@@ -216,6 +221,50 @@ async function benchLatency(): Promise<{ p50: number; p99: number; batches: numb
   const lags = [...consumer.stderr.slice(measuredFrom).matchAll(/"lagMs":(\d+)/g)].map((match) => Number(match[1])).sort((a, b) => a - b);
   const percentile = (p: number) => lags[Math.min(lags.length - 1, Math.floor((p / 100) * lags.length))] ?? NaN;
   return { p50: percentile(50), p99: percentile(99), batches: lags.length };
+}
+
+/**
+ * The DuckDB destination alone: the table's CSV (read beforehand, as the producer's chunks
+ * would carry it) applied chunk by chunk into a fresh file, each chunk its own transaction.
+ * What DuckDB needs for the copy when it has the machine to itself.
+ */
+async function timeDuckdbAlone(table: string): Promise<number> {
+  const client = new pg.Client({ connectionString: pgServer.url });
+  await client.connect();
+  const columns = (
+    await client.query(
+      `SELECT a.attname AS name, a.atttypid AS "typeOid", a.atttypmod AS "typeModifier", a.attnum AS attnum, coalesce(i.indisprimary, false) AS "isKey"
+         FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary AND a.attnum = ANY(i.indkey)
+        WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`,
+      [table],
+    )
+  ).rows;
+  const pieces: Buffer[] = [];
+  for await (const piece of client.query(copyStreams.to(`COPY ${table} TO STDOUT (FORMAT csv)`)) as AsyncIterable<Buffer>) pieces.push(piece);
+  await client.end();
+  const csv = Buffer.concat(pieces);
+  pieces.length = 0;
+  const chunks: Buffer[] = [];
+  for (let start = 0, lines = 0, at = 0; at < csv.length; ) {
+    at = csv.indexOf(0x0a, at) + 1 || csv.length;
+    if (++lines === PRODUCER_DEFAULTS.copyChunkRows || at === csv.length) {
+      chunks.push(csv.subarray(start, at));
+      start = at;
+      lines = 0;
+    }
+  }
+  const directory = mkdtempSync(join(tmpdir(), 'pgr-bench-duckdb-'));
+  const destination = await DuckDbDestination.open(join(directory, 'alone.duckdb'));
+  const relation: Relation = { oid: 1, schema: 'public', name: table, replicaIdentity: 'default', columns };
+  const started = performance.now();
+  for (const [chunk, rows] of chunks.entries()) {
+    const state = { copyLsn: 1n, copyChunk: chunk, copyDone: chunk === chunks.length - 1, applied: { lsn: 1n, ordinal: 0 } };
+    await destination.apply([{ kind: 'copy', relation, replace: chunk === 0, merge: false, csv: rows, rows: 0 }], new Map([[relation.oid, state]]));
+  }
+  const seconds = (performance.now() - started) / 1000;
+  await destination.close();
+  rmSync(directory, { recursive: true, force: true });
+  return seconds;
 }
 
 /**
@@ -363,6 +412,14 @@ function report(all: Result[]): void {
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...rows,
     '',
+    ...all.flatMap(({ name, count, rawSeconds, duckdbAloneSeconds }) =>
+      duckdbAloneSeconds === undefined
+        ? []
+        : [
+            `${name}: the DuckDB destination alone, applying the same rows as CSV chunks of ${format(PRODUCER_DEFAULTS.copyChunkRows)} rows with nothing else running, loads ${format(count / duckdbAloneSeconds)} rows/s (${(rawSeconds / duckdbAloneSeconds).toFixed(2)} × raw COPY).`,
+            '',
+          ],
+    ),
     '| target (performance issue) | measured | |',
     '| --- | --- | --- |',
     ...targets,
