@@ -21,7 +21,7 @@ import copyStreams from 'pg-copy-streams';
 import { DuckDbDestination } from '../../consumers/duckdb/destination.js';
 import { PRODUCER_DEFAULTS } from '../../producer/options.js';
 import type { Relation } from '../../shared/events.js';
-import { CliProcess, TestPipeline, currentWalLsn, waitForSlotAt } from '../support/pipeline.js';
+import { CliProcess, TestPipeline, currentWalLsn, waitFor, waitForSlotAt } from '../support/pipeline.js';
 import { startPostgres, startRedis } from '../support/services.js';
 
 const size = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
@@ -99,6 +99,8 @@ async function benchBackfill(name: string, rows: number): Promise<Result> {
   const rawSeconds = await timeRawCopy(table);
   const duckdbAloneSeconds = rows <= ROWS ? await timeDuckdbAlone(table) : undefined;
   const consumer = pipeline.duckdb('bench');
+  // A consumer is a service that is up before a copy starts: its own start-up is not the copy's.
+  await waitFor('the consumer to start', async () => consumer.stderr.includes('waiting for the producer'));
   const consumerPeak = sampleRss(consumer);
   const redisPeak = sampleRedis();
   const cpuFrom = await cpuNow(consumer);
