@@ -2,11 +2,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Relation } from '../shared/events.js';
 import { log } from '../shared/log.js';
 import { type Lsn, formatLsn, maxLsn } from '../shared/lsn.js';
+import type { RowOp } from '../shared/tupledata.js';
 import { Batcher } from './batcher.js';
 import { Heartbeat } from './heartbeat.js';
 import { type AckPosition, type Session } from './options.js';
 import { type PgoutputMessage, decodePgoutput, rowOp } from './pgoutput.js';
-import type { RowOp } from '../shared/tupledata.js';
 import { PG_EPOCH_MS, type ReplicationConnection } from './replication.js';
 import type { TableSync } from './tablesync.js';
 
@@ -64,6 +64,7 @@ export async function streamSlot(
     const position = ++ordinal;
     if (tableSync.isHeld(oid)) {
       const shape = batcher.relation(oid);
+      // Kept past this call: a copy of the images, not a view of the read buffer.
       const kept = Buffer.from(message.subarray(start, end));
       tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addRow(op, oid, lsn, position, kept, 0, kept.length, shape), bytes: kept.length });
       if (tableSync.isFull) setPaused('held', true);
