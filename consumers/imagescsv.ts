@@ -17,7 +17,7 @@ import { KIND_NULL, KIND_TEXT, newTupleAt, oldTupleAt, tupleKey } from '../share
  * keeping an unchanged TOASTed value (it must be looked up in the stored row), a key that is
  * NULL or unchanged, images of another width than the table, or text that is not UTF-8.
  */
-export function collapseImagesToCsv(keyColumns: number[], width: number, changes: RowChange[]): Buffer | undefined {
+export function collapseImagesToCsv(keyColumns: number[], width: number, changes: RowChange[]): CsvLinesOf | undefined {
   // Per key, the change that decides it: index × 2, plus 1 when it leaves the key absent.
   const decisive = new Map<string, number>();
   for (let index = 0; index < changes.length; index++) {
@@ -48,7 +48,13 @@ export function collapseImagesToCsv(keyColumns: number[], width: number, changes
     if (!csv.line(buffer, absent ? oldTupleAt(buffer, change.op, start) : newTupleAt(buffer, change.op, start), width, absent)) return undefined;
   }
   const bytes = csv.bytes();
-  return isUtf8(bytes) ? bytes : undefined;
+  return isUtf8(bytes) ? { csv: bytes, longestLine: csv.longestLine } : undefined;
+}
+
+/** The CSV, and the bytes of its longest line (CSV readers limit a line's length unless told). */
+export interface CsvLinesOf {
+  csv: Buffer;
+  longestLine: number;
 }
 
 // A change read from a batch has its images in place in the batch's records: read them there
@@ -69,6 +75,7 @@ const FALSE = 0x66;
 
 /** CSV lines appended into one growing buffer. */
 class CsvLines {
+  longestLine = 0;
   private buffer = Buffer.allocUnsafe(256 * 1024);
   private length = 0;
 
@@ -76,6 +83,7 @@ class CsvLines {
   line(images: Buffer, offset: number, width: number, flag: boolean): boolean {
     const count = images.readInt16BE(offset);
     if (count !== width) return false;
+    const lineStart = this.length;
     let at = offset + 2;
     for (let column = 0; column < count; column++) {
       const kind = images[at++];
@@ -104,6 +112,7 @@ class CsvLines {
     this.reserve(2);
     this.buffer[this.length++] = flag ? TRUE : FALSE;
     this.buffer[this.length++] = NEWLINE;
+    this.longestLine = Math.max(this.longestLine, this.length - lineStart);
     return true;
   }
 

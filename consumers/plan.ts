@@ -34,7 +34,9 @@ function planCopy(batch: Batch, states: Map<number, TableState>) {
     copyDone: copy.last,
     applied: { lsn: copy.snapshotLsn, ordinal: 0 },
   });
-  return { steps: [{ kind: 'copy', relation, replace: first, merge: copy.merge ?? false, csv: copy.csv ?? Buffer.alloc(0), rows: copy.rows }] as Step[], states: updated };
+  const step: Step = { kind: 'copy', relation, replace: first, merge: copy.merge ?? false, csv: copy.csv ?? Buffer.alloc(0), rows: copy.rows };
+  if (copy.longestRow !== undefined) step.longestRow = copy.longestRow;
+  return { steps: [step], states: updated };
 }
 
 function planChanges(batch: Batch, states: Map<number, TableState>) {

@@ -14,6 +14,11 @@ export class ChunkWriter {
   readonly id: string;
   rows = 0;
   bytes = 0;
+  /**
+   * The longest piece written: at least as long as any row in the chunk, since a piece of many
+   * rows holds only what one socket read brought, and a longer row comes as a piece of its own.
+   */
+  longestRow = 0;
   private readonly inFlight: { reply: Promise<unknown>; bytes: number }[] = [];
   private inFlightBytes = 0;
   private failure?: unknown;
@@ -36,6 +41,7 @@ export class ChunkWriter {
     this.inFlightBytes += piece.length;
     this.rows += rows;
     this.bytes += piece.length;
+    this.longestRow = Math.max(this.longestRow, piece.length);
     while (this.inFlightBytes > MAX_IN_FLIGHT_BYTES) await this.settleOldest();
   }
 

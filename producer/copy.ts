@@ -277,7 +277,7 @@ export class TableCopy {
       seq,
       relations: [this.relation],
       changes: [],
-      copy: { relation: 0, snapshotLsn: this.snapshotLsn, chunk, last, rows, bytes, ...(ready ? { id: ready.id } : {}), ...(this.options.merge ? { merge: true } : {}) },
+      copy: { relation: 0, snapshotLsn: this.snapshotLsn, chunk, last, rows, bytes, ...(ready ? { id: ready.id, longestRow: ready.longestRow } : {}), ...(this.options.merge ? { merge: true } : {}) },
     };
     queues.enqueue(batch, targets);
     onBatch({ partition, seq });

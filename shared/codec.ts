@@ -30,7 +30,7 @@ export interface EncodedBatch {
   /** Change records, base64; empty when they are in Redis as chunk `b`. */
   c: string;
   b?: string;
-  k?: [number, string, number, 0 | 1, number, number, string, 1?];
+  k?: [number, string, number, 0 | 1, number, number, string, (0 | 1)?, number?];
   t?: number;
 }
 
@@ -54,9 +54,10 @@ export function encodeBatch(batch: Batch, recordsChunk?: string): EncodedBatch {
   if (batch.committedAt !== undefined) encoded.t = batch.committedAt;
   if (batch.copy) {
     // The rows themselves travel beside the job (shared/chunks), never through its JSON.
-    const { relation, snapshotLsn, chunk, last, rows, bytes, id, merge } = batch.copy;
+    const { relation, snapshotLsn, chunk, last, rows, bytes, id, merge, longestRow } = batch.copy;
     encoded.k = [relation, formatLsn(snapshotLsn), chunk, last ? 1 : 0, rows, bytes, id ?? ''];
-    if (merge) encoded.k.push(1);
+    if (merge || longestRow !== undefined) encoded.k.push(merge ? 1 : 0);
+    if (longestRow !== undefined) encoded.k.push(longestRow);
   }
   return encoded;
 }
@@ -81,8 +82,18 @@ export function decodeBatch(encoded: EncodedBatch, records?: Buffer): Batch {
   };
   if (encoded.t !== undefined) batch.committedAt = encoded.t;
   if (encoded.k) {
-    const [relation, snapshotLsn, chunk, last, rows, bytes, id, merge] = encoded.k;
-    batch.copy = { relation, snapshotLsn: parseLsn(snapshotLsn), chunk, last: last === 1, rows, bytes, ...(id ? { id } : {}), ...(merge === 1 ? { merge: true } : {}) };
+    const [relation, snapshotLsn, chunk, last, rows, bytes, id, merge, longestRow] = encoded.k;
+    batch.copy = {
+      relation,
+      snapshotLsn: parseLsn(snapshotLsn),
+      chunk,
+      last: last === 1,
+      rows,
+      bytes,
+      ...(id ? { id } : {}),
+      ...(merge === 1 ? { merge: true } : {}),
+      ...(longestRow !== undefined ? { longestRow } : {}),
+    };
   }
   return batch;
 }

@@ -94,6 +94,11 @@ export interface CopyChunk {
    * of a resumed copy, whose rows may already have arrived in a chunk of the interrupted run.
    */
   merge?: boolean;
+  /**
+   * The bytes of its longest row, or more: CSV readers refuse rows beyond a limit (DuckDB's is
+   * 2 MB) unless told to expect them.
+   */
+  longestRow?: number;
 }
 
 export interface Batch {

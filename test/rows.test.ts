@@ -37,6 +37,28 @@ test('unchanged TOASTed values survive updates of other columns, with REPLICA ID
   }
 });
 
+test('values of several megabytes are copied and streamed whole (beyond a CSV reader\'s default line limit)', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'huge', ['main']);
+  // Random hex of about `mb` megabytes: TOASTed, and lines far beyond DuckDB's 2 MB default.
+  const huge = (mb: number) => `(SELECT string_agg(md5(random()::text), '') FROM generate_series(1, ${mb * 32768}))`;
+  await env.pg.query(`
+    CREATE TABLE huge (id int PRIMARY KEY, body text, n int);
+    INSERT INTO huge VALUES (1, ${huge(3)}, 1), (2, 'small', 2), (3, ${huge(3)}, 3);
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE huge;
+  `);
+  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async () => {
+    await env.pg.query(`INSERT INTO huge VALUES (4, ${huge(5)}, 4)`);
+    await env.pg.query(`UPDATE huge SET body = ${huge(4)} WHERE id = 2`);
+    await env.pg.query(`BEGIN; INSERT INTO huge VALUES (5, ${huge(3)}, 5); UPDATE huge SET n = 50 WHERE id = 5; COMMIT`);
+    await pipeline.waitForCatchUp();
+  });
+  t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
+  const columns = ['id', 'md5(body)', 'length(body)', 'n'];
+  const expected = await postgresRows(env.pg, 'huge', columns);
+  t.is(expected.length, 5);
+  t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.huge', columns), expected);
+});
+
 test('tables without a primary key: FULL replicates duplicates exactly, USING INDEX works, DEFAULT and NOTHING are reported with the fix', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'identity', ['main']);
   await env.pg.query(`

@@ -61,7 +61,7 @@ test('the batch codec round-trips changes, truncates, copies and unchanged TOAST
   };
   const decoded = decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch))));
   t.deepEqual({ ...decoded, changes: valuesOf(decoded.changes) }, batch);
-  const copy: Batch = { ...batch, changes: [], copy: { relation: 0, snapshotLsn: 77n, chunk: 2, last: true, rows: 1, bytes: 3, id: '1700000000000.3.9', merge: true } };
+  const copy: Batch = { ...batch, changes: [], copy: { relation: 0, snapshotLsn: 77n, chunk: 2, last: true, rows: 1, bytes: 3, id: '1700000000000.3.9', merge: true, longestRow: 3 } };
   t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(copy)))), copy, 'a copy batch carries the id of its rows in Redis');
   const withRows: Batch = { ...copy, copy: { ...copy.copy!, csv: Buffer.from('1,\n') } };
   t.false('csv' in decodeBatch(JSON.parse(JSON.stringify(encodeBatch(withRows)))).copy!, 'the rows themselves never travel in the job');
@@ -280,16 +280,18 @@ test('a run collapses straight from its images to the same final rows and delete
       }
     }
     const expected = collapseByKey(keyColumns, changes);
-    const csv = collapseImagesToCsv(keyColumns, 3, changes)!;
+    const { csv } = collapseImagesToCsv(keyColumns, 3, changes)!;
     // The same run as a consumer reads it from a batch: images read in place in the records.
     const batch: Batch = { pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [relation], changes };
-    t.deepEqual(collapseImagesToCsv(keyColumns, 3, decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))).changes as RowChange[]), csv);
+    t.deepEqual(collapseImagesToCsv(keyColumns, 3, decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))).changes as RowChange[])?.csv, csv);
     const lines = parseCsvRows(csv.toString());
     const sorted = (rows: Value[][]) => rows.map((row) => JSON.stringify(row)).sort();
     t.deepEqual(sorted(lines.filter((line) => line[3] === 'f').map((line) => line.slice(0, 3))), sorted(expected.rows));
     t.deepEqual(sorted(lines.filter((line) => line[3] === 't').map((line) => [line[0], line[2]])), sorted(expected.deletedKeys));
   }
   const update = (row: Value[]): RowChange => ({ op: 'update', relation: 0, version: { lsn: 1n, ordinal: 1 }, images: rowImages('update', row, undefined) });
+  const long = collapseImagesToCsv([0], 2, [update(['1', 'x'.repeat(3000)]), update(['2', 'y'])])!;
+  t.is(long.longestLine, long.csv.indexOf('\n') + 1, 'the longest line is known (CSV readers limit it)');
   t.is(collapseImagesToCsv([0], 2, [update(['1', UNCHANGED])]), undefined, 'an unchanged TOASTed value needs the stored row');
   t.is(collapseImagesToCsv([0], 3, [update(['1', 'x'])]), undefined, 'images of another width than the table');
   t.truthy(collapseImagesToCsv([0], 2, [update(['1', UNCHANGED]), update(['1', 'x'])]), 'unless a later image replaces it');

@@ -108,7 +108,7 @@ export class DuckDbDestination implements Destination {
         } else if (step.kind === 'copy') {
           if (step.replace) await this.connection.run(`DELETE FROM ${tableSql(step.relation)}`);
           if (step.merge) await this.writeRows(step.relation, keyColumnsOf(step.relation), parseCsvRows(step.csv.toString()));
-          else await this.copyRows(step.relation, step.csv);
+          else await this.copyRows(step.relation, step.csv, step.longestRow);
         } else {
           await this.applyChanges(step.relation, step.changes);
         }
@@ -192,7 +192,7 @@ export class DuckDbDestination implements Destination {
    * file) and casts in one INSERT … SELECT, with no per-value work in JS. Tables with array
    * columns, whose text needs a rewrite first, take the appender path instead.
    */
-  private async copyRows(relation: Relation, csv: Buffer): Promise<void> {
+  private async copyRows(relation: Relation, csv: Buffer, longestRow = csv.length): Promise<void> {
     if (csv.length === 0) return;
     const types = relation.columns.map(duckDbType);
     if (types.some((type) => type.stage)) {
@@ -202,7 +202,7 @@ export class DuckDbDestination implements Destination {
     await this.withFile(csv, async (file) => {
       const names = relation.columns.map((column) => ident(column.name)).join(', ');
       const values = types.map((type, index) => type.cast(`s.c${index}`)).join(', ');
-      await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(file, types.length)} s`);
+      await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(file, types.length, longestRow)} s`);
     });
   }
 
@@ -231,7 +231,7 @@ export class DuckDbDestination implements Destination {
     const types = relation.columns.map(duckDbType);
     const lines = types.some((type) => type.stage) ? undefined : collapseImagesToCsv(keyColumns, types.length, changes);
     if (lines) {
-      await this.writeLines(relation, types, keyColumns, lines);
+      await this.writeLines(relation, types, keyColumns, lines.csv, lines.longestLine);
       return;
     }
     const { rows, deletedKeys, lookups } = collapseByKey(keyColumns, changes);
@@ -243,9 +243,9 @@ export class DuckDbDestination implements Destination {
    * reads the CSV lines into a staging table, then one DELETE of every key touched and one
    * INSERT … SELECT of the rows left present, with the casts. No value passes through JS.
    */
-  private async writeLines(relation: Relation, types: DuckDbType[], keyColumns: number[], lines: Buffer): Promise<void> {
+  private async writeLines(relation: Relation, types: DuckDbType[], keyColumns: number[], lines: Buffer, longestLine: number): Promise<void> {
     const stage = `_pg_stage_l${this.stageCounter++ % 4}`;
-    await this.withFile(lines, (file) => this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(file, types.length, STAGE_DELETED)}`));
+    await this.withFile(lines, (file) => this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(file, types.length, longestLine, STAGE_DELETED)}`));
     const target = tableSql(relation);
     const match = keyColumns.map((column) => `${target}.${ident(relation.columns[column].name)} = ${types[column].cast(`s.c${column}`)}`).join(' AND ');
     await this.connection.run(`DELETE FROM ${target} USING ${stage} s WHERE ${match}`);
@@ -381,15 +381,20 @@ export class DuckDbDestination implements Destination {
   }
 }
 
+/** The longest line DuckDB's CSV reader takes unless told otherwise (its max_line_size). */
+const CSV_LINE_LIMIT = 2_000_000;
+
 /**
  * read_csv of Postgres-style CSV (as COPY writes it): `width` text columns c0, c1, …, and a
  * BOOLEAN column `flag` after them when given. Quoted values, `""` inside, an unquoted empty
- * field is NULL and a quoted one the empty string.
+ * field is NULL and a quoted one the empty string. `longestLine`: no line is longer (in
+ * bytes); the reader is told when that is beyond its default limit (a large text or JSON value).
  */
-function csvSource(file: string, width: number, flag?: string): string {
+function csvSource(file: string, width: number, longestLine: number, flag?: string): string {
   const columns = Array.from({ length: width }, (_, index) => `'c${index}': 'VARCHAR'`);
   if (flag) columns.push(`'${flag}': 'BOOLEAN'`);
-  return `read_csv(${literal(file)}, header = false, delim = ',', quote = '"', escape = '"', nullstr = '', allow_quoted_nulls = false, auto_detect = false, new_line = '\\n', columns = {${columns.join(', ')}})`;
+  const limit = longestLine >= CSV_LINE_LIMIT ? `, max_line_size = ${longestLine + 1}` : '';
+  return `read_csv(${literal(file)}, header = false, delim = ',', quote = '"', escape = '"', nullstr = '', allow_quoted_nulls = false, auto_detect = false, new_line = '\\n'${limit}, columns = {${columns.join(', ')}})`;
 }
 
 function keyColumnsOf(relation: Relation): number[] {
