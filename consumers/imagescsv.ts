@@ -17,7 +17,7 @@ import { KIND_NULL, KIND_TEXT, newTupleAt, oldTupleAt, tupleKey } from '../share
  * keeping an unchanged TOASTed value (it must be looked up in the stored row), a key that is
  * NULL or unchanged, images of another width than the table, or text that is not UTF-8.
  */
-export function collapseImagesToCsv(keyColumns: number[], width: number, changes: RowChange[]): CsvLinesOf | undefined {
+export function collapseImagesToCsv(keyColumns: number[], width: number, changes: RowChange[]): CollapsedCsv | undefined {
   // Per key, the change that decides it: index × 2, plus 1 when it leaves the key absent.
   const decisive = new Map<string, number>();
   for (let index = 0; index < changes.length; index++) {
@@ -52,7 +52,7 @@ export function collapseImagesToCsv(keyColumns: number[], width: number, changes
 }
 
 /** The CSV, and the bytes of its longest line (CSV readers limit a line's length unless told). */
-export interface CsvLinesOf {
+export interface CollapsedCsv {
   csv: Buffer;
   longestLine: number;
 }
