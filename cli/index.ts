@@ -41,7 +41,7 @@ program
   .addOption(new Option('--status-interval-ms <n>', 'standby status update interval (keep well below wal_sender_timeout)').default(PRODUCER_DEFAULTS.statusIntervalMs).argParser(integer))
   .addOption(new Option('--heartbeat-interval-ms <n>', 'idle time after which a heartbeat message is written').default(PRODUCER_DEFAULTS.heartbeatIntervalMs).argParser(integer))
   .addOption(new Option('--copy-connections <n>', 'parallel connections for the table copy').default(PRODUCER_DEFAULTS.copyConnections).argParser(integer))
-  .addOption(new Option('--copy-chunk-rows <n>', 'rows per copy batch at most').default(PRODUCER_DEFAULTS.copyChunkRows).argParser(integer))
+  .addOption(new Option('--copy-chunk-rows <n>', 'rows per copy batch (exactly, but for the last of a range)').default(PRODUCER_DEFAULTS.copyChunkRows).argParser(integer))
   .addOption(new Option('--copy-chunk-bytes <n>', 'bytes per copy batch at most (chunks stream through Redis, not through the producer\'s memory)').default(PRODUCER_DEFAULTS.copyChunkBytes).argParser(integer))
   .addOption(new Option('--copy-range-blocks <n>', 'heap blocks (8 kB) per CTID range of a table copy: ranges are copied in parallel and resumed after a restart').default(PRODUCER_DEFAULTS.copyRangeBlocks).argParser(integer))
   .addOption(new Option('--heap-mb <n>', 'heap size of the producer\'s thread (what it holds is bounded; the cap keeps V8 from growing the heap far beyond it)').default(PRODUCER_HEAP_MB).argParser(integer).env('PRODUCER_HEAP_MB'))

@@ -5,18 +5,24 @@ const ERROR_RESPONSE = 0x45; // 'E'
 /** Pieces waiting to be taken before the socket is paused. */
 const MAX_QUEUED_BYTES = 1024 * 1024;
 
-/** Whole rows of COPY output, and how many. */
+/** Whole rows of COPY output, how many, and whether they complete a chunk. */
 export interface CopyPiece {
   data: Buffer;
   rows: number;
+  endsChunk: boolean;
 }
+
+/** How large the chunk numbered `index` (from 0) may grow: it ends at exactly `rows` rows, or at the row that brings it to `bytes`. */
+export type ChunkLimits = (index: number) => { rows: number; bytes: number };
 
 /**
  * `COPY … TO STDOUT` read straight off a `pg` connection. Postgres sends each row as its own
  * CopyData message; each socket read is turned, in place, into one piece of whole rows by
  * moving the rows over the message headers between them, so rows are counted without looking
  * at the data (no CSV scanning) and nothing is allocated per row. A row split across reads is
- * gathered on its own and handed out as a piece of one row. Submit it with
+ * gathered on its own and handed out as a piece of one row. Pieces are also cut where a chunk
+ * reaches its row limit, so chunks hold exact row counts: DuckDB, for one, stores rows in
+ * groups of 122,880 and rewrites a table's partial groups at its next checkpoint. Submit it with
  * `client.query(copyOut)`, then iterate the pieces; the socket is paused while more than about
  * a megabyte of pieces waits to be taken.
  *
@@ -28,10 +34,19 @@ export class CopyOut extends CopyDataReader {
   private remaining = 0;
   private split?: { row: Buffer; used: number };
   private readonly ready: CopyPiece[] = [];
+  private chunk = { index: 0, rows: 0, bytes: 0, limits: { rows: Infinity, bytes: Infinity } };
   private readyBytes = 0;
   private finished = false;
   private failure?: Error;
   private wake?: () => void;
+
+  constructor(
+    text: string,
+    private readonly limits: ChunkLimits = () => ({ rows: Infinity, bytes: Infinity }),
+  ) {
+    super(text);
+    this.chunk.limits = limits(0);
+  }
 
   /** `pg` reports the query's end (after the copy) and its errors here. */
   handleError(error: Error): void {
@@ -69,7 +84,8 @@ export class CopyOut extends CopyDataReader {
 
   protected parse(data: Buffer): void {
     let position = 0;
-    // Whole rows of this read are moved down to data[0, end).
+    // Whole rows of this read are moved down to data[start, end): the piece being gathered.
+    let start = 0;
     let end = 0;
     let rows = 0;
     while (position < data.length) {
@@ -84,7 +100,7 @@ export class CopyOut extends CopyDataReader {
         this.remaining -= take;
         if (this.remaining === 0 && split) {
           this.split = undefined;
-          this.push(split.row, 1);
+          this.push(split.row, 1, this.countRow(split.row.length));
         }
         continue;
       }
@@ -95,7 +111,7 @@ export class CopyOut extends CopyDataReader {
       position = body;
       if (type === COPY_DONE || type === ERROR_RESPONSE) {
         // The rest (CommandComplete, ReadyForQuery, or the error) is pg's to handle.
-        if (rows > 0) this.push(data.subarray(0, end), rows);
+        if (rows > 0) this.push(data.subarray(start, end), rows, false);
         this.detach(type === COPY_DONE ? data.subarray(position + length) : this.fromMessageStart(data, body));
         return;
       }
@@ -109,10 +125,15 @@ export class CopyOut extends CopyDataReader {
         end += length;
         rows++;
         position += length;
+        if (this.countRow(length)) {
+          this.push(data.subarray(start, end), rows, true);
+          start = end;
+          rows = 0;
+        }
       } else {
         // The row goes on in the next read: gathered on its own, after this read's rows.
-        if (rows > 0) this.push(data.subarray(0, end), rows);
-        end = 0;
+        if (rows > 0) this.push(data.subarray(start, end), rows, false);
+        start = end = 0;
         rows = 0;
         this.split = { row: Buffer.allocUnsafe(length), used: available };
         data.copy(this.split.row, 0, position);
@@ -120,11 +141,23 @@ export class CopyOut extends CopyDataReader {
         position = data.length;
       }
     }
-    if (rows > 0) this.push(data.subarray(0, end), rows);
+    if (rows > 0) this.push(data.subarray(start, end), rows, false);
   }
 
-  private push(data: Buffer, rows: number): void {
-    this.ready.push({ data, rows });
+  /** Counts a row into the current chunk; true when that completes the chunk (the next one starts). */
+  private countRow(length: number): boolean {
+    const chunk = this.chunk;
+    chunk.rows++;
+    chunk.bytes += length;
+    if (chunk.rows < chunk.limits.rows && chunk.bytes < chunk.limits.bytes) return false;
+    chunk.index++;
+    chunk.rows = chunk.bytes = 0;
+    chunk.limits = this.limits(chunk.index);
+    return true;
+  }
+
+  private push(data: Buffer, rows: number, endsChunk: boolean): void {
+    this.ready.push({ data, rows, endsChunk });
     this.readyBytes += data.length;
     // Backpressure: stop reading while the pieces wait to be taken.
     if (this.readyBytes >= MAX_QUEUED_BYTES) this.connection?.stream.pause();

@@ -1,17 +1,27 @@
 import test from 'ava';
 import pg from 'pg';
-import { CopyOut } from '../producer/copyout.js';
+import { type ChunkLimits, CopyOut } from '../producer/copyout.js';
 import { parseCsvRows } from '../shared/csv.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
 
-async function copyAll(client: pg.Client, sql: string) {
-  const copyOut = new CopyOut(`COPY (${sql}) TO STDOUT (FORMAT csv)`);
+async function copyAll(client: pg.Client, sql: string, limits?: ChunkLimits) {
+  const copyOut = new CopyOut(`COPY (${sql}) TO STDOUT (FORMAT csv)`, limits);
   client.query(copyOut as never);
-  const pieces: { csv: string; rows: number }[] = [];
-  for await (const { data, rows } of copyOut) pieces.push({ csv: data.toString('utf8'), rows });
+  const pieces: { csv: string; rows: number; endsChunk: boolean }[] = [];
+  for await (const { data, rows, endsChunk } of copyOut) pieces.push({ csv: data.toString('utf8'), rows, endsChunk });
   return pieces;
+}
+
+/** The pieces' rows, grouped into the chunks the pieces end. */
+function chunksOf(pieces: { csv: string; endsChunk: boolean }[]): string[][] {
+  const chunks: string[][] = [[]];
+  for (const piece of pieces) {
+    chunks[chunks.length - 1].push(...parseCsvRows(piece.csv).map((row) => row.join(',')));
+    if (piece.endsChunk) chunks.push([]);
+  }
+  return chunks;
 }
 
 test('COPY output is read as pieces of whole rows: rows are counted, rows split across reads are whole, the connection stays usable', async (t) => {
@@ -32,6 +42,30 @@ test('COPY output is read as pieces of whole rows: rows are counted, rows split 
     t.deepEqual(await copyAll(client, 'SELECT 1 WHERE false'), [], 'no rows, no pieces');
     await t.throwsAsync(copyAll(client, 'SELECT no_such_column FROM tricky'), { message: /no_such_column/ });
     t.is((await client.query('SELECT 41 + 1 AS answer')).rows[0].answer, 42, 'the connection works after a copy and after a failed one');
+  } finally {
+    await client.end();
+  }
+});
+
+test('COPY output is cut into chunks of exactly the rows asked for, or at the row that reaches a byte limit', async (t) => {
+  await env.pg.query(`CREATE TABLE cut (id int, label text); INSERT INTO cut SELECT g, repeat('v', 1 + g % 50) FROM generate_series(1, 20000) g;`);
+  const client = new pg.Client({ connectionString: env.pg.url });
+  await client.connect();
+  try {
+    const all = (await client.query('SELECT id, label FROM cut ORDER BY id')).rows.map((row) => `${row.id},${row.label}`);
+    const byRows = chunksOf(await copyAll(client, 'SELECT id, label FROM cut ORDER BY id', (index) => ({ rows: index === 0 ? 1000 : 3001, bytes: Infinity })));
+    t.deepEqual(
+      byRows.map((chunk) => chunk.length),
+      [1000, 3001, 3001, 3001, 3001, 3001, 3001, 994],
+      'the first chunk by its own limit, the rest by theirs, whatever the socket reads',
+    );
+    t.deepEqual(byRows.flat(), all, 'every row once, in order');
+    const byBytes = chunksOf(await copyAll(client, 'SELECT id, label FROM cut ORDER BY id', () => ({ rows: Infinity, bytes: 50_000 })));
+    t.deepEqual(byBytes.flat(), all);
+    const size = (rows: string[]) => rows.reduce((sum, row) => sum + Buffer.byteLength(row) + 1, 0);
+    for (const chunk of byBytes.slice(0, -1)) {
+      t.true(size(chunk) >= 50_000 && size(chunk.slice(0, -1)) < 50_000, 'a chunk ends at the row that reaches the byte limit');
+    }
   } finally {
     await client.end();
   }
