@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type Job, WaitingError, Worker } from 'bullmq';
+import { type Job, Queue, WaitingError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { readChunk, releaseChunk } from '../shared/chunks.js';
 import { type EncodedBatch, decodeBatch } from '../shared/codec.js';
@@ -15,6 +15,12 @@ import type { Health, RunnerOptions } from './options.js';
 const MAX_BACKOFF_MS = 60_000;
 const REGISTRATION_CHECK_MS = 3_000;
 
+/** A chunk read before its batch's turn: the partition's next batch's (its id is known once found). */
+interface ReadAhead {
+  partition: number;
+  id: string;
+  bytes: Promise<Buffer | undefined>;
+}
 
 /**
  * Runs one destination: a BullMQ worker per partition queue, each taking one batch at a time
@@ -25,6 +31,12 @@ const REGISTRATION_CHECK_MS = 3_000;
 export class ConsumerRunner {
   private readonly redis: Redis;
   private readonly workers: Worker[] = [];
+  private readonly queues: Queue[] = [];
+  /**
+   * The chunk of the batch next in line in some partition, read while the current batch is
+   * applied: one at a time, so a consumer holds at most one chunk ahead.
+   */
+  private readAhead?: ReadAhead;
   private readonly unhealthy = new Set<number>();
   private closing = false;
   private seenEpoch: number | undefined;
@@ -41,7 +53,9 @@ export class ConsumerRunner {
     const partitions = await this.waitForPipeline(signal);
     if (signal.aborted) return;
     for (let partition = 0; partition < partitions; partition++) {
-      const worker = new Worker(queueName(this.options.pipeline, this.options.name, partition), (job, token) => this.process(job, token), {
+      const name = queueName(this.options.pipeline, this.options.name, partition);
+      this.queues.push(new Queue(name, { connection: this.redis, prefix: QUEUE_PREFIX }));
+      const worker = new Worker(name, (job, token) => this.process(job, token), {
         connection: this.redis,
         prefix: QUEUE_PREFIX,
         concurrency: 1,
@@ -63,6 +77,7 @@ export class ConsumerRunner {
   async close(): Promise<void> {
     this.closing = true;
     await Promise.all(this.workers.map((worker) => worker.close()));
+    await Promise.all(this.queues.map((queue) => queue.close()));
     this.redis.disconnect();
   }
 
@@ -99,11 +114,13 @@ export class ConsumerRunner {
     const encoded = job.data;
     const partition = encoded.n;
     const started = Date.now();
+    // Read for the batch expected next in this partition, not this one (it was skipped, or removed).
+    if (this.readAhead?.partition === partition && this.readAhead.id !== job.id) this.readAhead = undefined;
     let batch: Batch | undefined;
     for (let attempt = 1; ; attempt++) {
       try {
         if (!batch) {
-          const records = encoded.b ? await readChunk(this.redis, this.options.pipeline, encoded.b) : undefined;
+          const records = encoded.b ? await this.readChunk(encoded.b) : undefined;
           // Its records released already: this batch was applied, and its consumer stopped
           // before the queue heard so. Nothing to do.
           if (encoded.b && !records && (await this.applied(partition, encoded))) break;
@@ -112,11 +129,12 @@ export class ConsumerRunner {
         }
         const states = await this.destination.tableStates(batch.relations);
         if (batch.copy?.id && !batch.copy.csv && copyIsNew(batch.copy, states.get(batch.relations[batch.copy.relation].oid))) {
-          const csv = await readChunk(this.redis, this.options.pipeline, batch.copy.id);
+          const csv = await this.readChunk(batch.copy.id);
           if (!csv) throw missingChunk(batch.copy.id);
           batch.copy.csv = csv;
         }
         const plan = planBatch(batch, states);
+        if (attempt === 1) this.readNextChunk(partition);
         if (plan.steps.length > 0 || plan.states.size > 0) await this.destination.apply(plan.steps, plan.states);
         break;
       } catch (error) {
@@ -144,6 +162,43 @@ export class ConsumerRunner {
     const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
     log.debug({ partition, changes: batch?.changes.length, copyRows: batch?.copy?.rows, applyMs: Date.now() - started, lagMs }, 'batch applied');
     if (this.unhealthy.has(partition)) await this.report(partition, { state: 'ok' });
+  }
+
+  /** A chunk's bytes: those read ahead, or from Redis. */
+  private async readChunk(id: string): Promise<Buffer | undefined> {
+    const ahead = this.readAhead;
+    if (ahead?.id === id) {
+      this.readAhead = undefined;
+      const bytes = await ahead.bytes;
+      if (bytes) return bytes;
+    }
+    return readChunk(this.redis, this.options.pipeline, id);
+  }
+
+  /**
+   * Starts reading the chunk of the partition's next batch, if it has one (its job is named
+   * after it), so that reading it from Redis overlaps applying this one. Chunks do not change
+   * while a destination holds them; a read that fails or finds nothing is simply read again.
+   */
+  private readNextChunk(partition: number): void {
+    if (this.readAhead) return;
+    const ahead: ReadAhead = { partition, id: '', bytes: Promise.resolve(undefined) };
+    this.readAhead = ahead;
+    ahead.bytes = (async () => {
+      try {
+        const [next] = await this.queues[partition].getRanges(['wait'], 0, 0, true);
+        // Only chunk ids (epoch.partition.n) hold a dot; other jobs carry their changes inline.
+        if (next?.includes('.') && this.readAhead === ahead) {
+          ahead.id = next;
+          const bytes = await readChunk(this.redis, this.options.pipeline, next);
+          if (bytes) return bytes;
+        }
+      } catch {
+        // A read ahead that fails is a miss: the batch reads its chunk itself, and reports errors.
+      }
+      if (this.readAhead === ahead) this.readAhead = undefined;
+      return undefined;
+    })();
   }
 
   /** Whether this destination's applied mark for the partition is at or past the batch (queue order is (epoch, seq)). */
