@@ -11,6 +11,18 @@ export function planBatch(batch: Batch, states: Map<number, TableState>): { step
   return batch.copy ? planCopy(batch, states) : planChanges(batch, states);
 }
 
+/** Plans batches applied together, in order: each sees the states the ones before it leave. */
+export function planBatches(batches: Batch[], states: Map<number, TableState>): { steps: Step[]; states: Map<number, TableState> } {
+  const steps: Step[] = [];
+  const updated = new Map<number, TableState>();
+  for (const batch of batches) {
+    const plan = planBatch(batch, updated.size > 0 ? new Map([...states, ...updated]) : states);
+    steps.push(...plan.steps);
+    for (const [oid, state] of plan.states) updated.set(oid, state);
+  }
+  return { steps, states: updated };
+}
+
 /** Whether a copy chunk still has to be applied to a table in this state (its rows are then read from Redis). */
 export function copyIsNew(copy: CopyChunk, state: TableState | undefined): boolean {
   if (!state) return true;

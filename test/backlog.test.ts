@@ -5,7 +5,7 @@ import { useServices } from './support/services.js';
 
 const env = useServices(test);
 
-test('a copy to a destination that is not running stops at the backlog bound, then completes when it starts', async (t) => {
+test('a copy to a destination that is not running stops at the backlog bound, then completes when it starts (applying queued chunks together, and killed once)', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'backlog', ['late']);
   await env.pg.query(`
     CREATE TABLE wide (id bigint PRIMARY KEY, body text);
@@ -33,6 +33,12 @@ test('a copy to a destination that is not running stops at the backlog bound, th
     }
     t.true(most <= bound + connections * chunk * 1.5, `at most ${most} bytes of rows waited in Redis (bound ${bound})`);
     t.false(producer.stderr.includes('copy enqueued'), 'the copy is paused, not finished');
+    // The late destination finds batches queued: it applies each with those right behind it,
+    // in one transaction. Killed after such an apply, it restarts to find them in the queue
+    // still, already applied: they are skipped, nothing is lost or doubled.
+    consumer = pipeline.duckdb('late', { LOG_LEVEL: 'debug' });
+    await waitFor('a batch applied with those queued behind it', async () => /"joined":[1-9]/.test(consumer!.stderr));
+    await consumer.kill9();
     consumer = pipeline.duckdb('late');
     await pipeline.waitForCopy(env.redis.client);
   } finally {

@@ -100,15 +100,26 @@ export class DuckDbDestination implements Destination {
     await this.useThreads(steps.some((step) => step.kind === 'copy') ? this.allThreads : 1);
     await this.connection.run('BEGIN TRANSACTION');
     try {
-      for (const step of steps) {
+      for (let index = 0; index < steps.length; index++) {
+        const step = steps[index];
         const relations = step.kind === 'truncate' ? step.relations : [step.relation];
         for (const relation of relations) await this.ensureTable(relation, shapes);
         if (step.kind === 'truncate') {
           for (const relation of step.relations) await this.connection.run(`DELETE FROM ${tableSql(relation)}`);
         } else if (step.kind === 'copy') {
           if (step.replace) await this.connection.run(`DELETE FROM ${tableSql(step.relation)}`);
-          if (step.merge) await this.writeRows(step.relation, keyColumnsOf(step.relation), parseCsvRows(step.csv.toString()));
-          else await this.copyRows(step.relation, step.csv, step.longestRow);
+          if (step.merge) {
+            await this.writeRows(step.relation, keyColumnsOf(step.relation), parseCsvRows(step.csv.toString()));
+            continue;
+          }
+          // The chunks that follow for the same table are read by the same statement.
+          const chunks = [step];
+          for (let next = steps[index + 1]; next?.kind === 'copy' && next.relation.oid === step.relation.oid && !next.replace && !next.merge; next = steps[index + 1]) {
+            await this.ensureTable(next.relation, shapes);
+            chunks.push(next);
+            index++;
+          }
+          await this.copyRows(step.relation, chunks);
         } else {
           await this.applyChanges(step.relation, step.changes);
         }
@@ -188,32 +199,38 @@ export class DuckDbDestination implements Destination {
   }
 
   /**
-   * A copy chunk arrives as Postgres' CSV: DuckDB reads it itself (read_csv on a private temp
-   * file) and casts in one INSERT … SELECT, with no per-value work in JS. Tables with array
-   * columns, whose text needs a rewrite first, take the appender path instead.
+   * Copy chunks arrive as Postgres' CSV: DuckDB reads them itself (read_csv over private temp
+   * files, one per chunk, in one statement: its threads each take their own files) and casts
+   * in one INSERT … SELECT, with no per-value work in JS. Tables with array columns, whose text
+   * needs a rewrite first, take the appender path instead.
    */
-  private async copyRows(relation: Relation, csv: Buffer, longestRow = csv.length): Promise<void> {
-    if (csv.length === 0) return;
+  private async copyRows(relation: Relation, chunks: { csv: Buffer; longestRow?: number }[]): Promise<void> {
+    const filled = chunks.filter((chunk) => chunk.csv.length > 0);
+    if (filled.length === 0) return;
     const types = relation.columns.map(duckDbType);
     if (types.some((type) => type.stage)) {
-      await this.writeRows(relation, [], parseCsvRows(csv.toString()));
+      for (const { csv } of filled) await this.writeRows(relation, [], parseCsvRows(csv.toString()));
       return;
     }
-    await this.withFile(csv, async (file) => {
-      const names = relation.columns.map((column) => ident(column.name)).join(', ');
-      const values = types.map((type, index) => type.cast(`s.c${index}`)).join(', ');
-      await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(file, types.length, longestRow)} s`);
-    });
+    const longestRow = Math.max(...filled.map((chunk) => chunk.longestRow ?? chunk.csv.length));
+    await this.withFiles(
+      filled.map((chunk) => chunk.csv),
+      async (files) => {
+        const names = relation.columns.map((column) => ident(column.name)).join(', ');
+        const values = types.map((type, index) => type.cast(`s.c${index}`)).join(', ');
+        await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow)} s`);
+      },
+    );
   }
 
-  /** `bytes` as a file of this process's scratch directory while `use` runs. */
-  private async withFile(bytes: Buffer, use: (file: string) => Promise<unknown>): Promise<void> {
-    const file = join(this.scratch, `stage-${this.stageCounter++}.csv`);
-    await writeFile(file, bytes);
+  /** Each of `contents` as a file of this process's scratch directory while `use` runs. */
+  private async withFiles(contents: Buffer[], use: (files: string[]) => Promise<unknown>): Promise<void> {
+    const files = contents.map(() => join(this.scratch, `stage-${this.stageCounter++}.csv`));
     try {
-      await use(file);
+      await Promise.all(contents.map((bytes, index) => writeFile(files[index], bytes)));
+      await use(files);
     } finally {
-      await rm(file, { force: true });
+      await Promise.all(files.map((file) => rm(file, { force: true })));
     }
   }
 
@@ -245,7 +262,7 @@ export class DuckDbDestination implements Destination {
    */
   private async writeLines(relation: Relation, types: DuckDbType[], keyColumns: number[], lines: Buffer, longestLine: number): Promise<void> {
     const stage = `_pg_stage_l${this.stageCounter++ % 4}`;
-    await this.withFile(lines, (file) => this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(file, types.length, longestLine, STAGE_DELETED)}`));
+    await this.withFiles([lines], (files) => this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(files, types.length, longestLine, STAGE_DELETED)}`));
     const target = tableSql(relation);
     const match = keyColumns.map((column) => `${target}.${ident(relation.columns[column].name)} = ${types[column].cast(`s.c${column}`)}`).join(' AND ');
     await this.connection.run(`DELETE FROM ${target} USING ${stage} s WHERE ${match}`);
@@ -390,11 +407,11 @@ const CSV_LINE_LIMIT = 2_000_000;
  * field is NULL and a quoted one the empty string. `longestLine`: no line is longer (in
  * bytes); the reader is told when that is beyond its default limit (a large text or JSON value).
  */
-function csvSource(file: string, width: number, longestLine: number, flag?: string): string {
+function csvSource(files: string[], width: number, longestLine: number, flag?: string): string {
   const columns = Array.from({ length: width }, (_, index) => `'c${index}': 'VARCHAR'`);
   if (flag) columns.push(`'${flag}': 'BOOLEAN'`);
   const limit = longestLine >= CSV_LINE_LIMIT ? `, max_line_size = ${longestLine + 1}` : '';
-  return `read_csv(${literal(file)}, header = false, delim = ',', quote = '"', escape = '"', nullstr = '', allow_quoted_nulls = false, auto_detect = false, new_line = '\\n'${limit}, columns = {${columns.join(', ')}})`;
+  return `read_csv([${files.map(literal).join(', ')}], header = false, delim = ',', quote = '"', escape = '"', nullstr = '', allow_quoted_nulls = false, auto_detect = false, new_line = '\\n'${limit}, columns = {${columns.join(', ')}})`;
 }
 
 function keyColumnsOf(relation: Relation): number[] {
