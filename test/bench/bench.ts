@@ -102,6 +102,7 @@ async function benchBackfill(name: string, rows: number): Promise<Result> {
   await quiesce();
   const rawSeconds = await timeRawCopy(table);
   const duckdbAloneSeconds = rows <= ROWS ? await timeDuckdbAlone(table) : undefined;
+  await quiesce();
   const consumer = pipeline.duckdb('bench');
   // A consumer is a service that is up before a copy starts: its own start-up is not the copy's.
   await waitFor('the consumer to start', async () => consumer.stderr.includes('waiting for the producer'));
@@ -294,12 +295,14 @@ function loggedAt(logs: string, msg: string): number {
 }
 
 /**
- * Writes the data just generated out of shared buffers before a scenario is measured, so that
- * the checkpointer is not still at it (and counted as Postgres' CPU) during the run.
+ * Writes the data just generated out of shared buffers, and every file written so far to
+ * disk, before a scenario is measured: neither the checkpointer nor the kernel's writeback is
+ * then still at it (and taking a core) during the run.
  */
 async function quiesce(): Promise<void> {
   // Needs superuser or pg_checkpoint: against a PG_URL without either, measure as it is.
   await pgServer.query('CHECKPOINT').catch(() => {});
+  spawnSync('sync');
 }
 
 async function timeRawCopy(table: string): Promise<number> {
