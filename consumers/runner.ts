@@ -133,7 +133,8 @@ export class ConsumerRunner {
         if (batch.copy?.id && copyIsNew(batch.copy, states.get(batch.relations[batch.copy.relation].oid))) {
           batch.copy.csv ??= await this.readChunk(batch.copy.id);
           if (!batch.copy.csv) throw missingChunk(batch.copy.id);
-          batches.push(...(await this.queuedCopies(partition, batch)));
+          // After a failure the batch is retried alone: a bad chunk behind it fails in its own turn.
+          if (attempt === 1) batches.push(...(await this.queuedCopies(partition, batch)));
         }
         joined = batches.length - 1;
         const plan = planBatches(batches, states);
