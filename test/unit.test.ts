@@ -4,7 +4,7 @@ import { AckTracker } from '../producer/acks.js';
 import { parseCsvRows } from '../shared/csv.js';
 import { decodePgoutput } from '../producer/pgoutput.js';
 import { CopyBothReader } from '../producer/replication.js';
-import { planBatch } from '../consumers/plan.js';
+import { planBatch, planBatches } from '../consumers/plan.js';
 import { ChangeRecords, decodeBatch, encodeBatch } from '../shared/codec.js';
 import { ByteReader, readRowImages, rowImages } from '../shared/tupledata.js';
 import { type Batch, type Change, type Relation, type RowChange, UNCHANGED, type Value } from '../shared/events.js';
@@ -126,7 +126,7 @@ test('pgoutput messages decode; row images travel undecoded to the consumer, whi
   t.deepEqual(decodePgoutput(commit), { tag: 'commit', commitLsn: 0x10n, endLsn: 0x48n, commitTime: 5n });
 });
 
-test('planning skips changes at or below the table version and re-delivered copy chunks', (t) => {
+test('planning skips changes at or below the table version and re-delivered copy chunks, alone or planned together', (t) => {
   const change = (lsn: bigint, ordinal: number, id: string) => ({ op: 'insert' as const, relation: 0, version: { lsn, ordinal }, row: [id, 'x'] });
   const batch: Batch = { pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [relation], changes: [change(10n, 1, '1'), change(10n, 2, '2'), change(11n, 1, '3')] };
   const states = new Map([[16384, { copyLsn: 5n, copyChunk: 0, copyDone: true, applied: { lsn: 10n, ordinal: 1 } }]]);
@@ -146,6 +146,16 @@ test('planning skips changes at or below the table version and re-delivered copy
   const resumed = { ...copy(2 ** 32), copy: { ...copy(2 ** 32).copy!, merge: true } };
   t.true((planBatch(resumed, states).steps[0] as { replace: boolean }).replace, 'a resumed copy whose start never arrived still starts afresh');
   t.true((planBatch(resumed, copying).steps[0] as { merge: boolean }).merge);
+
+  // Batches applied together: each planned against the states the ones before it leave.
+  const together = planBatches([copy(0), copy(1), copy(1), copy(2)], states);
+  t.deepEqual(
+    together.steps.map((step) => (step as { replace: boolean }).replace),
+    [true, false, false],
+    'the first replaces the table, the rest add to it, a chunk twice in the run applies once',
+  );
+  t.deepEqual(together.states.get(16384), { copyLsn: 20n, copyChunk: 2, copyDone: false, applied: { lsn: 20n, ordinal: 0 } }, 'the state after the last');
+  t.is(planBatches([copy(1), copy(2)], copying).steps.length, 1, 'what was applied before is skipped');
 });
 
 test('the ack tracker releases transactions only in commit order and only when every destination applied them', (t) => {
