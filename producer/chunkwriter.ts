@@ -3,6 +3,11 @@ import { chunkKeys, newChunkId } from '../shared/chunks.js';
 
 /** Appends not yet acknowledged by Redis, per chunk being written, before the copy waits. */
 const MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
+/**
+ * Pieces (a socket read each, up to 64 kB) are gathered into appends of up to this size: one
+ * Redis command per megabyte rather than per read cost the producer a tenth less CPU in a copy.
+ */
+const APPEND_BYTES = 1024 * 1024;
 
 /**
  * One copy chunk on its way into Redis: pieces of COPY output are appended to the chunk's
@@ -20,6 +25,8 @@ export class ChunkWriter {
    */
   longestRow = 0;
   private readonly inFlight: { reply: Promise<unknown>; bytes: number }[] = [];
+  private gathered?: Buffer;
+  private gatheredBytes = 0;
   private inFlightBytes = 0;
   private failure?: unknown;
 
@@ -34,19 +41,40 @@ export class ChunkWriter {
 
   async write(piece: Buffer, rows: number): Promise<void> {
     if (this.failure) throw this.failure;
-    const reply = this.redis.append(chunkKeys.data(this.pipeline, this.id), piece).catch((error: unknown) => {
-      this.failure ??= error;
-    });
-    this.inFlight.push({ reply, bytes: piece.length });
-    this.inFlightBytes += piece.length;
     this.rows += rows;
     this.bytes += piece.length;
     this.longestRow = Math.max(this.longestRow, piece.length);
+    if (this.gatheredBytes + piece.length > APPEND_BYTES) await this.appendGathered();
+    if (piece.length >= APPEND_BYTES) {
+      await this.append(piece);
+      return;
+    }
+    this.gathered ??= Buffer.allocUnsafe(APPEND_BYTES);
+    piece.copy(this.gathered, this.gatheredBytes);
+    this.gatheredBytes += piece.length;
+  }
+
+  private async appendGathered(): Promise<void> {
+    if (!this.gathered || this.gatheredBytes === 0) return;
+    const bytes = this.gathered.subarray(0, this.gatheredBytes);
+    // A fresh buffer for the next pieces: the append may still be waiting to be sent.
+    this.gathered = undefined;
+    this.gatheredBytes = 0;
+    await this.append(bytes);
+  }
+
+  private async append(bytes: Buffer): Promise<void> {
+    const reply = this.redis.append(chunkKeys.data(this.pipeline, this.id), bytes).catch((error: unknown) => {
+      this.failure ??= error;
+    });
+    this.inFlight.push({ reply, bytes: bytes.length });
+    this.inFlightBytes += bytes.length;
     while (this.inFlightBytes > MAX_IN_FLIGHT_BYTES) await this.settleOldest();
   }
 
   /** Waits for every append, then records who needs the chunk: from then on it is released, not dropped. */
   async seal(destinations: string[]): Promise<void> {
+    await this.appendGathered();
     while (this.inFlight.length > 0) await this.settleOldest();
     if (this.failure) throw this.failure;
     if (destinations.length > 0) await this.redis.sadd(chunkKeys.holders(this.pipeline, this.id), ...destinations);
