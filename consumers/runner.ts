@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type Job, Queue, WaitingError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { readChunk, releaseChunk } from '../shared/chunks.js';
+import { isChunkId, readChunk, releaseChunk } from '../shared/chunks.js';
 import { type EncodedBatch, decodeBatch } from '../shared/codec.js';
 import { errorMessage } from '../shared/errors.js';
 import type { Batch } from '../shared/events.js';
@@ -138,7 +138,9 @@ export class ConsumerRunner {
         }
         joined = batches.length - 1;
         const plan = planBatches(batches, states);
-        if (attempt === 1) this.readNextChunk(partition, batches.length - 1);
+        // Batches with a chunk tend to be followed by more (a copy, a large transaction): only
+        // then is the next one looked up, not after every small batch of the stream.
+        if (attempt === 1 && (batch.copy?.id || encoded.b)) this.readNextChunk(partition, batches.length - 1);
         if (plan.steps.length > 0 || plan.states.size > 0) await this.destination.apply(plan.steps, plan.states);
         break;
       } catch (error) {
@@ -226,8 +228,7 @@ export class ConsumerRunner {
     ahead.bytes = (async () => {
       try {
         const [next] = await this.queues[partition].getRanges(['wait'], skip, skip, true);
-        // Only chunk ids (epoch.partition.n) hold a dot; other jobs carry their changes inline.
-        if (next?.includes('.') && this.readAhead === ahead) {
+        if (next && isChunkId(next) && this.readAhead === ahead) {
           ahead.id = next;
           const bytes = await readChunk(this.redis, this.options.pipeline, next);
           if (bytes) return bytes;

@@ -11,8 +11,8 @@ const APPEND_BYTES = 1024 * 1024;
 
 /**
  * One copy chunk on its way into Redis: pieces of COPY output are appended to the chunk's
- * string as they arrive, so the producer holds only the appends in flight, however large the
- * chunk. Once sealed (every append acknowledged, its destinations recorded) the chunk's batch
+ * string as they arrive, so the producer holds only the appends in flight and at most a
+ * megabyte being gathered, however large the chunk. Once sealed (every append acknowledged, its destinations recorded) the chunk's batch
  * may be enqueued.
  */
 export class ChunkWriter {

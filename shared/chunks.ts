@@ -29,6 +29,11 @@ export async function storeChunk(redis: Redis, pipeline: string, id: string, byt
   await redis.sadd(chunkKeys.holders(pipeline, id), ...destinations);
 }
 
+/** Whether a job id names a chunk (a batch whose payload is a chunk); other jobs get BullMQ's numeric ids. */
+export function isChunkId(id: string): boolean {
+  return id.includes('.');
+}
+
 export function parseChunkId(id: string): { epoch: number; partition: number } {
   const [epoch, partition] = id.split('.').map(Number);
   return { epoch, partition };
