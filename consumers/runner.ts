@@ -16,6 +16,8 @@ const MAX_BACKOFF_MS = 60_000;
 /** Copy batches applied together at most (the first and those queued behind it), and their rows' bytes. */
 export const JOIN_LIMITS = { batches: 16, bytes: 128 * 1024 * 1024 };
 const REGISTRATION_CHECK_MS = 3_000;
+/** A consumer started before its producer looks for the pipeline this often: it is a small read, and the copy's first chunk is ready soon after. */
+const PIPELINE_CHECK_MS = 50;
 
 /** A chunk read before its batch's turn: the partition's next batch's (its id is known once found). */
 interface ReadAhead {
@@ -107,7 +109,7 @@ export class ConsumerRunner {
       if (state) return state.partitions;
       if (!warned) log.info({ pipeline: this.options.pipeline }, 'waiting for the producer of this pipeline to start');
       warned = true;
-      await sleep(500, undefined, { signal }).catch(() => {});
+      await sleep(PIPELINE_CHECK_MS, undefined, { signal }).catch(() => {});
     }
     return 0;
   }

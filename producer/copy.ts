@@ -207,9 +207,8 @@ export class TableCopy {
   /**
    * Streams one range with COPY (CSV) into chunks of whole rows, written to Redis as they come
    * from Postgres (producer/chunkwriter) and cut at exactly --copy-chunk-rows rows or at
-   * --copy-chunk-bytes. A range's first chunks are smaller (a quarter, then half the rows), so
-   * destinations start while the rest is still read. The chunk still open when the table's last
-   * range ends is marked as the table's last.
+   * --copy-chunk-bytes. The chunk still open when the table's last range ends is marked as the
+   * table's last.
    */
   async copyRange(client: pg.Client, range: number, onBatch: (batch: { partition: number; seq: number }) => void): Promise<number> {
     const { relation } = this;
@@ -217,11 +216,7 @@ export class TableCopy {
     const conditions = [this.rowFilter, this.ctidRange(range)].filter((condition) => condition);
     const where = conditions.length > 0 ? ` WHERE ${conditions.map((condition) => `(${condition})`).join(' AND ')}` : '';
     const { copyChunkRows, copyChunkBytes, pipeline } = this.session.options;
-    const limits = (index: number) => {
-      const scale = 2 ** Math.max(0, 2 - index);
-      return { rows: Math.max(1, Math.floor(copyChunkRows / scale)), bytes: copyChunkBytes / scale };
-    };
-    const copyOut = new CopyOut(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (FORMAT csv)`, limits);
+    const copyOut = new CopyOut(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (FORMAT csv)`, { rows: copyChunkRows, bytes: copyChunkBytes });
     client.query(copyOut as never);
     const before = this.rows;
     const targets = this.options.destinations ?? this.session.queues.destinations;

@@ -12,8 +12,11 @@ export interface CopyPiece {
   endsChunk: boolean;
 }
 
-/** How large the chunk numbered `index` (from 0) may grow: it ends at exactly `rows` rows, or at the row that brings it to `bytes`. */
-export type ChunkLimits = (index: number) => { rows: number; bytes: number };
+/** How large a chunk may grow: it ends at exactly `rows` rows, or at the row that brings it to `bytes`. */
+export interface ChunkLimits {
+  rows: number;
+  bytes: number;
+}
 
 /**
  * `COPY … TO STDOUT` read straight off a `pg` connection. Postgres sends each row as its own
@@ -34,7 +37,7 @@ export class CopyOut extends CopyDataReader {
   private remaining = 0;
   private split?: { row: Buffer; used: number };
   private readonly ready: CopyPiece[] = [];
-  private chunk = { index: 0, rows: 0, bytes: 0, limits: { rows: Infinity, bytes: Infinity } };
+  private chunk = { rows: 0, bytes: 0 };
   private readyBytes = 0;
   private finished = false;
   private failure?: Error;
@@ -42,10 +45,9 @@ export class CopyOut extends CopyDataReader {
 
   constructor(
     text: string,
-    private readonly limits: ChunkLimits = () => ({ rows: Infinity, bytes: Infinity }),
+    private readonly limits: ChunkLimits = { rows: Infinity, bytes: Infinity },
   ) {
     super(text);
-    this.chunk.limits = limits(0);
   }
 
   /** `pg` reports the query's end (after the copy) and its errors here. */
@@ -149,10 +151,8 @@ export class CopyOut extends CopyDataReader {
     const chunk = this.chunk;
     chunk.rows++;
     chunk.bytes += length;
-    if (chunk.rows < chunk.limits.rows && chunk.bytes < chunk.limits.bytes) return false;
-    chunk.index++;
+    if (chunk.rows < this.limits.rows && chunk.bytes < this.limits.bytes) return false;
     chunk.rows = chunk.bytes = 0;
-    chunk.limits = this.limits(chunk.index);
     return true;
   }
 

@@ -42,9 +42,10 @@ export const PRODUCER_DEFAULTS = {
   statusIntervalMs: 10_000,
   heartbeatIntervalMs: 30_000,
   copyConnections: 2,
-  // Large chunks: DuckDB writes whole row groups (122 880 rows) of a chunk straight to its file
-  // instead of through its WAL, and every chunk costs a transaction at each destination.
-  copyChunkRows: 4 * 122_880,
+  // One DuckDB row group: a chunk is then one batch of whole rows groups in DuckDB's insert,
+  // written straight to its file, with nothing to merge. Queued chunks are applied together
+  // (consumers/runner), so a chunk does not cost a transaction of its own.
+  copyChunkRows: 122_880,
   copyChunkBytes: 64 * 1024 * 1024,
   copyRangeBlocks: 8192,
 } as const;
@@ -69,6 +70,8 @@ export interface Session {
 
 /** How often the producer reads the destinations' applied marks. */
 export const POLL_MS = 100;
+/** How often `--mode copy` looks whether the destinations have applied the whole copy: it exits as soon as they have. */
+export const COPY_DONE_POLL_MS = 10;
 /** Adds not yet acknowledged by Redis, in number and bytes, before reading pauses: bounds producer memory. */
 export const MAX_PENDING_ADDS = 8;
 export const MAX_PENDING_BYTES = 8 * 1024 * 1024;

@@ -11,7 +11,7 @@ import { AckTracker } from './acks.js';
 import { Catalog, publishedTableOids } from './catalog.js';
 import { Sequencer } from './batcher.js';
 import { copyTables, withExportedSnapshot } from './copy.js';
-import { type AckPosition, POLL_MS, type ProducerOptions, type Session } from './options.js';
+import { type AckPosition, COPY_DONE_POLL_MS, type ProducerOptions, type Session } from './options.js';
 import { checkRedis, checkSource, connectPostgres } from './preflight.js';
 import { BatchQueues } from './queues.js';
 import { ReplicationConnection } from './replication.js';
@@ -190,7 +190,7 @@ export class Producer {
       if (options.mode === 'copy') {
         while (!tracker.isIdle) {
           await watcher.poll(() => {});
-          await sleep(POLL_MS, undefined, { signal: ended.signal });
+          await sleep(COPY_DONE_POLL_MS, undefined, { signal: ended.signal });
         }
         log.info('copy applied by every destination');
         return true;
