@@ -42,7 +42,7 @@ const ZOO: { name: string; type: string; values: string[]; compare: Compare }[] 
   { name: 'c_numeric', type: 'numeric', values: [`'${'1'.repeat(1000)}.${'9'.repeat(20)}'`, "'NaN'", "'Infinity'", '-0.000000000000000000001'], compare: TEXT },
   { name: 'c_numeric_wide', type: 'numeric(60,20)', values: ['12345678901234567890123456789012345678.12345678901234567890'], compare: TEXT },
   { name: 'c_money', type: 'money', values: ["'1234.56'", "'-0.01'"], compare: NUMBERS },
-  { name: 'c_text', type: 'text', values: ["E'tab\\there\\nnewline \\\\ back \"quote\" ''single'' é 😀'", "''", "E'comma, \\r\\n crlf \"\"'"], compare: TEXT },
+  { name: 'c_text', type: 'text', values: ["E'tab\\there\\nnewline \\\\ back \"quote\" ''single'' é 😀'", "''", "E'comma, \\r\\n crlf \"\"'", "E'unit \\x1f record \\x1e separators'"], compare: TEXT },
   { name: 'c_varchar', type: 'varchar(10)', values: ["'short'"], compare: TEXT },
   { name: 'c_char', type: 'char(5)', values: ["'ab'"], compare: OUTPUT },
   { name: 'c_name', type: 'name', values: ["'a_name'"], compare: TEXT },

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { EventEmitter } from 'node:events';
 import { AckTracker } from '../producer/acks.js';
-import { parseCsvRows } from '../shared/csv.js';
+import { COPY_CSV, PLAIN_CSV, parseCsvRows } from '../shared/csv.js';
 import { decodePgoutput } from '../producer/pgoutput.js';
 import { CopyBothReader } from '../producer/replication.js';
 import { planBatch, planBatches } from '../consumers/plan.js';
@@ -83,12 +83,15 @@ test('the batch codec round-trips changes, truncates, copies and unchanged TOAST
   t.deepEqual(valuesOf(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(written)))).changes), many);
 });
 
-test('COPY CSV text parses back to values (quotes, commas, newlines, empty string vs NULL)', (t) => {
+test('COPY CSV text parses back to values (quotes, commas, newlines, empty string vs NULL), in both dialects', (t) => {
   const csv = '1,,"","a,b\n""q"" é"\n2,plain,x,"line\nbreak"\n';
-  t.deepEqual(parseCsvRows(csv), [
+  const values = [
     ['1', null, '', 'a,b\n"q" é'],
     ['2', 'plain', 'x', 'line\nbreak'],
-  ]);
+  ];
+  t.deepEqual(parseCsvRows(csv, PLAIN_CSV), values);
+  const copyCsv = '1\x1f\x1f\x1e\x1e\x1f\x1ea,b\n"q" é\x1e\n2\x1fplain\x1fx\x1f\x1eline\nbreak\x1e\n3\x1f\x1ein\x1e\x1ebetween\x1e\x1f\x1e\x1f\x1e\x1f\x1f\n';
+  t.deepEqual(parseCsvRows(copyCsv, COPY_CSV), [...values, ['3', 'in\x1ebetween', '\x1f', null, null]]);
 });
 
 test('pgoutput messages decode; row images travel undecoded to the consumer, which reads the values as text', (t) => {
@@ -294,7 +297,7 @@ test('a run collapses straight from its images to the same final rows and delete
     // The same run as a consumer reads it from a batch: images read in place in the records.
     const batch: Batch = { pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [relation], changes };
     t.deepEqual(collapseImagesToCsv(keyColumns, 3, decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))).changes as RowChange[])?.csv, csv);
-    const lines = parseCsvRows(csv.toString());
+    const lines = parseCsvRows(csv.toString(), PLAIN_CSV);
     const sorted = (rows: Value[][]) => rows.map((row) => JSON.stringify(row)).sort();
     t.deepEqual(sorted(lines.filter((line) => line[3] === 'f').map((line) => line.slice(0, 3))), sorted(expected.rows));
     t.deepEqual(sorted(lines.filter((line) => line[3] === 't').map((line) => [line[0], line[2]])), sorted(expected.deletedKeys));

@@ -3,7 +3,7 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
-import { parseCsvRows } from '../../shared/csv.js';
+import { COPY_CSV, type CsvDialect, PLAIN_CSV, parseCsvRows } from '../../shared/csv.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError, errorMessage } from '../../shared/errors.js';
 import { collapseByKey } from '../collapse.js';
@@ -112,7 +112,7 @@ export class DuckDbDestination implements Destination {
         } else if (step.kind === 'copy') {
           if (step.replace) await this.connection.run(`DELETE FROM ${tableSql(step.relation)}`);
           if (step.merge) {
-            await this.writeRows(step.relation, keyColumnsOf(step.relation), parseCsvRows(step.csv.toString()));
+            await this.writeRows(step.relation, keyColumnsOf(step.relation), parseCsvRows(step.csv.toString(), COPY_CSV));
             continue;
           }
           // The chunks that follow for the same table are read by the same statement.
@@ -212,7 +212,7 @@ export class DuckDbDestination implements Destination {
     if (filled.length === 0) return;
     const types = relation.columns.map(duckDbType);
     if (types.some((type) => type.stage)) {
-      for (const { csv } of filled) await this.writeRows(relation, [], parseCsvRows(csv.toString()));
+      for (const { csv } of filled) await this.writeRows(relation, [], parseCsvRows(csv.toString(), COPY_CSV));
       return;
     }
     const longestRow = Math.max(...filled.map((chunk) => chunk.longestRow ?? chunk.csv.length));
@@ -221,7 +221,7 @@ export class DuckDbDestination implements Destination {
       async (files) => {
         const names = relation.columns.map((column) => ident(column.name)).join(', ');
         const values = types.map((type, index) => type.cast(`s.c${index}`)).join(', ');
-        await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow, { wholeFilesOf: Math.max(...filled.map((chunk) => chunk.csv.length)) })} s`);
+        await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow, { dialect: COPY_CSV, wholeFilesOf: Math.max(...filled.map((chunk) => chunk.csv.length)) })} s`);
       },
     );
   }
@@ -267,7 +267,7 @@ export class DuckDbDestination implements Destination {
    */
   private async writeLines(relation: Relation, types: DuckDbType[], keyColumns: number[], lines: Buffer, longestLine: number): Promise<void> {
     const stage = `_pg_stage_l${this.stageCounter++ % 4}`;
-    await this.withFiles([lines], (files) => this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(files, types.length, longestLine, { flag: STAGE_DELETED })}`));
+    await this.withFiles([lines], (files) => this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(files, types.length, longestLine, { dialect: PLAIN_CSV, flag: STAGE_DELETED })}`));
     const target = tableSql(relation);
     const match = keyColumns.map((column) => `${target}.${ident(relation.columns[column].name)} = ${types[column].cast(`s.c${column}`)}`).join(' AND ');
     await this.connection.run(`DELETE FROM ${target} USING ${stage} s WHERE ${match}`);
@@ -421,9 +421,9 @@ const CSV_LINE_LIMIT = 2_000_000;
 const LINES_PER_BUFFER = 16;
 
 /**
- * read_csv of Postgres-style CSV (as COPY writes it): `width` text columns c0, c1, …, and a
- * BOOLEAN column `flag` after them when given. Quoted values, `""` inside, an unquoted empty
- * field is NULL and a quoted one the empty string. `longestLine`: no line is longer (in
+ * read_csv of Postgres-style CSV (as COPY writes it) in `dialect`: `width` text columns c0, c1,
+ * …, and a BOOLEAN column `flag` after them when given. Quoted values, the quote doubled inside,
+ * an unquoted empty field is NULL and a quoted one the empty string. `longestLine`: no line is longer (in
  * bytes); the reader is told when that is beyond its default limit (a large text or JSON value).
  *
  * `wholeFilesOf`: the largest file's size, when each file is to be read as one buffer. DuckDB
@@ -433,13 +433,13 @@ const LINES_PER_BUFFER = 16;
  * chunks to an INSERT, loaded 22–28 % faster with 10–17 % less CPU. With one file only, the
  * default buffers let both threads share it instead.
  */
-function csvSource(files: string[], width: number, longestLine: number, options: { flag?: string; wholeFilesOf?: number } = {}): string {
+function csvSource(files: string[], width: number, longestLine: number, options: { dialect: CsvDialect; flag?: string; wholeFilesOf?: number }): string {
   const columns = Array.from({ length: width }, (_, index) => `'c${index}': 'VARCHAR'`);
   if (options.flag) columns.push(`'${options.flag}': 'BOOLEAN'`);
   const lineLimit = Math.max(CSV_LINE_LIMIT, longestLine + 1);
   const limit = longestLine >= CSV_LINE_LIMIT ? `, max_line_size = ${lineLimit}` : '';
   const buffer = options.wholeFilesOf !== undefined && files.length > 1 ? `, buffer_size = ${Math.max(options.wholeFilesOf + 1, LINES_PER_BUFFER * lineLimit)}` : '';
-  return `read_csv([${files.map(literal).join(', ')}], header = false, delim = ',', quote = '"', escape = '"', nullstr = '', allow_quoted_nulls = false, auto_detect = false, new_line = '\\n'${limit}${buffer}, columns = {${columns.join(', ')}})`;
+  return `read_csv([${files.map(literal).join(', ')}], header = false, delim = ${literal(options.dialect.delimiter)}, quote = ${literal(options.dialect.quote)}, escape = ${literal(options.dialect.quote)}, nullstr = '', allow_quoted_nulls = false, auto_detect = false, new_line = '\\n'${limit}${buffer}, columns = {${columns.join(', ')}})`;
 }
 
 function keyColumnsOf(relation: Relation): number[] {
