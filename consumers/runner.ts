@@ -5,9 +5,9 @@ import { isChunkId, readChunk, releaseChunk } from '../shared/chunks.js';
 import { type EncodedBatch, decodeBatch } from '../shared/codec.js';
 import { errorMessage } from '../shared/errors.js';
 import type { Batch } from '../shared/events.js';
-import { QUEUE_PREFIX, formatApplied, keys, parseApplied, queueName } from '../shared/keys.js';
+import { QUEUE_PREFIX, keys, parseApplied, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
-import { connectRedis, readPipelineState } from '../shared/redis.js';
+import { connectRedis, readPipelineState, recordApplied } from '../shared/redis.js';
 import { type Destination, PermanentError } from './destination.js';
 import { copyIsNew, planBatches } from './plan.js';
 import type { Health, RunnerOptions } from './options.js';
@@ -144,6 +144,10 @@ export class ConsumerRunner {
         // then is the next one looked up, not after every small batch of the stream.
         if (attempt === 1 && (batch.copy?.id || encoded.b)) this.readNextChunk(partition, batches.length - 1);
         if (plan.steps.length > 0 || plan.states.size > 0) await this.destination.apply(plan.steps, plan.states);
+        // The batches joined are applied as well: marked now, not when each job's turn comes
+        // (at the end of a copy, the producer waits for the last mark).
+        const last = batches[batches.length - 1];
+        if (joined > 0) await this.completeApplied(partition, last, batches.slice(1).map((next) => next.copy?.id));
         break;
       } catch (error) {
         const parked = attempt >= this.options.attemptsBeforePark || error instanceof PermanentError;
@@ -165,13 +169,17 @@ export class ConsumerRunner {
     }
     // Its chunk was read ahead, but the batch needed none (applied with the one before it, or earlier).
     if (this.readAhead?.id === job.id) this.readAhead = undefined;
-    await this.redis.hset(keys.applied(this.options.pipeline, this.options.name), String(partition), formatApplied(encoded.e, encoded.s));
-    const chunk = batch?.copy?.id ?? encoded.b;
-    if (chunk) await releaseChunk(this.redis, this.options.pipeline, chunk, this.options.name);
+    await this.completeApplied(partition, { epoch: encoded.e, seq: encoded.s }, [batch?.copy?.id ?? encoded.b]);
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
     const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
     log.debug({ partition, changes: batch?.changes.length, copyRows: batch?.copy?.rows, joined, applyMs: Date.now() - started, lagMs }, 'batch applied');
     if (this.unhealthy.has(partition)) await this.report(partition, { state: 'ok' });
+  }
+
+  /** Records the partition's applied mark (it only moves forward) and releases the chunks applied. */
+  private async completeApplied(partition: number, mark: { epoch: number; seq: number }, chunks: (string | undefined)[]): Promise<void> {
+    await recordApplied(this.redis, this.options.pipeline, this.options.name, partition, mark);
+    for (const chunk of chunks) if (chunk) await releaseChunk(this.redis, this.options.pipeline, chunk, this.options.name);
   }
 
   /** A chunk's bytes: those read ahead, or from Redis. */

@@ -67,6 +67,24 @@ export async function readCopyProgress(redis: Redis, pipeline: string): Promise<
   return new Map(Object.entries(raw).map(([oid, text]) => [Number(oid), JSON.parse(text) as TableCopyProgress]));
 }
 
+// The mark only moves forward: batches applied together with an earlier one (consumers/runner
+// joins queued copy chunks) are marked at once, and their own jobs complete after that.
+const RECORD_APPLIED = `
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  local epoch, seq = string.match(current, '^(%d+):(%d+)$')
+  epoch, seq = tonumber(epoch), tonumber(seq)
+  local newEpoch, newSeq = tonumber(ARGV[2]), tonumber(ARGV[3])
+  if epoch > newEpoch or (epoch == newEpoch and seq >= newSeq) then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
+return 1`;
+
+/** Records that a destination has durably applied the partition's batches up to (epoch, seq), unless its mark is there already. */
+export async function recordApplied(redis: Redis, pipeline: string, destination: string, partition: number, mark: { epoch: number; seq: number }): Promise<void> {
+  await redis.eval(RECORD_APPLIED, 1, keys.applied(pipeline, destination), String(partition), String(mark.epoch), String(mark.seq));
+}
+
 /** The applied marks of one destination: partition → last batch applied. */
 export async function readApplied(redis: Redis, pipeline: string, destination: string): Promise<Map<number, { epoch: number; seq: number }>> {
   const raw = await redis.hgetall(keys.applied(pipeline, destination));

@@ -8,7 +8,7 @@ import { BatchQueues } from '../producer/queues.js';
 import { encodeBatch } from '../shared/codec.js';
 import type { Batch, Relation } from '../shared/events.js';
 import { QUEUE_PREFIX, keys, queueName } from '../shared/keys.js';
-import { writePipelineState } from '../shared/redis.js';
+import { readApplied, recordApplied, writePipelineState } from '../shared/redis.js';
 import { waitFor } from './support/pipeline.js';
 import { type RedisServer, startRedis } from './support/services.js';
 
@@ -158,3 +158,16 @@ test('a large batch travels as a chunk beside its job: applied whole, then relea
   }
 });
 
+
+test('an applied mark only moves forward: batches applied together with an earlier one complete after their mark', async (t) => {
+  const marks = () => readApplied(redis.client, 'marks', 'd');
+  await recordApplied(redis.client, 'marks', 'd', 0, { epoch: 2, seq: 10 });
+  await recordApplied(redis.client, 'marks', 'd', 0, { epoch: 2, seq: 4 });
+  await recordApplied(redis.client, 'marks', 'd', 0, { epoch: 1, seq: 99 });
+  t.deepEqual((await marks()).get(0), { epoch: 2, seq: 10 }, 'an earlier batch, or one of an earlier producer run, leaves it');
+  await recordApplied(redis.client, 'marks', 'd', 0, { epoch: 2, seq: 11 });
+  await recordApplied(redis.client, 'marks', 'd', 1, { epoch: 2, seq: 1 });
+  t.deepEqual((await marks()).get(0), { epoch: 2, seq: 11 });
+  await recordApplied(redis.client, 'marks', 'd', 0, { epoch: 3, seq: 1 });
+  t.deepEqual(await marks(), new Map([[0, { epoch: 3, seq: 1 }], [1, { epoch: 2, seq: 1 }]]), 'a new run moves it on; partitions are apart');
+});
