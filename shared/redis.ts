@@ -71,8 +71,8 @@ export async function readCopyProgress(redis: Redis, pipeline: string): Promise<
 // joins queued copy chunks) are marked at once, and their own jobs complete after that.
 const RECORD_APPLIED = `
 local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current then
-  local epoch, seq = string.match(current, '^(%d+):(%d+)$')
+local epoch, seq = string.match(current or '', '^(%d+):(%d+)$')
+if epoch then
   epoch, seq = tonumber(epoch), tonumber(seq)
   local newEpoch, newSeq = tonumber(ARGV[2]), tonumber(ARGV[3])
   if epoch > newEpoch or (epoch == newEpoch and seq >= newSeq) then return 0 end

@@ -170,4 +170,7 @@ test('an applied mark only moves forward: batches applied together with an earli
   t.deepEqual((await marks()).get(0), { epoch: 2, seq: 11 });
   await recordApplied(redis.client, 'marks', 'd', 0, { epoch: 3, seq: 1 });
   t.deepEqual(await marks(), new Map([[0, { epoch: 3, seq: 1 }], [1, { epoch: 2, seq: 1 }]]), 'a new run moves it on; partitions are apart');
+  await redis.client.hset(keys.applied('marks', 'd'), '2', 'not a mark');
+  await recordApplied(redis.client, 'marks', 'd', 2, { epoch: 3, seq: 5 });
+  t.deepEqual((await marks()).get(2), { epoch: 3, seq: 5 }, 'what is not a mark is replaced');
 });
