@@ -206,9 +206,9 @@ export class TableCopy {
   }
 
   /**
-   * Streams one range with COPY (CSV, shared/csv's copy dialect) into chunks of whole rows, written to Redis as they come
-   * from Postgres (producer/chunkwriter) and cut at exactly --copy-chunk-rows rows or at
-   * --copy-chunk-bytes. The chunk still open when the table's last range ends is marked as the
+   * Streams one range with COPY (CSV in shared/csv's copy dialect) into chunks of whole rows,
+   * written to Redis as they come from Postgres (producer/chunkwriter) and cut at exactly
+   * --copy-chunk-rows rows or at --copy-chunk-bytes. The chunk still open when the table's last range ends is marked as the
    * table's last.
    */
   async copyRange(client: pg.Client, range: number, onBatch: (batch: { partition: number; seq: number }) => void): Promise<number> {

@@ -421,17 +421,18 @@ const CSV_LINE_LIMIT = 2_000_000;
 const LINES_PER_BUFFER = 16;
 
 /**
- * read_csv of Postgres-style CSV (as COPY writes it) in `dialect`: `width` text columns c0, c1,
- * …, and a BOOLEAN column `flag` after them when given. Quoted values, the quote doubled inside,
- * an unquoted empty field is NULL and a quoted one the empty string. `longestLine`: no line is longer (in
- * bytes); the reader is told when that is beyond its default limit (a large text or JSON value).
+ * read_csv of Postgres-style CSV (as COPY writes it) in `dialect`: `width` text columns c0,
+ * c1, …, and a BOOLEAN column `flag` after them when given. Quoted values, the quote doubled
+ * inside, an unquoted empty field is NULL and a quoted one the empty string. `longestLine`: no
+ * line is longer (in bytes); the reader is told when that is beyond its default limit (a
+ * large text or JSON value).
  *
  * `wholeFilesOf`: the largest file's size, when each file is to be read as one buffer. DuckDB
  * inserts each buffer's rows as a batch of row groups; where a batch ends inside a row group,
- * the partial groups are merged and compressed again. Copy chunks hold whole row groups, so
- * reading each as one buffer leaves nothing to merge: 2 M rows of the benchmark's table, four
- * chunks to an INSERT, loaded 22–28 % faster with 10–17 % less CPU. With one file only, the
- * default buffers let both threads share it instead.
+ * the partial groups are merged and compressed again. Copy chunks hold whole row groups, and
+ * the default buffer (32 MB) holds a chunk of one; a larger chunk gets a buffer of its size
+ * when several files are read (chunks of four row groups, 41 MB, two to an INSERT: 22–28 %
+ * faster, 10–17 % less CPU). With one file only, the default buffers let both threads share it.
  */
 function csvSource(files: string[], width: number, longestLine: number, options: { dialect: CsvDialect; flag?: string; wholeFilesOf?: number }): string {
   const columns = Array.from({ length: width }, (_, index) => `'c${index}': 'VARCHAR'`);
