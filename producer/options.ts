@@ -42,7 +42,7 @@ export const PRODUCER_DEFAULTS = {
   statusIntervalMs: 10_000,
   heartbeatIntervalMs: 30_000,
   copyConnections: 2,
-  // One DuckDB row group: a chunk is then one batch of whole rows groups in DuckDB's insert,
+  // One DuckDB row group: a chunk is then one batch of whole row groups in DuckDB's insert,
   // written straight to its file, with nothing to merge. Queued chunks are applied together
   // (consumers/runner), so a chunk does not cost a transaction of its own.
   copyChunkRows: 122_880,
