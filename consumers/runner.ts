@@ -179,7 +179,7 @@ export class ConsumerRunner {
   /** Records the partition's applied mark (it only moves forward) and releases the chunks applied. */
   private async completeApplied(partition: number, mark: { epoch: number; seq: number }, chunks: (string | undefined)[]): Promise<void> {
     await recordApplied(this.redis, this.options.pipeline, this.options.name, partition, mark);
-    for (const chunk of chunks) if (chunk) await releaseChunk(this.redis, this.options.pipeline, chunk, this.options.name);
+    await Promise.all(chunks.flatMap((chunk) => (chunk ? [releaseChunk(this.redis, this.options.pipeline, chunk, this.options.name)] : [])));
   }
 
   /** A chunk's bytes: those read ahead, or from Redis. */
