@@ -27,7 +27,7 @@ export interface StoredTable<Shape extends TableShape = TableShape> {
 /** One step of a batch, after the runner removed everything the destination already has. */
 export type Step =
   /** replace: the table's old rows go first; merge: rows replace stored rows with their key (a resumed copy). */
-  | { kind: 'copy'; relation: Relation; replace: boolean; merge: boolean; csv: Buffer; rows: number; longestRow?: number }
+  | { kind: 'copy'; relation: Relation; replace: boolean; merge: boolean; csv: Buffer[]; rows: number; longestRow?: number }
   | { kind: 'changes'; relation: Relation; changes: RowChange[] }
   | { kind: 'truncate'; relations: Relation[]; version: Version };
 

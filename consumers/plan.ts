@@ -46,7 +46,7 @@ function planCopy(batch: Batch, states: Map<number, TableState>) {
     copyDone: copy.last,
     applied: { lsn: copy.snapshotLsn, ordinal: 0 },
   });
-  const step: Step = { kind: 'copy', relation, replace: first, merge: copy.merge ?? false, csv: copy.csv ?? Buffer.alloc(0), rows: copy.rows };
+  const step: Step = { kind: 'copy', relation, replace: first, merge: copy.merge ?? false, csv: copy.csv ?? [], rows: copy.rows };
   if (copy.longestRow !== undefined) step.longestRow = copy.longestRow;
   return { steps: [step], states: updated };
 }

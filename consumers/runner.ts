@@ -1,8 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type Job, Queue, WaitingError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { isChunkId, readChunk, releaseChunk } from '../shared/chunks.js';
-import { type EncodedBatch, decodeBatch } from '../shared/codec.js';
+import { isChunkId, joinPieces, readChunk, releaseChunk } from '../shared/chunks.js';
+import { type EncodedBatch, assertCodecVersion, decodeBatch } from '../shared/codec.js';
 import { errorMessage } from '../shared/errors.js';
 import type { Batch } from '../shared/events.js';
 import { QUEUE_PREFIX, keys, parseApplied, queueName } from '../shared/keys.js';
@@ -23,7 +23,7 @@ const PIPELINE_CHECK_MS = 50;
 interface ReadAhead {
   partition: number;
   id: string;
-  bytes: Promise<Buffer | undefined>;
+  bytes: Promise<Buffer[] | undefined>;
 }
 
 /**
@@ -123,12 +123,13 @@ export class ConsumerRunner {
     for (let attempt = 1; ; attempt++) {
       try {
         if (!batch) {
+          assertCodecVersion(encoded);
           const records = encoded.b ? await this.readChunk(encoded.b) : undefined;
           // Its records released already: this batch was applied, and its consumer stopped
           // before the queue heard so. Nothing to do.
           if (encoded.b && !records && (await this.applied(partition, encoded))) break;
           if (encoded.b && !records) throw missingChunk(encoded.b);
-          batch = decodeBatch(encoded, records);
+          batch = decodeBatch(encoded, records && joinPieces(records));
         }
         const states = await this.destination.tableStates(batch.relations);
         const batches = [batch];
@@ -183,7 +184,7 @@ export class ConsumerRunner {
   }
 
   /** A chunk's bytes: those read ahead, or from Redis. */
-  private async readChunk(id: string): Promise<Buffer | undefined> {
+  private async readChunk(id: string): Promise<Buffer[] | undefined> {
     const ahead = this.readAhead;
     if (ahead?.id === id) {
       this.readAhead = undefined;

@@ -2,9 +2,9 @@ import type { Redis } from 'ioredis';
 
 /**
  * Large payloads live in Redis beside the queues, not inside job data: the rows of a copy chunk
- * (the producer streams COPY output into a Redis string as it arrives, never holding a chunk in
- * memory) and the change records of a large batch. Neither is encoded as JSON or base64; the
- * job carries only the chunk's id. One string serves every
+ * (the producer streams COPY output into a Redis list as it arrives, a piece of up to a megabyte
+ * per element, never holding a chunk in memory) and the change records of a large batch.
+ * Neither is encoded as JSON or base64; the job carries only the chunk's id. One string serves every
  * destination; a set lists the destinations that still need it, and the last one to release it
  * deletes both.
  *
@@ -23,9 +23,10 @@ export function newChunkId(epoch: number, partition: number): string {
   return `${epoch}.${partition}.${++made}`;
 }
 
-/** Writes bytes as one chunk, then records which destinations hold it. */
+/** Writes bytes as one chunk (of one piece), then records which destinations hold it. */
 export async function storeChunk(redis: Redis, pipeline: string, id: string, bytes: Buffer, destinations: string[]): Promise<void> {
-  await redis.set(chunkKeys.data(pipeline, id), bytes);
+  const key = chunkKeys.data(pipeline, id);
+  await redis.multi().del(key).rpush(key, bytes).exec();
   await redis.sadd(chunkKeys.holders(pipeline, id), ...destinations);
 }
 
@@ -39,9 +40,25 @@ export function parseChunkId(id: string): { epoch: number; partition: number } {
   return { epoch, partition };
 }
 
-/** The chunk's CSV bytes, or undefined when Redis no longer holds them. */
-export async function readChunk(redis: Redis, pipeline: string, id: string): Promise<Buffer | undefined> {
-  return (await redis.getBuffer(chunkKeys.data(pipeline, id))) ?? undefined;
+/**
+ * The chunk's bytes in the pieces they were written in, or undefined when Redis no longer holds
+ * them. Kept apart: a consumer that writes them to a file need not copy them into one buffer.
+ */
+export async function readChunk(redis: Redis, pipeline: string, id: string): Promise<Buffer[] | undefined> {
+  const pieces = await redis.lrangeBuffer(chunkKeys.data(pipeline, id), 0, -1);
+  return pieces.length > 0 ? pieces : undefined;
+}
+
+/** A chunk's pieces as one buffer (copied only when there are several). */
+export function joinPieces(pieces: Buffer[]): Buffer {
+  return pieces.length === 1 ? pieces[0] : Buffer.concat(pieces);
+}
+
+/** How many bytes a chunk's pieces hold. */
+export function piecesLength(pieces: Buffer[]): number {
+  let length = 0;
+  for (const piece of pieces) length += piece.length;
+  return length;
 }
 
 // Atomic, so that of two destinations releasing at once exactly the last one deletes the bytes;

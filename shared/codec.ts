@@ -8,13 +8,14 @@ import { ByteReader, type RowOp, readRowImages, rowImages } from './tupledata.js
  * whose row images are pgoutput's own TupleData (shared/tupledata), copied from the walsender's
  * messages without decoding: no JSON per value on either side, and the producer allocates no
  * strings per value. A copy chunk's rows travel beside the job (shared/chunks).
- * `v` lets a consumer refuse a batch made by a producer it does not understand.
+ * `v` lets a consumer refuse a batch made by a producer it does not understand (4: chunks are
+ * Redis lists of pieces, no longer strings).
  *
  * Change record: op byte (I, U, D, T); LSN (two uint32); ordinal (uint32); then for I/U/D the
  * relation index (uint16), the images' length (uint32) and the images; for T the relation
  * count (uint16), the relation indexes (uint16 each) and the option flags (byte).
  */
-export const CODEC_VERSION = 3;
+export const CODEC_VERSION = 4;
 
 type EncodedColumn = [string, number, number, 0 | 1, EncodedColumnDetails?];
 type EncodedColumnDetails = { a?: number; b?: number; e?: number; d?: number; m?: string };
@@ -67,11 +68,16 @@ export function changeRecords(batch: Batch): Buffer {
   return batch.records ?? encodeChanges(batch.changes);
 }
 
-/** `records`: the change records of a batch that keeps them in Redis (chunk `encoded.b`). */
-export function decodeBatch(encoded: EncodedBatch, records?: Buffer): Batch {
+/** Refuses a batch of another codec version: before anything of it (its chunk, say) is read. */
+export function assertCodecVersion(encoded: EncodedBatch): void {
   if (encoded.v !== CODEC_VERSION) {
     throw new Error(`batch codec version ${encoded.v} is not supported (this consumer reads version ${CODEC_VERSION}); run the same pg-replicate version for producer and consumers`);
   }
+}
+
+/** `records`: the change records of a batch that keeps them in Redis (chunk `encoded.b`). */
+export function decodeBatch(encoded: EncodedBatch, records?: Buffer): Batch {
+  assertCodecVersion(encoded);
   const batch: Batch = {
     pipeline: encoded.p,
     partition: encoded.n,

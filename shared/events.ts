@@ -75,8 +75,8 @@ export interface CopyChunk {
    * work on the way.
    */
   id?: string;
-  /** The rows, once read from Redis: set by the consumer only when it applies the chunk. */
-  csv?: Buffer;
+  /** The rows, once read from Redis, in the pieces they were stored in: set by the consumer only when it applies the chunk. */
+  csv?: Buffer[];
   rows: number;
   bytes: number;
   /** The snapshot LSN the copy was read at: its rows have version (snapshotLsn, 0). */

@@ -63,7 +63,7 @@ test('the batch codec round-trips changes, truncates, copies and unchanged TOAST
   t.deepEqual({ ...decoded, changes: valuesOf(decoded.changes) }, batch);
   const copy: Batch = { ...batch, changes: [], copy: { relation: 0, snapshotLsn: 77n, chunk: 2, last: true, rows: 1, bytes: 3, id: '1700000000000.3.9', merge: true, longestRow: 3 } };
   t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(copy)))), copy, 'a copy batch carries the id of its rows in Redis');
-  const withRows: Batch = { ...copy, copy: { ...copy.copy!, csv: Buffer.from('1,\n') } };
+  const withRows: Batch = { ...copy, copy: { ...copy.copy!, csv: [Buffer.from('1,\n')] } };
   t.false('csv' in decodeBatch(JSON.parse(JSON.stringify(encodeBatch(withRows)))).copy!, 'the rows themselves never travel in the job');
   const empty: Batch = { ...batch, changes: [], copy: { relation: 0, snapshotLsn: 77n, chunk: 3, last: true, rows: 0, bytes: 0 } };
   t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(empty)))), empty, 'a chunk without rows has no id');
@@ -138,7 +138,7 @@ test('planning skips changes at or below the table version and re-delivered copy
   t.deepEqual(plan.states.get(16384)!.applied, { lsn: 11n, ordinal: 1 });
   t.deepEqual(planBatch(batch, new Map([[16384, { ...states.get(16384)!, applied: { lsn: 11n, ordinal: 1 } }]])).steps, []);
 
-  const copy = (chunk: number): Batch => ({ ...batch, changes: [], copy: { relation: 0, snapshotLsn: 20n, chunk, last: false, rows: 1, bytes: 4, id: `1.0.${chunk}`, csv: Buffer.from('9,y\n') } });
+  const copy = (chunk: number): Batch => ({ ...batch, changes: [], copy: { relation: 0, snapshotLsn: 20n, chunk, last: false, rows: 1, bytes: 4, id: `1.0.${chunk}`, csv: [Buffer.from('9,y\n')] } });
   t.is(planBatch(copy(0), states).steps.length, 1, 'a new copy starts');
   const copying = new Map([[16384, { copyLsn: 20n, copyChunk: 1, copyDone: false, applied: { lsn: 20n, ordinal: 0 } }]]);
   t.is(planBatch(copy(1), copying).steps.length, 0, 'chunk 1 again is skipped');

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { TableField } from '@google-cloud/bigquery';
 import { COPY_CSV, parseCsvRows } from '../../shared/csv.js';
+import { joinPieces } from '../../shared/chunks.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError } from '../../shared/errors.js';
 import { collapseByKey, netRowCounts } from '../collapse.js';
@@ -26,7 +27,7 @@ interface Shape extends TableShape {
 /** A run of one table's work within a batch: the batch's steps regrouped per table. */
 type Segment =
   | { kind: 'truncate'; oid: number }
-  | { kind: 'copy'; oid: number; relation: Relation; replace: boolean; merge: boolean; csv: Buffer }
+  | { kind: 'copy'; oid: number; relation: Relation; replace: boolean; merge: boolean; csv: Buffer[] }
   | { kind: 'changes'; oid: number; relation: Relation; changes: RowChange[] };
 
 /** One staged row: which segment it belongs to, its values, and how to apply it. */
@@ -273,7 +274,7 @@ class Script {
     const keyColumns = segment.relation.columns.flatMap((column, index) => (column.isKey ? [index] : []));
     if (segment.kind === 'copy') {
       if (segment.replace) this.body.push(`DELETE FROM ${target} WHERE TRUE`);
-      const rows = parseCsvRows(segment.csv.toString(), COPY_CSV);
+      const rows = parseCsvRows(joinPieces(segment.csv).toString(), COPY_CSV);
       if (rows.length === 0) return;
       if (segment.merge) {
         // A resumed copy's rows may be stored already: they replace rows with their key.

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import { COPY_CSV, type CsvDialect, PLAIN_CSV, parseCsvRows } from '../../shared/csv.js';
+import { joinPieces, piecesLength } from '../../shared/chunks.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError, errorMessage } from '../../shared/errors.js';
 import { collapseByKey } from '../collapse.js';
@@ -112,7 +113,7 @@ export class DuckDbDestination implements Destination {
         } else if (step.kind === 'copy') {
           if (step.replace) await this.connection.run(`DELETE FROM ${tableSql(step.relation)}`);
           if (step.merge) {
-            await this.writeRows(step.relation, keyColumnsOf(step.relation), parseCsvRows(step.csv.toString(), COPY_CSV));
+            await this.writeRows(step.relation, keyColumnsOf(step.relation), parseCsvRows(joinPieces(step.csv).toString(), COPY_CSV));
             continue;
           }
           // The chunks that follow for the same table are read by the same statement.
@@ -207,21 +208,21 @@ export class DuckDbDestination implements Destination {
    * in one INSERT … SELECT, with no per-value work in JS. Tables with array columns, whose text
    * needs a rewrite first, take the appender path instead.
    */
-  private async copyRows(relation: Relation, chunks: { csv: Buffer; longestRow?: number }[]): Promise<void> {
-    const filled = chunks.filter((chunk) => chunk.csv.length > 0);
+  private async copyRows(relation: Relation, chunks: { csv: Buffer[]; longestRow?: number }[]): Promise<void> {
+    const filled = chunks.map((chunk) => ({ ...chunk, bytes: piecesLength(chunk.csv) })).filter((chunk) => chunk.bytes > 0);
     if (filled.length === 0) return;
     const types = relation.columns.map(duckDbType);
     if (types.some((type) => type.stage)) {
-      for (const { csv } of filled) await this.writeRows(relation, [], parseCsvRows(csv.toString(), COPY_CSV));
+      for (const { csv } of filled) await this.writeRows(relation, [], parseCsvRows(joinPieces(csv).toString(), COPY_CSV));
       return;
     }
-    const longestRow = Math.max(...filled.map((chunk) => chunk.longestRow ?? chunk.csv.length));
+    const longestRow = Math.max(...filled.map((chunk) => chunk.longestRow ?? chunk.bytes));
     await this.withFiles(
       filled.map((chunk) => chunk.csv),
       async (files) => {
         const names = relation.columns.map((column) => ident(column.name)).join(', ');
         const values = types.map((type, index) => type.cast(`s.c${index}`)).join(', ');
-        await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow, { dialect: COPY_CSV, wholeFilesOf: Math.max(...filled.map((chunk) => chunk.csv.length)) })} s`);
+        await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow, { dialect: COPY_CSV, wholeFilesOf: Math.max(...filled.map((chunk) => chunk.bytes)) })} s`);
       },
     );
   }
@@ -233,7 +234,7 @@ export class DuckDbDestination implements Destination {
    * whose memory is first touched, writing fresh files took up to a tenth of the consumer's CPU
    * in a copy, by `perf`). They go with the directory on close.
    */
-  private async withFiles(contents: Buffer[], use: (files: string[]) => Promise<unknown>): Promise<void> {
+  private async withFiles(contents: Buffer[][], use: (files: string[]) => Promise<unknown>): Promise<void> {
     const files = contents.map((_, index) => join(this.scratch, `stage-${index}.csv`));
     await Promise.all(contents.map((bytes, index) => rewriteFile(files[index], bytes)));
     await use(files);
@@ -267,7 +268,7 @@ export class DuckDbDestination implements Destination {
    */
   private async writeLines(relation: Relation, types: DuckDbType[], keyColumns: number[], lines: Buffer, longestLine: number): Promise<void> {
     const stage = `_pg_stage_l${this.stageCounter++ % 4}`;
-    await this.withFiles([lines], (files) => this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(files, types.length, longestLine, { dialect: PLAIN_CSV, flag: STAGE_DELETED })}`));
+    await this.withFiles([[lines]], (files) => this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(files, types.length, longestLine, { dialect: PLAIN_CSV, flag: STAGE_DELETED })}`));
     const target = tableSql(relation);
     const match = keyColumns.map((column) => `${target}.${ident(relation.columns[column].name)} = ${types[column].cast(`s.c${column}`)}`).join(' AND ');
     await this.connection.run(`DELETE FROM ${target} USING ${stage} s WHERE ${match}`);
@@ -403,12 +404,16 @@ export class DuckDbDestination implements Destination {
   }
 }
 
-/** Writes `bytes` over the file's old contents (not truncated first: see withFiles), then cuts it to their length. */
-async function rewriteFile(path: string, bytes: Buffer): Promise<void> {
+/** Writes `pieces` over the file's old contents (not truncated first: see withFiles), then cuts it to their length. */
+async function rewriteFile(path: string, pieces: Buffer[]): Promise<void> {
   const handle = await open(path, constants.O_WRONLY | constants.O_CREAT);
   try {
-    for (let at = 0; at < bytes.length; ) at += (await handle.write(bytes, at, bytes.length - at, at)).bytesWritten;
-    await handle.truncate(bytes.length);
+    let position = 0;
+    for (const piece of pieces) {
+      for (let at = 0; at < piece.length; ) at += (await handle.write(piece, at, piece.length - at, position + at)).bytesWritten;
+      position += piece.length;
+    }
+    await handle.truncate(position);
   } finally {
     await handle.close();
   }
