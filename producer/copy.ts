@@ -13,6 +13,7 @@ import { ChunkWriter } from './chunkwriter.js';
 import { CopyOut } from './copyout.js';
 import { POLL_MS, type Session } from './options.js';
 import { quoteIdent } from './replication.js';
+import { inPlaceSocket } from './wire.js';
 
 /** A resumed run numbers its chunks above every earlier run's: chunk = run × 2³² + n. */
 const RUN_STRIDE = 2 ** 32;
@@ -122,7 +123,7 @@ export async function openSnapshotConnections(pgUrl: string, snapshotName: strin
   const connections: pg.Client[] = [];
   try {
     for (let i = 0; i < Math.max(1, count); i++) {
-      const client = new pg.Client({ connectionString: pgUrl, application_name: 'pg-replicate copy', options: VALUE_TEXT_SETTINGS });
+      const client = new pg.Client({ connectionString: pgUrl, application_name: 'pg-replicate copy', options: VALUE_TEXT_SETTINGS, stream: inPlaceSocket });
       connections.push(client);
       await client.connect();
       await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
@@ -225,7 +226,7 @@ export class TableCopy {
     for await (const piece of copyOut) {
       if (this.session.signal.aborted) throw new Error('the producer session ended during a table copy');
       open ??= new ChunkWriter(this.session.redis, pipeline, this.session.epoch, this.partition);
-      await open.write(piece.data, piece.rows);
+      await open.write(piece);
       if (piece.endsChunk) {
         await open.seal(targets);
         this.send(open, false, targets, onBatch);

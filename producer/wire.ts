@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import { Socket, type SocketConstructorOpts } from 'node:net';
 
 /** Protocol message types the readers look at. */
 export const COPY_DATA = 0x64; // 'd'
@@ -7,6 +7,41 @@ const HEADER = 5;
 interface PgConnection {
   stream: Socket;
   query(text: string): void;
+}
+
+/** How much one read off a copy connection's socket takes, at most (Node's own reads take 64 kB). */
+const READ_BYTES = 256 * 1024;
+
+/** A socket whose reads land in one buffer, reused: see inPlaceSocket. */
+interface InPlaceSocket extends Socket {
+  /** While a CopyDataReader reads the connection: it gets each read in place. */
+  inPlaceReader?: (data: Buffer) => void;
+}
+
+/**
+ * The socket for a copy connection (`pg`'s `stream` option): the kernel writes every read into
+ * one buffer, reused, where Node would allocate a fresh one per read, which V8 counts as external
+ * memory (a major collection of the heap for every 64 MB of it: a copy's whole size, again).
+ * A CopyDataReader attached to it parses each read in place and is done with it when it
+ * returns; otherwise pg gets a copy, as it keeps what it is given. With TLS (pg passes its
+ * connection's settings), a plain socket.
+ */
+export function inPlaceSocket(config?: { ssl?: unknown }): Socket {
+  if (config?.ssl) return new Socket();
+  const socket: InPlaceSocket = new Socket({
+    onread: {
+      buffer: Buffer.allocUnsafe(READ_BYTES),
+      callback: (length: number, buffer: Uint8Array) => {
+        const data = Buffer.from(buffer.buffer, buffer.byteOffset, length);
+        if (socket.inPlaceReader) socket.inPlaceReader(data);
+        else socket.emit('data', Buffer.from(data));
+        return true;
+      },
+    },
+    // Node reads `onread` here (net.connect passes its options on); its types list it only for connect().
+  } as SocketConstructorOpts);
+  socket.inPlaceReader = undefined;
+  return socket;
 }
 
 /**
@@ -27,7 +62,12 @@ export abstract class CopyDataReader {
   /** Called by `pg` when the query's turn comes. */
   submit(connection: PgConnection): void {
     this.connection = connection;
-    const stream = connection.stream;
+    const stream = connection.stream as InPlaceSocket;
+    if (stream instanceof Socket && 'inPlaceReader' in stream) {
+      stream.inPlaceReader = this.onData;
+      connection.query(this.text);
+      return;
+    }
     const listeners = stream.listeners('data') as ((data: Buffer) => void)[];
     if (listeners.length !== 1) throw new Error('cannot read the copy off the connection: it has an unexpected data listener');
     this.pgDataHandler = listeners[0];
@@ -72,10 +112,13 @@ export abstract class CopyDataReader {
 
   /** Gives the connection back to pg, with what it has not read yet. */
   protected detach(rest: Buffer): void {
-    const stream = this.connection!.stream;
-    stream.removeListener('data', this.onData);
-    stream.on('data', this.pgDataHandler!);
-    if (rest.length > 0) this.pgDataHandler!(rest);
+    const stream = this.connection!.stream as InPlaceSocket;
+    if (this.pgDataHandler) {
+      stream.removeListener('data', this.onData);
+      stream.on('data', this.pgDataHandler);
+    } else stream.inPlaceReader = undefined;
+    // A copy: the read it is part of may be overwritten by the next.
+    if (rest.length > 0) stream.emit('data', Buffer.from(rest));
     stream.resume();
   }
 }

@@ -1,6 +1,7 @@
 import test from 'ava';
 import pg from 'pg';
-import { type ChunkLimits, CopyOut } from '../producer/copyout.js';
+import { type ChunkLimits, CopyOut, recycle } from '../producer/copyout.js';
+import { inPlaceSocket } from '../producer/wire.js';
 import { COPY_CSV, COPY_CSV_OPTIONS, parseCsvRows } from '../shared/csv.js';
 import { useServices } from './support/services.js';
 
@@ -9,9 +10,28 @@ const env = useServices(test);
 async function copyAll(client: pg.Client, sql: string, limits?: ChunkLimits) {
   const copyOut = new CopyOut(`COPY (${sql}) TO STDOUT (${COPY_CSV_OPTIONS})`, limits);
   client.query(copyOut as never);
-  const pieces: { csv: string; rows: number; endsChunk: boolean }[] = [];
-  for await (const { data, rows, endsChunk } of copyOut) pieces.push({ csv: data.toString('utf8'), rows, endsChunk });
+  const pieces: { csv: string; rows: number; endsChunk: boolean; bytes: number; longestRow: number; longestMeasured: number }[] = [];
+  for await (const piece of copyOut) {
+    pieces.push({ csv: piece.data.toString('utf8'), rows: piece.rows, endsChunk: piece.endsChunk, bytes: piece.data.length, longestRow: piece.longestRow, longestMeasured: Math.max(...rowLengths(piece.data)) });
+    // Its buffer is reused for later rows from here on: what was kept must not change.
+    recycle(piece);
+  }
   return pieces;
+}
+
+/** The byte length of each row of copy CSV (a newline outside quotes ends one). */
+function rowLengths(csv: Buffer): number[] {
+  const lengths: number[] = [];
+  let quoted = false;
+  let start = 0;
+  for (let at = 0; at < csv.length; at++) {
+    if (csv[at] === COPY_CSV.quote.charCodeAt(0)) quoted = !quoted;
+    else if (csv[at] === 0x0a && !quoted) {
+      lengths.push(at + 1 - start);
+      start = at + 1;
+    }
+  }
+  return lengths;
 }
 
 /** The pieces' rows, grouped into the chunks the pieces end. */
@@ -24,21 +44,29 @@ function chunksOf(pieces: { csv: string; endsChunk: boolean }[]): string[][] {
   return chunks;
 }
 
-test('COPY output is read as pieces of whole rows: rows are counted, rows split across reads are whole, the connection stays usable', async (t) => {
-  // Rows of every size: empty and NULL values, quotes (both dialects') and newlines, multi-byte text, and rows
-  // far larger than a socket read (up to 400 kB), which arrive split across reads.
+test('COPY output is read, in place, as pieces of whole rows: rows are counted, rows split across reads are whole, the connection stays usable', async (t) => {
+  // Rows of every size: empty and NULL values, quotes (both dialects') and newlines, multi-byte text, rows
+  // far larger than a socket read (up to 400 kB), which arrive split across reads, and two larger than a piece (1 MiB).
   await env.pg.query(`CREATE TABLE tricky (id int, label text);
     INSERT INTO tricky SELECT g, CASE g % 4 WHEN 0 THEN 'a,"b"' || chr(10) || 'c' || chr(30) || chr(31) || chr(30) WHEN 1 THEN NULL WHEN 2 THEN '' ELSE repeat('é', g) END FROM generate_series(1, 3000) g;
-    INSERT INTO tricky SELECT 3000 + g, repeat('x"', g * 20000) FROM generate_series(1, 10) g;`);
-  const client = new pg.Client({ connectionString: env.pg.url });
+    INSERT INTO tricky SELECT 3000 + g, repeat('x"', g * 20000) FROM generate_series(1, 10) g;
+    INSERT INTO tricky SELECT 3010 + g, repeat('y', 1100000 * g) FROM generate_series(1, 2) g;`);
+  // The copy connections' socket: reads land in one reused buffer.
+  const client = new pg.Client({ connectionString: env.pg.url, stream: inPlaceSocket });
   await client.connect();
   try {
     const expected = (await client.query('SELECT id::text AS id, label FROM tricky ORDER BY tricky.id')).rows.map((row) => [row.id, row.label]);
     const pieces = await copyAll(client, 'SELECT id, label FROM tricky ORDER BY id');
     t.deepEqual(pieces.flatMap((piece) => parseCsvRows(piece.csv, COPY_CSV)), expected);
-    for (const piece of pieces) t.is(parseCsvRows(piece.csv, COPY_CSV).length, piece.rows, 'each piece holds whole rows, as many as it says');
-    t.true(pieces.length > 10, 'the output arrives over many socket reads');
-    t.true(pieces.some((piece) => piece.rows === 1 && piece.csv.length > 65536), 'a row larger than a read comes whole');
+    for (const piece of pieces) {
+      t.is(parseCsvRows(piece.csv, COPY_CSV).length, piece.rows, 'each piece holds whole rows, as many as it says');
+      t.is(piece.longestRow, piece.longestMeasured, 'and knows its longest row');
+      t.true(piece.bytes <= 1024 * 1024 || piece.rows === 1, 'pieces are gathered up to a megabyte; a larger row is a piece of its own');
+    }
+    t.true(pieces.filter((piece) => piece.rows === 1 && piece.bytes > 1024 * 1024).length === 2, 'rows larger than a piece come whole');
+    // Cut into chunks right at the rows larger than a piece: the chunk ends with them.
+    const cut = chunksOf(await copyAll(client, 'SELECT id, label FROM tricky ORDER BY id', { rows: 3011, bytes: Infinity }));
+    t.deepEqual(cut.map((chunk) => chunk.length), [3011, 1]);
     t.deepEqual(await copyAll(client, 'SELECT 1 WHERE false'), [], 'no rows, no pieces');
     await t.throwsAsync(copyAll(client, 'SELECT no_such_column FROM tricky'), { message: /no_such_column/ });
     t.is((await client.query('SELECT 41 + 1 AS answer')).rows[0].answer, 42, 'the connection works after a copy and after a failed one');
