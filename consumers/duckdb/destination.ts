@@ -58,6 +58,14 @@ export class DuckDbDestination implements Destination {
     this.allThreads = this.threads = Number((await this.connection.runAndReadAll("SELECT current_setting('threads')")).getRows()[0][0]);
     // Staging files are rewritten in place under the same names (withFiles): never read them from a cache.
     await this.connection.run('SET enable_external_file_cache = false');
+    // DuckDB hands a worker thread's freed memory back to the OS once the thread has idled for
+    // half a second with a peak above this threshold (128 MiB by default). A consumer idles
+    // between transactions, and the next copy then faults every page in again: in a backfill,
+    // page faults were a fifth of the consumer's CPU (perf, on a VM). A peak counts what a
+    // thread allocated less what it freed itself, so threads that hand buffers to each other
+    // pass any small threshold: 1 GB changed nothing, this one does. Idle memory still goes back
+    // after DuckDB's allocator decay (seconds).
+    await this.connection.run(`SET allocator_flush_threshold = '${ALLOCATOR_FLUSH_THRESHOLD}'`);
     await this.connection.run('CREATE SCHEMA IF NOT EXISTS _pg_replicate');
     await this.connection.run(
       `CREATE TABLE IF NOT EXISTS ${STATE_TABLE} (
@@ -418,6 +426,9 @@ async function rewriteFile(path: string, pieces: Buffer[]): Promise<void> {
     await handle.close();
   }
 }
+
+/** Per-thread allocation peak above which DuckDB returns a thread's memory as soon as it idles (see load). */
+const ALLOCATOR_FLUSH_THRESHOLD = '16GB';
 
 /** The longest line DuckDB's CSV reader takes unless told otherwise (its max_line_size). */
 const CSV_LINE_LIMIT = 2_000_000;
