@@ -1,13 +1,14 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type Job, Queue, WaitingError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { isChunkId, joinPieces, readChunk, releaseChunk } from '../shared/chunks.js';
+import { chunkKeys, isChunkId, joinPieces, releaseChunk } from '../shared/chunks.js';
 import { type EncodedBatch, assertCodecVersion, decodeBatch } from '../shared/codec.js';
 import { errorMessage } from '../shared/errors.js';
 import type { Batch } from '../shared/events.js';
 import { QUEUE_PREFIX, keys, parseApplied, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { connectRedis, readPipelineState, recordApplied } from '../shared/redis.js';
+import { ChunkReader } from './chunkreader.js';
 import { type Destination, PermanentError } from './destination.js';
 import { copyIsNew, planBatches } from './plan.js';
 import type { Health, RunnerOptions } from './options.js';
@@ -34,6 +35,7 @@ interface ReadAhead {
  */
 export class ConsumerRunner {
   private readonly redis: Redis;
+  private readonly chunks: ChunkReader;
   private readonly workers: Worker[] = [];
   private readonly queues: Queue[] = [];
   /**
@@ -51,6 +53,7 @@ export class ConsumerRunner {
   ) {
     this.redis = connectRedis(options.redisUrl);
     this.redis.on('error', (error) => log.debug({ err: errorMessage(error) }, 'redis connection error'));
+    this.chunks = new ChunkReader(options.redisUrl);
   }
 
   async run(signal: AbortSignal): Promise<void> {
@@ -82,6 +85,7 @@ export class ConsumerRunner {
     this.closing = true;
     await Promise.all(this.workers.map((worker) => worker.close()));
     await Promise.all(this.queues.map((queue) => queue.close()));
+    this.chunks.close();
     this.redis.disconnect();
   }
 
@@ -149,6 +153,8 @@ export class ConsumerRunner {
         // (at the end of a copy, the producer waits for the last mark).
         const last = batches[batches.length - 1];
         if (joined > 0) await this.completeApplied(partition, last, batches.slice(1).map((next) => next.copy?.id));
+        // The destination is done with the rows (a change batch's records stay: its changes point into them).
+        for (const applied of batches) if (applied.copy?.csv) this.chunks.recycle(applied.copy.csv);
         break;
       } catch (error) {
         const parked = attempt >= this.options.attemptsBeforePark || error instanceof PermanentError;
@@ -191,7 +197,7 @@ export class ConsumerRunner {
       const bytes = await ahead.bytes;
       if (bytes) return bytes;
     }
-    return readChunk(this.redis, this.options.pipeline, id);
+    return this.chunks.read(chunkKeys.data(this.options.pipeline, id));
   }
 
   /**
@@ -241,7 +247,7 @@ export class ConsumerRunner {
         const [next] = await this.queues[partition].getRanges(['wait'], skip, skip, true);
         if (next && isChunkId(next) && this.readAhead === ahead) {
           ahead.id = next;
-          const bytes = await readChunk(this.redis, this.options.pipeline, next);
+          const bytes = await this.chunks.read(chunkKeys.data(this.options.pipeline, next));
           if (bytes) return bytes;
         }
       } catch {

@@ -1,16 +1,10 @@
+import { PIECE_BYTES } from '../shared/chunks.js';
 import { COPY_DATA, CopyDataReader } from './wire.js';
 
 const COPY_DONE = 0x63; // 'c'
 const ERROR_RESPONSE = 0x45; // 'E'
 /** Pieces waiting to be taken before the socket is paused. */
 const MAX_QUEUED_BYTES = 2 * 1024 * 1024;
-/**
- * Rows are gathered into pieces of up to this size: one Redis command per megabyte rather than
- * per socket read cost the producer a tenth less CPU in a copy. A little under a megabyte: a
- * list element of a whole megabyte plus Redis' few bytes of framing takes its allocator's next
- * size, a quarter more memory.
- */
-const PIECE_BYTES = 1024 * 1024 - 64;
 /**
  * Gathering buffers come back here once their piece is written (recycle()): a copy then reuses
  * a few megabytes instead of allocating a fresh one per piece, which V8 counts as external

@@ -16,6 +16,14 @@ export const chunkKeys = {
   holders: (pipeline: string, id: string) => `pgr:{${pipeline}}:chunk-for:${id}`,
 };
 
+/**
+ * Rows are gathered into pieces of up to this size (a row larger than that is a piece of its
+ * own): one Redis command per megabyte rather than per socket read cost the producer a tenth
+ * less CPU in a copy. A little under a megabyte: a list element of a whole megabyte plus Redis'
+ * few bytes of framing takes its allocator's next size, a quarter more memory.
+ */
+export const PIECE_BYTES = 1024 * 1024 - 64;
+
 let made = 0;
 
 /** A new chunk id for a batch of this producer run and partition. */
@@ -38,15 +46,6 @@ export function isChunkId(id: string): boolean {
 export function parseChunkId(id: string): { epoch: number; partition: number } {
   const [epoch, partition] = id.split('.').map(Number);
   return { epoch, partition };
-}
-
-/**
- * The chunk's bytes in the pieces they were written in, or undefined when Redis no longer holds
- * them. Kept apart: a consumer that writes them to a file need not copy them into one buffer.
- */
-export async function readChunk(redis: Redis, pipeline: string, id: string): Promise<Buffer[] | undefined> {
-  const pieces = await redis.lrangeBuffer(chunkKeys.data(pipeline, id), 0, -1);
-  return pieces.length > 0 ? pieces : undefined;
 }
 
 /** A chunk's pieces as one buffer (copied only when there are several). */
