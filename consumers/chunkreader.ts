@@ -4,8 +4,8 @@ import { PIECE_BYTES } from '../shared/chunks.js';
 
 /** How much one read off the connection takes, at most (Node's own reads take 64 kB). */
 const READ_BYTES = 256 * 1024;
-/** Pieces kept for reuse: a transaction's worth of chunks (JOIN_LIMITS, 64 MiB) and one read ahead. */
-const MAX_POOLED_PIECES = 128;
+/** Pieces kept for reuse: two transactions' worth of chunks (JOIN_LIMITS, 64 MiB), one applied and one read ahead. */
+const MAX_POOLED_PIECES = 160;
 /** A pool nobody has taken from for this long goes back to the allocator: a consumer streaming changes holds no copy's buffers. */
 const POOL_IDLE_MS = 10_000;
 

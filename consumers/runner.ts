@@ -25,13 +25,11 @@ export const JOIN_LIMITS = { batches: 8, bytes: 64 * 1024 * 1024 };
 const REGISTRATION_CHECK_MS = 3_000;
 /** A consumer started before its producer looks for the pipeline this often: it is a small read, and the copy's first chunk is ready soon after. */
 const PIPELINE_CHECK_MS = 50;
+/** While a transaction is applied, the queue is looked at this often for the chunks to read ahead for the next. */
+const READ_AHEAD_POLL_MS = 20;
 
-/** A chunk read before its batch's turn: the partition's next batch's (its id is known once found). */
-interface ReadAhead {
-  partition: number;
-  id: string;
-  bytes: Promise<Buffer[] | undefined>;
-}
+/** Chunks read before their batches' turn, by chunk id (undefined: not found, or the read failed). */
+type ReadAhead = Map<string, Promise<Buffer[] | undefined>>;
 
 /**
  * Runs one destination: a BullMQ worker per partition queue, each taking one batch at a time
@@ -45,8 +43,8 @@ export class ConsumerRunner {
   private readonly workers: Worker[] = [];
   private readonly queues: Queue[] = [];
   /**
-   * The chunk of the batch next in line in some partition, read while the current batch is
-   * applied: one at a time, so a consumer holds at most one chunk ahead.
+   * The chunks of the batches next in line in some partition, read while the current ones are
+   * applied: one partition and one transaction's worth at a time.
    */
   private readAhead?: ReadAhead;
   private readonly unhealthy = new Set<number>();
@@ -153,8 +151,12 @@ export class ConsumerRunner {
         const plan = planBatches(batches, states);
         // Batches with a chunk tend to be followed by more (a copy, a large transaction): only
         // then is the next one looked up, not after every small batch of the stream.
-        if (attempt === 1 && (batch.copy?.id || encoded.b)) this.readNextChunk(partition, batches.length - 1);
-        if (plan.steps.length > 0 || plan.states.size > 0) await this.destination.apply(plan.steps, plan.states);
+        const stopReadingAhead = attempt === 1 && (batch.copy?.id || encoded.b) ? this.readNextChunks(partition, batches.length - 1) : undefined;
+        try {
+          if (plan.steps.length > 0 || plan.states.size > 0) await this.destination.apply(plan.steps, plan.states);
+        } finally {
+          stopReadingAhead?.();
+        }
         // The batches joined are applied as well: marked now, not when each job's turn comes
         // (at the end of a copy, the producer waits for the last mark).
         const last = batches[batches.length - 1];
@@ -181,7 +183,7 @@ export class ConsumerRunner {
       }
     }
     // Its chunk was read ahead, but the batch needed none (applied with the one before it, or earlier).
-    if (this.readAhead?.id === job.id) this.readAhead = undefined;
+    if (job.id) this.takeReadAhead(job.id)?.then((pieces) => pieces && this.chunks.recycle(pieces));
     await this.completeApplied(partition, { epoch: encoded.e, seq: encoded.s }, [batch?.copy?.id ?? encoded.b]);
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
     const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
@@ -197,13 +199,16 @@ export class ConsumerRunner {
 
   /** A chunk's bytes: those read ahead, or from Redis. */
   private async readChunk(id: string): Promise<Buffer[] | undefined> {
-    const ahead = this.readAhead;
-    if (ahead?.id === id) {
-      this.readAhead = undefined;
-      const bytes = await ahead.bytes;
-      if (bytes) return bytes;
-    }
-    return this.chunks.read(chunkKeys.data(this.options.pipeline, id));
+    const ahead = await this.takeReadAhead(id);
+    return ahead ?? this.chunks.read(chunkKeys.data(this.options.pipeline, id));
+  }
+
+  /** The read of this chunk started ahead, if any, now no longer ahead; the next read ahead can start once none is. */
+  private takeReadAhead(id: string): Promise<Buffer[] | undefined> | undefined {
+    const read = this.readAhead?.get(id);
+    this.readAhead?.delete(id);
+    if (this.readAhead?.size === 0) this.readAhead = undefined;
+    return read;
   }
 
   /**
@@ -239,29 +244,42 @@ export class ConsumerRunner {
   }
 
   /**
-   * Starts reading the chunk of the batch `skip` places behind the next one in the partition's
-   * queue, if it has one (its job is named after it), so that reading it from Redis overlaps
-   * applying this one. Chunks do not change while a destination holds them; a read that fails
-   * or finds nothing is simply read again.
+   * Starts reading the chunks of the batches queued from `skip` places behind the next one in
+   * the partition's queue (their jobs are named after them), as many as are applied together at
+   * most, so that reading them from Redis overlaps applying these: read when their turn came,
+   * a transaction's chunks kept DuckDB idle for a tenth of a backfill. While the producer is
+   * still queueing them, it looks again until the apply ends (call the function returned).
+   * Chunks do not change while a destination holds them; a read that fails or finds nothing is
+   * simply read again.
    */
-  private readNextChunk(partition: number, skip: number): void {
-    if (this.readAhead) return;
-    const ahead: ReadAhead = { partition, id: '', bytes: Promise.resolve(undefined) };
+  private readNextChunks(partition: number, skip: number): () => void {
+    let applying = true;
+    if (this.readAhead) return () => {};
+    const ahead: ReadAhead = new Map();
     this.readAhead = ahead;
-    ahead.bytes = (async () => {
-      try {
-        const [next] = await this.queues[partition].getRanges(['wait'], skip, skip, true);
-        if (next && isChunkId(next) && this.readAhead === ahead) {
-          ahead.id = next;
-          const bytes = await this.chunks.read(chunkKeys.data(this.options.pipeline, next));
-          if (bytes) return bytes;
+    const lookAhead = async () => {
+      let bytes = 0;
+      let listed = 0;
+      while (applying && this.readAhead === ahead && listed < JOIN_LIMITS.batches) {
+        const before = listed;
+        for (const job of await this.queues[partition].getJobs(['wait'], skip + listed, skip + JOIN_LIMITS.batches - 1, true)) {
+          if (!job?.id || !isChunkId(job.id) || this.readAhead !== ahead) return;
+          const encoded = job.data as EncodedBatch;
+          bytes += encoded.k ? decodeBatch(encoded).copy!.bytes : 0;
+          if (listed > 0 && bytes > JOIN_LIMITS.bytes) return;
+          ahead.set(job.id, this.chunks.read(chunkKeys.data(this.options.pipeline, job.id)).catch(() => undefined));
+          listed++;
         }
-      } catch {
-        // A read ahead that fails is a miss: the batch reads its chunk itself, and reports errors.
+        if (listed === before) await sleep(READ_AHEAD_POLL_MS);
       }
-      if (this.readAhead === ahead) this.readAhead = undefined;
-      return undefined;
-    })();
+    };
+    lookAhead()
+      // A read ahead that fails is a miss: the batch reads its chunk itself, and reports errors.
+      .catch(() => {})
+      .finally(() => {
+        if (this.readAhead === ahead && ahead.size === 0) this.readAhead = undefined;
+      });
+    return () => (applying = false);
   }
 
   /** Whether this destination's applied mark for the partition is at or past the batch (queue order is (epoch, seq)). */
