@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import type { Redis } from 'ioredis';
 import type { Batch, Relation } from '../shared/events.js';
-import { COPY_CSV_OPTIONS } from '../shared/csv.js';
+import { COPY_TEXT_OPTIONS } from '../shared/csv.js';
 import { keys, partitionOf } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { type Lsn, formatLsn, parseLsn } from '../shared/lsn.js';
@@ -207,7 +207,7 @@ export class TableCopy {
   }
 
   /**
-   * Streams one range with COPY (CSV in shared/csv's copy dialect) into chunks of whole rows,
+   * Streams one range with COPY (in Postgres' text format, shared/csv) into chunks of whole rows,
    * written to Redis as they come from Postgres (producer/chunkwriter) and cut at exactly
    * --copy-chunk-rows rows or at --copy-chunk-bytes. The chunk still open when the table's last range ends is marked as the
    * table's last.
@@ -218,7 +218,7 @@ export class TableCopy {
     const conditions = [this.rowFilter, this.ctidRange(range)].filter((condition) => condition);
     const where = conditions.length > 0 ? ` WHERE ${conditions.map((condition) => `(${condition})`).join(' AND ')}` : '';
     const { copyChunkRows, copyChunkBytes, pipeline } = this.session.options;
-    const copyOut = new CopyOut(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (${COPY_CSV_OPTIONS})`, { rows: copyChunkRows, bytes: copyChunkBytes });
+    const copyOut = new CopyOut(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (${COPY_TEXT_OPTIONS})`, { rows: copyChunkRows, bytes: copyChunkBytes });
     client.query(copyOut as never);
     const before = this.rows;
     const targets = this.options.destinations ?? this.session.queues.destinations;

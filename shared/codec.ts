@@ -9,13 +9,13 @@ import { ByteReader, type RowOp, readRowImages, rowImages } from './tupledata.js
  * messages without decoding: no JSON per value on either side, and the producer allocates no
  * strings per value. A copy chunk's rows travel beside the job (shared/chunks).
  * `v` lets a consumer refuse a batch made by a producer it does not understand (4: chunks are
- * Redis lists of pieces, no longer strings).
+ * Redis lists of pieces, no longer strings; 5: copy chunks hold Postgres' text COPY format, not CSV).
  *
  * Change record: op byte (I, U, D, T); LSN (two uint32); ordinal (uint32); then for I/U/D the
  * relation index (uint16), the images' length (uint32) and the images; for T the relation
  * count (uint16), the relation indexes (uint16 each) and the option flags (byte).
  */
-export const CODEC_VERSION = 4;
+export const CODEC_VERSION = 5;
 
 type EncodedColumn = [string, number, number, 0 | 1, EncodedColumnDetails?];
 type EncodedColumnDetails = { a?: number; b?: number; e?: number; d?: number; m?: string };

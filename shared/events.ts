@@ -71,7 +71,7 @@ export interface CopyChunk {
   relation: number;
   /**
    * Where its rows wait in Redis (shared/chunks): absent for a chunk without rows. The rows are
-   * Postgres' CSV COPY format (UTF-8; parse with shared/csv), straight from COPY: no per-value
+   * Postgres' text COPY format (UTF-8; parse with shared/csv), straight from COPY: no per-value
    * work on the way.
    */
   id?: string;

@@ -2,13 +2,13 @@ import test from 'ava';
 import pg from 'pg';
 import { type ChunkLimits, CopyOut, recycle } from '../producer/copyout.js';
 import { inPlaceSocket } from '../producer/wire.js';
-import { COPY_CSV, COPY_CSV_OPTIONS, parseCsvRows } from '../shared/csv.js';
+import { COPY_TEXT_OPTIONS, parseCopyRows } from '../shared/csv.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
 
 async function copyAll(client: pg.Client, sql: string, limits?: ChunkLimits) {
-  const copyOut = new CopyOut(`COPY (${sql}) TO STDOUT (${COPY_CSV_OPTIONS})`, limits);
+  const copyOut = new CopyOut(`COPY (${sql}) TO STDOUT (${COPY_TEXT_OPTIONS})`, limits);
   client.query(copyOut as never);
   const pieces: { csv: string; rows: number; endsChunk: boolean; bytes: number; longestRow: number; longestMeasured: number }[] = [];
   for await (const piece of copyOut) {
@@ -19,17 +19,13 @@ async function copyAll(client: pg.Client, sql: string, limits?: ChunkLimits) {
   return pieces;
 }
 
-/** The byte length of each row of copy CSV (a newline outside quotes ends one). */
-function rowLengths(csv: Buffer): number[] {
+/** The byte length of each row of COPY text (each is a line: line breaks inside values are escaped). */
+function rowLengths(text: Buffer): number[] {
   const lengths: number[] = [];
-  let quoted = false;
-  let start = 0;
-  for (let at = 0; at < csv.length; at++) {
-    if (csv[at] === COPY_CSV.quote.charCodeAt(0)) quoted = !quoted;
-    else if (csv[at] === 0x0a && !quoted) {
-      lengths.push(at + 1 - start);
-      start = at + 1;
-    }
+  for (let start = 0; start < text.length; ) {
+    const end = text.indexOf(0x0a, start) + 1;
+    lengths.push(end - start);
+    start = end;
   }
   return lengths;
 }
@@ -38,17 +34,17 @@ function rowLengths(csv: Buffer): number[] {
 function chunksOf(pieces: { csv: string; endsChunk: boolean }[]): string[][] {
   const chunks: string[][] = [[]];
   for (const piece of pieces) {
-    chunks[chunks.length - 1].push(...parseCsvRows(piece.csv, COPY_CSV).map((row) => row.join(',')));
+    chunks[chunks.length - 1].push(...parseCopyRows(piece.csv).map((row) => row.join(',')));
     if (piece.endsChunk) chunks.push([]);
   }
   return chunks;
 }
 
 test('COPY output is read, in place, as pieces of whole rows: rows are counted, rows split across reads are whole, the connection stays usable', async (t) => {
-  // Rows of every size: empty and NULL values, quotes (both dialects') and newlines, multi-byte text, rows
+  // Rows of every size: empty and NULL values, quotes, tabs, backslashes and newlines, multi-byte text, rows
   // far larger than a socket read (up to 400 kB), which arrive split across reads, and two larger than a piece (1 MiB).
   await env.pg.query(`CREATE TABLE tricky (id int, label text);
-    INSERT INTO tricky SELECT g, CASE g % 4 WHEN 0 THEN 'a,"b"' || chr(10) || 'c' || chr(30) || chr(31) || chr(30) WHEN 1 THEN NULL WHEN 2 THEN '' ELSE repeat('é', g) END FROM generate_series(1, 3000) g;
+    INSERT INTO tricky SELECT g, CASE g % 4 WHEN 0 THEN 'a,"b"' || chr(10) || 'c' || chr(9) || E'\\\\N' || chr(13) || chr(8) WHEN 1 THEN NULL WHEN 2 THEN '' ELSE repeat('é', g) END FROM generate_series(1, 3000) g;
     INSERT INTO tricky SELECT 3000 + g, repeat('x"', g * 20000) FROM generate_series(1, 10) g;
     INSERT INTO tricky SELECT 3010 + g, repeat('y', 1100000 * g) FROM generate_series(1, 2) g;`);
   // The copy connections' socket: reads land in one reused buffer.
@@ -57,9 +53,9 @@ test('COPY output is read, in place, as pieces of whole rows: rows are counted, 
   try {
     const expected = (await client.query('SELECT id::text AS id, label FROM tricky ORDER BY tricky.id')).rows.map((row) => [row.id, row.label]);
     const pieces = await copyAll(client, 'SELECT id, label FROM tricky ORDER BY id');
-    t.deepEqual(pieces.flatMap((piece) => parseCsvRows(piece.csv, COPY_CSV)), expected);
+    t.deepEqual(pieces.flatMap((piece) => parseCopyRows(piece.csv)), expected);
     for (const piece of pieces) {
-      t.is(parseCsvRows(piece.csv, COPY_CSV).length, piece.rows, 'each piece holds whole rows, as many as it says');
+      t.is(parseCopyRows(piece.csv).length, piece.rows, 'each piece holds whole rows, as many as it says');
       t.is(piece.longestRow, piece.longestMeasured, 'and knows its longest row');
       t.true(piece.bytes <= 1024 * 1024 || piece.rows === 1, 'pieces are gathered up to a megabyte; a larger row is a piece of its own');
     }

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { EventEmitter } from 'node:events';
 import { AckTracker } from '../producer/acks.js';
-import { COPY_CSV, PLAIN_CSV, parseCsvRows } from '../shared/csv.js';
+import { PLAIN_CSV, parseCopyRows, parseCsvRows } from '../shared/csv.js';
 import { decodePgoutput } from '../producer/pgoutput.js';
 import { CopyBothReader } from '../producer/replication.js';
 import { planBatch, planBatches } from '../consumers/plan.js';
@@ -83,15 +83,16 @@ test('the batch codec round-trips changes, truncates, copies and unchanged TOAST
   t.deepEqual(valuesOf(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(written)))).changes), many);
 });
 
-test('COPY CSV text parses back to values (quotes, commas, newlines, empty string vs NULL), in both dialects', (t) => {
+test('CSV and COPY text parse back to values (quotes, commas, tabs, backslashes, newlines, empty string vs NULL)', (t) => {
   const csv = '1,,"","a,b\n""q"" é"\n2,plain,x,"line\nbreak"\n';
   const values = [
     ['1', null, '', 'a,b\n"q" é'],
     ['2', 'plain', 'x', 'line\nbreak'],
   ];
   t.deepEqual(parseCsvRows(csv, PLAIN_CSV), values);
-  const copyCsv = '1\x1f\x1f\x1e\x1e\x1f\x1ea,b\n"q" é\x1e\n2\x1fplain\x1fx\x1f\x1eline\nbreak\x1e\n3\x1f\x1ein\x1e\x1ebetween\x1e\x1f\x1e\x1f\x1e\x1f\x1f\n';
-  t.deepEqual(parseCsvRows(copyCsv, COPY_CSV), [...values, ['3', 'in\x1ebetween', '\x1f', null, null]]);
+  // As Postgres writes it: \N for NULL, backslash escapes for backslashes, tabs, line breaks and \b \f \v.
+  const copyText = '1\t\\N\t\ta,b\\n"q" é\n2\tplain\tx\tline\\nbreak\n3\t\\\\N\ttab\\there\t\\\\\\r\\b\\f\\v\\\\n\n';
+  t.deepEqual(parseCopyRows(copyText), [...values, ['3', '\\N', 'tab\there', '\\\r\b\f\v\\n']]);
 });
 
 test('pgoutput messages decode; row images travel undecoded to the consumer, which reads the values as text', (t) => {

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { TableField } from '@google-cloud/bigquery';
-import { COPY_CSV, parseCsvRows } from '../../shared/csv.js';
+import { parseCopyRows } from '../../shared/csv.js';
 import { joinPieces } from '../../shared/chunks.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError } from '../../shared/errors.js';
@@ -274,7 +274,7 @@ class Script {
     const keyColumns = segment.relation.columns.flatMap((column, index) => (column.isKey ? [index] : []));
     if (segment.kind === 'copy') {
       if (segment.replace) this.body.push(`DELETE FROM ${target} WHERE TRUE`);
-      const rows = parseCsvRows(joinPieces(segment.csv).toString(), COPY_CSV);
+      const rows = parseCopyRows(joinPieces(segment.csv).toString());
       if (rows.length === 0) return;
       if (segment.merge) {
         // A resumed copy's rows may be stored already: they replace rows with their key.

@@ -3,7 +3,7 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
-import { COPY_CSV, type CsvDialect, PLAIN_CSV, parseCsvRows } from '../../shared/csv.js';
+import { COPY_TEXT, type CsvDialect, PLAIN_CSV, parseCopyRows } from '../../shared/csv.js';
 import { joinPieces, piecesLength } from '../../shared/chunks.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError, errorMessage } from '../../shared/errors.js';
@@ -121,7 +121,7 @@ export class DuckDbDestination implements Destination {
         } else if (step.kind === 'copy') {
           if (step.replace) await this.connection.run(`DELETE FROM ${tableSql(step.relation)}`);
           if (step.merge) {
-            await this.writeRows(step.relation, keyColumnsOf(step.relation), parseCsvRows(joinPieces(step.csv).toString(), COPY_CSV));
+            await this.writeRows(step.relation, keyColumnsOf(step.relation), parseCopyRows(joinPieces(step.csv).toString()));
             continue;
           }
           // The chunks that follow for the same table are read by the same statement.
@@ -211,17 +211,18 @@ export class DuckDbDestination implements Destination {
   }
 
   /**
-   * Copy chunks arrive as Postgres' CSV: DuckDB reads them itself (read_csv over private temp
-   * files, one per chunk, in one statement: its threads each take their own files) and casts
-   * in one INSERT … SELECT, with no per-value work in JS. Tables with array columns, whose text
-   * needs a rewrite first, take the appender path instead.
+   * Copy chunks arrive in Postgres' text COPY format: DuckDB reads them itself (read_csv over
+   * private temp files, one per chunk, in one statement: its threads each take their own files),
+   * unescapes the values that need it and casts in one INSERT … SELECT, with no per-value work
+   * in JS. Tables with array columns, whose text needs a rewrite first, take the appender path
+   * instead.
    */
   private async copyRows(relation: Relation, chunks: { csv: Buffer[]; longestRow?: number }[]): Promise<void> {
     const filled = chunks.map((chunk) => ({ ...chunk, bytes: piecesLength(chunk.csv) })).filter((chunk) => chunk.bytes > 0);
     if (filled.length === 0) return;
     const types = relation.columns.map(duckDbType);
     if (types.some((type) => type.stage)) {
-      for (const { csv } of filled) await this.writeRows(relation, [], parseCsvRows(joinPieces(csv).toString(), COPY_CSV));
+      for (const { csv } of filled) await this.writeRows(relation, [], parseCopyRows(joinPieces(csv).toString()));
       return;
     }
     const longestRow = Math.max(...filled.map((chunk) => chunk.longestRow ?? chunk.bytes));
@@ -229,8 +230,8 @@ export class DuckDbDestination implements Destination {
       filled.map((chunk) => chunk.csv),
       async (files) => {
         const names = relation.columns.map((column) => ident(column.name)).join(', ');
-        const values = types.map((type, index) => type.cast(`s.c${index}`)).join(', ');
-        await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow, { dialect: COPY_CSV, wholeFilesOf: Math.max(...filled.map((chunk) => chunk.bytes)) })} s`);
+        const values = types.map((type, index) => type.cast(ESCAPE_FREE.test(type.sql) ? `s.c${index}` : unescapedCopyText(`s.c${index}`))).join(', ');
+        await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow, { dialect: COPY_TEXT, wholeFilesOf: Math.max(...filled.map((chunk) => chunk.bytes)) })} s`);
       },
     );
   }
@@ -437,11 +438,10 @@ const CSV_LINE_LIMIT = 2_000_000;
 const LINES_PER_BUFFER = 16;
 
 /**
- * read_csv of Postgres-style CSV (as COPY writes it) in `dialect`: `width` text columns c0,
- * c1, …, and a BOOLEAN column `flag` after them when given. Quoted values, the quote doubled
- * inside, an unquoted empty field is NULL and a quoted one the empty string. `longestLine`: no
- * line is longer (in bytes); the reader is told when that is beyond its default limit (a
- * large text or JSON value).
+ * read_csv of lines in `dialect`: `width` text columns c0, c1, …, and a BOOLEAN column `flag`
+ * after them when given. Quoted values (if the dialect quotes) have the quote doubled inside;
+ * NULL is the dialect's null text, unquoted. `longestLine`: no line is longer (in bytes); the
+ * reader is told when that is beyond its default limit (a large text or JSON value).
  *
  * `wholeFilesOf`: the largest file's size, when each file is to be read as one buffer. DuckDB
  * inserts each buffer's rows as a batch of row groups; where a batch ends inside a row group,
@@ -456,7 +456,22 @@ function csvSource(files: string[], width: number, longestLine: number, options:
   const lineLimit = Math.max(CSV_LINE_LIMIT, longestLine + 1);
   const limit = longestLine >= CSV_LINE_LIMIT ? `, max_line_size = ${lineLimit}` : '';
   const buffer = options.wholeFilesOf !== undefined && files.length > 1 ? `, buffer_size = ${Math.max(options.wholeFilesOf + 1, LINES_PER_BUFFER * lineLimit)}` : '';
-  return `read_csv([${files.map(literal).join(', ')}], header = false, delim = ${literal(options.dialect.delimiter)}, quote = ${literal(options.dialect.quote)}, escape = ${literal(options.dialect.quote)}, nullstr = '', allow_quoted_nulls = false, auto_detect = false, new_line = '\\n'${limit}${buffer}, columns = {${columns.join(', ')}})`;
+  return `read_csv([${files.map(literal).join(', ')}], header = false, delim = ${literal(options.dialect.delimiter)}, quote = ${literal(options.dialect.quote)}, escape = ${literal(options.dialect.quote)}, nullstr = ${literal(options.dialect.nullText)}, allow_quoted_nulls = false, auto_detect = false, new_line = '\\n'${limit}${buffer}, columns = {${columns.join(', ')}})`;
+}
+
+/** DuckDB types whose values Postgres writes without a backslash: their copied text needs no unescaping. */
+const ESCAPE_FREE = /^(BOOLEAN|SMALLINT|INTEGER|BIGINT|FLOAT|DOUBLE|DECIMAL\(.*\)|DATE|TIME|TIMETZ|TIMESTAMP|TIMESTAMPTZ|INTERVAL|UUID)$/;
+
+/**
+ * A value of Postgres' text COPY format (the SQL `value`) as it was before escaping: cut at
+ * each escaped backslash, the escapes of each part replaced, the parts joined by backslashes.
+ * Values without a backslash, nearly all, are only searched for one.
+ */
+function unescapedCopyText(value: string): string {
+  const parts = `string_split(${value}, '\\\\')`;
+  const escapes: [string, number][] = [['n', 10], ['t', 9], ['r', 13], ['b', 8], ['f', 12], ['v', 11]];
+  const unescaped = escapes.reduce((part, [letter, code]) => `replace(${part}, '\\${letter}', chr(${code}))`, 'part');
+  return `CASE WHEN contains(${value}, '\\') THEN array_to_string(list_transform(${parts}, part -> ${unescaped}), '\\') ELSE ${value} END`;
 }
 
 function keyColumnsOf(relation: Relation): number[] {

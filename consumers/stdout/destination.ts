@@ -1,7 +1,7 @@
 import type { Writable } from 'node:stream';
 import type { Redis } from 'ioredis';
 import { type Relation, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
-import { COPY_CSV, parseCsvRows } from '../../shared/csv.js';
+import { parseCopyRows } from '../../shared/csv.js';
 import { joinPieces } from '../../shared/chunks.js';
 import { keys } from '../../shared/keys.js';
 import { formatLsn } from '../../shared/lsn.js';
@@ -44,7 +44,7 @@ export class StdoutDestination implements Destination {
     for (const step of steps) {
       if (step.kind === 'copy') {
         const lsn = formatLsn(states.get(step.relation.oid)!.copyLsn);
-        for (const row of parseCsvRows(joinPieces(step.csv).toString(), COPY_CSV)) lines.push(line(step.relation, 'insert', lsn, { row }, true));
+        for (const row of parseCopyRows(joinPieces(step.csv).toString())) lines.push(line(step.relation, 'insert', lsn, { row }, true));
       } else if (step.kind === 'truncate') {
         for (const relation of step.relations) lines.push(line(relation, 'truncate', formatLsn(step.version.lsn)));
       } else {

@@ -21,7 +21,7 @@ import copyStreams from 'pg-copy-streams';
 import { DuckDbDestination } from '../../consumers/duckdb/destination.js';
 import { JOIN_LIMITS } from '../../consumers/runner.js';
 import { PRODUCER_DEFAULTS } from '../../producer/options.js';
-import { COPY_CSV_OPTIONS } from '../../shared/csv.js';
+import { COPY_TEXT_OPTIONS } from '../../shared/csv.js';
 import type { Relation } from '../../shared/events.js';
 import { CliProcess, TestPipeline, currentWalLsn, waitFor, waitForSlotAt } from '../support/pipeline.js';
 import { startPostgres, startRedis } from '../support/services.js';
@@ -271,7 +271,7 @@ async function timeDuckdbAlone(table: string): Promise<number> {
     )
   ).rows;
   const pieces: Buffer[] = [];
-  for await (const piece of client.query(copyStreams.to(`COPY ${table} TO STDOUT (${COPY_CSV_OPTIONS})`)) as AsyncIterable<Buffer>) pieces.push(piece);
+  for await (const piece of client.query(copyStreams.to(`COPY ${table} TO STDOUT (${COPY_TEXT_OPTIONS})`)) as AsyncIterable<Buffer>) pieces.push(piece);
   await client.end();
   const csv = Buffer.concat(pieces);
   pieces.length = 0;
