@@ -234,7 +234,8 @@ export class ConsumerRunner {
       const sameCopy = next.relations[nextCopy.relation].oid === table && nextCopy.snapshotLsn === copy.snapshotLsn;
       if (!sameCopy || nextCopy.merge || nextCopy.chunk <= chunk) break;
       endInView = nextCopy.last;
-      if (!nextCopy.id) break;
+      // A chunk without rows joins only as the copy's last: it marks the copy complete.
+      if (!nextCopy.id && !endInView) break;
       chunk = nextCopy.chunk;
       queued.push(next);
       if (endInView) break;
@@ -250,7 +251,7 @@ export class ConsumerRunner {
       if (joined.length + 1 >= JOIN_LIMITS.batches * stretch || bytes > JOIN_LIMITS.bytes * stretch) break;
       joined.push(next);
     }
-    const rows = await Promise.all(joined.map((next) => this.readChunk(next.copy!.id!)));
+    const rows = await Promise.all(joined.map((next) => (next.copy!.id ? this.readChunk(next.copy!.id) : [])));
     const missing = rows.findIndex((csv) => !csv);
     if (missing >= 0) joined.length = missing;
     joined.forEach((next, index) => (next.copy!.csv = rows[index]));
