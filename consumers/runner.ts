@@ -48,6 +48,8 @@ export class ConsumerRunner {
    */
   private readAhead?: ReadAhead;
   private readonly unhealthy = new Set<number>();
+  /** Jobs (by chunk id) whose batches were applied with an earlier one, marked and released: in their turn they only complete. */
+  private readonly appliedAhead = new Set<string>();
   private closing = false;
   private seenEpoch: number | undefined;
 
@@ -123,6 +125,7 @@ export class ConsumerRunner {
   }
 
   private async process(job: Job<EncodedBatch>, token?: string): Promise<void> {
+    if (job.id && this.appliedAhead.delete(job.id)) return;
     const encoded = job.data;
     const partition = encoded.n;
     const started = Date.now();
@@ -160,7 +163,10 @@ export class ConsumerRunner {
         // The batches joined are applied as well: marked now, not when each job's turn comes
         // (at the end of a copy, the producer waits for the last mark).
         const last = batches[batches.length - 1];
-        if (joined > 0) await this.completeApplied(partition, last, batches.slice(1).map((next) => next.copy?.id));
+        if (joined > 0) {
+          await this.completeApplied(partition, last, batches.slice(1).map((next) => next.copy?.id));
+          for (const next of batches.slice(1)) if (next.copy?.id) this.appliedAhead.add(next.copy.id);
+        }
         // The destination is done with the rows (a change batch's records stay: its changes point into them).
         for (const applied of batches) if (applied.copy?.csv) this.chunks.recycle(applied.copy.csv);
         break;
