@@ -55,7 +55,7 @@ interface Result {
   redisPeakMb: number;
   redisBoundMb: number;
   cpu: CpuSeconds;
-  /** Backfill: the DuckDB destination alone applying the same rows as CSV chunks, nothing else running. */
+  /** Backfill: the DuckDB destination alone applying the same rows as COPY text chunks, nothing else running. */
   duckdbAloneSeconds?: number;
   /** Backfill: the ratio to raw COPY of each round, in the order run (the result is the median round). */
   roundRatios?: number[];
@@ -484,7 +484,7 @@ function report(all: Result[]): void {
       ...(duckdbAloneSeconds === undefined
         ? []
         : [
-            `${name}: the DuckDB destination alone, applying the same rows as CSV chunks of ${format(PRODUCER_DEFAULTS.copyChunkRows)} rows (as many to a transaction as the consumer joins when they wait queued: up to ${JOIN_LIMITS.batches}, ${JOIN_LIMITS.bytes / 2 ** 20} MiB) with nothing else running, loads ${format(count / duckdbAloneSeconds)} rows/s (${(rawSeconds / duckdbAloneSeconds).toFixed(2)} × raw COPY).`,
+            `${name}: the DuckDB destination alone, applying the same rows as COPY text chunks of ${format(PRODUCER_DEFAULTS.copyChunkRows)} rows (as many to a transaction as the consumer joins when they wait queued: up to ${JOIN_LIMITS.batches}, ${JOIN_LIMITS.bytes / 2 ** 20} MiB) with nothing else running, loads ${format(count / duckdbAloneSeconds)} rows/s (${(rawSeconds / duckdbAloneSeconds).toFixed(2)} × raw COPY).`,
             '',
           ]),
     ]),
