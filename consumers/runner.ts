@@ -27,6 +27,8 @@ const REGISTRATION_CHECK_MS = 3_000;
 const PIPELINE_CHECK_MS = 50;
 /** While a transaction is applied, the queue is looked at this often for the chunks to read ahead for the next. */
 const READ_AHEAD_POLL_MS = 20;
+/** Chunks read ahead this long ago and not taken are dropped: their batches went to another process. */
+const STALE_READ_AHEAD_MS = 30_000;
 
 /** Chunks read before their batches' turn, by chunk id (undefined: not found, or the read failed). */
 type ReadAhead = Map<string, Promise<Buffer[] | undefined>>;
@@ -47,6 +49,7 @@ export class ConsumerRunner {
    * applied: one partition and one transaction's worth at a time.
    */
   private readAhead?: ReadAhead;
+  private readAheadSince = 0;
   private readonly unhealthy = new Set<number>();
   /** Jobs (by chunk id) whose batches were applied with an earlier one, marked and released: in their turn they only complete. */
   private readonly appliedAhead = new Set<string>();
@@ -125,7 +128,10 @@ export class ConsumerRunner {
   }
 
   private async process(job: Job<EncodedBatch>, token?: string): Promise<void> {
-    if (job.id && this.appliedAhead.delete(job.id)) return;
+    if (job.id && this.appliedAhead.delete(job.id)) {
+      this.dropReadAhead(job.id);
+      return;
+    }
     const encoded = job.data;
     const partition = encoded.n;
     const started = Date.now();
@@ -189,7 +195,7 @@ export class ConsumerRunner {
       }
     }
     // Its chunk was read ahead, but the batch needed none (applied with the one before it, or earlier).
-    if (job.id) this.takeReadAhead(job.id)?.then((pieces) => pieces && this.chunks.recycle(pieces));
+    if (job.id) this.dropReadAhead(job.id);
     await this.completeApplied(partition, { epoch: encoded.e, seq: encoded.s }, [batch?.copy?.id ?? encoded.b]);
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
     const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
@@ -215,6 +221,11 @@ export class ConsumerRunner {
     this.readAhead?.delete(id);
     if (this.readAhead?.size === 0) this.readAhead = undefined;
     return read;
+  }
+
+  /** Forgets a chunk read ahead for a batch that did not need it, its pieces back to the pool. */
+  private dropReadAhead(id: string): void {
+    void this.takeReadAhead(id)?.then((pieces) => pieces && this.chunks.recycle(pieces));
   }
 
   /**
@@ -275,16 +286,22 @@ export class ConsumerRunner {
    */
   private readNextChunks(partition: number, skip: number): () => void {
     let applying = true;
+    // Chunks read ahead for batches that never came (another process of this destination took
+    // them) must not stop this one reading ahead for good.
+    if (this.readAhead && Date.now() - this.readAheadSince > STALE_READ_AHEAD_MS) {
+      for (const id of [...this.readAhead.keys()]) this.dropReadAhead(id);
+    }
     if (this.readAhead) return () => {};
     const ahead: ReadAhead = new Map();
     this.readAhead = ahead;
+    this.readAheadSince = Date.now();
     const lookAhead = async () => {
       let bytes = 0;
       let listed = 0;
       while (applying && this.readAhead === ahead && listed < JOIN_LIMITS.batches) {
         const before = listed;
         for (const job of await this.queues[partition].getJobs(['wait'], skip + listed, skip + JOIN_LIMITS.batches - 1, true)) {
-          if (!job?.id || !isChunkId(job.id) || this.readAhead !== ahead) return;
+          if (!applying || !job?.id || !isChunkId(job.id) || this.readAhead !== ahead) return;
           const encoded = job.data as EncodedBatch;
           bytes += encoded.k ? decodeBatch(encoded).copy!.bytes : 0;
           if (listed > 0 && bytes > JOIN_LIMITS.bytes) return;
