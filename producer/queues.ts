@@ -1,10 +1,11 @@
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { chunkKeys, dropUnheldChunks, heldChunks, newChunkId, parseChunkId, releaseChunk, storeChunk } from '../shared/chunks.js';
+import { chunkKeys, dropUnheldChunks, heldChunks, newChunkId, parseChunkId, releaseChunk } from '../shared/chunks.js';
 import { changeRecords, encodeBatch } from '../shared/codec.js';
 import type { Batch } from '../shared/events.js';
 import { QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
+import { storeChunk } from './chunkwriter.js';
 
 /** How much Redis memory a stored batch takes, for the backlog bound (measured: `npm run bench` samples Redis' used memory). */
 const STORED_OVERHEAD = 1.25;

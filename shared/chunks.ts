@@ -31,13 +31,6 @@ export function newChunkId(epoch: number, partition: number): string {
   return `${epoch}.${partition}.${++made}`;
 }
 
-/** Writes bytes as one chunk (of one piece), then records which destinations hold it. */
-export async function storeChunk(redis: Redis, pipeline: string, id: string, bytes: Buffer, destinations: string[]): Promise<void> {
-  const key = chunkKeys.data(pipeline, id);
-  await redis.multi().del(key).rpush(key, bytes).exec();
-  await redis.sadd(chunkKeys.holders(pipeline, id), ...destinations);
-}
-
 /** Whether a job id names a chunk (a batch whose payload is a chunk); other jobs get BullMQ's numeric ids. */
 export function isChunkId(id: string): boolean {
   return id.includes('.');
