@@ -6,6 +6,9 @@ import { PIECE_BYTES } from '../shared/chunks.js';
 const READ_BYTES = 256 * 1024;
 /** Pieces kept for reuse: two transactions' worth of chunks (JOIN_LIMITS, 64 MiB), one applied and one read ahead. */
 const MAX_POOLED_PIECES = 160;
+/** Larger buffers (a large batch's change records, one piece of up to --max-batch-bytes) kept for reuse, and the largest kept. */
+const MAX_POOLED_LARGE = 4;
+const MAX_LARGE_BYTES = 16 * 1024 * 1024;
 /** A pool nobody has taken from for this long goes back to the allocator: a consumer streaming changes holds no copy's buffers. */
 const POOL_IDLE_MS = 10_000;
 
@@ -27,6 +30,7 @@ type Reply = Buffer[] | string | number | null;
 export class ChunkReader {
   private connection?: Promise<Connection>;
   private readonly pool: Buffer[] = [];
+  private readonly largePool: Buffer[] = [];
   /** The pool's own buffers: only they go back to it, and only once while in it. */
   private readonly pooled = new WeakSet<ArrayBufferLike>();
   private readonly inPool = new WeakSet<ArrayBufferLike>();
@@ -45,17 +49,20 @@ export class ChunkReader {
   /** Pieces this reader returned, no longer used by anyone. */
   recycle(pieces: Buffer[]): void {
     for (const piece of pieces) {
-      if (this.pool.length >= MAX_POOLED_PIECES || !this.pooled.has(piece.buffer) || this.inPool.has(piece.buffer)) continue;
+      if (!this.pooled.has(piece.buffer) || this.inPool.has(piece.buffer)) continue;
+      const large = piece.buffer.byteLength !== PIECE_BYTES;
+      const pool = large ? this.largePool : this.pool;
+      if (pool.length >= (large ? MAX_POOLED_LARGE : MAX_POOLED_PIECES)) continue;
       this.inPool.add(piece.buffer);
-      this.pool.push(Buffer.from(piece.buffer, 0, PIECE_BYTES));
+      pool.push(Buffer.from(piece.buffer, 0, piece.buffer.byteLength));
     }
     clearTimeout(this.idleTimer);
-    this.idleTimer = setTimeout(() => (this.pool.length = 0), POOL_IDLE_MS).unref();
+    this.idleTimer = setTimeout(() => (this.pool.length = this.largePool.length = 0), POOL_IDLE_MS).unref();
   }
 
   close(): void {
     clearTimeout(this.idleTimer);
-    this.pool.length = 0;
+    this.pool.length = this.largePool.length = 0;
     const connection = this.connection;
     this.connection = undefined;
     connection?.then((open) => open.close()).catch(() => {});
@@ -74,13 +81,18 @@ export class ChunkReader {
     return this.connection;
   }
 
-  /** A buffer for a piece of `size` bytes: from the pool when a pooled one fits. */
+  /** A buffer for a piece of `size` bytes: from a pool when a pooled one fits. */
   private take(size: number): Buffer {
-    if (size > PIECE_BYTES) return Buffer.allocUnsafeSlow(size);
-    let buffer = this.pool.pop();
+    if (size > MAX_LARGE_BYTES) return Buffer.allocUnsafeSlow(size);
+    let buffer: Buffer | undefined;
+    if (size > PIECE_BYTES) {
+      const fits = this.largePool.findIndex((pooled) => pooled.length >= size);
+      if (fits >= 0) buffer = this.largePool.splice(fits, 1)[0];
+    } else buffer = this.pool.pop();
     if (buffer) this.inPool.delete(buffer.buffer);
     else {
-      buffer = Buffer.allocUnsafeSlow(PIECE_BYTES);
+      // Large ones in whole megabytes and a few more, so that the next batch's fits too.
+      buffer = Buffer.allocUnsafeSlow(size > PIECE_BYTES ? (Math.ceil(size / 2 ** 20) + 1) * 2 ** 20 : PIECE_BYTES);
       this.pooled.add(buffer.buffer);
     }
     return buffer.subarray(0, size);

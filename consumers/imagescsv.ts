@@ -73,11 +73,29 @@ const NEWLINE = 0x0a;
 const TRUE = 0x74;
 const FALSE = 0x66;
 
+/**
+ * The buffer of the last run's lines, once written (recycleCsvLines): the next run starts in it
+ * rather than in a fresh buffer grown by doubling, new memory for every batch of a large
+ * transaction.
+ */
+let spareLines: Buffer | undefined;
+
+/** The lines of a run (CollapsedCsv.csv) are no longer needed: their buffer serves the next run. */
+export function recycleCsvLines(lines: Buffer): void {
+  const whole = Buffer.from(lines.buffer, lines.byteOffset, lines.buffer.byteLength - lines.byteOffset);
+  if (!spareLines || whole.length > spareLines.length) spareLines = whole;
+}
+
 /** CSV lines appended into one growing buffer. */
 class CsvLines {
   longestLine = 0;
-  private buffer = Buffer.allocUnsafe(256 * 1024);
+  private buffer: Buffer;
   private length = 0;
+
+  constructor() {
+    this.buffer = spareLines ?? Buffer.allocUnsafe(256 * 1024);
+    spareLines = undefined;
+  }
 
   /** Appends the tuple at `offset` of `images` and the flag; false if it holds a value CSV cannot stand for. */
   line(images: Buffer, offset: number, width: number, flag: boolean): boolean {

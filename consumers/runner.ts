@@ -136,12 +136,13 @@ export class ConsumerRunner {
     const partition = encoded.n;
     const started = Date.now();
     let batch: Batch | undefined;
+    let records: Buffer[] | undefined;
     let joined = 0;
     for (let attempt = 1; ; attempt++) {
       try {
         if (!batch) {
           assertCodecVersion(encoded);
-          const records = encoded.b ? await this.readChunk(encoded.b) : undefined;
+          records = encoded.b ? await this.readChunk(encoded.b) : undefined;
           // Its records released already: this batch was applied, and its consumer stopped
           // before the queue heard so. Nothing to do.
           if (encoded.b && !records && (await this.applied(partition, encoded))) break;
@@ -173,8 +174,9 @@ export class ConsumerRunner {
           await this.completeApplied(partition, last, batches.slice(1).map((next) => next.copy?.id));
           for (const next of batches.slice(1)) if (next.copy?.id) this.appliedAhead.add(next.copy.id);
         }
-        // The destination is done with the rows (a change batch's records stay: its changes point into them).
+        // The destination is done with the rows, and with the records the changes pointed into.
         for (const applied of batches) if (applied.copy?.csv) this.chunks.recycle(applied.copy.csv);
+        if (records) this.chunks.recycle(records);
         break;
       } catch (error) {
         const parked = attempt >= this.options.attemptsBeforePark || error instanceof PermanentError;

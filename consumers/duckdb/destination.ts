@@ -8,7 +8,7 @@ import { joinPieces, piecesLength } from '../../shared/chunks.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError, errorMessage } from '../../shared/errors.js';
 import { collapseByKey } from '../collapse.js';
-import { collapseImagesToCsv } from '../imagescsv.js';
+import { collapseImagesToCsv, recycleCsvLines } from '../imagescsv.js';
 import type { Destination, Step, StoredTable, TableShape as Shape, TableState } from '../destination.js';
 import { type DuckDbType, duckDbType } from './types.js';
 
@@ -264,6 +264,7 @@ export class DuckDbDestination implements Destination {
     const lines = types.some((type) => type.stage) ? undefined : collapseImagesToCsv(keyColumns, types.length, changes);
     if (lines) {
       await this.writeLines(relation, types, keyColumns, lines.csv, lines.longestLine);
+      recycleCsvLines(lines.csv);
       return;
     }
     const { rows, deletedKeys, lookups } = collapseByKey(keyColumns, changes);
