@@ -311,4 +311,8 @@ test('a run collapses straight from its images to the same final rows and delete
   t.truthy(collapseImagesToCsv([0], 2, [update(['1', UNCHANGED]), update(['1', 'x'])]), 'unless a later image replaces it');
   const latin1 = Buffer.concat([Buffer.from('N'), Buffer.from([0, 2, 0x74, 0, 0, 0, 1, 0x31, 0x74, 0, 0, 0, 1, 0xe9])]);
   t.is(collapseImagesToCsv([0], 2, [{ op: 'insert', relation: 0, version: { lsn: 1n, ordinal: 1 }, images: latin1 }]), undefined, 'text that is not UTF-8');
+  // A run of inserts only is written in order, without a lookup by key.
+  const insert = (row: Value[], ordinal: number): RowChange => ({ op: 'insert', relation: 0, version: { lsn: 1n, ordinal }, row, images: rowImages('insert', row, undefined) });
+  const inserts = [insert(['1', 'say "hi"'], 1), insert(['2', null], 2), insert(['3', 'two\nlines'], 3)];
+  t.deepEqual(parseCsvRows(collapseImagesToCsv([0], 2, inserts)!.csv.toString(), PLAIN_CSV), [...collapseByKey([0], inserts).rows.map((row) => [...row, 'f'])]);
 });
