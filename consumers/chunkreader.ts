@@ -1,4 +1,4 @@
-import { Socket, type SocketConstructorOpts } from 'node:net';
+import { Socket, type SocketConstructorOpts, isIP } from 'node:net';
 import { connect as connectTls } from 'node:tls';
 import { PIECE_BYTES } from '../shared/chunks.js';
 
@@ -16,7 +16,8 @@ const POOL_IDLE_MS = 10_000;
 type Reply = Buffer[] | string | number | null;
 
 /**
- * Reads copy chunks — Redis lists of pieces of up to a megabyte — on a connection of its own,
+ * Reads chunks (Redis lists of pieces: a copy's rows, up to a megabyte each, or a large
+ * batch's change records) on a connection of its own,
  * into buffers it reuses: the kernel writes each read into one buffer, the bytes go from there
  * into pieces taken from a pool, and pieces come back (recycle()) once their chunk is applied.
  * Through ioredis every piece was a fresh buffer assembled from fresh 64 kB reads: a copy's
@@ -129,7 +130,7 @@ class Connection {
     let socket: Socket;
     if (protocol === 'rediss:') {
       // TLS decrypts into buffers of its own: only the pieces are reused.
-      socket = connectTls({ ...options, servername: host });
+      socket = connectTls({ ...options, ...(isIP(host) ? {} : { servername: host }) });
       connection = new Connection(socket, take, onClose);
       socket.on('data', (data: Buffer) => connection.receive(data));
     } else {
