@@ -230,7 +230,7 @@ export class DuckDbDestination implements Destination {
       filled.map((chunk) => chunk.csv),
       async (files) => {
         const names = relation.columns.map((column) => ident(column.name)).join(', ');
-        const values = types.map((type, index) => type.cast(ESCAPE_FREE.test(type.sql) ? `s.c${index}` : unescapedCopyText(`s.c${index}`))).join(', ');
+        const values = types.map((type, index) => type.cast(type.backslashFree ? `s.c${index}` : unescapedCopyText(`s.c${index}`))).join(', ');
         await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow, { dialect: COPY_TEXT, wholeFilesOf: Math.max(...filled.map((chunk) => chunk.bytes)) })} s`);
       },
     );
@@ -459,9 +459,6 @@ function csvSource(files: string[], width: number, longestLine: number, options:
   const buffer = options.wholeFilesOf !== undefined && files.length > 1 ? `, buffer_size = ${Math.max(options.wholeFilesOf + 1, LINES_PER_BUFFER * lineLimit)}` : '';
   return `read_csv([${files.map(literal).join(', ')}], header = false, delim = ${literal(options.dialect.delimiter)}, quote = ${literal(options.dialect.quote)}, escape = ${literal(options.dialect.quote)}, nullstr = ${literal(options.dialect.nullText)}, allow_quoted_nulls = false, auto_detect = false, new_line = '\\n'${limit}${buffer}, columns = {${columns.join(', ')}})`;
 }
-
-/** DuckDB types whose values Postgres writes without a backslash: their copied text needs no unescaping. */
-const ESCAPE_FREE = /^(BOOLEAN|SMALLINT|INTEGER|BIGINT|FLOAT|DOUBLE|DECIMAL\(.*\)|DATE|TIME|TIMETZ|TIMESTAMP|TIMESTAMPTZ|INTERVAL|UUID)$/;
 
 /**
  * A value of Postgres' text COPY format (the SQL `value`) as it was before escaping: cut at

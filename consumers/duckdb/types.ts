@@ -12,9 +12,12 @@ export interface DuckDbType {
   stage?: (text: string) => string | null;
   /** Expression converting `value` (the staged VARCHAR) to the column type. */
   cast: (value: string) => string;
+  /** Postgres' text output of the type never holds a backslash: a copied value needs no unescaping. */
+  backslashFree?: boolean;
 }
 
-const plain = (sql: string): DuckDbType => ({ sql, cast: (value) => `CAST(${value} AS ${sql})` });
+/** A type DuckDB casts straight from Postgres' text (all but JSON are numbers, times or UUIDs: no backslash). */
+const plain = (sql: string): DuckDbType => ({ sql, cast: (value) => `CAST(${value} AS ${sql})`, backslashFree: sql !== 'JSON' });
 const TEXT: DuckDbType = { sql: 'VARCHAR', cast: (value) => value };
 
 /** Largest DECIMAL width DuckDB holds; wider or unconstrained numerics stay exact as text. */
@@ -23,6 +26,7 @@ const MAX_DECIMAL_WIDTH = 38;
 /** Dates and timestamps: "0044-03-15 10:00 BC" (Postgres) is "-0043-03-15 10:00" in the astronomical years DuckDB reads. */
 const temporal = (sql: string): DuckDbType => ({
   sql,
+  backslashFree: true,
   cast: (value) =>
     `CASE WHEN ${value} LIKE '% BC' THEN CAST('-' || lpad(CAST(CAST(split_part(${value}, '-', 1) AS INTEGER) - 1 AS VARCHAR), 4, '0') || substr(${value}, strpos(${value}, '-'), length(${value}) - strpos(${value}, '-') - 2) AS ${sql}) ELSE CAST(${value} AS ${sql}) END`,
 });
@@ -47,7 +51,7 @@ function scalarType(typeOid: number, typeModifier: number): DuckDbType {
       if (!precision || precision.precision > MAX_DECIMAL_WIDTH) return TEXT;
       // DECIMAL has no NaN: it arrives as NULL (documented), the one value this mapping cannot hold.
       const sql = `DECIMAL(${precision.precision}, ${precision.scale})`;
-      return { sql, cast: (value) => `CAST(NULLIF(${value}, 'NaN') AS ${sql})` };
+      return { sql, cast: (value) => `CAST(NULLIF(${value}, 'NaN') AS ${sql})`, backslashFree: true };
     }
     case 'bytea':
       // Postgres' hex form is \x followed by the bytes in hex.
@@ -68,11 +72,11 @@ function scalarType(typeOid: number, typeModifier: number): DuckDbType {
       return temporal('TIMESTAMPTZ');
     case 'interval':
       // Postgres writes "+3 days" in mixed-sign intervals; DuckDB reads the same without the plus.
-      return { sql: 'INTERVAL', cast: (value) => `CAST(replace(${value}, '+', '') AS INTERVAL)` };
+      return { sql: 'INTERVAL', cast: (value) => `CAST(replace(${value}, '+', '') AS INTERVAL)`, backslashFree: true };
     default:
       if (typeOid === PgType.money) {
         // lc_monetary=C on our connections: "-$1,234.56".
-        return { sql: 'DECIMAL(19, 2)', cast: (value) => `CAST(replace(replace(${value}, '$', ''), ',', '') AS DECIMAL(19, 2))` };
+        return { sql: 'DECIMAL(19, 2)', cast: (value) => `CAST(replace(replace(${value}, '$', ''), ',', '') AS DECIMAL(19, 2))`, backslashFree: true };
       }
       return TEXT;
   }
