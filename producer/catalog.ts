@@ -136,6 +136,16 @@ export class Catalog {
 }
 
 /**
+ * pg_stats' n_distinct as a share of the rows: below zero it is one already (negated), above zero
+ * a count of values; zero, or no statistics at all (never analyzed), says nothing.
+ */
+function distinctShare(nDistinct: number | null, rows: number): number | undefined {
+  if (nDistinct === null || nDistinct === 0) return undefined;
+  if (nDistinct < 0) return Math.round(-nDistinct * 100) / 100;
+  return rows > 0 ? Math.round(Math.min(1, nDistinct / rows) * 100) / 100 : undefined;
+}
+
+/**
  * A table as pgoutput would describe it: the columns it publishes (not dropped, not generated),
  * and which of them identify a row for UPDATE and DELETE.
  */
@@ -148,7 +158,11 @@ export async function describeTable(client: pg.ClientBase, table: PublishedTable
               WHEN 'n' THEN false
               WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident AND a.attnum = ANY (i.indkey))
               ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary AND a.attnum = ANY (i.indkey))
-            END AS is_key
+            END AS is_key,
+            (SELECT s.n_distinct FROM pg_stats s
+              WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = a.attname
+              ORDER BY s.inherited LIMIT 1) AS n_distinct,
+            c.reltuples
        FROM pg_class c
        JOIN pg_namespace n ON n.oid = c.relnamespace
        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
@@ -160,7 +174,12 @@ export async function describeTable(client: pg.ClientBase, table: PublishedTable
   const published = table.columns ? new Set(table.columns) : undefined;
   const columns: Column[] = result.rows
     .filter((row) => !published || published.has(row.attname))
-    .map((row) => ({ name: row.attname, typeOid: Number(row.atttypid), typeModifier: Number(row.atttypmod), isKey: row.is_key }));
+    .map((row) => {
+      const column: Column = { name: row.attname, typeOid: Number(row.atttypid), typeModifier: Number(row.atttypmod), isKey: row.is_key };
+      const share = distinctShare(row.n_distinct, row.reltuples);
+      if (share !== undefined) column.distinctShare = share;
+      return column;
+    });
   const relation: Relation = {
     oid: Number(result.rows[0].oid),
     schema: table.schema,

@@ -18,7 +18,7 @@ import { ByteReader, type RowOp, readRowImages, rowImages } from './tupledata.js
 export const CODEC_VERSION = 5;
 
 type EncodedColumn = [string, number, number, 0 | 1, EncodedColumnDetails?];
-type EncodedColumnDetails = { a?: number; b?: number; e?: number; d?: number; m?: string };
+type EncodedColumnDetails = { a?: number; b?: number; e?: number; d?: number; m?: string; u?: number };
 type EncodedRelation = [number, string, string, string, EncodedColumn[]];
 
 export interface EncodedBatch {
@@ -117,6 +117,7 @@ function encodeRelation(relation: Relation): EncodedRelation {
       if (column.elementTypeOid !== undefined) details.e = column.elementTypeOid;
       if (column.dimensions !== undefined) details.d = column.dimensions;
       if (column.missingValue !== undefined) details.m = column.missingValue;
+      if (column.distinctShare !== undefined) details.u = column.distinctShare;
       const encoded: EncodedColumn = [column.name, column.typeOid, column.typeModifier, column.isKey ? 1 : 0];
       if (Object.keys(details).length > 0) encoded.push(details);
       return encoded;
@@ -140,6 +141,7 @@ function decodeRelation([oid, schema, name, replicaIdentity, columns]: EncodedRe
       ...(details?.e !== undefined ? { elementTypeOid: details.e } : {}),
       ...(details?.d !== undefined ? { dimensions: details.d } : {}),
       ...(details?.m !== undefined ? { missingValue: details.m } : {}),
+      ...(details?.u !== undefined ? { distinctShare: details.u } : {}),
     })),
   };
 }

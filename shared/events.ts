@@ -25,6 +25,11 @@ export interface Column {
   dimensions?: number;
   /** The value rows older than the column have (ADD COLUMN … DEFAULT stores it without a rewrite). */
   missingValue?: string;
+  /**
+   * The share of the table's rows (0–1) whose value in this column no other row has, by
+   * Postgres' statistics (ANALYZE), as a copy found them: destinations may pick a storage by it.
+   */
+  distinctShare?: number;
 }
 
 export type ReplicaIdentity = 'default' | 'nothing' | 'full' | 'index';

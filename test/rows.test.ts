@@ -1,3 +1,4 @@
+import { DuckDBInstance } from '@duckdb/node-api';
 import test from 'ava';
 import { TestPipeline, duckdbRows, postgresRows } from './support/pipeline.js';
 import { useServices } from './support/services.js';
@@ -57,6 +58,35 @@ test('values of several megabytes are copied and streamed whole (beyond a CSV re
   const expected = await postgresRows(env.pg, 'huge', columns);
   t.is(expected.length, 5);
   t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.huge', columns), expected);
+});
+
+test('a string column Postgres counts as mostly distinct is stored with FSST; without statistics DuckDB chooses (here a dictionary where values repeat)', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'storage', ['main']);
+  // Both columns hold the same values: 250,000 rows of one value (DuckDB picks a compression for
+  // each row group of 122,880 rows), then as many distinct ones.
+  // Postgres keeps no statistics on the second; on the first, its estimate is stated (ANALYZE's
+  // own, from a random sample, would be about as high, but not the same in every run).
+  await env.pg.query(`
+    CREATE TABLE storage (id int PRIMARY KEY, counted text, uncounted text);
+    ALTER TABLE storage ALTER COLUMN uncounted SET STATISTICS 0, ALTER COLUMN counted SET (n_distinct = -0.9);
+    INSERT INTO storage SELECT g, v, v FROM (SELECT g, CASE WHEN g <= 250000 THEN repeat('same value ', 3) ELSE 'distinct ' || g END AS v FROM generate_series(1, 500000) g) s;
+    ANALYZE storage;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE storage;
+  `);
+  await pipeline.runWithDuckdb(env.redis.client, async () => {});
+  const columns = ['id', 'counted', 'uncounted'];
+  t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.storage', columns), await postgresRows(env.pg, 'storage', columns));
+  const instance = await DuckDBInstance.create(pipeline.duckdbPath('main'), { access_mode: 'READ_ONLY' });
+  const connection = await instance.connect();
+  const compressions = async (column: string) =>
+    (await connection.runAndReadAll(`SELECT DISTINCT compression FROM pragma_storage_info('public.storage') WHERE column_name = '${column}' AND segment_type = 'VARCHAR' ORDER BY 1`)).getRows().map(([name]) => name);
+  try {
+    t.deepEqual(await compressions('counted'), ['FSST']);
+    t.true((await compressions('uncounted')).includes('Dictionary'));
+  } finally {
+    connection.closeSync();
+    instance.closeSync();
+  }
 });
 
 test('tables without a primary key: FULL replicates duplicates exactly, USING INDEX works, DEFAULT and NOTHING are reported with the fix', async (t) => {

@@ -10,7 +10,7 @@ import { UserError, errorMessage } from '../../shared/errors.js';
 import { collapseByKey } from '../collapse.js';
 import { collapseImagesToCsv, recycleCsvLines } from '../imagescsv.js';
 import type { Destination, Step, StoredTable, TableShape as Shape, TableState } from '../destination.js';
-import { type DuckDbType, duckDbType } from './types.js';
+import { type DuckDbType, duckDbColumnSql, duckDbType } from './types.js';
 
 const STATE_TABLE = '_pg_replicate.tables';
 const STAGE_DELETED = '_pg_deleted';
@@ -169,7 +169,7 @@ export class DuckDbDestination implements Destination {
     const target = tableSql(relation);
     if (!known) {
       await this.connection.run(`CREATE SCHEMA IF NOT EXISTS ${ident(relation.schema)}`);
-      const columns = relation.columns.map((column) => `${ident(column.name)} ${duckDbType(column).sql}`).join(', ');
+      const columns = relation.columns.map((column) => duckDbColumnSql(column, ident(column.name))).join(', ');
       await this.connection.run(`CREATE OR REPLACE TABLE ${target} (${columns})`);
       shapes.set(relation.oid, wanted);
       return;

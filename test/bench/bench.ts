@@ -20,9 +20,9 @@ import pg from 'pg';
 import copyStreams from 'pg-copy-streams';
 import { DuckDbDestination } from '../../consumers/duckdb/destination.js';
 import { JOIN_LIMITS } from '../../consumers/runner.js';
+import { Catalog, describeTable } from '../../producer/catalog.js';
 import { PRODUCER_DEFAULTS } from '../../producer/options.js';
 import { COPY_TEXT_OPTIONS } from '../../shared/csv.js';
-import type { Relation } from '../../shared/events.js';
 import { CliProcess, TestPipeline, currentWalLsn, waitFor, waitForSlotAt } from '../support/pipeline.js';
 import { startPostgres, startRedis } from '../support/services.js';
 
@@ -262,14 +262,9 @@ async function benchLatency(): Promise<{ p50: number; p99: number; batches: numb
 async function timeDuckdbAlone(table: string): Promise<number> {
   const client = new pg.Client({ connectionString: pgServer.url });
   await client.connect();
-  const columns = (
-    await client.query(
-      `SELECT a.attname AS name, a.atttypid AS "typeOid", a.atttypmod AS "typeModifier", a.attnum AS attnum, coalesce(i.indisprimary, false) AS "isKey"
-         FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary AND a.attnum = ANY(i.indkey)
-        WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`,
-      [table],
-    )
-  ).rows;
+  // Described as the producer describes a table it copies (with Postgres' statistics).
+  const oid = Number((await client.query('SELECT $1::regclass::oid AS oid', [table])).rows[0].oid);
+  const relation = await describeTable(client, { schema: 'public', name: table, oid, kind: 'r', columns: null, rowFilter: null }, new Catalog(client));
   const pieces: Buffer[] = [];
   for await (const piece of client.query(copyStreams.to(`COPY ${table} TO STDOUT (${COPY_TEXT_OPTIONS})`)) as AsyncIterable<Buffer>) pieces.push(piece);
   await client.end();
@@ -286,7 +281,6 @@ async function timeDuckdbAlone(table: string): Promise<number> {
   }
   const directory = mkdtempSync(join(tmpdir(), 'pgr-bench-duckdb-'));
   const destination = await DuckDbDestination.open(join(directory, 'alone.duckdb'));
-  const relation: Relation = { oid: 1, schema: 'public', name: table, replicaIdentity: 'default', columns };
   // Applied as the consumer applies queued chunks: those waiting together, within its limits.
   const started = performance.now();
   for (let first = 0; first < chunks.length; ) {
