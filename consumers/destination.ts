@@ -41,6 +41,12 @@ export interface Destination {
   tableStates(relations: Relation[]): Promise<Map<number, TableState>>;
   /** Applies the steps in order and stores the new table states (by OID), all or nothing. */
   apply(steps: Step[], states: Map<number, TableState>): Promise<void>;
+  /**
+   * Optional: does ahead the part of applying `steps` that needs nothing of the destination's
+   * state (encoding rows), while an earlier apply runs; apply of the same steps then finds it
+   * done. It may run between an apply's start and its end, and must not throw.
+   */
+  prepare?(steps: Step[]): void;
   close(): Promise<void>;
 }
 

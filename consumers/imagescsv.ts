@@ -1,4 +1,5 @@
 import { isUtf8 } from 'node:buffer';
+import { setImmediate } from 'node:timers/promises';
 import { RecordedRowChange } from '../shared/codec.js';
 import type { RowChange } from '../shared/events.js';
 import { KIND_NULL, KIND_TEXT, newTupleAt, oldTupleAt, tupleKey } from '../shared/tupledata.js';
@@ -18,12 +19,38 @@ import { KIND_NULL, KIND_TEXT, newTupleAt, oldTupleAt, tupleKey } from '../share
  * NULL or unchanged, images of another width than the table, or text that is not UTF-8.
  */
 export function collapseImagesToCsv(keyColumns: number[], width: number, changes: RowChange[]): CollapsedCsv | undefined {
+  const collapse = collapsing(keyColumns, width, changes, Number.POSITIVE_INFINITY);
+  for (;;) {
+    const step = collapse.next();
+    if (step.done) return step.value;
+  }
+}
+
+/** Lines written between two turns of the event loop when collapsing aside. */
+const SLICE_LINES = 2_000;
+
+/**
+ * collapseImagesToCsv in slices, the event loop turning between them: while DuckDB applies one
+ * batch, the next one is collapsed without holding up the current one's next statement.
+ */
+export async function collapseImagesToCsvAside(keyColumns: number[], width: number, changes: RowChange[]): Promise<CollapsedCsv | undefined> {
+  const collapse = collapsing(keyColumns, width, changes, SLICE_LINES);
+  for (;;) {
+    await setImmediate();
+    const step = collapse.next();
+    if (step.done) return step.value;
+  }
+}
+
+/** The collapse, pausing (yielding) after every `sliceLines` lines. */
+function* collapsing(keyColumns: number[], width: number, changes: RowChange[], sliceLines: number): Generator<void, CollapsedCsv | undefined> {
   // A run of inserts only: each key appears once (a key is inserted again only after a delete
   // or an update moved it away), so every row is its key's final image and nothing is looked
   // up by key (for a large insert, that lookup was the consumer's largest cost per change).
   const decisive = changes.every((change) => change.op === 'insert') ? changes.map((_, index) => index * 2) : decisiveChanges(keyColumns, changes);
   if (!decisive) return undefined;
   const csv = new CsvLines();
+  let sliceLeft = sliceLines;
   for (const entry of decisive) {
     const change = changes[entry >>> 1];
     const buffer = imagesBuffer(change);
@@ -31,6 +58,10 @@ export function collapseImagesToCsv(keyColumns: number[], width: number, changes
     const start = imagesStart(change);
     const absent = (entry & 1) === 1;
     if (!csv.line(buffer, absent ? oldTupleAt(buffer, change.op, start) : newTupleAt(buffer, change.op, start), width, absent)) return undefined;
+    if (--sliceLeft === 0) {
+      yield;
+      sliceLeft = sliceLines;
+    }
   }
   const bytes = csv.bytes();
   return isUtf8(bytes) ? { csv: bytes, longestLine: csv.longestLine } : undefined;
@@ -84,16 +115,17 @@ const TRUE = 0x74;
 const FALSE = 0x66;
 
 /**
- * The buffer of the last run's lines, once written (recycleCsvLines): the next run starts in it
- * rather than in a fresh buffer grown by doubling, new memory for every batch of a large
- * transaction.
+ * The buffers of the last runs' lines, once written (recycleCsvLines): the next runs start in
+ * them rather than in fresh buffers grown by doubling, new memory for every batch of a large
+ * transaction. Two: one batch's lines are written while the next one's are made.
  */
-let spareLines: Buffer | undefined;
+const spareLines: Buffer[] = [];
+const MAX_SPARE_LINES = 2;
 
-/** The lines of a run (CollapsedCsv.csv) are no longer needed: their buffer serves the next run. */
+/** The lines of a run (CollapsedCsv.csv) are no longer needed: their buffer serves a next run. */
 export function recycleCsvLines(lines: Buffer): void {
   const whole = Buffer.from(lines.buffer, lines.byteOffset, lines.buffer.byteLength - lines.byteOffset);
-  if (!spareLines || whole.length > spareLines.length) spareLines = whole;
+  if (spareLines.length < MAX_SPARE_LINES) spareLines.push(whole);
 }
 
 /** CSV lines appended into one growing buffer. */
@@ -103,8 +135,7 @@ class CsvLines {
   private length = 0;
 
   constructor() {
-    this.buffer = spareLines ?? Buffer.allocUnsafe(256 * 1024);
-    spareLines = undefined;
+    this.buffer = spareLines.pop() ?? Buffer.allocUnsafe(256 * 1024);
   }
 
   /** Appends the tuple at `offset` of `images` and the flag; false if it holds a value CSV cannot stand for. */

@@ -6,10 +6,11 @@ import { type EncodedBatch, assertCodecVersion, decodeBatch } from '../shared/co
 import { errorMessage } from '../shared/errors.js';
 import type { Batch } from '../shared/events.js';
 import { QUEUE_PREFIX, keys, parseApplied, queueName } from '../shared/keys.js';
+import { compareVersions } from '../shared/lsn.js';
 import { log } from '../shared/log.js';
 import { connectRedis, readPipelineState, recordApplied } from '../shared/redis.js';
 import { ChunkReader } from './chunkreader.js';
-import { type Destination, PermanentError } from './destination.js';
+import { type Destination, PermanentError, type TableState } from './destination.js';
 import { copyIsNew, planBatches } from './plan.js';
 import type { Health, RunnerOptions } from './options.js';
 
@@ -34,6 +35,28 @@ const STALE_READ_AHEAD_MS = 30_000;
 type ReadAhead = Map<string, Promise<Buffer[] | undefined>>;
 
 /**
+ * The batch next in line, decoded and planned while the one before it was applied, on the
+ * states that one was to leave; the destination prepared its steps too.
+ */
+interface PreparedBatch {
+  jobId: string;
+  records: Buffer[];
+  batch: Batch;
+  plan: Plan;
+  /** The states of the batch's tables it was planned on. */
+  assumed: Map<number, TableState>;
+}
+
+/** A queued batch whose records were read ahead. */
+interface NextBatch {
+  jobId: string;
+  encoded: EncodedBatch;
+  records: Buffer[];
+}
+
+type Plan = ReturnType<typeof planBatches>;
+
+/**
  * Runs one destination: a BullMQ worker per partition queue, each taking one batch at a time
  * (and, through the queue's global concurrency of 1, one at a time across all processes).
  * A batch that fails is retried in place with backoff, never skipped and never moved behind
@@ -51,6 +74,8 @@ export class ConsumerRunner {
   private readAhead?: ReadAhead;
   private readAheadSince = 0;
   private readonly unhealthy = new Set<number>();
+  /** Per partition, its next batch made ready while the current one is applied (a large transaction's batches). */
+  private readonly prepared = new Map<number, PreparedBatch>();
   /** Jobs (by chunk id) whose batches were applied with an earlier one, marked and released: in their turn they only complete. */
   private readonly appliedAhead = new Set<string>();
   private closing = false;
@@ -138,8 +163,11 @@ export class ConsumerRunner {
     let batch: Batch | undefined;
     let records: Buffer[] | undefined;
     let joined = 0;
+    let prepared = job.id ? this.takePrepared(partition, job.id) : undefined;
+    let planned: 'ahead' | undefined;
     for (let attempt = 1; ; attempt++) {
       try {
+        if (prepared) ({ batch, records } = prepared);
         if (!batch) {
           assertCodecVersion(encoded);
           records = encoded.b ? await this.readChunk(encoded.b) : undefined;
@@ -158,10 +186,16 @@ export class ConsumerRunner {
           if (attempt === 1) batches.push(...(await this.queuedCopies(partition, batch)));
         }
         joined = batches.length - 1;
-        const plan = planBatches(batches, states);
+        // Planned ahead on the states the batch before was to leave: good if they are the states now.
+        const ahead = prepared && sameStates(prepared.assumed, states);
+        const plan = ahead ? prepared!.plan : planBatches(batches, states);
+        planned = ahead ? 'ahead' : undefined;
+        prepared = undefined;
         // Batches with a chunk tend to be followed by more (a copy, a large transaction): only
-        // then is the next one looked up, not after every small batch of the stream.
-        const stopReadingAhead = attempt === 1 && (batch.copy?.id || encoded.b) ? this.readNextChunks(partition, batches.length - 1) : undefined;
+        // then is the next one looked up, not after every small batch of the stream. The next
+        // batch of a large transaction is also decoded, planned and prepared meanwhile.
+        const prepareNext = encoded.b && this.destination.prepare ? (next: NextBatch) => this.prepareNext(partition, next, plan.states) : undefined;
+        const stopReadingAhead = attempt === 1 && (batch.copy?.id || encoded.b) ? this.readNextChunks(partition, batches.length - 1, batch.copy ? JOIN_LIMITS.batches : 1, prepareNext) : undefined;
         try {
           if (plan.steps.length > 0 || plan.states.size > 0) await this.destination.apply(plan.steps, plan.states);
         } finally {
@@ -201,7 +235,7 @@ export class ConsumerRunner {
     await this.completeApplied(partition, { epoch: encoded.e, seq: encoded.s }, [batch?.copy?.id ?? encoded.b]);
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
     const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
-    log.debug({ partition, changes: batch?.changes.length, copyRows: batch?.copy?.rows, joined, applyMs: Date.now() - started, lagMs }, 'batch applied');
+    log.debug({ partition, changes: batch?.changes.length, copyRows: batch?.copy?.rows, joined, planned, applyMs: Date.now() - started, lagMs }, 'batch applied');
     if (this.unhealthy.has(partition)) await this.report(partition, { state: 'ok' });
   }
 
@@ -278,15 +312,16 @@ export class ConsumerRunner {
   }
 
   /**
-   * Starts reading the chunks of the batches queued from `skip` places behind the next one in
-   * the partition's queue (their jobs are named after them), as many as are applied together at
-   * most, so that reading them from Redis overlaps applying these: read when their turn came,
-   * a transaction's chunks kept DuckDB idle for a tenth of a backfill. While the producer is
-   * still queueing them, it looks again until the apply ends (call the function returned).
-   * Chunks do not change while a destination holds them; a read that fails or finds nothing is
-   * simply read again.
+   * Starts reading the chunks of the `count` batches queued from `skip` places behind the next
+   * one in the partition's queue (their jobs are named after them): a copy's, as many as are
+   * applied together at most; a large transaction's, the next one, which `prepareNext` then gets.
+   * Reading them from Redis overlaps applying these: read when their turn came, a transaction's
+   * chunks kept DuckDB idle for a tenth of a backfill. While the producer is still queueing
+   * them, it looks again until the apply ends (call the function returned). Chunks do not
+   * change while a destination holds them; a read that fails or finds nothing is simply read
+   * again.
    */
-  private readNextChunks(partition: number, skip: number): () => void {
+  private readNextChunks(partition: number, skip: number, count: number, prepareNext?: (next: NextBatch) => void): () => void {
     let applying = true;
     // Chunks read ahead for batches that never came (another process of this destination took
     // them) must not stop this one reading ahead for good.
@@ -300,14 +335,25 @@ export class ConsumerRunner {
     const lookAhead = async () => {
       let bytes = 0;
       let listed = 0;
-      while (applying && this.readAhead === ahead && listed < JOIN_LIMITS.batches) {
+      while (applying && this.readAhead === ahead && listed < count) {
         const before = listed;
-        for (const job of await this.queues[partition].getJobs(['wait'], skip + listed, skip + JOIN_LIMITS.batches - 1, true)) {
+        for (const job of await this.queues[partition].getJobs(['wait'], skip + listed, skip + count - 1, true)) {
           if (!applying || !job?.id || !isChunkId(job.id) || this.readAhead !== ahead) return;
           const encoded = job.data as EncodedBatch;
           bytes += encoded.k ? decodeBatch(encoded).copy!.bytes : 0;
           if (listed > 0 && bytes > JOIN_LIMITS.bytes) return;
-          ahead.set(job.id, this.chunks.read(chunkKeys.data(this.options.pipeline, job.id)).catch(() => undefined));
+          const read = this.chunks.read(chunkKeys.data(this.options.pipeline, job.id)).catch(() => undefined);
+          ahead.set(job.id, read);
+          if (listed === 0 && prepareNext && encoded.b && !encoded.k) {
+            const jobId = job.id;
+            // Taken from the read-ahead only while the apply before it still runs: afterwards the
+            // batch's own turn may have begun and read it from there.
+            void read.then((records) => {
+              if (!applying || !records || this.readAhead?.get(jobId) !== read) return;
+              void this.takeReadAhead(jobId);
+              prepareNext({ jobId, encoded, records });
+            });
+          }
           listed++;
         }
         if (listed === before) await sleep(READ_AHEAD_POLL_MS);
@@ -322,6 +368,48 @@ export class ConsumerRunner {
     return () => (applying = false);
   }
 
+  /**
+   * Decodes and plans the partition's next batch while the current one is applied, on the
+   * states the current one is to leave (and, for other tables, the states now), and lets the
+   * destination prepare its steps: the batch's turn then starts with DuckDB's, not with this
+   * work on the main thread. Its turn checks that the states are those before using the plan.
+   */
+  private async prepareNext(partition: number, next: NextBatch, applying: Map<number, TableState>): Promise<void> {
+    try {
+      const batch = decodeBatch(next.encoded, joinPieces(next.records));
+      const assumed = await this.destination.tableStates(batch.relations);
+      for (const { oid } of batch.relations) {
+        const state = applying.get(oid);
+        if (state) assumed.set(oid, state);
+      }
+      const plan = planBatches([batch], assumed);
+      this.destination.prepare?.(plan.steps);
+      this.dropPrepared(partition);
+      this.prepared.set(partition, { jobId: next.jobId, records: next.records, batch, plan, assumed });
+    } catch {
+      // It fails again in its own turn, and is reported there.
+      this.chunks.recycle(next.records);
+    }
+  }
+
+  /** The partition's batch prepared ahead, if it is this job's; one prepared for another job is dropped. */
+  private takePrepared(partition: number, jobId: string): PreparedBatch | undefined {
+    const prepared = this.prepared.get(partition);
+    if (prepared?.jobId === jobId) {
+      this.prepared.delete(partition);
+      return prepared;
+    }
+    this.dropPrepared(partition);
+    return undefined;
+  }
+
+  private dropPrepared(partition: number): void {
+    const prepared = this.prepared.get(partition);
+    if (!prepared) return;
+    this.prepared.delete(partition);
+    this.chunks.recycle(prepared.records);
+  }
+
   /** Whether this destination's applied mark for the partition is at or past the batch (queue order is (epoch, seq)). */
   private async applied(partition: number, encoded: EncodedBatch): Promise<boolean> {
     const mark = parseApplied((await this.redis.hget(keys.applied(this.options.pipeline, this.options.name), String(partition))) ?? undefined);
@@ -333,6 +421,15 @@ export class ConsumerRunner {
     else this.unhealthy.add(partition);
     await this.redis.hset(keys.health(this.options.pipeline, this.options.name), String(partition), JSON.stringify(health)).catch(() => {});
   }
+}
+
+function sameStates(a: Map<number, TableState>, b: Map<number, TableState>): boolean {
+  if (a.size !== b.size) return false;
+  for (const [oid, state] of a) {
+    const other = b.get(oid);
+    if (!other || other.copyLsn !== state.copyLsn || other.copyChunk !== state.copyChunk || other.copyDone !== state.copyDone || compareVersions(other.applied, state.applied) !== 0) return false;
+  }
+  return true;
 }
 
 function missingChunk(id: string): Error {

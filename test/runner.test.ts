@@ -159,6 +159,74 @@ test('a large batch travels as a chunk beside its job: applied whole, then relea
 });
 
 
+/**
+ * A destination that keeps its tables' states like a real one, takes its time applying, and
+ * notes which steps it was given to prepare ahead.
+ */
+class PreparingDestination implements Destination {
+  readonly applied: { first: string; prepared: boolean }[] = [];
+  readonly states = new Map<number, TableState>();
+  private readonly prepared = new WeakSet<object>();
+  /** After applying the batch starting with this row, the table's version jumps to this one. */
+  jump?: { after: string; to: TableState['applied'] };
+
+  async tableStates(relations: Relation[]): Promise<Map<number, TableState>> {
+    return new Map(relations.flatMap(({ oid }) => (this.states.has(oid) ? [[oid, { ...this.states.get(oid)! }] as const] : [])));
+  }
+  prepare(steps: Step[]): void {
+    for (const step of steps) if (step.kind === 'changes') this.prepared.add(step.changes);
+  }
+  async apply(steps: Step[], states: Map<number, TableState>): Promise<void> {
+    await sleep(150);
+    const changes = steps.flatMap((step) => (step.kind === 'changes' ? [step.changes] : []));
+    const first = String(changes[0]?.[0]?.row?.[0]);
+    this.applied.push({ first, prepared: changes.length > 0 && changes.every((run) => this.prepared.has(run)) });
+    for (const [oid, state] of states) this.states.set(oid, state);
+    if (this.jump?.after === first) this.states.set(relation.oid, { ...this.states.get(relation.oid)!, applied: this.jump.to });
+  }
+  async close(): Promise<void> {}
+}
+
+test('the next batch of a large transaction is planned and prepared while one is applied; a plan made on states that did not come true is made again', async (t) => {
+  await writePipelineState(redis.client, 'ahead', { slot: 's', publication: 'p', partitions: 1, destinations: ['d'], epoch: 1 });
+  const queues = new BatchQueues(redis.client, 'ahead', ['d'], 1);
+  await queues.limitToOneWorker();
+  // Six batches of 5,000 changes (records as chunks), batch k at LSN k.
+  const large = (seq: number): Batch => ({
+    ...batch('ahead', 0, seq),
+    changes: Array.from({ length: 5000 }, (_, i) => ({ op: 'insert' as const, relation: 0, version: { lsn: BigInt(seq), ordinal: i + 1 }, row: [`${seq}:${i} ${'x'.repeat(20)}`] })),
+  });
+  for (let seq = 1; seq <= 6; seq++) queues.enqueue(large(seq));
+  await queues.settle();
+  const destination = new PreparingDestination();
+  // After batch 3, the table's version is batch 4's last change (as if batch 4 were applied
+  // already): batch 4, planned ahead on batch 3's version, must be planned again, to nothing.
+  destination.jump = { after: '3:0 ' + 'x'.repeat(20), to: { lsn: 4n, ordinal: 5000 } };
+  const runner = new ConsumerRunner(runnerOptions('ahead', 'd'), destination);
+  const controller = new AbortController();
+  const running = runner.run(controller.signal);
+  try {
+    await waitFor('batches 1–3, 5 and 6 to be applied', async () => destination.applied.length === 5);
+    await waitFor('every job to complete', async () => (await redis.client.hget(keys.applied('ahead', 'd'), '0')) === '1:6');
+  } finally {
+    controller.abort();
+    await running;
+    await runner.close();
+    await queues.close();
+  }
+  t.deepEqual(
+    destination.applied.map(({ first }) => first.split(':')[0]),
+    ['1', '2', '3', '5', '6'],
+    'in order, and batch 4 not at all',
+  );
+  t.deepEqual(
+    destination.applied.map(({ prepared }) => prepared),
+    [false, true, true, false, true],
+    'each prepared during the apply before it (batch 5 followed one with nothing to apply)',
+  );
+  t.deepEqual(destination.states.get(relation.oid)?.applied, { lsn: 6n, ordinal: 5000 });
+});
+
 test('an applied mark only moves forward: batches applied together with an earlier one complete after their mark', async (t) => {
   const marks = () => readApplied(redis.client, 'marks', 'd');
   await recordApplied(redis.client, 'marks', 'd', 0, { epoch: 2, seq: 10 });

@@ -8,7 +8,7 @@ import { joinPieces, piecesLength } from '../../shared/chunks.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError, errorMessage } from '../../shared/errors.js';
 import { collapseByKey } from '../collapse.js';
-import { collapseImagesToCsv, recycleCsvLines } from '../imagescsv.js';
+import { type CollapsedCsv, collapseImagesToCsv, collapseImagesToCsvAside, recycleCsvLines } from '../imagescsv.js';
 import type { Destination, Step, StoredTable, TableShape as Shape, TableState } from '../destination.js';
 import { type DuckDbType, duckDbColumnSql, duckDbType } from './types.js';
 
@@ -30,6 +30,8 @@ export class DuckDbDestination implements Destination {
   private readonly tables = new Map<number, StoredTable>();
   private queue: Promise<unknown> = Promise.resolve();
   private stageCounter = 0;
+  /** Runs of changes being collapsed or collapsed by prepare(), by their changes (undefined: they need the other path). */
+  private readonly preparedLines = new WeakMap<RowChange[], Promise<CollapsedCsv | undefined>>();
   /** DuckDB's own thread count (one per core), and the count set now. */
   private allThreads = 1;
   private threads = 1;
@@ -96,6 +98,22 @@ export class DuckDbDestination implements Destination {
       if (stored) states.set(oid, stored.state);
     }
     return states;
+  }
+
+  /**
+   * A run's changes collapsed to CSV lines ahead of its apply, in slices while DuckDB applies
+   * the batch before (in a large transaction the two took about as long each, one after the
+   * other). Its apply waits for the lines if they are not done yet.
+   */
+  prepare(steps: Step[]): void {
+    for (const step of steps) {
+      if (step.kind !== 'changes') continue;
+      const lines = collapsedLines(step.relation, step.changes, collapseImagesToCsvAside);
+      // A failure surfaces in the apply that waits for these lines; a run never applied (its
+      // plan was made again) must not leave it unhandled.
+      lines.catch(() => {});
+      this.preparedLines.set(step.changes, lines);
+    }
   }
 
   apply(steps: Step[], states: Map<number, TableState>): Promise<void> {
@@ -261,7 +279,8 @@ export class DuckDbDestination implements Destination {
       return;
     }
     const types = relation.columns.map(duckDbType);
-    const lines = types.some((type) => type.stage) ? undefined : collapseImagesToCsv(keyColumns, types.length, changes);
+    const lines = await (this.preparedLines.get(changes) ?? collapsedLines(relation, changes, collapseImagesToCsv));
+    this.preparedLines.delete(changes);
     if (lines) {
       await this.writeLines(relation, types, keyColumns, lines.csv, lines.longestLine);
       recycleCsvLines(lines.csv);
@@ -412,6 +431,14 @@ export class DuckDbDestination implements Destination {
     this.instance.closeSync();
     await rm(this.scratch, { recursive: true, force: true });
   }
+}
+
+/** A keyed run's changes as CSV lines of final images by `collapse` (undefined: the run needs decoded values, or has no key). */
+async function collapsedLines(relation: Relation, changes: RowChange[], collapse: typeof collapseImagesToCsvAside | typeof collapseImagesToCsv): Promise<CollapsedCsv | undefined> {
+  const keyColumns = keyColumnsOf(relation);
+  const types = relation.columns.map(duckDbType);
+  if (relation.replicaIdentity === 'full' || keyColumns.length === 0 || types.some((type) => type.stage)) return undefined;
+  return collapse(keyColumns, types.length, changes);
 }
 
 /** Writes `pieces` over the file's old contents (not truncated first: see withFiles), then cuts it to their length. */
