@@ -9,7 +9,7 @@
  * 1,000,000), BENCH_BIG_INSERT (one transaction, default 5,000,000), BENCH_BIG_UPDATE (one
  * transaction, default 1,000,000), BENCH_HUGE_ROWS (memory-flatness backfill, default
  * 10,000,000), BENCH_LATENCY_SECONDS (steady 5 k changes/s, default 30). A size of 0 skips that
- * scenario. BENCH_ROUNDS (default 5): rounds of the mixed-types backfill. Each target of the performance issue is printed with PASS or FAIL.
+ * scenario. BENCH_ROUNDS (default 7): rounds of the mixed-types backfill. Each target of the performance issue is printed with PASS or FAIL.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -33,7 +33,7 @@ const BIG_INSERT = size('BENCH_BIG_INSERT', 5_000_000);
 const BIG_UPDATE = size('BENCH_BIG_UPDATE', 1_000_000);
 const HUGE_ROWS = size('BENCH_HUGE_ROWS', 10_000_000);
 const LATENCY_SECONDS = size('BENCH_LATENCY_SECONDS', 30);
-const ROUNDS = size('BENCH_ROUNDS', 5);
+const ROUNDS = size('BENCH_ROUNDS', 7);
 const LATENCY_RATE = 5_000;
 /** Linux's USER_HZ: the unit of the CPU times in /proc/<pid>/stat. */
 const CLOCK_TICKS = 100;
