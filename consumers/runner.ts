@@ -374,12 +374,12 @@ export class ConsumerRunner {
    * destination prepare its steps: the batch's turn then starts with DuckDB's, not with this
    * work on the main thread. Its turn checks that the states are those before using the plan.
    */
-  private async prepareNext(partition: number, next: NextBatch, applying: Map<number, TableState>): Promise<void> {
+  private async prepareNext(partition: number, next: NextBatch, statesAfterCurrent: Map<number, TableState>): Promise<void> {
     try {
       const batch = decodeBatch(next.encoded, joinPieces(next.records));
       const assumed = await this.destination.tableStates(batch.relations);
       for (const { oid } of batch.relations) {
-        const state = applying.get(oid);
+        const state = statesAfterCurrent.get(oid);
         if (state) assumed.set(oid, state);
       }
       const plan = planBatches([batch], assumed);
