@@ -9,7 +9,7 @@ import { ChangeRecords, decodeBatch, encodeBatch } from '../shared/codec.js';
 import { ByteReader, readRowImages, rowImages } from '../shared/tupledata.js';
 import { type Batch, type Change, type Relation, type RowChange, UNCHANGED, type Value } from '../shared/events.js';
 import { collapseByKey } from '../consumers/collapse.js';
-import { collapseImagesToCsv } from '../consumers/imagescsv.js';
+import { collapseImagesToCsv, collapseImagesToCsvAside } from '../consumers/imagescsv.js';
 import { partitionOf } from '../shared/keys.js';
 import { compareVersions, formatLsn, parseLsn } from '../shared/lsn.js';
 import { jsonFragment, numericPrecision, PgType } from '../shared/pgtypes.js';
@@ -257,7 +257,7 @@ test('the replication stream reader gathers messages and headers split across re
   }
 });
 
-test('a run collapses straight from its images to the same final rows and deleted keys as from decoded values', (t) => {
+test('a run collapses straight from its images to the same final rows and deleted keys as from decoded values, at once or in slices', async (t) => {
   // Two key columns (so key changes and the key's byte form are both exercised); values with
   // quotes, commas, newlines, the empty string, NULL and non-ASCII text.
   const keyColumns = [0, 2];
@@ -295,6 +295,8 @@ test('a run collapses straight from its images to the same final rows and delete
     }
     const expected = collapseByKey(keyColumns, changes);
     const { csv } = collapseImagesToCsv(keyColumns, 3, changes)!;
+    // In slices of 3 lines, the event loop turning between them: the same bytes.
+    t.deepEqual((await collapseImagesToCsvAside(keyColumns, 3, changes, 3))?.csv, csv);
     // The same run as a consumer reads it from a batch: images read in place in the records.
     const batch: Batch = { pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [relation], changes };
     t.deepEqual(collapseImagesToCsv(keyColumns, 3, decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))).changes as RowChange[])?.csv, csv);
