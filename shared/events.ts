@@ -26,7 +26,7 @@ export interface Column {
   /** The value rows older than the column have (ADD COLUMN … DEFAULT stores it without a rewrite). */
   missingValue?: string;
   /**
-   * The share of the table's rows (0–1) whose value in this column no other row has, by
+   * Distinct values in this column per row of the table (0–1; 1: every value is unique), by
    * Postgres' statistics (ANALYZE), as a copy found them: destinations may pick a storage by it.
    */
   distinctShare?: number;
