@@ -60,6 +60,41 @@ test('values of several megabytes are copied and streamed whole (beyond a CSV re
   t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.huge', columns), expected);
 });
 
+test('one transaction of several batches (inserts, updates, key changes and deletes of the same rows) applies exactly, each batch planned while the one before is applied', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'bigtx', ['main']);
+  await env.pg.query(`
+    CREATE TABLE bigtx (id int PRIMARY KEY, label text, n int);
+    INSERT INTO bigtx SELECT g, 'before ' || g, g FROM generate_series(1, 10000) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE bigtx;
+  `);
+  const producer = pipeline.producer();
+  const consumer = pipeline.duckdb('main', { LOG_LEVEL: 'debug' });
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    // About 53,000 changes: three batches of at most 20,000, later ones touching rows of earlier ones.
+    await env.pg.query(`
+      BEGIN;
+      INSERT INTO bigtx SELECT g, 'new ' || g, g FROM generate_series(10001, 40000) g;
+      UPDATE bigtx SET label = label || ', updated', n = n + 1 WHERE id % 3 = 0;
+      UPDATE bigtx SET id = id + 100000 WHERE id % 10 = 1;
+      DELETE FROM bigtx WHERE id % 7 = 0;
+      COMMIT;
+    `);
+    await pipeline.waitForCatchUp();
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+  const columns = ['id', 'label', 'n'];
+  t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.bigtx', columns), await postgresRows(env.pg, 'bigtx', columns));
+  const applied = consumer.stderr
+    .split('\n')
+    .filter((line) => line.includes('"batch applied"'))
+    .map((line) => JSON.parse(line) as { changes?: number; planned?: string })
+    .filter((batch) => (batch.changes ?? 0) >= 5000);
+  t.true(applied.length >= 2, 'the transaction came in several large batches');
+  t.true(applied.some((batch) => batch.planned === 'ahead'), 'a batch was planned while the one before it was applied');
+});
+
 test('a string column Postgres counts as mostly distinct is stored with FSST; without statistics DuckDB chooses (here a dictionary where values repeat)', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'storage', ['main']);
   // Both columns hold the same values: 250,000 rows of one value (DuckDB picks a compression for
