@@ -65,7 +65,9 @@ export class BigQueryEmulator {
       regexp_extract(text, '^-?(\\d+)-(\\d+) (-?\\d+) (-?)(\\d+):(\\d+):([\\d.]+)$', ['y', 'm', 'd', 'ts', 'h', 'mi', 's']), text LIKE '-%')`);
     setup.closeSync();
     const emulator = await new Promise<BigQueryEmulator>((resolve) => {
-      const server = createServer((request, response) => void emulator.handle(request, response));
+      // A client gone mid-request (a consumer killed, or connections closed at the end) is
+      // answered by nobody: its request fails with "aborted", which is not the test's failure.
+      const server = createServer((request, response) => void emulator.handle(request, response).catch(() => response.destroy()));
       let emulator: BigQueryEmulator;
       server.listen(0, '127.0.0.1', () => {
         emulator = new BigQueryEmulator(server, instance);
