@@ -77,6 +77,11 @@ export async function currentWalLsn(pg: PostgresServer): Promise<string> {
   return (await pg.query('SELECT pg_current_wal_insert_lsn()::text AS lsn')).rows[0].lsn;
 }
 
+/** Whether LSN a is at or before b, as Postgres compares them. */
+export async function lsnNotAfter(pg: PostgresServer, a: string, b: string): Promise<boolean> {
+  return (await pg.query('SELECT $1::pg_lsn <= $2::pg_lsn AS ok', [a, b])).rows[0].ok;
+}
+
 export async function slotConfirmed(pg: PostgresServer, slot: string): Promise<string | undefined> {
   return (await pg.query('SELECT confirmed_flush_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = $1', [slot])).rows[0]?.lsn ?? undefined;
 }
