@@ -6,7 +6,7 @@ import type { DestinationConfig } from '../consumers/index.js';
 import { RUNNER_DEFAULTS } from '../consumers/options.js';
 import { PRODUCER_DEFAULTS, PRODUCER_HEAP_MB } from '../producer/options.js';
 import { runProducerThread } from '../producer/thread.js';
-import { bigQueryConfig, destinationName, heapMb, pgUrl, pipelineId, producerConfig, redisUrl, runnerConfig, validate } from '../shared/config.js';
+import { bigQueryConfig, destinationName, heapMb, metricsPort, pgUrl, pipelineId, producerConfig, redisUrl, runnerConfig, validate } from '../shared/config.js';
 import { UserError, errorMessage } from '../shared/errors.js';
 import { exitWithError, runUntilStopped } from './lifecycle.js';
 
@@ -21,6 +21,7 @@ const program = new Command('pg-replicate')
 const redisOption = () => new Option('--redis-url <url>', 'Redis URL').env('REDIS_URL');
 const pipelineOption = () => new Option('--pipeline <id>', 'pipeline id: names its queues and state in Redis').env('PIPELINE_ID');
 const integer = (value: string) => Number(value);
+const metricsOption = () => new Option('--metrics-port <port>', 'serve Prometheus metrics on this port at /metrics (default: not served)').env('METRICS_PORT');
 
 program
   .command('producer')
@@ -44,10 +45,11 @@ program
   .addOption(new Option('--copy-chunk-rows <n>', 'rows per copy batch (exactly, but for the last of a range)').default(PRODUCER_DEFAULTS.copyChunkRows).argParser(integer))
   .addOption(new Option('--copy-chunk-bytes <n>', 'bytes per copy batch at most (chunks stream through Redis, not through the producer\'s memory)').default(PRODUCER_DEFAULTS.copyChunkBytes).argParser(integer))
   .addOption(new Option('--copy-range-blocks <n>', 'heap blocks (8 kB) per CTID range of a table copy: ranges are copied in parallel and resumed after a restart').default(PRODUCER_DEFAULTS.copyRangeBlocks).argParser(integer))
+  .addOption(metricsOption())
   .addOption(new Option('--heap-mb <n>', 'heap size of the producer\'s thread (what it holds is bounded; the cap keeps V8 from growing the heap far beyond it)').default(PRODUCER_HEAP_MB).argParser(integer).env('PRODUCER_HEAP_MB'))
   .action(async (flags) => {
-    const { heapMb: cap, ...config } = validate(producerConfig.extend({ heapMb }), { ...flags, destinations: splitList(flags.destinations) });
-    await runUntilStopped((signal) => runProducerThread(config, cap, signal), async () => {});
+    const { heapMb: cap, metricsPort: port, ...config } = validate(producerConfig.extend({ heapMb, metricsPort }), { ...flags, destinations: splitList(flags.destinations) });
+    await runUntilStopped((signal) => runProducerThread(config, { heapMb: cap, metricsPort: port }, signal), async () => {});
   });
 
 const consumer = program.command('consumer').description('Apply one destination\'s batches: consumer <type> --name NAME …');
@@ -61,7 +63,8 @@ const consumerCommand = (type: string, description: string) =>
     .addOption(redisOption())
     .addOption(new Option('--lock-duration-ms <n>', 'how long a crashed consumer can hold a partition').default(RUNNER_DEFAULTS.lockDurationMs).argParser(integer))
     .addOption(new Option('--stalled-interval-ms <n>', 'how often crashed consumers\' batches are looked for').default(RUNNER_DEFAULTS.stalledIntervalMs).argParser(integer))
-    .addOption(new Option('--attempts-before-park <n>', 'failed attempts before a partition is reported parked').default(RUNNER_DEFAULTS.attemptsBeforePark).argParser(integer));
+    .addOption(new Option('--attempts-before-park <n>', 'failed attempts before a partition is reported parked').default(RUNNER_DEFAULTS.attemptsBeforePark).argParser(integer))
+    .addOption(metricsOption());
 
 consumerCommand('duckdb', 'Mirror the tables into a DuckDB file (or MotherDuck with --path md:DB).')
   .addOption(new Option('--path <file>', 'DuckDB database file, or md:DB for MotherDuck (needs motherduck_token)').env('DUCKDB_PATH'))
@@ -86,8 +89,10 @@ consumerCommand('stdout', 'Print one JSON line per change to stdout.').action(as
 });
 
 async function runConsumer(flags: Record<string, unknown>, destinationConfig: DestinationConfig): Promise<void> {
-  const config = validate(runnerConfig, flags);
+  const { metricsPort: port, ...config } = validate(runnerConfig.extend({ metricsPort }), flags);
   const [{ openDestination }, { ConsumerRunner }, { connectRedis }] = await Promise.all([import('../consumers/index.js'), import('../consumers/runner.js'), import('../shared/redis.js')]);
+  // First: a port that cannot be served fails before the destination is touched.
+  const stopMetrics = await startMetrics(port);
   const redis = connectRedis(config.redisUrl);
   redis.on('error', () => {});
   const destination = await openDestination(destinationConfig, { redis, pipeline: config.pipeline, name: config.name });
@@ -95,6 +100,7 @@ async function runConsumer(flags: Record<string, unknown>, destinationConfig: De
   await runUntilStopped(
     (signal) => runner.run(signal),
     async () => {
+      await stopMetrics();
       await runner.close();
       await destination.close();
       redis.disconnect();
@@ -110,6 +116,7 @@ const runFileSchema = z.object({
   slot: z.string(),
   mode: z.enum(['both', 'copy', 'cdc']).default('both'),
   partitions: z.number().int().positive().default(PRODUCER_DEFAULTS.partitions),
+  metricsPort,
   destinations: z
     .array(
       z.discriminatedUnion('type', [
@@ -140,6 +147,7 @@ program
       throw new UserError(`--config ${flags.config} is not valid YAML: ${errorMessage(error)}`);
     }
     const file = validate(runFileSchema, raw);
+    const stopMetrics = await startMetrics(file.metricsPort);
     const [{ Producer }, { openDestination }, { ConsumerRunner }, { connectRedis }] = await Promise.all([
       import('../producer/producer.js'),
       import('../consumers/index.js'),
@@ -161,6 +169,7 @@ program
     await runUntilStopped(
       (signal) => Promise.all([producer.run(signal), ...consumers.map(({ runner }) => runner.run(signal))]).then(() => {}),
       async () => {
+        await stopMetrics();
         await producer.close();
         for (const { opened, runner } of consumers) {
           await runner.close();
@@ -225,6 +234,13 @@ program
     const status = await pipelineStatus(options);
     process.stdout.write(flags.json ? `${JSON.stringify(status, null, 2)}\n` : `${formatStatus(status)}\n`);
   });
+
+/** Serves this process' metrics when a port is given; returns how to stop. */
+async function startMetrics(port: number | undefined): Promise<() => Promise<void>> {
+  if (!port) return async () => {};
+  const { serveMetrics } = await import('../shared/metrics.js');
+  return serveMetrics(port);
+}
 
 function splitList(text: string | undefined): string[] | undefined {
   return text?.split(',').map((part) => part.trim()).filter(Boolean);

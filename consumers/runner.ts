@@ -11,6 +11,7 @@ import { log } from '../shared/log.js';
 import { connectRedis, readPipelineState, recordApplied } from '../shared/redis.js';
 import { ChunkReader } from './chunkreader.js';
 import { type Destination, PermanentError, type TableState } from './destination.js';
+import { DestinationMetrics } from './metrics.js';
 import { copyIsNew, planBatches } from './plan.js';
 import type { Health, RunnerOptions } from './options.js';
 
@@ -73,7 +74,9 @@ export class ConsumerRunner {
    */
   private readAhead?: ReadAhead;
   private readAheadSince = 0;
-  private readonly unhealthy = new Set<number>();
+  /** Partitions whose batch keeps failing, and how. */
+  private readonly unhealthy = new Map<number, 'retrying' | 'parked'>();
+  private readonly metrics: DestinationMetrics;
   /** Per partition, its next batch made ready while the current one is applied (a large transaction's batches). */
   private readonly prepared = new Map<number, PreparedBatch>();
   /** Jobs (by chunk id) whose batches were applied with an earlier one, marked and released: in their turn they only complete. */
@@ -88,6 +91,7 @@ export class ConsumerRunner {
     this.redis = connectRedis(options.redisUrl);
     this.redis.on('error', (error) => log.debug({ err: errorMessage(error) }, 'redis connection error'));
     this.chunks = new ChunkReader(options.redisUrl);
+    this.metrics = new DestinationMetrics(options.name, this.unhealthy);
   }
 
   async run(signal: AbortSignal): Promise<void> {
@@ -161,6 +165,8 @@ export class ConsumerRunner {
     const partition = encoded.n;
     const started = Date.now();
     let batch: Batch | undefined;
+    /** The batch and those applied with it, once applied. */
+    let applied: Batch[] = [];
     let records: Buffer[] | undefined;
     let joined = 0;
     let prepared = job.id ? this.takePrepared(partition, job.id) : undefined;
@@ -201,6 +207,7 @@ export class ConsumerRunner {
         } finally {
           stopReadingAhead?.();
         }
+        applied = batches;
         // The batches joined are applied as well: marked now, not when each job's turn comes
         // (at the end of a copy, the producer waits for the last mark).
         const last = batches[batches.length - 1];
@@ -213,6 +220,7 @@ export class ConsumerRunner {
         if (records) this.chunks.recycle(records);
         break;
       } catch (error) {
+        this.metrics.failed();
         const parked = attempt >= this.options.attemptsBeforePark || error instanceof PermanentError;
         await this.report(partition, {
           state: parked ? 'parked' : 'retrying',
@@ -236,6 +244,7 @@ export class ConsumerRunner {
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
     const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
     log.debug({ partition, changes: batch?.changes.length, copyRows: batch?.copy?.rows, joined, planned, applyMs: Date.now() - started, lagMs }, 'batch applied');
+    this.metrics.applied(applied, started, encoded.t);
     if (this.unhealthy.has(partition)) await this.report(partition, { state: 'ok' });
   }
 
@@ -418,7 +427,7 @@ export class ConsumerRunner {
 
   private async report(partition: number, health: Health): Promise<void> {
     if (health.state === 'ok') this.unhealthy.delete(partition);
-    else this.unhealthy.add(partition);
+    else this.unhealthy.set(partition, health.state);
     await this.redis.hset(keys.health(this.options.pipeline, this.options.name), String(partition), JSON.stringify(health)).catch(() => {});
   }
 }

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import type { Redis } from 'ioredis';
-import type { Batch, Relation } from '../shared/events.js';
+import { type Batch, type Relation, qualifiedName } from '../shared/events.js';
 import { COPY_TEXT_OPTIONS } from '../shared/csv.js';
 import { keys, partitionOf } from '../shared/keys.js';
 import { log } from '../shared/log.js';
@@ -11,6 +11,7 @@ import type { TableCopyProgress } from '../shared/redis.js';
 import { Catalog, type PublishedTable, describeTable, publicationTables } from './catalog.js';
 import { ChunkWriter } from './chunkwriter.js';
 import { CopyOut } from './copyout.js';
+import { tally } from './metrics.js';
 import { POLL_MS, type Session } from './options.js';
 import { quoteIdent } from './replication.js';
 import { inPlaceSocket } from './wire.js';
@@ -280,6 +281,8 @@ export class TableCopy {
     queues.enqueue(batch, targets);
     onBatch({ partition, seq });
     this.rows += rows;
+    const table = qualifiedName(this.relation);
+    tally.copiedRows.set(table, (tally.copiedRows.get(table) ?? 0) + rows);
   }
 }
 

@@ -11,6 +11,7 @@ import { AckTracker } from './acks.js';
 import { Catalog, publishedTableOids } from './catalog.js';
 import { Sequencer } from './batcher.js';
 import { copyTables, withExportedSnapshot } from './copy.js';
+import { hideSession, showSession, tally } from './metrics.js';
 import { type AckPosition, COPY_DONE_POLL_MS, type ProducerOptions, type Session } from './options.js';
 import { checkRedis, checkSource, connectPostgres } from './preflight.js';
 import { BatchQueues } from './queues.js';
@@ -61,6 +62,7 @@ export class Producer {
         if (error instanceof UserError) throw error;
         if (signal.aborted) return;
         failures++;
+        tally.restarts++;
         const delay = error instanceof RedisLostError ? 0 : Math.min(30_000, 500 * 2 ** Math.min(failures, 6));
         log.warn({ err: errorMessage(error), retryInMs: delay }, 'producer session ended; restarting from the slot');
         await sleep(delay, undefined, { signal }).catch(() => {});
@@ -160,6 +162,7 @@ export class Producer {
       const tracker = new AckTracker(epoch);
       const watcher = new AppliedWatcher(this.redis, options, epoch, queues, sequencer, tracker, () => (this.copyApplied = true), () => this.position.lsn);
       const session: Session = { options, redis: this.redis, epoch, sequencer, tracker, queues, watcher, signal: ended.signal };
+      showSession(session, this.position);
 
       if (needsCopy && resume && slot) {
         this.copyApplied = false;
@@ -211,6 +214,7 @@ export class Producer {
     } catch (error) {
       throw failure ?? error;
     } finally {
+      hideSession();
       signal.removeEventListener('abort', stop);
       await replication.close();
       await queues.close();

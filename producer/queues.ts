@@ -6,6 +6,7 @@ import type { Batch } from '../shared/events.js';
 import { QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { storeChunk } from './chunkwriter.js';
+import { tally } from './metrics.js';
 
 /** How much Redis memory a stored batch takes, for the backlog bound (measured: `npm run bench` samples Redis' used memory). */
 const STORED_OVERHEAD = 1.25;
@@ -82,6 +83,7 @@ export class BatchQueues {
    */
   enqueue(batch: Batch, only?: string[]): void {
     if (this.failure) throw this.failure;
+    tally.batches++;
     const targets = [...this.queues.keys()].filter((destination) => !only || only.includes(destination));
     const records = batch.copy ? undefined : changeRecords(batch);
     // Large change records are stored as a chunk beside the job (no base64, no JSON), before it.

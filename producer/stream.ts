@@ -8,6 +8,7 @@ import { Heartbeat } from './heartbeat.js';
 import { type AckPosition, type Session } from './options.js';
 import { type PgoutputMessage, decodePgoutput, rowOp } from './pgoutput.js';
 import { PG_EPOCH_MS, type ReplicationConnection } from './replication.js';
+import { showSession, tally } from './metrics.js';
 import type { TableSync } from './tablesync.js';
 
 /** What arrives from the walsender, in order: a decoded pgoutput message, or a keepalive's WAL end. */
@@ -46,6 +47,9 @@ export async function streamSlot(
   // second of the producer's CPU in a 5 M-row transaction.
   let active = false;
   const pauses = new Set<'inbox' | 'backlog' | 'held'>();
+  /** The newest WAL position the server reported (keepalives) or we read (commits): for the lag metric. */
+  let serverLsn = position.lsn;
+  showSession(session, position, { serverLsn: () => serverLsn, pauses: () => pauses });
 
   const sendStatus = (replyRequested = false) => {
     replication.sendStatus(position.lsn, replyRequested);
@@ -63,6 +67,7 @@ export async function streamSlot(
 
   /** A row change, its images `message` from `start` to `end` (kept only by copying). */
   const addRow = (op: RowOp, oid: number, message: Buffer, start: number, end: number) => {
+    tally.changes[op]++;
     const lsn = commitLsn;
     const position = ++ordinal;
     if (tableSync.isHeld(oid)) {
@@ -97,6 +102,7 @@ export async function streamSlot(
       case 'truncate': {
         const version = { lsn: commitLsn, ordinal: ++ordinal };
         const truncate = { op: 'truncate' as const, version, cascade: decoded.cascade, restartIdentity: decoded.restartIdentity };
+        tally.changes.truncate++;
         const streamed = decoded.relations.filter((oid) => !tableSync.isHeld(oid));
         for (const oid of decoded.relations.filter((oid) => tableSync.isHeld(oid))) {
           tableSync.hold(oid, { entry: tracker.hold(), enqueue: () => batcher.addTruncate(truncate, [oid])[0], bytes: 16 });
@@ -106,6 +112,8 @@ export async function streamSlot(
       }
       case 'commit':
         tracker.commit(decoded.endLsn);
+        tally.transactions++;
+        serverLsn = maxLsn(serverLsn, decoded.endLsn);
         break;
       default:
         break;
@@ -172,6 +180,7 @@ export async function streamSlot(
       }
     },
     onKeepalive: (walEnd, replyRequested) => {
+      serverLsn = maxLsn(serverLsn, walEnd);
       if (replyRequested) sendStatus();
       receive({ walEnd });
     },

@@ -11,9 +11,10 @@ import type { ProducerOptions } from './options.js';
  * producer with an error naming --heap-mb; it resumes from the slot when restarted. The young
  * generation gets an eighth of the cap (a quarter halved collection time but cost 20–30 MB).
  */
-export async function runProducerThread(options: ProducerOptions, heapMb: number, signal: AbortSignal): Promise<void> {
+export async function runProducerThread(options: ProducerOptions, { heapMb, metricsPort }: { heapMb: number; metricsPort?: number }, signal: AbortSignal): Promise<void> {
+  // The metrics are served from the thread: they live there.
   const worker = new Worker(new URL('./worker.js', import.meta.url), {
-    workerData: { producerOptions: options },
+    workerData: { producerOptions: options, metricsPort },
     resourceLimits: { maxOldGenerationSizeMb: heapMb, maxYoungGenerationSizeMb: Math.max(8, Math.round(heapMb / 8)) },
   });
   const stop = () => worker.postMessage('stop');

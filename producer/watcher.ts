@@ -18,7 +18,8 @@ export class AppliedWatcher {
   /** Unapplied batches and bytes of the slowest destination. */
   backlog = 0;
   backlogBytes = 0;
-  private readonly published = new Map<string, Lsn>();
+  /** Per destination, the LSN before which it has applied everything (as last published for status). */
+  readonly appliedLsns = new Map<string, Lsn>();
 
   constructor(
     private readonly redis: Redis,
@@ -71,8 +72,8 @@ export class AppliedWatcher {
     const fields: Record<string, string> = {};
     for (const [destination, marks] of applied) {
       const lsn = this.tracker.appliedBy(marks) ?? this.acknowledged();
-      if (this.published.get(destination) !== lsn) fields[`applied:${destination}`] = formatLsn(lsn);
-      this.published.set(destination, lsn);
+      if (this.appliedLsns.get(destination) !== lsn) fields[`applied:${destination}`] = formatLsn(lsn);
+      this.appliedLsns.set(destination, lsn);
     }
     if (Object.keys(fields).length > 0) await this.redis.hset(keys.state(this.options.pipeline), fields);
   }

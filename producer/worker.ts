@@ -1,25 +1,29 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { UserError, errorMessage } from '../shared/errors.js';
+import { serveMetrics } from '../shared/metrics.js';
 import type { ProducerOptions } from './options.js';
 import { Producer } from './producer.js';
 
 /** The producer thread (producer/thread.ts): runs until the main thread says stop, then reports how it ended. */
-async function run(options: ProducerOptions): Promise<void> {
+async function run(options: ProducerOptions, metricsPort: number | undefined): Promise<void> {
   const controller = new AbortController();
   parentPort!.on('message', (message) => {
     if (message === 'stop') controller.abort();
   });
   const producer = new Producer(options);
   let outcome: { error?: string; userError?: boolean } = {};
+  let stopMetrics: (() => Promise<void>) | undefined;
   try {
+    if (metricsPort) stopMetrics = await serveMetrics(metricsPort);
     await producer.run(controller.signal);
   } catch (error) {
     outcome = { error: errorMessage(error), userError: error instanceof UserError };
   } finally {
+    await stopMetrics?.();
     await producer.close();
   }
   // The main thread ends this thread when told: timers of closed clients may still be pending.
   parentPort!.postMessage({ done: true, ...outcome });
 }
 
-await run(workerData.producerOptions);
+await run(workerData.producerOptions, workerData.metricsPort);

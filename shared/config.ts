@@ -45,6 +45,14 @@ export const producerConfig = z.object({
   copyRangeBlocks: positive,
 });
 
+/** Where Prometheus metrics are served (shared/metrics); absent: not served. */
+export const metricsPort = z.coerce
+  .number({ error: '--metrics-port (METRICS_PORT) must be a TCP port number' })
+  .int('--metrics-port (METRICS_PORT) must be a TCP port number')
+  .min(1, '--metrics-port (METRICS_PORT) must be between 1 and 65535')
+  .max(65535, '--metrics-port (METRICS_PORT) must be between 1 and 65535')
+  .optional();
+
 /** The producer thread's heap cap in MB (producer/thread.ts). */
 export const heapMb = z.coerce.number({ error: '--heap-mb must be a whole number of megabytes' }).int('--heap-mb must be a whole number of megabytes').min(48, '--heap-mb must be at least 48 (MB)');
 

@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { CliProcess, currentWalLsn, waitFor, duckdbRows, postgresRows, tempDir, waitForSlotAt } from './support/pipeline.js';
-import { useServices } from './support/services.js';
+import { freePort, useServices } from './support/services.js';
 
 /**
  * No Docker engine runs here, so this test checks docker-compose.yml by carrying it out by hand:
@@ -49,18 +49,24 @@ test('the compose services, run as processes, replicate the demo data and traffi
       .replace(/^postgres:\/\/.*$/, env.pg.url)
       .replace(/^redis:\/\/.*$/, env.redis.url)
       .replace(/^\/data\//, `${data}/`);
-  const run = (name: string) => {
+  // Each service's metrics port (one in every container) becomes a free port of this host.
+  const metricsPorts: number[] = [];
+  const run = async (name: string) => {
     const service = services[name];
     const environment = Object.fromEntries(Object.entries(service.environment ?? {}).map(([key, value]) => [key, local(String(value))]));
+    if (environment.METRICS_PORT) metricsPorts.push(Number((environment.METRICS_PORT = String(await freePort()))));
     return new CliProcess(service.command.map(local), environment);
   };
-  const processes = ['producer', 'duckdb', 'stdout'].map(run);
+  const processes = [await run('producer'), await run('duckdb'), await run('stdout')];
   const [, , stdout] = processes;
   try {
     const pipeline = services.producer.environment!.PIPELINE_ID;
     await waitFor('the demo copy', async () => (await env.redis.client.hget(`pgr:{${pipeline}}:state`, 'copy')) === 'done');
     for (let round = 0; round < 5; round++) await env.pg.query(readFileSync(join(ROOT, 'demo', 'write.sql'), 'utf8'));
     await waitForSlotAt(env.pg, services.producer.environment!.SLOT, await currentWalLsn(env.pg));
+    const [producerMetrics, duckdbMetrics] = await Promise.all(metricsPorts.map((port) => fetch(`http://127.0.0.1:${port}/metrics`).then((response) => response.text())));
+    t.regex(producerMetrics, /^pg_replicate_changes_total\{operation="insert"\} [1-9]/m, 'the producer serves its metrics');
+    t.regex(duckdbMetrics, /^pg_replicate_changes_applied_total\{destination="analytics"\} [1-9]/m, 'the DuckDB consumer serves its metrics');
   } finally {
     await Promise.all(processes.map((process) => process.stop()));
   }

@@ -2,7 +2,7 @@ import test from 'ava';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CliProcess, TestPipeline, duckdbRows, postgresRows, runCli, waitFor } from './support/pipeline.js';
-import { useServices } from './support/services.js';
+import { freePort, useServices } from './support/services.js';
 
 const env = useServices(test);
 
@@ -11,6 +11,7 @@ test('run --config runs the producer and both consumers in one process, with ${E
   await env.pg.query(`CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'one'); CREATE PUBLICATION ${pipeline.publication} FOR TABLE notes;`);
   const config = join(pipeline.dir, 'pipeline.yaml');
   const path = join(pipeline.dir, 'notes.duckdb');
+  const metricsPort = await freePort();
   writeFileSync(
     config,
     `pipeline: ${pipeline.pipeline}
@@ -18,6 +19,7 @@ pgUrl: \${TEST_PG_URL}
 redisUrl: \${TEST_REDIS_URL}
 publication: ${pipeline.publication}
 slot: ${pipeline.slot}
+metricsPort: ${metricsPort}
 destinations:
   - { type: duckdb, name: warehouse, path: ${path} }
   - { type: stdout, name: console }
@@ -32,6 +34,12 @@ destinations:
     t.is(status.code, 0);
     t.regex(status.stdout, /destination warehouse: ok, applied up to [0-9A-F]+\/[0-9A-F]+, 0 batches pending/);
     t.regex(status.stdout, /slot confirmed flush LSN [0-9A-F]+\/[0-9A-F]+ \(producer connected\)/);
+    // One port for the process: the producer's metrics and every destination's (counted just after the slot hears).
+    const metrics = await waitFor('both destinations\' metrics', async () => {
+      const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      return ['console', 'warehouse'].every((name) => new RegExp(`^pg_replicate_changes_applied_total\\{destination="${name}"\\} 2$`, 'm').test(text)) && text;
+    });
+    t.regex(metrics, /^pg_replicate_changes_total\{operation="update"\} 1$/m);
   } finally {
     await run.stop();
   }

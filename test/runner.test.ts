@@ -1,6 +1,7 @@
 import test from 'ava';
 import { Queue } from 'bullmq';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { register } from 'prom-client';
 import { pipelineStatus } from '../cli/status.js';
 import type { Destination, Step, TableState } from '../consumers/destination.js';
 import { ConsumerRunner } from '../consumers/runner.js';
@@ -64,9 +65,9 @@ async function setup(pipeline: string, destination: string) {
 const runnerOptions = (pipeline: string, name: string) => ({ redisUrl: redis.url, pipeline, name, lockDurationMs: 2000, stalledIntervalMs: 500, attemptsBeforePark: 2 });
 
 test('a failing batch is retried in place: its partition waits (reported parked), others go on, order is kept', async (t) => {
-  const queues = await setup('flaky', 'd');
+  const queues = await setup('flaky', 'parking');
   const destination = new FlakyDestination('0-3', 3);
-  const runner = new ConsumerRunner(runnerOptions('flaky', 'd'), destination);
+  const runner = new ConsumerRunner(runnerOptions('flaky', 'parking'), destination);
   const controller = new AbortController();
   const running = runner.run(controller.signal);
   try {
@@ -76,6 +77,7 @@ test('a failing batch is retried in place: its partition waits (reported parked)
     });
     t.regex(parked.destinations[0].errors[0].error, /cannot apply 0-3 yet/);
     t.is(parked.destinations[0].errors[0].partition, 0);
+    t.regex(await register.getSingleMetricAsString('pg_replicate_partitions_failing'), /\{destination="parking",state="parked"\} 1$/m, 'the metrics show it too');
     await waitFor('partition 1 to finish while 0 waits', async () => destination.applied.includes('1-10'));
     t.false(destination.applied.includes('0-4'), 'nothing behind the failing batch ran');
     await waitFor('everything applied', async () => destination.applied.length === 20);
@@ -89,8 +91,11 @@ test('a failing batch is retried in place: its partition waits (reported parked)
   for (const partition of [0, 1]) {
     t.deepEqual(destination.applied.filter((id) => id.startsWith(`${partition}-`)), Array.from({ length: 10 }, (_, i) => `${partition}-${i + 1}`));
   }
-  t.is(await redis.client.hget(keys.applied('flaky', 'd'), '0'), '1:10');
+  t.is(await redis.client.hget(keys.applied('flaky', 'parking'), '0'), '1:10');
   t.is((await pipelineStatus({ pipeline: 'flaky', redisUrl: redis.url })).destinations[0].state, 'ok');
+  t.regex(await register.getSingleMetricAsString('pg_replicate_partitions_failing'), /\{destination="parking",state="parked"\} 0$/m);
+  t.regex(await register.getSingleMetricAsString('pg_replicate_batch_failures_total'), /\{destination="parking"\} 3$/m);
+  t.regex(await register.getSingleMetricAsString('pg_replicate_batches_applied_total'), /\{destination="parking"\} 20$/m);
 });
 
 test('stopping a consumer mid-retry puts the batch back at the front of its queue', async (t) => {
