@@ -1,6 +1,6 @@
 import { Queue } from 'bullmq';
 import { keys, QUEUE_PREFIX, queueName } from '../shared/keys.js';
-import { connectRedis, readApplied, readCopyProgress, readPipelineState } from '../shared/redis.js';
+import { connectRedis, readApplied, readCopyProgress, readPipelineState, readTableSyncs } from '../shared/redis.js';
 import { connectPostgres } from '../producer/preflight.js';
 import { UserError } from '../shared/errors.js';
 import type { Health } from '../consumers/options.js';
@@ -12,6 +12,8 @@ export interface PipelineStatus {
   copy: string;
   /** The initial copy, per table: CTID ranges in the queues out of all, rows, and rows per second so far. */
   copyProgress: { table: string; rangesDone: number; rangesTotal: number; rows: number; rowsPerSecond: number }[];
+  /** Copies beside the stream in progress (added tables, resyncs, new destinations), per table. */
+  tableSyncs: { table: string; destinations: string[] | 'all'; reason: string; rangesDone: number; rangesTotal: number | null; rows: number }[];
   slotConfirmedFlushLsn?: string | null;
   slotActive?: boolean;
   destinations: {
@@ -30,7 +32,7 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
   try {
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url, or start its producer first.`);
-    const status: PipelineStatus = { pipeline: options.pipeline, slot: state.slot, publication: state.publication, copy: state.copy ?? 'none', copyProgress: [], destinations: [] };
+    const status: PipelineStatus = { pipeline: options.pipeline, slot: state.slot, publication: state.publication, copy: state.copy ?? 'none', copyProgress: [], tableSyncs: [], destinations: [] };
     for (const progress of (await readCopyProgress(redis, options.pipeline)).values()) {
       const seconds = ((progress.updatedAt ?? Date.now()) - progress.startedAt) / 1000;
       status.copyProgress.push({
@@ -39,6 +41,17 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
         rangesTotal: progress.ranges,
         rows: progress.rows,
         rowsPerSecond: seconds > 0 ? Math.round(progress.rows / seconds) : 0,
+      });
+    }
+    for (const [oid, record] of await readTableSyncs(redis, options.pipeline)) {
+      const { progress } = record;
+      status.tableSyncs.push({
+        table: progress ? `${progress.schema}.${progress.name}` : `table OID ${oid}`,
+        destinations: record.destinations ?? 'all',
+        reason: record.reason,
+        rangesDone: progress?.done.length ?? 0,
+        rangesTotal: progress?.ranges ?? null,
+        rows: progress?.rows ?? 0,
       });
     }
     if (options.pgUrl) {
@@ -83,6 +96,10 @@ export function formatStatus(status: PipelineStatus): string {
   ];
   for (const table of status.copyProgress) {
     lines.push(`copy ${table.table}: ${table.rangesDone}/${table.rangesTotal} ranges, ${table.rows} rows, ${table.rowsPerSecond} rows/s`);
+  }
+  for (const sync of status.tableSyncs) {
+    const ranges = sync.rangesTotal === null ? 'starting' : `${sync.rangesDone}/${sync.rangesTotal} ranges, ${sync.rows} rows`;
+    lines.push(`table sync ${sync.table} (${sync.reason}, for ${sync.destinations === 'all' ? 'every destination' : sync.destinations.join(', ')}): ${ranges}`);
   }
   if (status.slotConfirmedFlushLsn !== undefined) {
     lines.push(`slot confirmed flush LSN ${status.slotConfirmedFlushLsn ?? '(slot missing)'}${status.slotActive ? ' (producer connected)' : ' (no producer connected)'}`);

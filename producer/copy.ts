@@ -45,9 +45,8 @@ export async function copyTables(session: Session, redis: Redis, snapshot: CopyS
       const earlier = resume?.progress.get(table.oid);
       if (resume && !earlier) continue; // joined the publication since: the stream's table sync copies it
       const relation = await describeTable(client, table, catalog);
-      const keyed = relation.replicaIdentity !== 'full' && relation.columns.some((column) => column.isKey);
       let progress: TableCopyProgress;
-      if (earlier && keyed) {
+      if (earlier && mendsByKey(relation)) {
         // Rows of the remaining ranges are read at the new snapshot but keep the copy's version:
         // the stream replays from the copy's LSN, and by key every row converges.
         progress = earlier;
@@ -68,7 +67,7 @@ export async function copyTables(session: Session, redis: Redis, snapshot: CopyS
       async (copy, range, rows) => {
         // Recorded only once its rows are in Redis: a restart then never skips rows it lacks.
         await queues.settle();
-        await copy.recordRange(redis, range, rows);
+        await redis.hset(keys.copyProgress(options.pipeline), String(copy.relation.oid), JSON.stringify(copy.rangeDone(range, rows)));
       },
       { msg: resume ? 'resuming the copy' : 'copying tables', resumed: !!resume },
     );
@@ -103,6 +102,15 @@ export async function copyInRanges(
     }
   };
   await Promise.all(connections.map(worker));
+}
+
+/**
+ * Whether an interrupted copy of the table can be continued: rows of its remaining ranges, read
+ * at a later snapshot, replace by key whatever the earlier run delivered, and the stream
+ * replayed from the copy's LSN makes every row converge. Keyless tables are copied anew.
+ */
+export function mendsByKey(relation: Relation): boolean {
+  return relation.replicaIdentity !== 'full' && relation.columns.some((column) => column.isKey);
 }
 
 /** Whether the server scans CTID ranges directly (Postgres 14+); older ones would read the whole table per range. */
@@ -172,7 +180,7 @@ export class TableCopy {
   private chunks = 0;
   private unfinished = 0;
   /** The copy's identity: its rows carry version (snapshotLsn, 0). */
-  private readonly snapshotLsn: Lsn;
+  readonly snapshotLsn: Lsn;
   private readonly room: () => Promise<void>;
 
   constructor(
@@ -242,13 +250,13 @@ export class TableCopy {
     return this.rows - before;
   }
 
-  /** Marks a range as copied, in Redis: a restart continues with the others. */
-  async recordRange(redis: Redis, range: number, rows: number): Promise<void> {
+  /** Marks a range as copied (its rows all in Redis); returns the progress, for the caller to record. */
+  rangeDone(range: number, rows: number): TableCopyProgress {
     const progress = this.progress;
     progress.done.push(range);
     progress.rows += rows;
     progress.updatedAt = Date.now();
-    await redis.hset(keys.copyProgress(this.session.options.pipeline), String(this.relation.oid), JSON.stringify(progress));
+    return progress;
   }
 
   private ctidRange(range: number): string | undefined {

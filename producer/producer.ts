@@ -6,7 +6,7 @@ import { log } from '../shared/log.js';
 import { formatLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import { formatApplied, keys } from '../shared/keys.js';
-import { connectRedis, readCopyProgress, readPipelineState, writePipelineState } from '../shared/redis.js';
+import { type TableSyncRecord, connectRedis, readCopyProgress, readPipelineState, readTableSyncs, writePipelineState } from '../shared/redis.js';
 import { AckTracker } from './acks.js';
 import { Catalog, publishedTableOids } from './catalog.js';
 import { Sequencer } from './batcher.js';
@@ -37,6 +37,8 @@ export class Producer {
   private registered: string[] = [];
   /** OIDs of the tables every destination has a copy of (TableSync adds to it): survives Redis losing its record. */
   private tables = new Set<number>();
+  /** Copies beside the stream in progress (TableSync keeps it): survives Redis losing its record. */
+  private readonly tableSyncs = new Map<number, TableSyncRecord>();
 
   constructor(private readonly options: ProducerOptions) {
     this.redis = connectRedis(options.redisUrl);
@@ -77,19 +79,17 @@ export class Producer {
       await writePipelineState(this.redis, options.pipeline, { destinations: queues.destinations });
     };
     return {
-      add: async (name: string): Promise<boolean> => {
-        if (queues.destinations.includes(name)) return false;
+      /** Called once its copies are recorded: from now on a restarted producer feeds it and continues them. */
+      add: async (name: string): Promise<void> => {
         await queues.addDestination(name);
         // Nothing enqueued before now concerns it: its marks start at the current batch numbers.
         const marks: Record<string, string> = {};
         for (let partition = 0; partition < options.partitions; partition++) marks[partition] = formatApplied(epoch, sequencer.lastOf(partition));
         await this.redis.del(keys.applied(options.pipeline, name), keys.health(options.pipeline, name));
         await this.redis.hset(keys.applied(options.pipeline, name), marks);
+        await record();
         log.info({ destination: name }, 'destination added: it gets its own copy of every table, then the stream');
-        return true;
       },
-      /** Its copy is enqueued: from now on a restarted producer feeds it without copying again. */
-      added: record,
       remove: async (name: string): Promise<void> => {
         await queues.removeDestination(name);
         await this.redis.del(keys.applied(options.pipeline, name), keys.health(options.pipeline, name), keys.tableStates(options.pipeline, name));
@@ -160,7 +160,7 @@ export class Producer {
       await queues.releaseOrphanedChunks(epoch);
       const sequencer = new Sequencer(options.partitions);
       const tracker = new AckTracker(epoch);
-      const watcher = new AppliedWatcher(this.redis, options, epoch, queues, sequencer, tracker, () => (this.copyApplied = true), () => this.position.lsn);
+      const watcher = new AppliedWatcher(this.redis, options, epoch, queues, tracker, () => (this.copyApplied = true), () => this.position.lsn);
       const session: Session = { options, redis: this.redis, epoch, sequencer, tracker, queues, watcher, signal: ended.signal };
       showSession(session, this.position);
 
@@ -174,7 +174,9 @@ export class Producer {
       } else if (needsCopy) {
         this.copyApplied = false;
         if (slot) await dropSlot(options.pgUrl, options.slot);
-        await this.redis.del(keys.copyProgress(options.pipeline));
+        // The copy covers every table for every destination: copies beside an earlier stream are moot.
+        await this.redis.del(keys.copyProgress(options.pipeline), keys.tableSyncs(options.pipeline));
+        this.tableSyncs.clear();
         await writePipelineState(this.redis, options.pipeline, { copy: 'started' });
         const created = await replication.createSlot(options.slot, true);
         this.position.lsn = created.consistentPoint;
@@ -207,7 +209,10 @@ export class Producer {
       if (recorded) this.tables = new Set(recorded);
       else if (this.tables.size === 0) this.tables = new Set(await published());
       await writePipelineState(this.redis, options.pipeline, { tables: [...this.tables] });
-      const tableSync = new TableSync(session, this.redis, this.tables, this.destinationChanges(session), fail);
+      const tableSync = new TableSync(session, this.tables, this.tableSyncs, this.destinationChanges(session), fail);
+      // Without Redis' record (it lost its data, and the chunks with it) copies restart from scratch.
+      const unfinished = previous ? await readTableSyncs(this.redis, options.pipeline) : new Map([...this.tableSyncs].map(([oid, { progress: _, ...record }]) => [oid, record]));
+      await tableSync.resume(unfinished);
       await streamSlot(session, replication, this.position, (relation, previous) => catalog.enrich(relation, previous), tableSync, published, fail);
       if (failure) throw failure;
       return false;

@@ -8,6 +8,13 @@ import { log } from '../shared/log.js';
 import { storeChunk } from './chunkwriter.js';
 import { tally } from './metrics.js';
 
+/** A batch in the queues: its number, what Redis holds for it, and the destinations it went to when not all. */
+interface Enqueued {
+  seq: number;
+  bytes: number;
+  only?: string[];
+}
+
 /** How much Redis memory a stored batch takes, for the backlog bound (measured: `npm run bench` samples Redis' used memory). */
 const STORED_OVERHEAD = 1.25;
 const JOB_BYTES = 2048;
@@ -26,8 +33,8 @@ export class BatchQueues {
   private failure: Error | undefined;
   private inFlight = 0;
   private inFlightBytes = 0;
-  /** Per partition, the (seq, approximate bytes) of batches not yet known to be applied everywhere. */
-  private readonly sizes = new Map<number, [number, number][]>();
+  /** Per partition, the batches not yet known to be applied by every destination they went to. */
+  private readonly enqueued = new Map<number, Enqueued[]>();
 
   constructor(
     private readonly redis: Redis,
@@ -93,9 +100,9 @@ export class BatchQueues {
     // What Redis holds for it: its payload, rounded up as Redis' allocator does (up to a
     // quarter for large strings), and the job's own hash.
     const bytes = Math.ceil((records ? records.length : batch.copy!.bytes) * STORED_OVERHEAD) + JOB_BYTES;
-    let sizes = this.sizes.get(batch.partition);
-    if (!sizes) this.sizes.set(batch.partition, (sizes = []));
-    sizes.push([batch.seq, bytes]);
+    let enqueued = this.enqueued.get(batch.partition);
+    if (!enqueued) this.enqueued.set(batch.partition, (enqueued = []));
+    enqueued.push({ seq: batch.seq, bytes, ...(targets.length < this.queues.size ? { only: targets } : {}) });
     // A batch whose payload is a chunk (its rows, or its records) is named after the chunk.
     const jobId = batch.copy?.id ?? stored;
     const addedBytes = batch.copy ? 0 : bytes;
@@ -138,14 +145,29 @@ export class BatchQueues {
     if (released > 0) log.info({ released }, 'released copy chunks left behind by an earlier run or a removed destination');
   }
 
-  /** Bytes of this partition's batches after `appliedSeq`; forgets the ones at or before it. */
-  unappliedBytes(partition: number, appliedSeq: number): number {
-    const sizes = this.sizes.get(partition);
-    if (!sizes) return 0;
-    let applied = 0;
-    while (applied < sizes.length && sizes[applied][0] <= appliedSeq) applied++;
-    if (applied > 0) sizes.splice(0, applied);
-    return sizes.reduce((sum, [, bytes]) => sum + bytes, 0);
+  /**
+   * The backlog, given each destination's last batch applied per partition: the most batches
+   * one destination has waiting for it, and the bytes Redis holds for batches some destination
+   * they went to still needs. A batch that went only to some destinations (a resync or a new
+   * destination's copy) is not waited for by the others. Batches applied by every destination
+   * they went to are forgotten.
+   */
+  unapplied(appliedSeq: Map<string, (partition: number) => number>): { batches: number; bytes: number } {
+    const waiting = new Map([...appliedSeq.keys()].map((destination) => [destination, 0]));
+    let bytes = 0;
+    for (const [partition, enqueued] of this.enqueued) {
+      const marks = [...appliedSeq].map(([destination, seqOf]) => ({ destination, seq: seqOf(partition) }));
+      const waitingFor = (batch: Enqueued) => marks.filter(({ destination, seq }) => seq < batch.seq && (!batch.only || batch.only.includes(destination)));
+      let applied = 0;
+      while (applied < enqueued.length && waitingFor(enqueued[applied]).length === 0) applied++;
+      if (applied > 0) enqueued.splice(0, applied);
+      for (const batch of enqueued) {
+        const behind = waitingFor(batch);
+        for (const { destination } of behind) waiting.set(destination, waiting.get(destination)! + 1);
+        if (behind.length > 0) bytes += batch.bytes;
+      }
+    }
+    return { batches: Math.max(0, ...waiting.values()), bytes };
   }
 
   /** Adds made but not yet acknowledged by Redis, and their approximate bytes: what the producer holds in memory. */

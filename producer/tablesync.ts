@@ -1,55 +1,70 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Redis } from 'ioredis';
 import { type Relation, qualifiedName } from '../shared/events.js';
 import { keys } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { type Lsn, formatLsn } from '../shared/lsn.js';
-import { writePipelineState } from '../shared/redis.js';
+import { type TableCopyProgress, type TableSyncRecord, writePipelineState } from '../shared/redis.js';
 import type { PendingEntry } from './acks.js';
 import { Catalog, describeTable, publicationTables } from './catalog.js';
-import { TableCopy, copyInRanges, openSnapshotConnections, planRanges, scansCtidRanges, withExportedSnapshot } from './copy.js';
+import { TableCopy, copyInRanges, mendsByKey, openSnapshotConnections, planRanges, scansCtidRanges, withExportedSnapshot } from './copy.js';
 import { POLL_MS, type Session } from './options.js';
 
 /**
  * Copies tables beside the running stream, at one exact LSN: a temporary slot's exported
  * snapshot is its consistent point S, so the copy holds exactly the changes committed before
  * S. The caller holds the tables' streamed changes meanwhile and releases them once each table's
- * copy is enqueued (onCopied; without a copy when the table left the publication).
+ * copy is enqueued (onCopied; without a copy when the table left the publication). A table
+ * given the progress of an interrupted copy continues it, as the initial copy does: its
+ * remaining ranges are read at S but keep the earlier copy's version, and rows converge by key
+ * (a keyless table is copied anew). `record` keeps each table's progress (ranges planned, then
+ * each range whose rows are all in Redis).
  */
 export async function copyTablesAtNewSnapshot(
   session: Session,
-  tableOids: number[],
+  tables: Map<number, TableCopyProgress | undefined>,
   destinations: string[] | undefined,
   waitForRoom: () => Promise<void>,
-  onCopied: (tableOid: number, copied?: { snapshotLsn: Lsn; relation: Relation; rows: number }) => void,
+  record: (tableOid: number, progress: TableCopyProgress) => Promise<void>,
+  onCopied: (tableOid: number, copied?: { snapshotLsn: Lsn; relation: Relation; rows: number }) => Promise<void>,
 ): Promise<void> {
-  const { options } = session;
+  const { options, redis, queues } = session;
   await withExportedSnapshot(options.pgUrl, async (snapshot) => {
     const connections = await openSnapshotConnections(options.pgUrl, snapshot.name, options.copyConnections);
     try {
       const client = connections[0];
+      // Chunk numbers above every earlier run's: a continued copy's follow its first run's.
+      const run = await redis.hincrby(keys.state(options.pipeline), 'copyRun', 1);
       const published = await publicationTables(client, options.publication);
       const catalog = new Catalog(client);
       const copies: TableCopy[] = [];
       const rangeScans = await scansCtidRanges(client);
-      for (const tableOid of tableOids) {
+      const done = (copy: TableCopy) => onCopied(copy.relation.oid, { snapshotLsn: copy.snapshotLsn, relation: copy.relation, rows: copy.rows });
+      for (const [tableOid, earlier] of tables) {
         const table = published.find((candidate) => candidate.oid === tableOid);
         if (!table) {
-          onCopied(tableOid);
+          await onCopied(tableOid);
           continue;
         }
         const relation = await describeTable(client, table, catalog);
-        const ranges = await planRanges(client, table, snapshot.lsn, options.copyRangeBlocks, rangeScans);
-        copies.push(new TableCopy(session, relation, table.rowFilter, ranges, { run: 0, merge: false, destinations, room: waitForRoom }));
+        const continued = earlier && mendsByKey(relation) ? earlier : undefined;
+        const progress = continued ?? (await planRanges(client, table, snapshot.lsn, options.copyRangeBlocks, rangeScans));
+        if (!continued) await record(tableOid, progress);
+        const copy = new TableCopy(session, relation, table.rowFilter, progress, { run, merge: !!continued, destinations, room: waitForRoom });
+        // Every range was in the queues before the restart: only the release was missing.
+        if (copy.remainingRanges().length === 0) await done(copy);
+        else copies.push(copy);
       }
       await copyInRanges(
         connections,
         copies,
         () => {},
-        async (copy) => {
-          if (copy.finished) onCopied(copy.relation.oid, { snapshotLsn: snapshot.lsn, relation: copy.relation, rows: copy.rows });
+        async (copy, range, rows) => {
+          // Recorded only once its rows are in Redis: a restart then never skips rows it lacks.
+          await queues.settle();
+          await record(copy.relation.oid, copy.rangeDone(range, rows));
+          if (copy.finished) await done(copy);
         },
-        { msg: 'table sync: copying' },
+        { msg: 'table sync: copying', resumed: [...tables.values()].some((earlier) => earlier !== undefined) },
       );
     } finally {
       await Promise.all(connections.map((client) => client.end().catch(() => {})));
@@ -74,12 +89,19 @@ const MAX_HELD_BYTES = 32 * 1024 * 1024;
 const PUBLICATION_POLL_MS = 5_000;
 
 /**
- * Online table sync: copies a table beside the stream — when it joins the publication, or on
- * request (`pg-replicate resync`) — with invariant 4 of the design: the table's streamed
- * changes are held while its copy is enqueued, then released behind it, so its partition sees
- * the copy first and then the changes. Released changes older than the copy are skipped by
- * the destinations (their version is below the copy's), so nothing is dropped here, and a
- * resync for some destinations leaves the others' stream whole.
+ * Online table sync: copies a table beside the stream — when it joins the publication, on
+ * request (`pg-replicate resync`), or for a new destination — with invariant 4 of the design:
+ * the table's streamed changes are held while its copy is enqueued, then released behind it,
+ * so its partition sees the copy first and then the changes. Released changes older than the
+ * copy are skipped by the destinations (their version is below the copy's), so nothing is
+ * dropped here, and a resync for some destinations leaves the others' stream whole.
+ *
+ * Each copy is recorded in Redis before it starts, with its ranges as they are done, and the
+ * record is deleted once its last chunk is in the queues. A restarted producer continues the
+ * recorded copies before it reads the slot, holding their tables' changes from the first one
+ * it reads again (the slot never passed a held change): a copy interrupted half-way — a
+ * resync's first chunk has already replaced the table at the destination — is completed, not
+ * forgotten, and a large one does not start over.
  */
 export class TableSync {
   private readonly holds = new Map<number, HeldChange[]>();
@@ -89,10 +111,11 @@ export class TableSync {
 
   constructor(
     private readonly session: Session,
-    private readonly redis: Redis,
     /** Tables every destination has a copy of, by OID. */
     private readonly known: Set<number>,
-    private readonly destinations: { add(name: string): Promise<boolean>; added(name: string): Promise<void>; remove(name: string): Promise<void> },
+    /** The copies in progress, as recorded in Redis (kept here too: survives Redis losing its data). */
+    private readonly records: Map<number, TableSyncRecord>,
+    private readonly destinations: { add(name: string): Promise<void>; remove(name: string): Promise<void> },
     private readonly fail: (error: Error) => void,
   ) {}
 
@@ -111,29 +134,59 @@ export class TableSync {
     return this.heldCount > MAX_HELD || this.heldBytes > MAX_HELD_BYTES;
   }
 
-  get syncing(): number {
-    return this.holds.size;
+  /**
+   * Continues the copies an earlier session recorded and did not finish. Call before reading
+   * the slot: their tables' changes are held from the first one on.
+   */
+  async resume(unfinished: Map<number, TableSyncRecord>): Promise<void> {
+    const groups = new Map<string, { destinations?: string[]; reason: string; tables: Map<number, TableCopyProgress | undefined> }>();
+    for (const [tableOid, record] of unfinished) {
+      // A destination removed since needs nothing more.
+      const destinations = record.destinations?.filter((name) => this.session.queues.destinations.includes(name));
+      if (destinations?.length === 0) {
+        await this.forget(tableOid);
+        continue;
+      }
+      const key = JSON.stringify([destinations, record.reason]);
+      if (!groups.has(key)) groups.set(key, { destinations, reason: record.reason, tables: new Map() });
+      groups.get(key)!.tables.set(tableOid, record.progress);
+    }
+    for (const { destinations, reason, tables } of groups.values()) {
+      for (const tableOid of tables.keys()) this.holds.set(tableOid, []);
+      log.info({ tableOids: [...tables.keys()], destinations: destinations ?? 'all', reason }, 'table sync: continuing the copies a restart interrupted');
+      this.copy(tables, destinations, reason);
+    }
   }
 
   /** A relation message: a table we have not copied has joined the publication. */
   noticeRelation(tableOid: number): void {
-    if (!this.known.has(tableOid) && !this.holds.has(tableOid)) this.start([tableOid], undefined, 'added to the publication');
+    if (!this.known.has(tableOid) && !this.holds.has(tableOid)) this.start([tableOid], undefined, 'added to the publication').catch(this.fail);
   }
 
-  /** Called from the stream's loop: requests (resync, destinations added or removed), and tables added to the publication without changes yet. */
+  /**
+   * Called from the stream's loop: requests (resync, destinations added or removed), and tables
+   * added to the publication without changes yet. A request is taken off the list once it is
+   * recorded: a restart in between handles it again, which is harmless. A new destination waits
+   * until no copy is in progress (a copy's chunks go to the destinations there were when it
+   * began), and a resync of a table being copied until that copy is done.
+   */
   async tick(publicationTables: () => Promise<number[]>): Promise<void> {
+    const requests = keys.requests(this.session.options.pipeline);
     for (;;) {
-      const text = await this.redis.lpop(keys.requests(this.session.options.pipeline));
+      const text = await this.session.redis.lindex(requests, 0);
       if (!text) break;
       const request = JSON.parse(text) as Request;
       if ('tableOid' in request) {
-        if (!this.holds.has(request.tableOid)) this.start([request.tableOid], request.destinations, 'resync requested');
+        if (this.holds.has(request.tableOid)) break;
+        await this.start([request.tableOid], request.destinations, 'resync requested');
       } else if ('addDestination' in request) {
         const name = request.addDestination;
-        if (await this.destinations.add(name)) this.start([...this.known].filter((oid) => !this.holds.has(oid)), [name], 'new destination', () => this.destinations.added(name));
+        if (this.holds.size > 0) break;
+        if (!this.session.queues.destinations.includes(name)) await this.start([...this.known], [name], 'new destination', () => this.destinations.add(name));
       } else if ('removeDestination' in request) {
         await this.destinations.remove(request.removeDestination);
       }
+      await this.session.redis.lpop(requests);
     }
     if (Date.now() - this.lastPublicationPoll < PUBLICATION_POLL_MS) return;
     this.lastPublicationPoll = Date.now();
@@ -142,23 +195,45 @@ export class TableSync {
     for (const oid of this.known) if (!published.has(oid)) this.known.delete(oid);
   }
 
-  private start(tableOids: number[], destinations: string[] | undefined, reason: string, done = async () => {}): void {
+  /**
+   * Holds the tables' changes at once (the next one read is held), records the copies, runs
+   * `beforeCopy`, and starts copying. Resolves once the copies are recorded.
+   */
+  private async start(tableOids: number[], destinations: string[] | undefined, reason: string, beforeCopy = async () => {}): Promise<void> {
     for (const oid of tableOids) this.holds.set(oid, []);
     log.info({ tableOids, destinations: destinations ?? 'all', reason }, 'table sync: holding the tables\' changes and copying them');
+    for (const oid of tableOids) await this.remember(oid, { ...(destinations ? { destinations } : {}), reason });
+    await beforeCopy();
+    this.copy(new Map(tableOids.map((oid) => [oid, undefined])), destinations, reason);
+  }
+
+  private copy(tables: Map<number, TableCopyProgress | undefined>, destinations: string[] | undefined, reason: string): void {
+    const { session } = this;
     const waitForRoom = async () => {
-      await this.session.watcher.measure();
-      while (this.session.watcher.isFull && !this.session.signal.aborted) await sleep(POLL_MS);
+      await session.watcher.measure();
+      while (session.watcher.isFull && !session.signal.aborted) await sleep(POLL_MS);
     };
-    const copied = (oid: number, copy?: { snapshotLsn: Lsn; relation: Relation; rows: number }) => {
+    const record = (oid: number, progress: TableCopyProgress) => this.remember(oid, { ...(destinations ? { destinations } : {}), reason, progress });
+    const copied = async (oid: number, copy?: { snapshotLsn: Lsn; relation: Relation; rows: number }) => {
       this.release(oid);
-      if (!copy) return;
-      this.known.add(oid);
-      log.info({ table: qualifiedName(copy.relation), rows: copy.rows, snapshotLsn: formatLsn(copy.snapshotLsn) }, 'table sync: copy enqueued, changes released');
+      if (copy) {
+        this.known.add(oid);
+        await writePipelineState(session.redis, session.options.pipeline, { tables: [...this.known] });
+        log.info({ table: qualifiedName(copy.relation), rows: copy.rows, snapshotLsn: formatLsn(copy.snapshotLsn) }, 'table sync: copy enqueued, changes released');
+      }
+      await this.forget(oid);
     };
-    copyTablesAtNewSnapshot(this.session, tableOids, destinations, waitForRoom, copied)
-      .then(() => writePipelineState(this.redis, this.session.options.pipeline, { tables: [...this.known] }))
-      .then(done)
-      .catch((error: Error) => this.fail(error));
+    copyTablesAtNewSnapshot(session, tables, destinations, waitForRoom, record, copied).catch(this.fail);
+  }
+
+  private async remember(tableOid: number, record: TableSyncRecord): Promise<void> {
+    this.records.set(tableOid, record);
+    await this.session.redis.hset(keys.tableSyncs(this.session.options.pipeline), String(tableOid), JSON.stringify(record));
+  }
+
+  private async forget(tableOid: number): Promise<void> {
+    this.records.delete(tableOid);
+    await this.session.redis.hdel(keys.tableSyncs(this.session.options.pipeline), String(tableOid));
   }
 
   /** Puts the held changes into batches, in their stream order, behind the copy. */

@@ -3,7 +3,6 @@ import { keys } from '../shared/keys.js';
 import { type Lsn, formatLsn } from '../shared/lsn.js';
 import { readApplied, writePipelineState } from '../shared/redis.js';
 import type { AckTracker, AppliedMark } from './acks.js';
-import type { Sequencer } from './batcher.js';
 import { MAX_PENDING_ADDS, MAX_PENDING_BYTES, type ProducerOptions } from './options.js';
 import type { BatchQueues } from './queues.js';
 
@@ -26,7 +25,6 @@ export class AppliedWatcher {
     private readonly options: ProducerOptions,
     private readonly epoch: number,
     private readonly queues: BatchQueues,
-    private readonly sequencer: Sequencer,
     private readonly tracker: AckTracker,
     private readonly onCopyApplied: () => void,
     private readonly acknowledged: () => Lsn,
@@ -84,22 +82,13 @@ export class AppliedWatcher {
   }
 
   private measureBacklog(applied: Map<string, Map<number, AppliedMark>>): void {
-    let worst = 0;
-    let bytes = 0;
-    const done = (marks: Map<number, AppliedMark>, partition: number) => {
+    // A mark of an earlier run says nothing about this run's batches.
+    const seqOf = (marks: Map<number, AppliedMark>) => (partition: number) => {
       const mark = marks.get(partition);
       return mark && mark.epoch === this.epoch ? mark.seq : 0;
     };
-    for (const marks of applied.values()) {
-      let unapplied = 0;
-      for (let partition = 0; partition < this.options.partitions; partition++) unapplied += Math.max(0, this.sequencer.lastOf(partition) - done(marks, partition));
-      worst = Math.max(worst, unapplied);
-    }
-    for (let partition = 0; partition < this.options.partitions; partition++) {
-      const slowest = Math.min(...[...applied.values()].map((marks) => done(marks, partition)));
-      bytes += this.queues.unappliedBytes(partition, slowest);
-    }
-    this.backlog = worst;
+    const { batches, bytes } = this.queues.unapplied(new Map([...applied].map(([destination, marks]) => [destination, seqOf(marks)])));
+    this.backlog = batches;
     this.backlogBytes = bytes;
   }
 }

@@ -17,6 +17,8 @@ export const keys = {
   requests: (pipeline: string) => `pgr:{${pipeline}}:requests`,
   /** Hash table OID → JSON progress of the table's initial copy (ranges done, rows): what a restarted producer continues. */
   copyProgress: (pipeline: string) => `pgr:{${pipeline}}:copy-progress`,
+  /** Hash table OID → JSON record of a copy beside the stream in progress (TableSyncRecord): what a restarted producer continues. */
+  tableSyncs: (pipeline: string) => `pgr:{${pipeline}}:table-syncs`,
   /** Hash table → JSON state, for destinations that have no store of their own (stdout). */
   tableStates: (pipeline: string, destination: string) => `pgr:{${pipeline}}:tables:${destination}`,
 };

@@ -62,6 +62,24 @@ export interface TableCopyProgress {
   updatedAt?: number;
 }
 
+/**
+ * A copy of one table beside the stream (a table added to the publication, a resync, a new
+ * destination's copy), recorded before it starts and deleted once its last chunk is in the
+ * queues: a restarted producer continues it.
+ */
+export interface TableSyncRecord {
+  /** Only for these destinations; for every destination when absent. */
+  destinations?: string[];
+  reason: string;
+  /** Set once the copy's snapshot is taken: its ranges, and those whose rows are all in the queues. */
+  progress?: TableCopyProgress;
+}
+
+export async function readTableSyncs(redis: Redis, pipeline: string): Promise<Map<number, TableSyncRecord>> {
+  const raw = await redis.hgetall(keys.tableSyncs(pipeline));
+  return new Map(Object.entries(raw).map(([oid, text]) => [Number(oid), JSON.parse(text) as TableSyncRecord]));
+}
+
 export async function readCopyProgress(redis: Redis, pipeline: string): Promise<Map<number, TableCopyProgress>> {
   const raw = await redis.hgetall(keys.copyProgress(pipeline));
   return new Map(Object.entries(raw).map(([oid, text]) => [Number(oid), JSON.parse(text) as TableCopyProgress]));
