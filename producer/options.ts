@@ -34,8 +34,12 @@ export interface ProducerOptions {
 export const PRODUCER_DEFAULTS = {
   mode: 'both',
   partitions: 8,
-  maxBatchChanges: 20000,
-  maxBatchBytes: 4 * 1024 * 1024,
+  // A large transaction arrives as batch after batch, each a destination transaction with a
+  // fixed cost (a commit, a few statements, the queue's round trips): 60 000 changes to a batch
+  // took a 5 M-row insert from 0.68 to 0.80 of the walsender's rate against 20 000, side by
+  // side. Streams of small transactions flush by time (--flush-interval-ms) long before.
+  maxBatchChanges: 60000,
+  maxBatchBytes: 8 * 1024 * 1024,
   flushIntervalMs: 50,
   maxBacklogBatches: 1000,
   maxBacklogBytes: 256 * 1024 * 1024,

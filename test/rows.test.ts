@@ -67,7 +67,7 @@ test('one transaction of several batches (inserts, updates, key changes and dele
     INSERT INTO bigtx SELECT g, 'before ' || g, g FROM generate_series(1, 10000) g;
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE bigtx;
   `);
-  const producer = pipeline.producer();
+  const producer = pipeline.producer(['--max-batch-changes', '20000']);
   const consumer = pipeline.duckdb('main', { LOG_LEVEL: 'debug' });
   try {
     await pipeline.waitForCopy(env.redis.client);
