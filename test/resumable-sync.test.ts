@@ -119,3 +119,32 @@ test('a new destination\'s copy interrupted by kill -9 of the producer is contin
   await assertEqual(t, pipeline, 'main', 'd_');
   await assertEqual(t, pipeline, 'late', 'd_');
 });
+
+test('a resync in flight when Redis loses the pipeline\'s data is copied again from the start (the producer remembers it), and DuckDB equals Postgres', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'syncloss', ['main']);
+  await env.pg.query(SCHEMA(pipeline.publication, 'l_'));
+  const producer = pipeline.producer(SLOW_COPY);
+  const main = pipeline.duckdb('main');
+  let load: { stop: () => Promise<void> } | undefined;
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    load = writeLoad('l_');
+    const requested = await runCli(['resync', '--table', 'public.l_big', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', env.pg.url]);
+    t.is(requested.code, 0, requested.stderr);
+    await waitFor('the resync to be part-way', async () => (await syncsInProgress(pipeline.pipeline)).l_big?.done >= 3);
+    // Everything Redis held for this pipeline (and only it: other tests share this Redis) is gone.
+    const lost = await env.redis.client.keys(`*${pipeline.pipeline}*`);
+    await env.redis.client.del(...lost);
+    await waitFor('the producer to notice', async () => producer.stderr.includes('Redis no longer holds this producer run'), 30_000);
+    await waitFor('the resync to finish', async () => (await env.redis.client.hlen(`pgr:{${pipeline.pipeline}}:table-syncs`)) === 0 && producer.stderr.includes('table sync: copy enqueued'));
+    await load.stop();
+    await pipeline.waitForCatchUp();
+  } finally {
+    await load?.stop().catch(() => {});
+    await Promise.all([producer.stop(), main.stop()]);
+  }
+  const afterLoss = producer.stderr.slice(producer.stderr.indexOf('Redis no longer holds this producer run'));
+  t.regex(afterLoss, /"reason":"resync requested","msg":"table sync: continuing the copies a restart interrupted"/);
+  t.regex(afterLoss, /"resumed":false,"msg":"table sync: copying"/, 'its chunks went with Redis: copied from the start');
+  await assertEqual(t, pipeline, 'main', 'l_');
+});
