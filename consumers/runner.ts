@@ -173,6 +173,16 @@ export class ConsumerRunner {
     let planned: 'ahead' | undefined;
     for (let attempt = 1; ; attempt++) {
       try {
+        if (!encoded.k && (await this.fromEarlierRun(encoded))) {
+          // Streamed changes of an earlier producer run: the running one reads again from the
+          // slot every change not yet acknowledged, so these come again in its batches. Applied
+          // here they could be out of step: after Redis lost data, an ending run may still have
+          // enqueued a few batches behind the lost ones, and applying those would make the
+          // destination skip the lost changes when they come again. (Copy chunks stay: a
+          // continued copy relies on the chunks its earlier run enqueued.)
+          if (prepared) this.chunks.recycle(prepared.records);
+          break;
+        }
         if (prepared) ({ batch, records } = prepared);
         if (!batch) {
           assertCodecVersion(encoded);
@@ -417,6 +427,17 @@ export class ConsumerRunner {
     if (!prepared) return;
     this.prepared.delete(partition);
     this.chunks.recycle(prepared.records);
+  }
+
+  /**
+   * Whether the batch comes from a producer run older than the pipeline's current one. Without
+   * a record of the pipeline (Redis lost it), nothing is applied until the producer writes its
+   * new run: the batch is retried in place.
+   */
+  private async fromEarlierRun(encoded: EncodedBatch): Promise<boolean> {
+    const epoch = await this.redis.hget(keys.state(this.options.pipeline), 'epoch');
+    if (epoch === null) throw new Error(`Redis holds no record of pipeline ${this.options.pipeline} (was Redis flushed?): waiting for its producer to start a new run`);
+    return Number(epoch) > encoded.e;
   }
 
   /** Whether this destination's applied mark for the partition is at or past the batch (queue order is (epoch, seq)). */

@@ -219,6 +219,10 @@ export class Producer {
     } catch (error) {
       throw failure ?? error;
     } finally {
+      // Whatever ended the session, its work in the background (table syncs) stops with it: a
+      // batch it enqueued after Redis lost the ones before would let destinations skip those
+      // when the next session sends them again.
+      ended.abort();
       hideSession();
       signal.removeEventListener('abort', stop);
       await replication.close();

@@ -204,6 +204,7 @@ export class TableSync {
     log.info({ tableOids, destinations: destinations ?? 'all', reason }, 'table sync: holding the tables\' changes and copying them');
     for (const oid of tableOids) await this.remember(oid, { ...(destinations ? { destinations } : {}), reason });
     await beforeCopy();
+    if (this.session.signal.aborted) return;
     this.copy(new Map(tableOids.map((oid) => [oid, undefined])), destinations, reason);
   }
 
@@ -213,8 +214,13 @@ export class TableSync {
       await session.watcher.measure();
       while (session.watcher.isFull && !session.signal.aborted) await sleep(POLL_MS);
     };
-    const record = (oid: number, progress: TableCopyProgress) => this.remember(oid, { ...(destinations ? { destinations } : {}), reason, progress });
+    // Once the session has ended, a copy still finishing touches nothing: the next session
+    // continues it from its record, and the held changes are read again from the slot.
+    const record = async (oid: number, progress: TableCopyProgress) => {
+      if (!session.signal.aborted) await this.remember(oid, { ...(destinations ? { destinations } : {}), reason, progress });
+    };
     const copied = async (oid: number, copy?: { snapshotLsn: Lsn; relation: Relation; rows: number }) => {
+      if (session.signal.aborted) return;
       this.release(oid);
       if (copy) {
         this.known.add(oid);
