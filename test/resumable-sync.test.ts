@@ -1,4 +1,4 @@
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type CliProcess, TestPipeline, duckdbRows, postgresRows, runCli, storedChunks, waitFor } from './support/pipeline.js';
 import { useServices } from './support/services.js';
@@ -10,6 +10,13 @@ async function syncsInProgress(pipeline: string): Promise<Record<string, { done:
   const raw = await env.redis.client.hgetall(`pgr:{${pipeline}}:table-syncs`);
   const records = Object.values(raw).map((text) => JSON.parse(text));
   return Object.fromEntries(records.filter((record) => record.progress).map((record) => [record.progress.name, { done: record.progress.done.length, total: record.progress.ranges, destinations: record.destinations }]));
+}
+
+/** Asks for a resync of `table` and waits until at least three of its ranges are in the queues. */
+async function resyncPartWay(t: ExecutionContext, pipeline: TestPipeline, table: string): Promise<void> {
+  const requested = await runCli(['resync', '--table', `public.${table}`, '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', env.pg.url]);
+  t.is(requested.code, 0, requested.stderr);
+  await waitFor('the resync to be part-way', async () => (await syncsInProgress(pipeline.pipeline))[table]?.done >= 3);
 }
 
 /** Small transactions on both tables (named `big` and `bag` after `prefix`) until stopped. */
@@ -62,10 +69,8 @@ test('a resync interrupted by kill -9 of the producer is continued after the res
   try {
     await pipeline.waitForCopy(env.redis.client);
     load = writeLoad('r_');
-    const requested = await runCli(['resync', '--table', 'public.r_big', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', env.pg.url]);
-    t.is(requested.code, 0, requested.stderr);
     // Killed once the resync's first chunks have replaced the table in DuckDB and more ranges are done.
-    await waitFor('the resync to be part-way', async () => (await syncsInProgress(pipeline.pipeline)).r_big?.done >= 3);
+    await resyncPartWay(t, pipeline, 'r_big');
     await producer.kill9();
     const recorded = (await syncsInProgress(pipeline.pipeline)).r_big;
     t.true(recorded.done < recorded.total, `killed mid-copy (${recorded.done}/${recorded.total} ranges)`);
@@ -131,9 +136,7 @@ test('a resync in flight when Redis loses the pipeline\'s data is copied again f
   try {
     await pipeline.waitForCopy(env.redis.client);
     load = writeLoad('l_');
-    const requested = await runCli(['resync', '--table', 'public.l_big', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', env.pg.url]);
-    t.is(requested.code, 0, requested.stderr);
-    await waitFor('the resync to be part-way', async () => (await syncsInProgress(pipeline.pipeline)).l_big?.done >= 3);
+    await resyncPartWay(t, pipeline, 'l_big');
     // Everything Redis held for this pipeline (and only it: other tests share this Redis) is gone.
     const lost = await env.redis.client.keys(`*${pipeline.pipeline}*`);
     await env.redis.client.del(...lost);
