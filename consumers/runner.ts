@@ -197,7 +197,15 @@ export class ConsumerRunner {
         const batches = [batch];
         if (batch.copy?.id && copyIsNew(batch.copy, states.get(batch.relations[batch.copy.relation].oid))) {
           batch.copy.csv ??= await this.readChunk(batch.copy.id);
-          if (!batch.copy.csv) throw missingChunk(batch.copy.id);
+          if (!batch.copy.csv) {
+            // A copy of an earlier producer run whose rows went with Redis' data: the running
+            // run, having found Redis without its record, copies the table again from the start.
+            if (await this.fromEarlierRun(encoded)) {
+              if (records) this.chunks.recycle(records);
+              break;
+            }
+            throw missingChunk(batch.copy.id);
+          }
           // After a failure the batch is retried alone: a bad chunk behind it fails in its own turn.
           if (attempt === 1) batches.push(...(await this.queuedCopies(partition, batch)));
         }

@@ -247,3 +247,31 @@ test('an applied mark only moves forward: batches applied together with an earli
   await recordApplied(redis.client, 'marks', 'd', 2, { epoch: 3, seq: 5 });
   t.deepEqual((await marks()).get(2), { epoch: 3, seq: 5 }, 'what is not a mark is replaced');
 });
+
+test('a copy chunk Redis lost waits while its run is current, and is dropped once a new producer run (which copies again) starts', async (t) => {
+  await writePipelineState(redis.client, 'lostcopy', { slot: 's', publication: 'p', partitions: 1, destinations: ['d'], epoch: 1 });
+  const queues = new BatchQueues(redis.client, 'lostcopy', ['d'], 1);
+  await queues.limitToOneWorker();
+  // The job survived (a consumer held it) but its rows did not.
+  const lostCopy: Batch = { ...batch('lostcopy', 0, 1), changes: [], copy: { relation: 0, id: '1.0.1', rows: 10, bytes: 100, snapshotLsn: 5n, chunk: 1, last: false } };
+  queues.enqueue(lostCopy);
+  queues.enqueue({ ...batch('lostcopy', 0, 1), epoch: 2 });
+  await queues.settle();
+  const destination = new FlakyDestination('none', 0);
+  const runner = new ConsumerRunner(runnerOptions('lostcopy', 'd'), destination);
+  const controller = new AbortController();
+  const running = runner.run(controller.signal);
+  try {
+    await waitFor('the copy chunk to fail', async () => (await redis.client.hget(keys.health('lostcopy', 'd'), '0'))?.includes('chunk 1.0.1 of this batch is missing from Redis'));
+    t.deepEqual(destination.applied, [], 'nothing behind it is applied meanwhile');
+    await writePipelineState(redis.client, 'lostcopy', { epoch: 2 });
+    await waitFor('the new run\'s batch to be applied', async () => destination.applied.length === 1);
+    t.deepEqual(destination.applied, ['0-1'], 'the lost copy chunk was dropped, the new run\'s batch applied');
+    await waitFor('every job to complete', async () => (await redis.client.hget(keys.applied('lostcopy', 'd'), '0')) === '2:1');
+  } finally {
+    controller.abort();
+    await running;
+    await runner.close();
+    await queues.close();
+  }
+});
