@@ -64,12 +64,24 @@ async function setup(pipeline: string, destination: string) {
 
 const runnerOptions = (pipeline: string, name: string) => ({ redisUrl: redis.url, pipeline, name, lockDurationMs: 2000, stalledIntervalMs: 500, attemptsBeforePark: 2 });
 
+/** A consumer of the pipeline running with this destination until `stop()`. */
+function startRunner(pipeline: string, name: string, destination: Destination): { stop: () => Promise<void> } {
+  const runner = new ConsumerRunner(runnerOptions(pipeline, name), destination);
+  const controller = new AbortController();
+  const running = runner.run(controller.signal);
+  return {
+    stop: async () => {
+      controller.abort();
+      await running;
+      await runner.close();
+    },
+  };
+}
+
 test('a failing batch is retried in place: its partition waits (reported parked), others go on, order is kept', async (t) => {
   const queues = await setup('flaky', 'parking');
   const destination = new FlakyDestination('0-3', 3);
-  const runner = new ConsumerRunner(runnerOptions('flaky', 'parking'), destination);
-  const controller = new AbortController();
-  const running = runner.run(controller.signal);
+  const runner = startRunner('flaky', 'parking', destination);
   try {
     const parked = await waitFor('the partition to be reported parked', async () => {
       const status = await pipelineStatus({ pipeline: 'flaky', redisUrl: redis.url });
@@ -82,9 +94,7 @@ test('a failing batch is retried in place: its partition waits (reported parked)
     t.false(destination.applied.includes('0-4'), 'nothing behind the failing batch ran');
     await waitFor('everything applied', async () => destination.applied.length === 20);
   } finally {
-    controller.abort();
-    await running;
-    await runner.close();
+    await runner.stop();
     await queues.close();
   }
   t.is(destination.attempts, 4);
@@ -101,25 +111,17 @@ test('a failing batch is retried in place: its partition waits (reported parked)
 test('stopping a consumer mid-retry puts the batch back at the front of its queue', async (t) => {
   const queues = await setup('stopping', 'd');
   const first = new FlakyDestination('0-2', 1000);
-  const runner = new ConsumerRunner(runnerOptions('stopping', 'd'), first);
-  const controller = new AbortController();
-  const running = runner.run(controller.signal);
+  const runner = startRunner('stopping', 'd', first);
   await waitFor('the batch to fail', async () => first.attempts > 0);
-  controller.abort();
-  await running;
-  await runner.close();
+  await runner.stop();
 
   const second = new FlakyDestination('none', 0);
-  const again = new ConsumerRunner(runnerOptions('stopping', 'd'), second);
-  const controller2 = new AbortController();
-  const running2 = again.run(controller2.signal);
+  const again = startRunner('stopping', 'd', second);
   try {
     await waitFor('the rest to be applied', async () => second.applied.filter((id) => id.startsWith('0-')).length === 9);
     await sleep(200);
   } finally {
-    controller2.abort();
-    await running2;
-    await again.close();
+    await again.stop();
     await queues.close();
   }
   t.deepEqual(first.applied.filter((id) => id.startsWith('0-')), ['0-1']);
@@ -137,9 +139,7 @@ test('a large batch travels as a chunk beside its job: applied whole, then relea
   t.truthy(job, 'the records are a chunk in Redis');
   t.deepEqual(await redis.client.smembers(job.replace(':chunk:', ':chunk-for:')), ['d']);
   const destination = new FlakyDestination('none', 0);
-  const runner = new ConsumerRunner(runnerOptions('large', 'd'), destination);
-  const controller = new AbortController();
-  const running = runner.run(controller.signal);
+  const runner = startRunner('large', 'd', destination);
   try {
     await waitFor('the batch to be applied', async () => destination.applied.length === 1);
     t.is(destination.applied[0].split(',').length, 5000, 'every change arrived');
@@ -156,9 +156,7 @@ test('a large batch travels as a chunk beside its job: applied whole, then relea
     await queue.close();
     t.is(destination.applied.length, 1, 'not applied twice');
   } finally {
-    controller.abort();
-    await running;
-    await runner.close();
+    await runner.stop();
     await queues.close();
   }
 });
@@ -207,16 +205,12 @@ test('the next batch of a large transaction is planned and prepared while one is
   // After batch 3, the table's version is batch 4's last change (as if batch 4 were applied
   // already): batch 4, planned ahead on batch 3's version, must be planned again, to nothing.
   destination.jump = { after: '3:0 ' + 'x'.repeat(20), to: { lsn: 4n, ordinal: 5000 } };
-  const runner = new ConsumerRunner(runnerOptions('ahead', 'd'), destination);
-  const controller = new AbortController();
-  const running = runner.run(controller.signal);
+  const runner = startRunner('ahead', 'd', destination);
   try {
     await waitFor('batches 1–3, 5 and 6 to be applied', async () => destination.applied.length === 5);
     await waitFor('every job to complete', async () => (await redis.client.hget(keys.applied('ahead', 'd'), '0')) === '1:6');
   } finally {
-    controller.abort();
-    await running;
-    await runner.close();
+    await runner.stop();
     await queues.close();
   }
   t.deepEqual(
@@ -258,9 +252,7 @@ test('a copy chunk Redis lost waits while its run is current, and is dropped onc
   queues.enqueue({ ...batch('lostcopy', 0, 1), epoch: 2 });
   await queues.settle();
   const destination = new FlakyDestination('none', 0);
-  const runner = new ConsumerRunner(runnerOptions('lostcopy', 'd'), destination);
-  const controller = new AbortController();
-  const running = runner.run(controller.signal);
+  const runner = startRunner('lostcopy', 'd', destination);
   try {
     await waitFor('the copy chunk to fail', async () => (await redis.client.hget(keys.health('lostcopy', 'd'), '0'))?.includes('chunk 1.0.1 of this batch is missing from Redis'));
     t.deepEqual(destination.applied, [], 'nothing behind it is applied meanwhile');
@@ -269,9 +261,7 @@ test('a copy chunk Redis lost waits while its run is current, and is dropped onc
     t.deepEqual(destination.applied, ['0-1'], 'the lost copy chunk was dropped, the new run\'s batch applied');
     await waitFor('every job to complete', async () => (await redis.client.hget(keys.applied('lostcopy', 'd'), '0')) === '2:1');
   } finally {
-    controller.abort();
-    await running;
-    await runner.close();
+    await runner.stop();
     await queues.close();
   }
 });
