@@ -4,7 +4,7 @@ import type { Redis } from 'ioredis';
 import { chunkKeys, isChunkId, joinPieces, releaseChunk } from '../shared/chunks.js';
 import { type EncodedBatch, assertCodecVersion, decodeBatch } from '../shared/codec.js';
 import { errorMessage } from '../shared/errors.js';
-import type { Batch } from '../shared/events.js';
+import { type Batch, qualifiedName } from '../shared/events.js';
 import { QUEUE_PREFIX, keys, parseApplied, queueName } from '../shared/keys.js';
 import { compareVersions } from '../shared/lsn.js';
 import { log } from '../shared/log.js';
@@ -179,7 +179,7 @@ export class ConsumerRunner {
           // here they could be out of step: after Redis lost data, an ending run may still have
           // enqueued a few batches behind the lost ones, and applying those would make the
           // destination skip the lost changes when they come again. (Copy chunks stay: a
-          // continued copy relies on the chunks its earlier run enqueued.)
+          // continued copy relies on the chunks its earlier run enqueued; see below for lost ones.)
           if (prepared) this.chunks.recycle(prepared.records);
           break;
         }
@@ -201,6 +201,7 @@ export class ConsumerRunner {
             // A copy of an earlier producer run whose rows went with Redis' data: the running
             // run, having found Redis without its record, copies the table again from the start.
             if (await this.fromEarlierRun(encoded)) {
+              log.warn({ partition, chunk: batch.copy.id, table: qualifiedName(batch.relations[batch.copy.relation]) }, 'copy chunk of an earlier producer run lost with Redis\' data: dropped, the running producer copies the table again');
               if (records) this.chunks.recycle(records);
               break;
             }
