@@ -12,7 +12,7 @@ test('FLUSHALL and a Redis restart mid-stream: the producer re-reads from the sl
     const load = writeLoad(env.pg, 1500, 2);
     await sleep(1000);
     await env.redis.client.flushall();
-    await waitFor('the producer to notice', async () => producer.stderr.includes('Redis no longer holds this producer run'), 30_000);
+    await waitFor('the producer to notice', async () => producer.stderr.includes('Redis no longer holds this producer run'), { stallMs: 30_000 });
     await sleep(1000);
     await env.redis.restart();
     await load;

@@ -48,7 +48,7 @@ test('a large table is copied in CTID ranges over several connections and contin
       const progress = await waitFor(`copy progress before kill ${kill}`, async () => {
         const now = await rangesDone(pipeline.pipeline);
         return now.big && now.big.done >= before + 4 ? now : undefined;
-      });
+      }, { progress: () => rangesDone(pipeline.pipeline) });
       await producer.kill9();
       t.true(progress.big.done < progress.big.total, `kill ${kill} happened mid-copy (${progress.big.done}/${progress.big.total} ranges)`);
       kills.push(await rangesDone(pipeline.pipeline));

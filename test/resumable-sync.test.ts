@@ -16,7 +16,19 @@ async function syncsInProgress(pipeline: string): Promise<Record<string, { done:
 async function resyncPartWay(t: ExecutionContext, pipeline: TestPipeline, table: string): Promise<void> {
   const requested = await runCli(['resync', '--table', `public.${table}`, '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', env.pg.url]);
   t.is(requested.code, 0, requested.stderr);
-  await waitFor('the resync to be part-way', async () => (await syncsInProgress(pipeline.pipeline))[table]?.done >= 3);
+  await waitFor('the resync to be part-way', async () => (await syncsInProgress(pipeline.pipeline))[table]?.done >= 3, { progress: () => progressOf(pipeline) });
+}
+
+/** What moves while a copy beside the stream goes on: its ranges, and the destinations' applied positions. */
+async function progressOf(pipeline: TestPipeline): Promise<unknown> {
+  return [await syncsInProgress(pipeline.pipeline), await env.redis.client.hgetall(`pgr:{${pipeline.pipeline}}:state`)];
+}
+
+/** Waits until no copy beside the stream is left and the running producer has enqueued one. */
+async function syncsFinished(what: string, pipeline: TestPipeline, producer: CliProcess): Promise<void> {
+  await waitFor(what, async () => (await env.redis.client.hlen(`pgr:{${pipeline.pipeline}}:table-syncs`)) === 0 && producer.stderr.includes('table sync: copy enqueued'), {
+    progress: () => progressOf(pipeline),
+  });
 }
 
 /** Small transactions on both tables (named `big` and `bag` after `prefix`) until stopped. */
@@ -78,7 +90,7 @@ test('a resync interrupted by kill -9 of the producer is continued after the res
     const status = await runCli(['status', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url]);
     t.regex(status.stdout, new RegExp(`table sync public\\.r_big \\(resync requested, for every destination\\): ${recorded.done}/${recorded.total} ranges`));
     producer = pipeline.producer(SLOW_COPY);
-    await waitFor('the resync to finish', async () => (await env.redis.client.hlen(`pgr:{${pipeline.pipeline}}:table-syncs`)) === 0 && producer.stderr.includes('table sync: copy enqueued'));
+    await syncsFinished('the resync to finish', pipeline, producer);
     await load.stop();
     await pipeline.waitForCatchUp();
     t.deepEqual(await storedChunks(env.redis.client, pipeline.pipeline), [], 'every chunk applied and released');
@@ -107,11 +119,11 @@ test('a new destination\'s copy interrupted by kill -9 of the producer is contin
     const recorded = await waitFor('the new destination\'s copy to be part-way', async () => {
       const syncs = await syncsInProgress(pipeline.pipeline);
       return syncs.d_big?.done >= 3 && syncs.d_big.done < syncs.d_big.total ? syncs : undefined;
-    });
+    }, { progress: () => progressOf(pipeline) });
     await producer.kill9();
     t.deepEqual(recorded.d_big.destinations, ['late'], 'the copy is for the new destination only');
     producer = pipeline.producer(SLOW_COPY);
-    await waitFor('its copy to finish', async () => (await env.redis.client.hlen(`pgr:{${pipeline.pipeline}}:table-syncs`)) === 0 && producer.stderr.includes('table sync: copy enqueued'));
+    await syncsFinished('its copy to finish', pipeline, producer);
     await load.stop();
     await pipeline.waitForCatchUp();
     t.regex((await runCli(['destinations', 'list', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout, /^late\tok\t/m);
@@ -140,8 +152,8 @@ test('a resync in flight when Redis loses the pipeline\'s data is copied again f
     // Everything Redis held for this pipeline (and only it: other tests share this Redis) is gone.
     const lost = await env.redis.client.keys(`*${pipeline.pipeline}*`);
     await env.redis.client.del(...lost);
-    await waitFor('the producer to notice', async () => producer.stderr.includes('Redis no longer holds this producer run'), 30_000);
-    await waitFor('the resync to finish', async () => (await env.redis.client.hlen(`pgr:{${pipeline.pipeline}}:table-syncs`)) === 0 && producer.stderr.includes('table sync: copy enqueued'));
+    await waitFor('the producer to notice', async () => producer.stderr.includes('Redis no longer holds this producer run'), { stallMs: 30_000 });
+    await syncsFinished('the resync to finish', pipeline, producer);
     await load.stop();
     await pipeline.waitForCatchUp();
   } finally {

@@ -129,7 +129,7 @@ test('tables without a primary key: FULL replicates duplicates exactly, USING IN
   await env.pg.query(`
     CREATE TABLE dupes (a int, b text);
     ALTER TABLE dupes REPLICA IDENTITY FULL;
-    INSERT INTO dupes VALUES (1, 'x'), (1, 'x'), (1, 'x'), (2, NULL), (2, NULL);
+    INSERT INTO dupes VALUES (1, 'x'), (1, 'x'), (1, 'x'), (2, NULL), (2, NULL), (3, 'z'), (3, 'z'), (3, 'z');
     CREATE TABLE by_index (code text NOT NULL, v int);
     CREATE UNIQUE INDEX by_index_code ON by_index (code);
     ALTER TABLE by_index REPLICA IDENTITY USING INDEX by_index_code;
@@ -146,6 +146,8 @@ test('tables without a primary key: FULL replicates duplicates exactly, USING IN
       UPDATE dupes SET b = 'y' WHERE ctid = (SELECT ctid FROM dupes WHERE a = 1 LIMIT 1);
       INSERT INTO dupes VALUES (2, NULL);
       DELETE FROM dupes WHERE ctid = (SELECT ctid FROM dupes WHERE a = 2 LIMIT 1);
+      DELETE FROM dupes WHERE ctid IN (SELECT ctid FROM dupes WHERE a = 3 LIMIT 2);
+      INSERT INTO dupes VALUES (4, 'w'), (4, 'w');
       UPDATE by_index SET v = 10 WHERE code = 'a';
       UPDATE by_index SET code = 'c' WHERE code = 'b';
       DELETE FROM by_index WHERE code = 'a';
@@ -160,7 +162,7 @@ test('tables without a primary key: FULL replicates duplicates exactly, USING IN
   t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
   const path = pipeline.duckdbPath('main');
   t.deepEqual(await duckdbRows(path, 'public.dupes', ['a', 'b']), await postgresRows(env.pg, 'dupes', ['a', 'b']));
-  t.is((await duckdbRows(path, 'public.dupes', ['a', 'b'])).length, 4);
+  t.is((await duckdbRows(path, 'public.dupes', ['a', 'b'])).length, 7);
   t.deepEqual(await duckdbRows(path, 'public.by_index', ['code', 'v']), await postgresRows(env.pg, 'by_index', ['code', 'v']));
   t.deepEqual(await duckdbRows(path, 'public.no_key', ['v']), await postgresRows(env.pg, 'no_key', ['v']));
   t.deepEqual(await duckdbRows(path, 'public.no_identity', ['v']), await postgresRows(env.pg, 'no_identity', ['v']));

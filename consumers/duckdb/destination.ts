@@ -7,13 +7,15 @@ import { COPY_TEXT, type CsvDialect, PLAIN_CSV, parseCopyRows } from '../../shar
 import { joinPieces, piecesLength } from '../../shared/chunks.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
 import { UserError, errorMessage } from '../../shared/errors.js';
-import { collapseByKey } from '../collapse.js';
+import { collapseByKey, netRowCounts } from '../collapse.js';
 import { type CollapsedCsv, collapseImagesToCsv, collapseImagesToCsvAside, recycleCsvLines } from '../imagescsv.js';
-import type { Destination, Step, StoredTable, TableShape as Shape, TableState } from '../destination.js';
+import { type Destination, PermanentError, type Step, type StoredTable, type TableShape as Shape, type TableState } from '../destination.js';
 import { type DuckDbType, duckDbColumnSql, duckDbType } from './types.js';
 
 const STATE_TABLE = '_pg_replicate.tables';
 const STAGE_DELETED = '_pg_deleted';
+/** A staged count (of a keyless row image), beside the row's values. */
+const COUNT: DuckDbType = { sql: 'BIGINT', cast: (value) => `CAST(${value} AS BIGINT)` };
 
 const ident = (name: string) => `"${name.replace(/"/g, '""')}"`;
 const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
@@ -275,7 +277,7 @@ export class DuckDbDestination implements Destination {
   private async applyChanges(relation: Relation, changes: RowChange[]): Promise<void> {
     const keyColumns = keyColumnsOf(relation);
     if (relation.replicaIdentity === 'full' || keyColumns.length === 0) {
-      for (const change of changes) await this.applyOneByOne(relation, change);
+      await this.applyNetCounts(relation, changes);
       return;
     }
     const types = relation.columns.map(duckDbType);
@@ -408,21 +410,34 @@ export class DuckDbDestination implements Destination {
     await this.connection.run(`INSERT INTO ${target} (${names}) SELECT ${values} FROM ${stage} s LEFT JOIN ${keep} k ON k._pg_row = s._pg_row WHERE NOT s.${STAGE_DELETED}`);
   }
 
-  /** REPLICA IDENTITY FULL: rows may repeat, so a delete or update touches exactly one matching row. */
-  private async applyOneByOne(relation: Relation, change: RowChange): Promise<void> {
+  /**
+   * REPLICA IDENTITY FULL (or no key): rows may repeat, so the run is netted to a count per row
+   * image (consumers/collapse) and applied in bulk: for an image removed n times, n of its
+   * matching rows are deleted (by rowid); an image added n times is inserted n times. Applied
+   * change by change, a keyless table took a statement or two per row (about 100 rows/s), and a
+   * partition behind it fell behind any steady write load.
+   */
+  private async applyNetCounts(relation: Relation, changes: RowChange[]): Promise<void> {
+    let counts: ReturnType<typeof netRowCounts>;
+    try {
+      counts = netRowCounts(changes);
+    } catch (error) {
+      throw new PermanentError(`${qualifiedName(relation)}: ${errorMessage(error)}`);
+    }
+    const types = relation.columns.map(duckDbType);
     const target = tableSql(relation);
-    if (change.op !== 'insert') {
-      if (!change.old) throw new Error(`${qualifiedName(relation)} has no replica identity: its ${change.op}s cannot be applied (ALTER TABLE … REPLICA IDENTITY FULL on the source)`);
-      const old = change.old;
-      const match = relation.columns
-        .map((column, index) => `${ident(column.name)} IS NOT DISTINCT FROM ${valueSql(duckDbType(column), old[index])}`)
-        .join(' AND ');
-      await this.connection.run(`DELETE FROM ${target} WHERE rowid = (SELECT rowid FROM ${target} WHERE ${match} LIMIT 1)`);
+    const removed = counts.filter(({ count }) => count < 0);
+    if (removed.length > 0) {
+      const stage = await this.stageText('c', removed.map(({ image, count }) => [...image, String(-count)]), [...types, COUNT]);
+      const count = COUNT.cast(`s.c${types.length}`);
+      const match = relation.columns.map((column, index) => `t.${ident(column.name)} IS NOT DISTINCT FROM ${types[index].cast(`s.c${index}`)}`).join(' AND ');
+      // Each image's first n matches (by rowid) go: a row matches one image only, as images differ.
+      await this.connection.run(
+        `DELETE FROM ${target} WHERE rowid IN (SELECT id FROM (SELECT t.rowid AS id, ${count} AS wanted, row_number() OVER (PARTITION BY s.rowid ORDER BY t.rowid) AS n FROM ${target} t JOIN ${stage} s ON ${match}) WHERE n <= wanted)`,
+      );
     }
-    if (change.op !== 'delete') {
-      const row = change.row!.map((value, index) => (value === UNCHANGED ? change.old?.[index] ?? null : value));
-      await this.writeRows(relation, [], [row]);
-    }
+    const added = counts.flatMap(({ image, count }) => (count > 0 ? Array.from({ length: count }, () => image) : []));
+    if (added.length > 0) await this.writeRows(relation, [], added);
   }
 
   async close(): Promise<void> {
@@ -503,11 +518,6 @@ function keyColumnsOf(relation: Relation): number[] {
   return relation.columns.flatMap((column, index) => (column.isKey ? [index] : []));
 }
 
-/** A value as a SQL literal of its DuckDB type. */
-function valueSql(type: DuckDbType, value: Value): string {
-  const staged = typeof value === 'string' && type.stage ? type.stage(value) : value;
-  return typeof staged === 'string' ? type.cast(literal(staged)) : 'NULL';
-}
 
 function sameShape(a: Shape, b: Shape): boolean {
   return (

@@ -182,7 +182,7 @@ async function benchCdc(name: string, count: number, write: string, prepare?: st
   if (prepare) {
     process.stderr.write(`${name}: preparing…\n`);
     await pgServer.query(prepare);
-    await pipeline.waitForCatchUp(30 * 60_000);
+    await pipeline.waitForCatchUp({ stallMs: 30 * 60_000 });
   }
   await producer.stop();
   const rawSlot = `${pipeline.slot}_raw`;
@@ -209,7 +209,7 @@ async function benchCdc(name: string, count: number, write: string, prepare?: st
   const started = performance.now();
   producer = pipeline.producer();
   const producerPeak = sampleRss(producer);
-  await waitForSlotAt(pgServer, pipeline.slot, end, 60 * 60_000, 10);
+  await waitForSlotAt(pgServer, pipeline.slot, end, { stallMs: 60 * 60_000, intervalMs: 10 });
   const seconds = (performance.now() - started) / 1000;
   const cpu = cpuSince(cpuFrom, await cpuNow(consumer), producerPeak);
   const result = { name, count, seconds, rawSeconds, rawName: 'pg_recvlogical', producerPeakMb: producerPeak().mb, consumerPeakMb: consumerPeak().mb, ...redisPeak(PRODUCER_DEFAULTS.maxBacklogBytes), cpu };

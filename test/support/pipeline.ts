@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { DuckDBInstance } from '@duckdb/node-api';
+import type { Redis } from 'ioredis';
 import type { PostgresServer } from './services.js';
 
 export const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'cli', 'index.js');
@@ -63,12 +64,32 @@ export function names(prefix: string) {
   return { pipeline: id, slot: `s_${id}`.toLowerCase(), publication: `p_${id}` };
 }
 
-export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 120_000, intervalMs = 200): Promise<T> {
-  const until = Date.now() + timeoutMs;
+/** How long a wait may go on: `stallMs` without the probe succeeding and without `progress` changing. */
+export interface WaitOptions {
+  /** Fails after this long with neither success nor progress (default 120 s). */
+  stallMs?: number;
+  intervalMs?: number;
+  /**
+   * What moves while the awaited event is on its way (ranges copied, the slot's LSN): each change
+   * starts the stall budget anew, so a slow machine makes a wait longer, not a failure, while a
+   * real stall still fails within stallMs.
+   */
+  progress?: () => Promise<unknown>;
+}
+
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, options: WaitOptions = {}): Promise<T> {
+  const { stallMs = 120_000, intervalMs = 200, progress } = options;
+  let until = Date.now() + stallMs;
+  let last = progress ? JSON.stringify(await progress()) : undefined;
   for (;;) {
     const value = await probe();
     if (value !== undefined && value !== false) return value;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    if (progress) {
+      const now = JSON.stringify(await progress());
+      if (now !== last) until = Date.now() + stallMs;
+      last = now;
+    }
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what} (nothing for ${stallMs / 1000} s${progress ? `; progress stuck at ${last}` : ''})`);
     await sleep(intervalMs);
   }
 }
@@ -86,13 +107,19 @@ export async function slotConfirmed(pg: PostgresServer, slot: string): Promise<s
   return (await pg.query('SELECT confirmed_flush_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = $1', [slot])).rows[0]?.lsn ?? undefined;
 }
 
-/** Waits until the slot's confirmed LSN reaches target: every destination has applied everything before it. */
-/** `intervalMs`: how often the slot is looked at (the bench looks often, to time the moment it gets there). */
-export async function waitForSlotAt(pg: PostgresServer, slot: string, target: string, timeoutMs = 120_000, intervalMs = 200): Promise<void> {
-  await waitFor(`slot ${slot} to confirm ${target}`, async () => {
-    const row = (await pg.query('SELECT confirmed_flush_lsn >= $2::pg_lsn AS reached FROM pg_replication_slots WHERE slot_name = $1', [slot, target])).rows[0];
-    return row?.reached === true;
-  }, timeoutMs, intervalMs);
+/**
+ * Waits until the slot's confirmed LSN reaches target: every destination has applied everything
+ * before it. Fails only when the slot stops moving for `stallMs`.
+ */
+export async function waitForSlotAt(pg: PostgresServer, slot: string, target: string, options: WaitOptions = {}): Promise<void> {
+  await waitFor(
+    `slot ${slot} to confirm ${target}`,
+    async () => {
+      const row = (await pg.query('SELECT confirmed_flush_lsn >= $2::pg_lsn AS reached FROM pg_replication_slots WHERE slot_name = $1', [slot, target])).rows[0];
+      return row?.reached === true;
+    },
+    { progress: () => slotConfirmed(pg, slot), ...options },
+  );
 }
 
 /** Rows of a table as sorted arrays of text, comparable between Postgres and DuckDB. */
@@ -172,7 +199,7 @@ export class TestPipeline {
    * Runs the producer and the DuckDB consumer "main", waits for the initial copy, runs `body`,
    * then stops both; returns them for assertions on what they printed.
    */
-  async runWithDuckdb(redis: { hget(key: string, field: string): Promise<string | null> }, body: (processes: { producer: CliProcess; consumer: CliProcess }) => Promise<void>) {
+  async runWithDuckdb(redis: Redis, body: (processes: { producer: CliProcess; consumer: CliProcess }) => Promise<void>) {
     const processes = { producer: this.producer(), consumer: this.duckdb('main') };
     try {
       await this.waitForCopy(redis);
@@ -183,13 +210,16 @@ export class TestPipeline {
     return processes;
   }
 
-  async waitForCopy(redis: { hget(key: string, field: string): Promise<string | null> }): Promise<void> {
-    await waitFor('the copy to be applied by every destination', async () => (await redis.hget(`pgr:{${this.pipeline}}:state`, 'copy')) === 'done');
+  /** Waits until every destination applied the initial copy; it progresses with the slot and the copy's ranges. */
+  async waitForCopy(redis: Redis): Promise<void> {
+    await waitFor('the copy to be applied by every destination', async () => (await redis.hget(`pgr:{${this.pipeline}}:state`, 'copy')) === 'done', {
+      progress: async () => [await redis.hgetall(`pgr:{${this.pipeline}}:copy-progress`), await redis.hgetall(`pgr:{${this.pipeline}}:state`)],
+    });
   }
 
   /** Waits until every destination applied everything written so far (the slot confirms the current WAL position). */
-  async waitForCatchUp(timeoutMs?: number): Promise<void> {
-    await waitForSlotAt(this.pg, this.slot, await currentWalLsn(this.pg), timeoutMs);
+  async waitForCatchUp(options?: WaitOptions): Promise<void> {
+    await waitForSlotAt(this.pg, this.slot, await currentWalLsn(this.pg), options);
   }
 }
 

@@ -34,6 +34,16 @@ export interface PostgresServer {
   url: string;
   query: (sql: string, params?: unknown[]) => Promise<pg.QueryResult>;
   stop: () => Promise<void>;
+  /** Our own cluster only (not with PG_URL): stops and starts the server, keeping its data. */
+  control?: PostgresControl;
+}
+
+export interface PostgresControl {
+  /** pg_ctl restart: `fast` disconnects clients cleanly, `immediate` is a crash (recovery on start). */
+  restart: (mode: 'fast' | 'immediate') => void;
+  /** The server down (`fast` shutdown) until start(). */
+  shutdown: () => void;
+  start: () => void;
 }
 
 export async function startPostgres(options: { walLevel?: 'logical' | 'replica' } = {}): Promise<PostgresServer> {
@@ -63,11 +73,17 @@ export async function startPostgres(options: { walLevel?: 'logical' | 'replica' 
     '-c shared_buffers=128MB',
     '-c max_connections=200',
   ].join(' ');
-  run('pg_ctl', ['-D', data, '-o', settings, '-l', join(dir, 'log'), '-w', 'start']);
+  const start = () => run('pg_ctl', ['-D', data, '-o', settings, '-l', join(dir, 'log'), '-w', 'start']);
+  start();
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
   const server = await useDatabase(url, false);
   return {
     ...server,
+    control: {
+      restart: (mode) => run('pg_ctl', ['-D', data, '-o', settings, '-l', join(dir, 'log'), '-m', mode, '-w', 'restart']),
+      shutdown: () => run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']),
+      start,
+    },
     stop: async () => {
       await server.stop();
       try {
