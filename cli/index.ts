@@ -182,13 +182,21 @@ program
 
 program
   .command('resync')
-  .description('Copy one table again, consistently, beside the running stream (for every destination, or one).')
-  .requiredOption('--table <schema.name>', 'the table to copy again')
-  .option('--destination <name>', 'only this destination')
+  .description('Copy one table again, consistently, beside the running stream (for every destination, or one); or, with --all, every table under a new slot.')
+  .option('--table <schema.name>', 'the table to copy again')
+  .option('--all', 'copy every table again for every destination under a new replication slot (after the slot was lost or invalidated)')
+  .option('--destination <name>', 'only this destination (with --table)')
   .addOption(pipelineOption())
   .addOption(redisOption())
   .addOption(new Option('--pg-url <url>', 'Postgres URL, to find the table').env('PG_URL'))
   .action(async (flags) => {
+    if (!!flags.table === !!flags.all) throw new UserError('resync needs either --table schema.name (one table, beside the stream) or --all (every table, under a new slot).');
+    if (flags.all) {
+      if (flags.destination) throw new UserError('--destination goes with --table: --all copies every table for every destination.');
+      const { requestRecopy } = await import('./resync.js');
+      process.stdout.write(`${await requestRecopy(validate(z.object({ pipeline: pipelineId, redisUrl }), flags))}\n`);
+      return;
+    }
     const options = validate(z.object({ pipeline: pipelineId, redisUrl, pgUrl, table: z.string().min(1), destination: destinationName.optional() }), flags);
     const { requestResync } = await import('./resync.js');
     process.stdout.write(`${await requestResync(options)}\n`);

@@ -1,8 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { connectPostgres } from '../producer/preflight.js';
+import { connectPostgresOnce } from '../producer/preflight.js';
 import { UserError } from '../shared/errors.js';
 import { keys } from '../shared/keys.js';
-import { connectRedis, readPipelineState } from '../shared/redis.js';
+import { connectRedis, readPipelineState, writePipelineState } from '../shared/redis.js';
 
 /** Asks the producer to stop feeding a destination, and waits (up to 30 s) until it has. */
 export async function removeDestination(options: { pipeline: string; redisUrl: string; name: string }): Promise<string> {
@@ -25,7 +25,7 @@ export async function removeDestination(options: { pipeline: string; redisUrl: s
 /** Asks the pipeline's producer to copy a table again beside the stream; returns what to tell the user. */
 export async function requestResync(options: { pipeline: string; redisUrl: string; pgUrl: string; table: string; destination?: string }): Promise<string> {
   const redis = connectRedis(options.redisUrl);
-  const client = await connectPostgres(options.pgUrl, 'pg-replicate resync');
+  const client = await connectPostgresOnce(options.pgUrl, 'pg-replicate resync');
   try {
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url, or start its producer first.`);
@@ -45,6 +45,23 @@ export async function requestResync(options: { pipeline: string; redisUrl: strin
     return `resync of ${options.table} requested${options.destination ? ` for ${options.destination}` : ''}: the producer copies it beside the stream (watch its log, or status)`;
   } finally {
     await client.end();
+    redis.disconnect();
+  }
+}
+
+/**
+ * Asks for every table to be copied again for every destination under a new slot: the way back
+ * after the slot was lost or invalidated. The producer does it at its next start, or at once if
+ * it runs.
+ */
+export async function requestRecopy(options: { pipeline: string; redisUrl: string }): Promise<string> {
+  const redis = connectRedis(options.redisUrl);
+  try {
+    const state = await readPipelineState(redis, options.pipeline);
+    if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url.`);
+    await writePipelineState(redis, options.pipeline, { copy: 'requested' });
+    return `every table of pipeline ${options.pipeline} will be copied again for every destination under a new slot (${state.slot}): at the producer's next start, or at once if it runs`;
+  } finally {
     redis.disconnect();
   }
 }

@@ -1,7 +1,7 @@
 import { Queue } from 'bullmq';
 import { keys, QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { connectRedis, readApplied, readCopyProgress, readPipelineState, readTableSyncs } from '../shared/redis.js';
-import { connectPostgres } from '../producer/preflight.js';
+import { connectPostgresOnce } from '../producer/preflight.js';
 import { UserError } from '../shared/errors.js';
 import type { Health } from '../consumers/options.js';
 
@@ -16,6 +16,12 @@ export interface PipelineStatus {
   tableSyncs: { table: string; destinations: string[] | 'all'; reason: string; rangesDone: number; rangesTotal: number | null; rows: number }[];
   slotConfirmedFlushLsn?: string | null;
   slotActive?: boolean;
+  /** Postgres 13+: reserved, extended, unreserved or lost (invalidated). */
+  slotWalStatus?: string | null;
+  /** WAL the slot holds on the server: from its confirmed position to the current one. */
+  slotLagBytes?: number | null;
+  /** The producer's connection to Postgres, as it last recorded it. */
+  postgres?: { state: 'connected' | 'reconnecting'; since?: string; error?: string };
   destinations: {
     name: string;
     /** Everything up to this LSN is durably applied at the destination. */
@@ -33,6 +39,8 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url, or start its producer first.`);
     const status: PipelineStatus = { pipeline: options.pipeline, slot: state.slot, publication: state.publication, copy: state.copy ?? 'none', copyProgress: [], tableSyncs: [], destinations: [] };
+    const postgres = await redis.hget(keys.state(options.pipeline), 'postgres');
+    if (postgres) status.postgres = JSON.parse(postgres);
     for (const progress of (await readCopyProgress(redis, options.pipeline)).values()) {
       const seconds = ((progress.updatedAt ?? Date.now()) - progress.startedAt) / 1000;
       status.copyProgress.push({
@@ -55,11 +63,20 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
       });
     }
     if (options.pgUrl) {
-      const client = await connectPostgres(options.pgUrl, 'pg-replicate status');
+      const client = await connectPostgresOnce(options.pgUrl, 'pg-replicate status');
       try {
-        const row = (await client.query('SELECT confirmed_flush_lsn::text AS lsn, active FROM pg_replication_slots WHERE slot_name = $1', [state.slot])).rows[0];
+        const row = (
+          await client.query(
+            `SELECT confirmed_flush_lsn::text AS lsn, active, to_jsonb(s) ->> 'wal_status' AS wal_status,
+                    pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, confirmed_flush_lsn)::int8 AS lag
+               FROM pg_replication_slots s WHERE slot_name = $1`,
+            [state.slot],
+          )
+        ).rows[0];
         status.slotConfirmedFlushLsn = row?.lsn ?? null;
         status.slotActive = row?.active ?? false;
+        status.slotWalStatus = row?.wal_status ?? null;
+        status.slotLagBytes = row?.lag === undefined || row.lag === null ? null : Number(row.lag);
       } finally {
         await client.end();
       }
@@ -101,8 +118,11 @@ export function formatStatus(status: PipelineStatus): string {
     const ranges = sync.rangesTotal === null ? 'starting' : `${sync.rangesDone}/${sync.rangesTotal} ranges, ${sync.rows} rows`;
     lines.push(`table sync ${sync.table} (${sync.reason}, for ${sync.destinations === 'all' ? 'every destination' : sync.destinations.join(', ')}): ${ranges}`);
   }
+  if (status.postgres?.state === 'reconnecting') lines.push(`producer: reconnecting to Postgres since ${status.postgres.since} (${status.postgres.error})`);
   if (status.slotConfirmedFlushLsn !== undefined) {
-    lines.push(`slot confirmed flush LSN ${status.slotConfirmedFlushLsn ?? '(slot missing)'}${status.slotActive ? ' (producer connected)' : ' (no producer connected)'}`);
+    const held = status.slotLagBytes === null || status.slotLagBytes === undefined ? '' : `, holding ${status.slotLagBytes} bytes of WAL`;
+    const wal = status.slotWalStatus ? `, wal_status ${status.slotWalStatus}${status.slotWalStatus === 'lost' ? ' (invalidated: run pg-replicate resync --all)' : ''}` : '';
+    lines.push(`slot confirmed flush LSN ${status.slotConfirmedFlushLsn ?? '(slot missing)'}${status.slotActive ? ' (producer connected)' : ' (no producer connected)'}${held}${wal}`);
   }
   for (const destination of status.destinations) {
     lines.push(`destination ${destination.name}: ${destination.state}, applied up to ${destination.appliedLsn ?? '(nothing yet)'}, ${destination.pendingBatches} batches pending`);

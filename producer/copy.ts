@@ -133,6 +133,8 @@ export async function openSnapshotConnections(pgUrl: string, snapshotName: strin
   try {
     for (let i = 0; i < Math.max(1, count); i++) {
       const client = new pg.Client({ connectionString: pgUrl, application_name: 'pg-replicate copy', options: VALUE_TEXT_SETTINGS, stream: inPlaceSocket });
+      // A lost connection fails its COPY, which ends the session: the event itself needs no more.
+      client.on('error', () => {});
       connections.push(client);
       await client.connect();
       await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
@@ -154,6 +156,8 @@ let exported = 0;
  */
 export async function withExportedSnapshot<T>(pgUrl: string, body: (snapshot: CopySnapshot) => Promise<T>): Promise<T> {
   const replication = new pg.Client({ connectionString: pgUrl, replication: 'database', application_name: 'pg-replicate copy' } as pg.ClientConfig);
+  // Losing it loses the snapshot: the copy's connections then fail, and the session with them.
+  replication.on('error', () => {});
   try {
     await replication.connect();
     // A replication connection cannot run parameterised queries: the slot name is our own.

@@ -17,8 +17,14 @@ export class Heartbeat {
     if (this.disabled) return;
     try {
       if (!this.client) {
-        this.client = new pg.Client({ connectionString: this.pgUrl, application_name: 'pg-replicate heartbeat' });
-        await this.client.connect();
+        const client = new pg.Client({ connectionString: this.pgUrl, application_name: 'pg-replicate heartbeat' });
+        this.client = client;
+        // A terminated backend: the next beat connects again.
+        client.on('error', () => {
+          if (this.client === client) this.client = undefined;
+          void client.end().catch(() => {});
+        });
+        await client.connect();
       }
       await this.client.query("SELECT pg_logical_emit_message(false, 'pg_replicate_heartbeat', '')");
     } catch (error) {

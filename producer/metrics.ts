@@ -17,6 +17,9 @@ export const tally = {
   restarts: 0,
 };
 
+/** The producer's connection to Postgres: false from a lost connection until a session has its slot again. */
+export const source = { connected: true };
+
 /** What the stream adds to a session's view: where the server is, and why reading pauses. */
 export interface StreamView {
   /** The newest WAL position the walsender reported, or the end of the newest commit read. */
@@ -76,6 +79,13 @@ new Counter({
   collect() {
     this.reset();
     for (const [table, count] of tally.copiedRows) this.inc({ table }, count);
+  },
+});
+new Gauge({
+  name: 'pg_replicate_postgres_connected',
+  help: 'Whether the producer reaches Postgres (0 while it reconnects after a lost connection, a restart or a failover).',
+  collect() {
+    this.set(source.connected ? 1 : 0);
   },
 });
 // LSNs as numbers: exact up to 2^53 bytes of WAL (8 PiB).

@@ -3,18 +3,86 @@ import type { Redis } from 'ioredis';
 import { UserError, errorMessage } from '../shared/errors.js';
 import { log } from '../shared/log.js';
 
-/** Connects to Postgres, turning the usual failures into errors that say what to do. */
-export async function connectPostgres(pgUrl: string, applicationName: string, options?: string): Promise<pg.Client> {
+/**
+ * Postgres cannot be reached or dropped the connection (it is down, restarting, failing over, or
+ * terminated our backend): worth retrying with backoff, unlike a UserError.
+ */
+export class PostgresUnavailableError extends Error {
+  override name = 'PostgresUnavailableError';
+}
+
+// Socket-level failures and the server-side reasons a healthy setup loses a connection:
+// class 08 (connection exception), admin/crash shutdown and "starting up" (57P01-03), too many
+// connections while a restart settles (53300).
+const TRANSIENT_CODES = /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN|08...|57P0[123]|53300)$/;
+const TRANSIENT_MESSAGES = /Connection terminated|connection timeout|terminating connection|server closed the connection|connection error|the database system is (starting up|shutting down|in recovery mode)/i;
+
+/** Whether the error means the connection to Postgres was lost or could not be made (retry), rather than a refusal. */
+export function isConnectionLoss(error: unknown): boolean {
+  if (error instanceof PostgresUnavailableError) return true;
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  return (typeof code === 'string' && TRANSIENT_CODES.test(code)) || (typeof message === 'string' && TRANSIENT_MESSAGES.test(message));
+}
+
+/**
+ * The failures a human must fix, as UserErrors with the fix: credentials, a missing database,
+ * missing privileges, a missing publication, a slot Postgres invalidated. Undefined for anything
+ * else (which a producer retries).
+ */
+export function refusal(error: unknown): UserError | undefined {
+  if (error instanceof UserError) return error;
+  const { code } = (error ?? {}) as { code?: unknown };
+  const message = errorMessage(error);
+  switch (code) {
+    case '28P01':
+    case '28000':
+      return new UserError(`Postgres refused the login (${message}). Check the user and password in --pg-url / PG_URL, and pg_hba.conf on the server.`);
+    case '3D000':
+      return new UserError(`${message}. Check the database name in --pg-url / PG_URL.`);
+    case '42501':
+      return new UserError(`Postgres denied a privilege the producer needs (${message}). Grant it to the replication user (GRANT SELECT ON the published tables, GRANT USAGE ON their schemas), then start the producer again.`);
+    case '42704':
+      if (/publication/i.test(message)) return new UserError(`${message}. Re-create the publication (CREATE PUBLICATION …) or pass the right --publication, then start the producer again.`);
+      return undefined;
+    case '55000':
+      if (/replication slot/i.test(message)) return new UserError(`${message}. ${SLOT_RECOVERY}`);
+      return undefined;
+    default:
+      return undefined;
+  }
+}
+
+/** What to do once the slot is gone or invalidated: the changes since its last position cannot be streamed again. */
+export const SLOT_RECOVERY =
+  'Changes committed since its last confirmed position cannot be streamed again, so every destination may lack some. Recover with `pg-replicate resync --all` (every table copied again for every destination under a new slot; with --mode cdc, a new slot at the current position, the gap left as it is), then start the producer again.';
+
+/**
+ * Connects to Postgres. A refusal a human must fix is a UserError; a server that cannot be
+ * reached is a PostgresUnavailableError (retried by a running producer). `onError` hears the
+ * connection's later failures (a terminated backend): without a listener they would end the process.
+ */
+export async function connectPostgres(pgUrl: string, applicationName: string, options?: string, onError: (error: Error) => void = () => {}): Promise<pg.Client> {
   const client = new pg.Client({ connectionString: pgUrl, application_name: applicationName, connectionTimeoutMillis: 10_000, ...(options ? { options } : {}) });
+  client.on('error', onError);
   try {
     await client.connect();
   } catch (error) {
     await client.end().catch(() => {});
-    throw new UserError(
-      `Cannot connect to Postgres (${errorMessage(error)}). Check --pg-url / PG_URL: host, port, database, user and password, and that the server accepts connections from here.`,
-    );
+    throw refusal(error) ?? new PostgresUnavailableError(`Cannot connect to Postgres (${errorMessage(error)})`);
   }
   return client;
+}
+
+/** connectPostgres for a command that runs once (startup checks, status, resync): an unreachable server is the user's to fix. */
+export async function connectPostgresOnce(pgUrl: string, applicationName: string): Promise<pg.Client> {
+  try {
+    return await connectPostgres(pgUrl, applicationName);
+  } catch (error) {
+    if (!(error instanceof PostgresUnavailableError)) throw error;
+    throw new UserError(
+      `${error.message}. Check --pg-url / PG_URL: host, port, database, user and password, and that the server accepts connections from here.`,
+    );
+  }
 }
 
 /** Checks that the source can do logical replication of this publication. */

@@ -6,20 +6,20 @@ import { log } from '../shared/log.js';
 import { formatLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import { formatApplied, keys } from '../shared/keys.js';
-import { type TableSyncRecord, connectRedis, readCopyProgress, readPipelineState, readTableSyncs, writePipelineState } from '../shared/redis.js';
+import { type PipelineState, type TableSyncRecord, connectRedis, readCopyProgress, readPipelineState, readTableSyncs, writePipelineState } from '../shared/redis.js';
 import { AckTracker } from './acks.js';
 import { Catalog, publishedTableOids } from './catalog.js';
 import { Sequencer } from './batcher.js';
 import { copyTables, withExportedSnapshot } from './copy.js';
-import { hideSession, showSession, tally } from './metrics.js';
+import { hideSession, showSession, source, tally } from './metrics.js';
 import { type AckPosition, COPY_DONE_POLL_MS, type ProducerOptions, type Session } from './options.js';
-import { checkRedis, checkSource, connectPostgres } from './preflight.js';
+import { SLOT_RECOVERY, checkRedis, checkSource, connectPostgres, connectPostgresOnce, isConnectionLoss, refusal } from './preflight.js';
 import { BatchQueues } from './queues.js';
 import { ReplicationConnection } from './replication.js';
-import { dropSlot, inactiveSlot } from './slots.js';
+import { type SlotInfo, dropSlot, inactiveSlot } from './slots.js';
 import { streamSlot } from './stream.js';
 import { TableSync } from './tablesync.js';
-import { AppliedWatcher, RedisLostError } from './watcher.js';
+import { AppliedWatcher, RecopyRequestedError, RedisLostError } from './watcher.js';
 
 /**
  * The producer: one per pipeline (one slot). It copies the publication's tables under the
@@ -39,6 +39,10 @@ export class Producer {
   private tables = new Set<number>();
   /** Copies beside the stream in progress (TableSync keeps it): survives Redis losing its record. */
   private readonly tableSyncs = new Map<number, TableSyncRecord>();
+  /** This process has streamed from the slot: a slot missing now lost changes. Survives Redis losing its record. */
+  private streamed = false;
+  /** Since when Postgres has been unreachable, while it is. */
+  private outage: { since: number; error: string } | undefined;
 
   constructor(private readonly options: ProducerOptions) {
     this.redis = connectRedis(options.redisUrl);
@@ -47,7 +51,7 @@ export class Producer {
 
   /** Runs until the signal aborts (or, in copy mode, until the copy is applied everywhere). */
   async run(signal: AbortSignal): Promise<void> {
-    const client = await connectPostgres(this.options.pgUrl, 'pg-replicate producer');
+    const client = await connectPostgresOnce(this.options.pgUrl, 'pg-replicate producer');
     try {
       await checkSource(client, this.options.publication);
       await checkRedis(this.redis);
@@ -61,14 +65,71 @@ export class Producer {
         if (finished) return;
         failures = 0;
       } catch (error) {
-        if (error instanceof UserError) throw error;
+        const fatal = refusal(error);
+        if (fatal) throw fatal;
         if (signal.aborted) return;
         failures++;
         tally.restarts++;
-        const delay = error instanceof RedisLostError ? 0 : Math.min(30_000, 500 * 2 ** Math.min(failures, 6));
+        if (isConnectionLoss(error)) {
+          // Postgres restarting, failing over or down: retried every few seconds, said once.
+          const delay = Math.min(5_000, 250 * 2 ** Math.min(failures, 5));
+          await this.lostPostgres(error, delay);
+          await sleep(delay, undefined, { signal }).catch(() => {});
+          continue;
+        }
+        const delay = error instanceof RedisLostError || error instanceof RecopyRequestedError ? 0 : Math.min(30_000, 500 * 2 ** Math.min(failures, 6));
         log.warn({ err: errorMessage(error), retryInMs: delay }, 'producer session ended; restarting from the slot');
         await sleep(delay, undefined, { signal }).catch(() => {});
       }
+    }
+  }
+
+  /** The first failure of an outage is logged and recorded (status, metrics); its retries only at debug level. */
+  private async lostPostgres(error: unknown, retryInMs: number): Promise<void> {
+    if (this.outage) {
+      log.debug({ err: errorMessage(error), retryInMs }, 'Postgres still unreachable');
+      return;
+    }
+    this.outage = { since: Date.now(), error: errorMessage(error) };
+    source.connected = false;
+    log.warn({ err: this.outage.error }, 'lost the connection to Postgres: reconnecting with backoff, then streaming from the slot\'s confirmed position (logged again once it is back)');
+    await this.recordSource();
+  }
+
+  /** Postgres answers again (a session has its slot): the outage, if any, is over. */
+  private async reachedPostgres(): Promise<void> {
+    source.connected = true;
+    if (!this.outage) return;
+    log.info({ unreachableForMs: Date.now() - this.outage.since }, 'Postgres is reachable again: streaming from the slot');
+    this.outage = undefined;
+    await this.recordSource();
+  }
+
+  /** What `status` shows of the producer's connection to Postgres. */
+  private async recordSource(): Promise<void> {
+    const state = this.outage ? { state: 'reconnecting', since: new Date(this.outage.since).toISOString(), error: this.outage.error } : { state: 'connected' };
+    await this.redis.hset(keys.state(this.options.pipeline), 'postgres', JSON.stringify(state)).catch(() => {});
+  }
+
+  /**
+   * The slot this session streams from, as found: invalidated, or missing after the pipeline
+   * streamed from it, is a loss a human must decide on (exit 2), never papered over by a new slot.
+   */
+  private async checkSlot(slot: SlotInfo | undefined, previous: PipelineState | undefined, recopy: boolean): Promise<void> {
+    const { options } = this;
+    if (recopy) return;
+    if (slot?.walStatus === 'lost') {
+      throw new UserError(
+        `Replication slot ${options.slot} was invalidated by Postgres (wal_status = lost): the WAL it still needed was removed (max_slot_wal_keep_size, or idle_replication_slot_timeout). ${SLOT_RECOVERY}`,
+      );
+    }
+    // Streamed before: this process did, or the pipeline's record names this slot with its copy enqueued (cdc: any record).
+    const streamedBefore = this.streamed || (previous?.slot === options.slot && (options.mode === 'cdc' || previous.copy === 'enqueued' || previous.copy === 'done'));
+    if (!slot && streamedBefore) {
+      const acknowledged = this.position.lsn > 0n ? ` (acknowledged up to ${formatLsn(this.position.lsn)})` : '';
+      throw new UserError(
+        `Replication slot ${options.slot} no longer exists, but pipeline ${options.pipeline} streamed from it${acknowledged}: it was dropped, or lost in a failover (a promoted standby has no logical slots unless they are failover slots). ${SLOT_RECOVERY}`,
+      );
     }
   }
 
@@ -108,7 +169,15 @@ export class Producer {
     const { options } = this;
     const previous = await readPipelineState(this.redis, options.pipeline);
     const epoch = Math.max(Date.now(), (previous?.epoch ?? 0) + 1);
-    const slot = await inactiveSlot(options.pgUrl, options.slot, signal);
+    // `pg-replicate resync --all`: every table copied again under a new slot (cdc: a new slot).
+    const recopy = previous?.copy === 'requested';
+    if (recopy) this.copyApplied = false;
+    let slot = await inactiveSlot(options.pgUrl, options.slot, signal);
+    await this.checkSlot(slot, previous, recopy);
+    if (recopy && slot && options.mode === 'cdc') {
+      await dropSlot(options.pgUrl, options.slot);
+      slot = undefined;
+    }
     if (!slot) this.copyApplied = false;
     if (previous && previous.partitions !== options.partitions) {
       throw new UserError(
@@ -137,6 +206,7 @@ export class Producer {
 
     const queues = new BatchQueues(this.redis, options.pipeline, registered, options.partitions);
     const replication = await ReplicationConnection.open(options.pgUrl, `pg-replicate ${options.pipeline}`);
+    await this.reachedPostgres();
     const ended = new AbortController();
     const stop = () => ended.abort();
     signal.addEventListener('abort', stop);
@@ -188,6 +258,7 @@ export class Producer {
         const created = await replication.createSlot(options.slot, false);
         this.position.lsn = created.consistentPoint;
         log.info({ slot: options.slot, lsn: formatLsn(created.consistentPoint) }, 'created replication slot (no copy: cdc mode)');
+        if (recopy) await this.redis.hdel(keys.state(options.pipeline), 'copy');
       } else {
         this.position.lsn = slot.confirmedFlush;
       }
@@ -200,7 +271,7 @@ export class Producer {
         log.info('copy applied by every destination');
         return true;
       }
-      const client = (catalogClient = await connectPostgres(options.pgUrl, 'pg-replicate catalog', VALUE_TEXT_SETTINGS));
+      const client = (catalogClient = await connectPostgres(options.pgUrl, 'pg-replicate catalog', VALUE_TEXT_SETTINGS, fail));
       const catalog = new Catalog(client);
       const published = () => publishedTableOids(client, options.publication);
       // Tables every destination has a copy of: Redis' record, else what this process knew, else
@@ -213,6 +284,7 @@ export class Producer {
       // Without Redis' record (it lost its data, and the chunks with it) copies restart from scratch.
       const unfinished = previous ? await readTableSyncs(this.redis, options.pipeline) : new Map([...this.tableSyncs].map(([oid, { progress: _, ...record }]) => [oid, record]));
       await tableSync.resume(unfinished);
+      this.streamed = true;
       await streamSlot(session, replication, this.position, (relation, previous) => catalog.enrich(relation, previous), tableSync, published, fail);
       if (failure) throw failure;
       return false;

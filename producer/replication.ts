@@ -34,11 +34,17 @@ export class ReplicationConnection {
       replication: 'database',
       application_name: applicationName,
       options: VALUE_TEXT_SETTINGS,
+      // A server that vanished without closing the connection (a failover, a cut network) is noticed.
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+      connectionTimeoutMillis: 10_000,
     } as pg.ClientConfig);
   }
 
   static async open(pgUrl: string, applicationName: string): Promise<ReplicationConnection> {
     const connection = new ReplicationConnection(pgUrl, applicationName);
+    // Until the session listens (on), a terminated backend must not end the process.
+    connection.client.on('error', () => {});
     await connection.client.connect();
     return connection;
   }

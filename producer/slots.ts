@@ -8,6 +8,8 @@ export interface SlotInfo {
   confirmedFlush: Lsn;
   active: boolean;
   activePid: number | null;
+  /** Postgres 13+: 'lost' once the slot was invalidated (the WAL it needed is gone). */
+  walStatus: string | null;
 }
 
 /** The slot, once no other walsender holds it (a previous session's may take a moment to exit). */
@@ -26,8 +28,8 @@ export async function slotInfo(pgUrl: string, name: string): Promise<SlotInfo | 
   const client = await connectPostgres(pgUrl, 'pg-replicate producer');
   try {
     const result = await client.query(
-      `SELECT confirmed_flush_lsn::text AS confirmed, active, active_pid, plugin, database = current_database() AS here
-         FROM pg_replication_slots WHERE slot_name = $1`,
+      `SELECT confirmed_flush_lsn::text AS confirmed, active, active_pid, plugin, database = current_database() AS here, to_jsonb(s) ->> 'wal_status' AS wal_status
+         FROM pg_replication_slots s WHERE slot_name = $1`,
       [name],
     );
     const row = result.rows[0];
@@ -35,7 +37,7 @@ export async function slotInfo(pgUrl: string, name: string): Promise<SlotInfo | 
     if (row.plugin !== 'pgoutput' || !row.here) {
       throw new UserError(`Replication slot ${name} exists but is not a pgoutput slot of this database. Choose another --slot, or drop it with SELECT pg_drop_replication_slot('${name}').`);
     }
-    return { confirmedFlush: parseLsn(row.confirmed), active: row.active, activePid: row.active_pid };
+    return { confirmedFlush: parseLsn(row.confirmed ?? '0/0'), active: row.active, activePid: row.active_pid, walStatus: row.wal_status };
   } finally {
     await client.end();
   }

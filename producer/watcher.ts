@@ -9,6 +9,9 @@ import type { BatchQueues } from './queues.js';
 /** Redis no longer holds what this run enqueued (FLUSHALL, a restart without persistence). */
 export class RedisLostError extends Error {}
 
+/** `pg-replicate resync --all` asked for every table to be copied again: the session ends and the next one copies. */
+export class RecopyRequestedError extends Error {}
+
 /**
  * Reads what every destination has applied, moves the ack tracker, and notices when Redis
  * has lost this run's data (the epoch field is gone or replaced).
@@ -32,10 +35,11 @@ export class AppliedWatcher {
 
   /** Returns true when the acknowledgeable LSN moved. */
   async poll(onAck: (lsn: Lsn) => void): Promise<boolean> {
-    const epoch = await this.redis.hget(keys.state(this.options.pipeline), 'epoch');
+    const [epoch, copy] = await this.redis.hmget(keys.state(this.options.pipeline), 'epoch', 'copy');
     if (epoch !== String(this.epoch)) {
       throw new RedisLostError(`Redis no longer holds this producer run (epoch ${this.epoch}, found ${epoch ?? 'nothing'}): re-reading from the slot`);
     }
+    if (copy === 'requested') throw new RecopyRequestedError('resync --all requested: copying every table again under a new slot');
     const applied = await this.readMarks();
     this.measureBacklog(applied);
     await this.publishAppliedLsns(applied);

@@ -17,8 +17,11 @@ export interface PipelineState {
   destinations: string[];
   /** The running producer's epoch; its disappearance tells the producer Redis lost its data. */
   epoch: number;
-  /** 'started' while copying, 'enqueued' once every row is queued, 'done' once every destination applied it. */
-  copy?: 'started' | 'enqueued' | 'done';
+  /**
+   * 'started' while copying, 'enqueued' once every row is queued, 'done' once every destination
+   * applied it; 'requested' (`resync --all`): the next producer session copies every table anew.
+   */
+  copy?: 'requested' | 'started' | 'enqueued' | 'done';
   /** OIDs of the tables every destination has a copy of (or is being given one): a table outside it is new. */
   tables?: number[];
 }

@@ -1,22 +1,10 @@
 import test from 'ava';
 import { createServer } from 'node:net';
 import { parseLsn } from '../shared/lsn.js';
-import { TestPipeline, duckdbRows, postgresRows, runCli, slotConfirmed, waitFor } from './support/pipeline.js';
+import { TestPipeline, duckdbRows, postgresRows, runCli, scrape, slotConfirmed, waitFor } from './support/pipeline.js';
 import { freePort, useServices } from './support/services.js';
 
 const env = useServices(test);
-
-/** A Prometheus text exposition, as `name{labels}` → value. */
-async function scrape(port: number): Promise<Map<string, number>> {
-  const response = await fetch(`http://127.0.0.1:${port}/metrics`);
-  if (response.status !== 200) throw new Error(`/metrics answered ${response.status}`);
-  const samples = new Map<string, number>();
-  for (const line of (await response.text()).split('\n')) {
-    const sample = /^([a-z_]+(?:\{[^}]*\})?) (\S+)$/.exec(line);
-    if (sample) samples.set(sample[1], Number(sample[2]));
-  }
-  return samples;
-}
 
 test('the producer and a consumer serve Prometheus metrics that agree with Postgres and DuckDB', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'metrics', ['main']);

@@ -171,8 +171,13 @@ export class TestPipeline {
     return ['--pipeline', this.pipeline, '--redis-url', this.redisUrl];
   }
 
+  /** The producer's command line, for runCli (a run that is expected to end). */
+  producerArgs(extra: string[] = []): string[] {
+    return ['producer', '--pg-url', this.pg.url, '--publication', this.publication, '--slot', this.slot, '--destinations', this.destinations.join(','), ...this.common, ...extra];
+  }
+
   producer(extra: string[] = []): CliProcess {
-    return new CliProcess(['producer', '--pg-url', this.pg.url, '--publication', this.publication, '--slot', this.slot, '--destinations', this.destinations.join(','), ...this.common, ...extra]);
+    return new CliProcess(this.producerArgs(extra));
   }
 
   duckdbPath(name: string): string {
@@ -272,3 +277,15 @@ export const LOAD_TABLES: [string, string[]][] = [
   ['ledger', ['id', 'account', 'amount']],
   ['events', ['n', 'label']],
 ];
+
+/** A Prometheus text exposition, as `name{labels}` → value. */
+export async function scrape(port: number): Promise<Map<string, number>> {
+  const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+  if (response.status !== 200) throw new Error(`/metrics answered ${response.status}`);
+  const samples = new Map<string, number>();
+  for (const line of (await response.text()).split('\n')) {
+    const sample = /^([a-z_]+(?:\{[^}]*\})?) (\S+)$/.exec(line);
+    if (sample) samples.set(sample[1], Number(sample[2]));
+  }
+  return samples;
+}

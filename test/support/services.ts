@@ -109,6 +109,8 @@ async function useDatabase(url: string, createOwn = true): Promise<PostgresServe
     target = parsed.toString();
   }
   const pool = new pg.Pool({ connectionString: target, max: 4 });
+  // An idle client whose server restarted (tests that restart it) is dropped, not thrown.
+  pool.on('error', () => {});
   return {
     url: target,
     query: (sql, params) => pool.query(sql, params as unknown[]),
