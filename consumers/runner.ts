@@ -173,7 +173,9 @@ export class ConsumerRunner {
     let planned: 'ahead' | undefined;
     for (let attempt = 1; ; attempt++) {
       try {
-        if (!encoded.k && (await this.fromEarlierRun(encoded))) {
+        const { run, mark } = await this.runAndMark(partition);
+        const earlier = run > encoded.e;
+        if (!encoded.k && earlier) {
           // Streamed changes of an earlier producer run: the running one reads again from the
           // slot every change not yet acknowledged, so these come again in its batches. Applied
           // here they could be out of step: after Redis lost data, an ending run may still have
@@ -182,6 +184,13 @@ export class ConsumerRunner {
           // continued copy relies on the chunks its earlier run enqueued; see below for lost ones.)
           if (prepared) this.chunks.recycle(prepared.records);
           break;
+        }
+        // Of this producer run: it must follow the last batch this destination applied.
+        if (!earlier) {
+          if ((await this.checkChain(partition, encoded, mark)) === 'applied') {
+            if (prepared) this.chunks.recycle(prepared.records);
+            break;
+          }
         }
         if (prepared) ({ batch, records } = prepared);
         if (!batch) {
@@ -307,9 +316,13 @@ export class ConsumerRunner {
     const queued: Batch[] = [];
     let endInView = false;
     let chunk = copy.chunk;
+    let seq = first.seq;
     for (const job of await this.queues[partition].getJobs(['wait'], 0, 2 * JOIN_LIMITS.batches - 2, true)) {
       const encoded = job.data as EncodedBatch | undefined;
       if (!encoded?.k || encoded.b) break;
+      // Only the batches that follow one another: a gap (Redis lost some) is found in its own turn.
+      if (encoded.q !== undefined && (encoded.e !== first.epoch || encoded.q !== seq)) break;
+      seq = encoded.s;
       const next = decodeBatch(encoded);
       const nextCopy = next.copy!;
       const sameCopy = next.relations[nextCopy.relation].oid === table && nextCopy.snapshotLsn === copy.snapshotLsn;
@@ -444,9 +457,30 @@ export class ConsumerRunner {
    * new run: the batch is retried in place.
    */
   private async fromEarlierRun(encoded: EncodedBatch): Promise<boolean> {
-    const epoch = await this.redis.hget(keys.state(this.options.pipeline), 'epoch');
+    return (await this.runAndMark(encoded.n)).run > encoded.e;
+  }
+
+  /** The pipeline's current producer run and this destination's mark for the partition, in one round trip. */
+  private async runAndMark(partition: number): Promise<{ run: number; mark?: { epoch: number; seq: number } }> {
+    const [[, epoch], [, mark]] = (await this.redis
+      .multi()
+      .hget(keys.state(this.options.pipeline), 'epoch')
+      .hget(keys.applied(this.options.pipeline, this.options.name), String(partition))
+      .exec()) as [[unknown, string | null], [unknown, string | null]];
     if (epoch === null) throw new Error(`Redis holds no record of pipeline ${this.options.pipeline} (was Redis flushed?): waiting for its producer to start a new run`);
-    return Number(epoch) > encoded.e;
+    return { run: Number(epoch), mark: parseApplied(mark ?? undefined) };
+  }
+
+  private async checkChain(partition: number, encoded: EncodedBatch, mark: { epoch: number; seq: number } | undefined): Promise<'next' | 'applied'> {
+    if (encoded.q === undefined) return 'next';
+    if (mark && mark.epoch === encoded.e && mark.seq >= encoded.s) return 'applied';
+    const applied = mark && mark.epoch === encoded.e ? mark.seq : 0;
+    if (encoded.q === applied) return 'next';
+    const gap = { epoch: encoded.e, destination: this.options.name, partition, applied, missing: [applied + 1, encoded.q], found: encoded.s };
+    await this.redis.hset(keys.state(this.options.pipeline), 'gap', JSON.stringify(gap));
+    throw new Error(
+      `batches ${applied + 1}–${encoded.q} of partition ${partition} are missing from Redis (this destination applied up to batch ${applied} of the producer's run; the queue's next is ${encoded.s}): Redis lost recent writes (a failover, a restart from an older snapshot, eviction). The producer re-reads them from the slot; nothing past the gap is applied.`,
+    );
   }
 
   /** Whether this destination's applied mark for the partition is at or past the batch (queue order is (epoch, seq)). */

@@ -4,15 +4,22 @@ import type { Lsn } from '../shared/lsn.js';
 import type { RowOp } from '../shared/tupledata.js';
 import { partitionOf } from '../shared/keys.js';
 
-/** Numbers the batches of each partition within one producer run: 1, 2, 3, … */
+/**
+ * Numbers the batches of each partition within one producer run: 1, 2, 3, … A partition's
+ * batches reach its queues in the order of their numbers: whoever takes a number (a copy's
+ * chunk) first sends the partition's open batch of the stream, which holds the number before.
+ */
 export class Sequencer {
   private readonly last: number[];
+  /** Sends the partition's open batch, if any (the stream's Batcher sets it). */
+  beforeTake: (partition: number) => void = () => {};
 
   constructor(partitions: number) {
     this.last = new Array(partitions).fill(0);
   }
 
   next(partition: number): number {
+    this.beforeTake(partition);
     return ++this.last[partition];
   }
 
@@ -57,7 +64,9 @@ export class Batcher {
     private readonly limits: BatchLimits,
     private readonly sequencer: Sequencer,
     private readonly send: (batch: Batch, bytes: number) => void,
-  ) {}
+  ) {
+    sequencer.beforeTake = (partition) => this.flush(partition);
+  }
 
   setRelation(relation: Relation): void {
     // Changes already batched refer to the old shape: send them before the shape changes.

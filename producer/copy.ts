@@ -185,6 +185,8 @@ export class TableCopy {
   private unfinished = 0;
   /** The copy's identity: its rows carry version (snapshotLsn, 0). */
   readonly snapshotLsn: Lsn;
+  /** The batch of the table's last chunk, once sent: the copy is applied where a destination's mark reaches it. */
+  lastBatch?: { partition: number; seq: number };
   private readonly room: () => Promise<void>;
 
   constructor(
@@ -292,6 +294,7 @@ export class TableCopy {
     };
     queues.enqueue(batch, targets);
     onBatch({ partition, seq });
+    if (last) this.lastBatch = { partition, seq };
     this.rows += rows;
     const table = qualifiedName(this.relation);
     tally.copiedRows.set(table, (tally.copiedRows.get(table) ?? 0) + rows);

@@ -125,12 +125,21 @@ export async function checkSource(client: pg.Client, publication: string): Promi
 }
 
 export async function checkRedis(redis: Redis): Promise<void> {
+  let memory: string;
   try {
-    await Promise.race([
-      redis.ping(),
-      new Promise((_, reject) => setTimeout(() => reject(new Error('no answer within 5 s')), 5_000)),
+    memory = await Promise.race([
+      redis.info('memory'),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer within 5 s')), 5_000)),
     ]);
   } catch (error) {
     throw new UserError(`Cannot reach Redis (${errorMessage(error)}). Check --redis-url / REDIS_URL and that Redis is running.`);
+  }
+  // Evicting a queued batch or a mark loses it (the producer would find the gap and re-read
+  // from the slot, over and over while memory stays short): only keys with a TTL may go.
+  const policy = /^maxmemory_policy:(\S+)/m.exec(memory)?.[1];
+  if (policy && policy.startsWith('allkeys-')) {
+    throw new UserError(
+      `Redis' maxmemory-policy is ${policy}: under memory pressure it evicts queued batches and marks. Set it to noeviction (CONFIG SET maxmemory-policy noeviction, and in redis.conf), and leave room for --max-backlog-bytes.`,
+    );
   }
 }

@@ -41,6 +41,8 @@ export class Producer {
   private readonly tableSyncs = new Map<number, TableSyncRecord>();
   /** This process has streamed from the slot: a slot missing now lost changes. Survives Redis losing its record. */
   private streamed = false;
+  /** The last session ended because Redis lost writes: the next one copies again what was not applied everywhere. */
+  private redisLost = false;
   /** Since when Postgres has been unreachable, while it is. */
   private outage: { since: number; error: string } | undefined;
 
@@ -77,6 +79,7 @@ export class Producer {
           await sleep(delay, undefined, { signal }).catch(() => {});
           continue;
         }
+        if (error instanceof RedisLostError) this.redisLost = true;
         const delay = error instanceof RedisLostError || error instanceof RecopyRequestedError ? 0 : Math.min(30_000, 500 * 2 ** Math.min(failures, 6));
         log.warn({ err: errorMessage(error), retryInMs: delay }, 'producer session ended; restarting from the slot');
         await sleep(delay, undefined, { signal }).catch(() => {});
@@ -142,10 +145,11 @@ export class Producer {
     return {
       /** Called once its copies are recorded: from now on a restarted producer feeds it and continues them. */
       add: async (name: string): Promise<void> => {
-        await queues.addDestination(name);
         // Nothing enqueued before now concerns it: its marks start at the current batch numbers.
+        const startAt = Array.from({ length: options.partitions }, (_, partition) => sequencer.lastOf(partition));
+        await queues.addDestination(name, startAt);
         const marks: Record<string, string> = {};
-        for (let partition = 0; partition < options.partitions; partition++) marks[partition] = formatApplied(epoch, sequencer.lastOf(partition));
+        for (let partition = 0; partition < options.partitions; partition++) marks[partition] = formatApplied(epoch, startAt[partition]);
         await this.redis.del(keys.applied(options.pipeline, name), keys.health(options.pipeline, name));
         await this.redis.hset(keys.applied(options.pipeline, name), marks);
         await record();
@@ -189,9 +193,14 @@ export class Producer {
     // A copy interrupted by a restart (its slot still at the copy's LSN, its progress in Redis) continues.
     const interrupted =
       needsCopy && slot && previous?.slot === options.slot && (previous.copy === 'started' || previous.copy === 'enqueued') ? await readCopyProgress(this.redis, options.pipeline) : undefined;
-    const resume = interrupted && interrupted.size > 0 ? interrupted : undefined;
-    if (needsCopy && slot && !resume && options.mode === 'both') {
-      log.warn('Redis holds no record of a finished copy for this slot (was Redis wiped?): copying every table again under a new slot');
+    // After Redis lost writes, chunks recorded as enqueued may be gone: the copy starts again.
+    const resume = interrupted && interrupted.size > 0 && !this.redisLost ? interrupted : undefined;
+    if (needsCopy && slot && !resume && options.mode === 'both' && !recopy) {
+      log.warn(
+        this.redisLost
+          ? 'Redis lost writes before every destination applied the copy: copying every table again under a new slot'
+          : 'Redis holds no record of a finished copy for this slot (was Redis wiped?): copying every table again under a new slot',
+      );
     }
     // Destinations named on the command line but new to a running pipeline join like a consumer
     // that registers itself: with a copy of their own, beside the stream.
@@ -227,6 +236,7 @@ export class Producer {
         epoch,
         ...(copyApplied && !needsCopy ? { copy: 'done' as const } : {}),
       });
+      await this.redis.hdel(keys.state(options.pipeline), 'gap');
       await queues.releaseOrphanedChunks(epoch);
       const sequencer = new Sequencer(options.partitions);
       const tracker = new AckTracker(epoch);
@@ -282,7 +292,11 @@ export class Producer {
       await writePipelineState(this.redis, options.pipeline, { tables: [...this.tables] });
       const tableSync = new TableSync(session, this.tables, this.tableSyncs, this.destinationChanges(session), fail);
       // Without Redis' record (it lost its data, and the chunks with it) copies restart from scratch.
-      const unfinished = previous ? await readTableSyncs(this.redis, options.pipeline) : new Map([...this.tableSyncs].map(([oid, { progress: _, ...record }]) => [oid, record]));
+      // After Redis lost writes (all, or its newest), copies not yet applied everywhere restart from scratch.
+      // Redis' records, and after it lost writes also those only this process still remembers.
+      const syncs = previous ? new Map([...(this.redisLost ? this.tableSyncs : []), ...(await readTableSyncs(this.redis, options.pipeline))]) : this.tableSyncs;
+      const unfinished = this.redisLost || !previous ? new Map([...syncs].map(([oid, { progress: _, ...record }]) => [oid, record])) : syncs;
+      this.redisLost = false;
       await tableSync.resume(unfinished);
       this.streamed = true;
       await streamSlot(session, replication, this.position, (relation, previous) => catalog.enrich(relation, previous), tableSync, published, fail);

@@ -35,6 +35,12 @@ export class BatchQueues {
   private inFlightBytes = 0;
   /** Per partition, the batches not yet known to be applied by every destination they went to. */
   private readonly enqueued = new Map<number, Enqueued[]>();
+  /**
+   * Per destination, the number of the last batch sent to each partition in this run: each
+   * batch names the one before it (`q`), so that a consumer finds a gap (Redis lost batches) and
+   * never applies past it.
+   */
+  private readonly lastSent = new Map<string, number[]>();
 
   constructor(
     private readonly redis: Redis,
@@ -49,7 +55,8 @@ export class BatchQueues {
     return [...this.queues.keys()];
   }
 
-  private open(destination: string): Queue[] {
+  private open(destination: string, startAt?: number[]): Queue[] {
+    this.lastSent.set(destination, startAt ? [...startAt] : new Array(this.partitions).fill(0));
     const perPartition: Queue[] = [];
     for (let partition = 0; partition < this.partitions; partition++) {
       perPartition.push(new Queue(queueName(this.pipeline, destination, partition), { connection: this.redis, prefix: QUEUE_PREFIX }));
@@ -63,10 +70,26 @@ export class BatchQueues {
     await Promise.all(queues.map((queue) => queue.setGlobalConcurrency(1)));
   }
 
-  /** Starts feeding a destination: every batch enqueued from now on goes to it too. */
-  async addDestination(destination: string): Promise<void> {
+  /**
+   * Starts feeding a destination: every batch enqueued from now on goes to it too. `startAt`:
+   * per partition, the batch its applied marks are set to (its first batch names it).
+   */
+  async addDestination(destination: string, startAt: number[]): Promise<void> {
     if (this.queues.has(destination)) return;
-    await this.limitToOneWorker(this.open(destination));
+    await this.limitToOneWorker(this.open(destination, startAt));
+  }
+
+  /** Jobs in the destination's partition queue, waiting or being applied. */
+  async queuedFor(destination: string, partition: number): Promise<number> {
+    const queue = this.queues.get(destination)?.[partition];
+    if (!queue) return 0;
+    const counts = await queue.getJobCounts('wait', 'active', 'delayed', 'prioritized', 'waiting-children');
+    return Object.values(counts).reduce((sum, count) => sum + count, 0);
+  }
+
+  /** The last batch sent to the destination's partition in this run (0: none yet). */
+  lastSentTo(destination: string, partition: number): number {
+    return this.lastSent.get(destination)?.[partition] ?? 0;
   }
 
   /** Stops feeding a destination and drops its queues with whatever they still hold. */
@@ -74,6 +97,7 @@ export class BatchQueues {
     const perPartition = this.queues.get(destination);
     if (!perPartition) return;
     this.queues.delete(destination);
+    this.lastSent.delete(destination);
     await Promise.allSettled(perPartition.map((queue) => this.tails.get(queue)));
     for (const queue of perPartition) {
       this.tails.delete(queue);
@@ -108,11 +132,16 @@ export class BatchQueues {
     const addedBytes = batch.copy ? 0 : bytes;
     for (const destination of targets) {
       const queue = this.queues.get(destination)![batch.partition];
+      const sent = this.lastSent.get(destination)!;
+      // The batch names the one sent to this destination before it (one job object for all, unless they differ).
+      const payload = data.q === undefined || data.q === sent[batch.partition] ? data : { ...data };
+      payload.q = sent[batch.partition];
+      sent[batch.partition] = batch.seq;
       this.inFlight++;
       this.inFlightBytes += addedBytes;
       const added = (this.tails.get(queue) ?? Promise.resolve())
         .then(() => written)
-        .then(() => queue.add('batch', data, { removeOnComplete: true, removeOnFail: false, ...(jobId ? { jobId } : {}) }))
+        .then(() => queue.add('batch', payload, { removeOnComplete: true, removeOnFail: false, ...(jobId ? { jobId } : {}) }))
         .catch((error: Error) => {
           this.failure ??= error;
         })

@@ -25,7 +25,7 @@ export async function copyTablesAtNewSnapshot(
   destinations: string[] | undefined,
   waitForRoom: () => Promise<void>,
   record: (tableOid: number, progress: TableCopyProgress) => Promise<void>,
-  onCopied: (tableOid: number, copied?: { snapshotLsn: Lsn; relation: Relation; rows: number }) => Promise<void>,
+  onCopied: (tableOid: number, copied?: CopiedTable) => Promise<void>,
 ): Promise<void> {
   const { options, redis, queues } = session;
   await withExportedSnapshot(options.pgUrl, async (snapshot) => {
@@ -38,7 +38,7 @@ export async function copyTablesAtNewSnapshot(
       const catalog = new Catalog(client);
       const copies: TableCopy[] = [];
       const rangeScans = await scansCtidRanges(client);
-      const done = (copy: TableCopy) => onCopied(copy.relation.oid, { snapshotLsn: copy.snapshotLsn, relation: copy.relation, rows: copy.rows });
+      const done = (copy: TableCopy) => onCopied(copy.relation.oid, { snapshotLsn: copy.snapshotLsn, relation: copy.relation, rows: copy.rows, lastBatch: copy.lastBatch });
       for (const [tableOid, earlier] of tables) {
         const table = published.find((candidate) => candidate.oid === tableOid);
         if (!table) {
@@ -70,6 +70,14 @@ export async function copyTablesAtNewSnapshot(
       await Promise.all(connections.map((client) => client.end().catch(() => {})));
     }
   });
+}
+
+/** A table whose copy is in the queues; `lastBatch` holds its last chunk (absent when an earlier run sent it). */
+export interface CopiedTable {
+  snapshotLsn: Lsn;
+  relation: Relation;
+  rows: number;
+  lastBatch?: { partition: number; seq: number };
 }
 
 /** What `pg-replicate resync`, a starting consumer and `destinations remove` ask of the producer. */
@@ -105,6 +113,8 @@ const PUBLICATION_POLL_MS = 5_000;
  */
 export class TableSync {
   private readonly holds = new Map<number, HeldChange[]>();
+  /** Copies in the queues, by table, until every destination they are for has applied their last chunk. */
+  private readonly applying = new Map<number, { partition: number; seq: number; destinations?: string[] }>();
   private heldCount = 0;
   private heldBytes = 0;
   private lastPublicationPoll = Date.now();
@@ -171,6 +181,7 @@ export class TableSync {
    * began), and a resync of a table being copied until that copy is done.
    */
   async tick(publicationTables: () => Promise<number[]>): Promise<void> {
+    await this.forgetApplied();
     const requests = keys.requests(this.session.options.pipeline);
     for (;;) {
       const text = await this.session.redis.lindex(requests, 0);
@@ -200,7 +211,10 @@ export class TableSync {
    * `beforeCopy`, and starts copying. Resolves once the copies are recorded.
    */
   private async start(tableOids: number[], destinations: string[] | undefined, reason: string, beforeCopy = async () => {}): Promise<void> {
-    for (const oid of tableOids) this.holds.set(oid, []);
+    for (const oid of tableOids) {
+      this.holds.set(oid, []);
+      this.applying.delete(oid);
+    }
     log.info({ tableOids, destinations: destinations ?? 'all', reason }, 'table sync: holding the tables\' changes and copying them');
     for (const oid of tableOids) await this.remember(oid, { ...(destinations ? { destinations } : {}), reason });
     await beforeCopy();
@@ -219,7 +233,7 @@ export class TableSync {
     const record = async (oid: number, progress: TableCopyProgress) => {
       if (!session.signal.aborted) await this.remember(oid, { ...(destinations ? { destinations } : {}), reason, progress });
     };
-    const copied = async (oid: number, copy?: { snapshotLsn: Lsn; relation: Relation; rows: number }) => {
+    const copied = async (oid: number, copy?: CopiedTable) => {
       if (session.signal.aborted) return;
       this.release(oid);
       if (copy) {
@@ -227,9 +241,25 @@ export class TableSync {
         await writePipelineState(session.redis, session.options.pipeline, { tables: [...this.known] });
         log.info({ table: qualifiedName(copy.relation), rows: copy.rows, snapshotLsn: formatLsn(copy.snapshotLsn) }, 'table sync: copy enqueued, changes released');
       }
-      await this.forget(oid);
+      // Recorded until applied: should Redis lose its chunks before then, the next session copies again.
+      if (copy?.lastBatch) this.applying.set(oid, { ...copy.lastBatch, ...(destinations ? { destinations } : {}) });
+      else await this.forget(oid);
     };
     copyTablesAtNewSnapshot(session, tables, destinations, waitForRoom, record, copied).catch(this.fail);
+  }
+
+  /** Forgets the copies every destination they are for has applied (its mark of this run reached their last chunk). */
+  private async forgetApplied(): Promise<void> {
+    const { epoch, queues, watcher } = this.session;
+    for (const [oid, { partition, seq, destinations }] of this.applying) {
+      const applied = (destinations ?? queues.destinations).every((name) => {
+        const mark = watcher.marks.get(name)?.get(partition);
+        return !queues.destinations.includes(name) || (mark?.epoch === epoch && mark.seq >= seq);
+      });
+      if (!applied) continue;
+      this.applying.delete(oid);
+      await this.forget(oid);
+    }
   }
 
   private async remember(tableOid: number, record: TableSyncRecord): Promise<void> {

@@ -6,6 +6,9 @@ import type { AckTracker, AppliedMark } from './acks.js';
 import { MAX_PENDING_ADDS, MAX_PENDING_BYTES, type ProducerOptions } from './options.js';
 import type { BatchQueues } from './queues.js';
 
+/** How often queues are checked for batches Redis lost (empty while a mark is behind). */
+const QUEUE_CHECK_MS = 3_000;
+
 /** Redis no longer holds what this run enqueued (FLUSHALL, a restart without persistence). */
 export class RedisLostError extends Error {}
 
@@ -22,6 +25,9 @@ export class AppliedWatcher {
   backlogBytes = 0;
   /** Per destination, the LSN before which it has applied everything (as last published for status). */
   readonly appliedLsns = new Map<string, Lsn>();
+  /** The destinations' marks as last read: for copies beside the stream, which stay recorded until applied. */
+  marks = new Map<string, Map<number, AppliedMark>>();
+  private lastQueueCheck = Date.now();
 
   constructor(
     private readonly redis: Redis,
@@ -35,12 +41,20 @@ export class AppliedWatcher {
 
   /** Returns true when the acknowledgeable LSN moved. */
   async poll(onAck: (lsn: Lsn) => void): Promise<boolean> {
-    const [epoch, copy] = await this.redis.hmget(keys.state(this.options.pipeline), 'epoch', 'copy');
+    const [epoch, copy, gap] = await this.redis.hmget(keys.state(this.options.pipeline), 'epoch', 'copy', 'gap');
     if (epoch !== String(this.epoch)) {
       throw new RedisLostError(`Redis no longer holds this producer run (epoch ${this.epoch}, found ${epoch ?? 'nothing'}): re-reading from the slot`);
     }
     if (copy === 'requested') throw new RecopyRequestedError('resync --all requested: copying every table again under a new slot');
+    const found = gap ? (JSON.parse(gap) as { epoch: number; destination: string; partition: number; missing: [number, number] }) : undefined;
+    if (found?.epoch === this.epoch) {
+      throw new RedisLostError(
+        `destination ${found.destination} found batches ${found.missing[0]}–${found.missing[1]} of partition ${found.partition} missing: Redis lost recent writes; re-reading from the slot (copies not yet applied everywhere start again)`,
+      );
+    }
     const applied = await this.readMarks();
+    this.marks = applied;
+    await this.checkQueuesHoldUnapplied(applied);
     this.measureBacklog(applied);
     await this.publishAppliedLsns(applied);
     const { ackLsn, copyConfirmed } = this.tracker.advance(applied);
@@ -67,6 +81,30 @@ export class AppliedWatcher {
       applied.set(destination, await readApplied(this.redis, this.options.pipeline, destination));
     }
     return applied;
+  }
+
+  /**
+   * A destination's partition whose queue is empty while its mark is behind the last batch sent
+   * to it: Redis lost its newest batches (nothing follows them to show the gap to a consumer).
+   * Looked at every few seconds, and only where a mark is behind. The queue is counted before
+   * the mark is read: a consumer records its mark before its job leaves the queue.
+   */
+  private async checkQueuesHoldUnapplied(applied: Map<string, Map<number, AppliedMark>>): Promise<void> {
+    if (Date.now() - this.lastQueueCheck < QUEUE_CHECK_MS || this.queues.pendingAdds > 0) return;
+    this.lastQueueCheck = Date.now();
+    for (const [destination, marks] of applied) {
+      for (let partition = 0; partition < this.options.partitions; partition++) {
+        const sent = this.queues.lastSentTo(destination, partition);
+        const mark = marks.get(partition);
+        if (sent === 0 || (mark?.epoch === this.epoch && mark.seq >= sent)) continue;
+        if ((await this.queues.queuedFor(destination, partition)) > 0) continue;
+        const now = (await readApplied(this.redis, this.options.pipeline, destination)).get(partition);
+        if (this.queues.pendingAdds > 0 || (now?.epoch === this.epoch && now.seq >= sent)) continue;
+        throw new RedisLostError(
+          `the queue of destination ${destination}, partition ${partition}, is empty, but it applied only up to batch ${now?.epoch === this.epoch ? now.seq : 0} of ${sent}: Redis lost recent writes; re-reading from the slot (copies not yet applied everywhere start again)`,
+        );
+      }
+    }
   }
 
   /** For status: each destination's applied LSN (what the slot could confirm if it were the only one). */

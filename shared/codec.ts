@@ -33,6 +33,8 @@ export interface EncodedBatch {
   b?: string;
   k?: [number, string, number, 0 | 1, number, number, string, (0 | 1)?, number?];
   t?: number;
+  /** The batch sent before this one to the same destination and partition in this run (0: none): a consumer that applied another finds a gap. */
+  q?: number;
 }
 
 const OP_CODES = { insert: 0x49, update: 0x55, delete: 0x44, truncate: 0x54 } as const;

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LOAD_SCHEMA, TestPipeline, loadTablesIn, runCli, scrape, waitFor } from './support/pipeline.js';
+import { LOAD_SCHEMA, TestPipeline, loadRound, loadTablesIn, runCli, scrape, waitFor } from './support/pipeline.js';
 import { type PostgresServer, freePort, useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -8,20 +8,14 @@ const env = useServices(test);
 // cluster of our own (not with PG_URL).
 const serial = process.env.PG_URL ? test.skip : test.serial;
 
-/** The load's tables (support/pipeline) in a schema of their own: the tests of this file share a database. */
-async function createLoadTables(pipeline: TestPipeline, schema: string): Promise<void> {
-  await env.pg.query(`CREATE SCHEMA ${schema}; SET search_path TO ${schema}; ${LOAD_SCHEMA(pipeline.publication)}; RESET search_path;`);
-}
-
-/** Small transactions like writeLoad's on the load's tables in `schema`, until stopped; a round that fails (Postgres is away) is let go. */
+/** Rounds of the load on its tables in `schema` until stopped; a round that fails (Postgres is away) is let go. */
 function tolerantLoad(pg: PostgresServer, schema: string): { stop: () => Promise<number> } {
   let writing = true;
   let failed = 0;
   const load = (async () => {
     for (let round = 1; writing; round++) {
-      const id = 1 + (round % 200);
       try {
-        await pg.query(`BEGIN; UPDATE ${schema}.accounts SET balance = balance - 1, note = 'r${round}' WHERE id = ${id}; INSERT INTO ${schema}.ledger (account, amount) VALUES (${id}, -${round}); INSERT INTO ${schema}.events VALUES (${round}, 'e${round}'); COMMIT;`);
+        await pg.query(loadRound(schema, round));
       } catch {
         failed++;
         await sleep(100);
@@ -59,7 +53,7 @@ const BACK = /Postgres is reachable again/g;
 
 serial('the producer rides out its connections terminated and Postgres restarted (fast, then immediate) under a write load, and DuckDB equals Postgres', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'pgrestart', ['main']);
-  await createLoadTables(pipeline, 'restarted');
+  await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'restarted'));
   const producer = pipeline.producer();
   const consumer = pipeline.duckdb('main');
   let load: { stop: () => Promise<number> } | undefined;
@@ -95,7 +89,7 @@ serial('the producer rides out its connections terminated and Postgres restarted
 
 serial('Postgres down for a while: the producer says so once, status and the metric show it, and it streams again when Postgres is back', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'pgdown', ['main']);
-  await createLoadTables(pipeline, 'down');
+  await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'down'));
   const port = await freePort();
   const producer = pipeline.producer(['--metrics-port', String(port)]);
   const consumer = pipeline.duckdb('main');
@@ -129,7 +123,7 @@ serial('Postgres down for a while: the producer says so once, status and the met
 
 serial('a replication slot dropped or invalidated is never re-created silently: the producer exits 2 with the fix, and resync --all recovers every row', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'slotloss', ['main']);
-  await createLoadTables(pipeline, 'lost');
+  await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'lost'));
   let consumer = pipeline.duckdb('main');
   let producer = pipeline.producer();
   // DuckDB is read with its consumer stopped (a DuckDB file has one writer, or readers).

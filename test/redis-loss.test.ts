@@ -1,11 +1,11 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LOAD_SCHEMA, TestPipeline, loadTablesIn, waitFor, writeLoad } from './support/pipeline.js';
+import { LOAD_SCHEMA, TestPipeline, duckdbRows, loadTablesIn, postgresRows, waitFor, writeLoad } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
 
-test('FLUSHALL and a Redis restart mid-stream: the producer re-reads from the slot and DuckDB still equals Postgres', async (t) => {
+test.serial('FLUSHALL and a Redis restart mid-stream: the producer re-reads from the slot and DuckDB still equals Postgres', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'redisloss', ['main']);
   await env.pg.query(LOAD_SCHEMA(pipeline.publication));
   const { producer } = await pipeline.runWithDuckdb(env.redis.client, async ({ producer }) => {
@@ -22,4 +22,51 @@ test('FLUSHALL and a Redis restart mid-stream: the producer re-reads from the sl
   t.deepEqual(duckdb, postgres);
   t.false(producer.stderr.includes('copying every table again'), 'the copy is not redone: the stream resumes from the slot');
   t.false(producer.stderr.includes('table sync'), 'no table is copied again');
+});
+
+test.serial('Redis restarted from an older snapshot mid-stream (its newest batches and marks lost, the run kept): the loss is found, the producer re-reads from the slot, and DuckDB equals Postgres', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'snapshot', ['main']);
+  await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'snap'));
+  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async ({ producer }) => {
+    const load = writeLoad(env.pg, 2000, 2, 'snap');
+    await sleep(1000);
+    await env.redis.snapshot();
+    await sleep(1500);
+    await env.redis.restart({ fromSnapshot: true });
+    await waitFor('the loss to be found', async () => producer.stderr.includes('Redis lost recent writes'), { stallMs: 60_000 });
+    await load;
+    await pipeline.waitForCatchUp();
+  });
+  const { duckdb, postgres } = await loadTablesIn(env.pg, pipeline.duckdbPath('main'), 'snap');
+  t.deepEqual(duckdb, postgres);
+  t.false(producer.stderr.includes('copying every table again'), 'the copy was applied before the loss: it is not redone');
+});
+
+test.serial('a table added to the publication whose copy Redis lost before it was applied is copied again, and DuckDB has its rows', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'lostsync', ['main']);
+  await env.pg.query(`
+    CREATE TABLE kept (id int PRIMARY KEY, v text);
+    CREATE TABLE joined (id int PRIMARY KEY, v text);
+    INSERT INTO joined SELECT g, 'before ' || g FROM generate_series(1, 5000) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE kept;`);
+  const producer = pipeline.producer();
+  let consumer = pipeline.duckdb('main');
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    // Nothing is applied from here on until the loss: the copy of the new table waits in Redis.
+    await consumer.stop();
+    await env.redis.snapshot();
+    await env.pg.query(`ALTER PUBLICATION ${pipeline.publication} ADD TABLE joined; INSERT INTO joined VALUES (0, 'after'); INSERT INTO kept VALUES (1, 'x');`);
+    await waitFor('the new table\'s copy to be enqueued', async () => producer.stderr.includes('table sync: copy enqueued'));
+    await env.redis.restart({ fromSnapshot: true });
+    await waitFor('the loss to be found', async () => producer.stderr.includes('Redis lost recent writes'), { stallMs: 60_000 });
+    consumer = pipeline.duckdb('main');
+    await waitFor('the table to be copied again', async () => (producer.stderr.match(/table sync: copy enqueued/g)?.length ?? 0) >= 2);
+    await pipeline.waitForCatchUp();
+    await waitFor('the copy to be applied and forgotten', async () => (await env.redis.client.hlen(`pgr:{${pipeline.pipeline}}:table-syncs`)) === 0);
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+  t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.joined', ['id', 'v']), await postgresRows(env.pg, 'joined', ['id', 'v']));
+  t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.kept', ['id', 'v']), await postgresRows(env.pg, 'kept', ['id', 'v']));
 });

@@ -249,8 +249,12 @@ test('a copy chunk Redis lost waits while its run is current, and is dropped onc
   // The job survived (a consumer held it) but its rows did not.
   const lostCopy: Batch = { ...batch('lostcopy', 0, 1), changes: [], copy: { relation: 0, id: '1.0.1', rows: 10, bytes: 100, snapshotLsn: 5n, chunk: 1, last: false } };
   queues.enqueue(lostCopy);
-  queues.enqueue({ ...batch('lostcopy', 0, 1), epoch: 2 });
   await queues.settle();
+  // The next producer run's first batch, as that run sends it (its own numbering).
+  const nextRun = new BatchQueues(redis.client, 'lostcopy', ['d'], 1);
+  nextRun.enqueue({ ...batch('lostcopy', 0, 1), epoch: 2 });
+  await nextRun.settle();
+  await nextRun.close();
   const destination = new FlakyDestination('none', 0);
   const runner = startRunner('lostcopy', 'd', destination);
   try {
@@ -264,4 +268,49 @@ test('a copy chunk Redis lost waits while its run is current, and is dropped onc
     await runner.stop();
     await queues.close();
   }
+});
+
+test('a gap in a partition\'s batches (Redis lost some) is never applied past: it is reported to the producer, and the next producer run\'s batches are applied', async (t) => {
+  const queues = await setup('gap', 'd');
+  // Redis lost batch 4 of partition 0 (a failover to a replica that had not received it).
+  const queue = new Queue(queueName('gap', 'd', 0), { connection: redis.client, prefix: QUEUE_PREFIX });
+  const lost = (await queue.getJobs(['wait'])).find((job) => job.data.s === 4)!;
+  await lost.remove();
+  const destination = new FlakyDestination('none', 0);
+  const runner = startRunner('gap', 'd', destination);
+  try {
+    await waitFor('the gap to be found', async () => (await redis.client.hget(keys.health('gap', 'd'), '0'))?.includes('batches 4–4 of partition 0 are missing from Redis'));
+    await waitFor('partition 1 to be applied meanwhile', async () => destination.applied.includes('1-10'));
+    t.deepEqual(destination.applied.filter((id) => id.startsWith('0-')), ['0-1', '0-2', '0-3'], 'nothing past the gap');
+    t.is(await redis.client.hget(keys.applied('gap', 'd'), '0'), '1:3', 'the mark stays before the gap: the slot cannot pass it');
+    t.like(JSON.parse((await redis.client.hget(keys.state('gap'), 'gap'))!), { epoch: 1, destination: 'd', partition: 0, applied: 3, missing: [4, 4], found: 5 });
+    // The producer re-reads from the slot in a new run, whose batches replace the ones behind the gap.
+    await writePipelineState(redis.client, 'gap', { epoch: 2 });
+    const nextRun = new BatchQueues(redis.client, 'gap', ['d'], 2);
+    for (const seq of [1, 2]) nextRun.enqueue({ ...batch('gap', 0, seq), epoch: 2, changes: [{ op: 'insert', relation: 0, version: { lsn: BigInt(seq), ordinal: 2 }, row: [`0-new${seq}`] }] });
+    await nextRun.settle();
+    await nextRun.close();
+    await waitFor('the new run\'s batches to be applied', async () => destination.applied.includes('0-new2'));
+  } finally {
+    await runner.stop();
+    await queues.close();
+    await queue.close();
+  }
+  t.deepEqual(destination.applied.filter((id) => id.startsWith('0-')), ['0-1', '0-2', '0-3', '0-new1', '0-new2'], 'the ended run\'s batches behind the gap were skipped');
+  t.is(await redis.client.hget(keys.applied('gap', 'd'), '0'), '2:2');
+});
+
+test('a batch found applied by the mark (its consumer stopped before the job completed) completes without being applied again', async (t) => {
+  const queues = await setup('redelivered', 'd');
+  await recordApplied(redis.client, 'redelivered', 'd', 0, { epoch: 1, seq: 2 });
+  const destination = new FlakyDestination('none', 0);
+  const runner = startRunner('redelivered', 'd', destination);
+  try {
+    await waitFor('everything to be applied', async () => destination.applied.length === 18);
+  } finally {
+    await runner.stop();
+    await queues.close();
+  }
+  t.deepEqual(destination.applied.filter((id) => id.startsWith('0-')), Array.from({ length: 8 }, (_, i) => `0-${i + 3}`));
+  t.is(await redis.client.hget(keys.health('redelivered', 'd'), '0'), null, 'no gap reported');
 });

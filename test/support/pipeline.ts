@@ -234,31 +234,39 @@ export async function storedChunks(redis: { keys(pattern: string): Promise<strin
 }
 
 /**
- * A write load of small transactions: updates of a keyed table, inserts and deletes in a
- * ledger, and every few rounds two transactions committed back to back in one round trip.
+ * A write load of small transactions on the load's tables in `schema`: updates of a keyed table,
+ * inserts and deletes in a ledger, and every few rounds two transactions committed back to back
+ * in one round trip.
  */
-export async function writeLoad(pg: PostgresServer, rounds: number, pauseMs = 5): Promise<void> {
+export async function writeLoad(pg: PostgresServer, rounds: number, pauseMs = 5, schema = 'public'): Promise<void> {
   for (let round = 1; round <= rounds; round++) {
     const id = 1 + (round % 200);
     if (round % 5 === 0) {
-      await pg.query(`BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = ${id}; COMMIT; BEGIN; INSERT INTO ledger (account, amount) VALUES (${id}, ${round}); COMMIT;`);
+      await pg.query(`BEGIN; UPDATE ${schema}.accounts SET balance = balance + 1 WHERE id = ${id}; COMMIT; BEGIN; INSERT INTO ${schema}.ledger (account, amount) VALUES (${id}, ${round}); COMMIT;`);
     } else if (round % 7 === 0) {
-      await pg.query(`DELETE FROM ledger WHERE id = (SELECT min(id) FROM ledger)`);
+      await pg.query(`DELETE FROM ${schema}.ledger WHERE id = (SELECT min(id) FROM ${schema}.ledger)`);
     } else {
-      await pg.query(`BEGIN; UPDATE accounts SET balance = balance - 1, note = 'r${round}' WHERE id = ${id}; INSERT INTO ledger (account, amount) VALUES (${id}, -${round}); INSERT INTO events VALUES (${round}, 'e${round}'); COMMIT;`);
+      await pg.query(loadRound(schema, round, id));
     }
     if (pauseMs > 0) await sleep(pauseMs);
   }
 }
 
-export const LOAD_SCHEMA = (publication: string) => `
-  CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);
-  CREATE TABLE ledger (id bigserial PRIMARY KEY, account int, amount bigint);
-  CREATE TABLE events (n int, label text);
-  ALTER TABLE events REPLICA IDENTITY FULL;
-  INSERT INTO accounts SELECT g, 1000, 'seed' FROM generate_series(1, 200) g;
-  INSERT INTO ledger (account, amount) SELECT g % 200, g FROM generate_series(1, 2000) g;
-  CREATE PUBLICATION ${publication} FOR TABLE accounts, ledger, events;
+/** One round of the load: a transaction touching the three tables. */
+export function loadRound(schema: string, round: number, id = 1 + (round % 200)): string {
+  return `BEGIN; UPDATE ${schema}.accounts SET balance = balance - 1, note = 'r${round}' WHERE id = ${id}; INSERT INTO ${schema}.ledger (account, amount) VALUES (${id}, -${round}); INSERT INTO ${schema}.events VALUES (${round}, 'e${round}'); COMMIT;`;
+}
+
+/** The load's tables in `schema` (tests sharing a database use a schema each) and a publication of them. */
+export const LOAD_SCHEMA = (publication: string, schema = 'public') => `
+  CREATE SCHEMA IF NOT EXISTS ${schema};
+  CREATE TABLE ${schema}.accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);
+  CREATE TABLE ${schema}.ledger (id bigserial PRIMARY KEY, account int, amount bigint);
+  CREATE TABLE ${schema}.events (n int, label text);
+  ALTER TABLE ${schema}.events REPLICA IDENTITY FULL;
+  INSERT INTO ${schema}.accounts SELECT g, 1000, 'seed' FROM generate_series(1, 200) g;
+  INSERT INTO ${schema}.ledger (account, amount) SELECT g % 200, g FROM generate_series(1, 2000) g;
+  CREATE PUBLICATION ${publication} FOR TABLE ${schema}.accounts, ${schema}.ledger, ${schema}.events;
 `;
 
 /** The load's tables as DuckDB holds them and as Postgres does, ready for deepEqual. */

@@ -123,8 +123,14 @@ async function useDatabase(url: string, createOwn = true): Promise<PostgresServe
 export interface RedisServer {
   url: string;
   client: Redis;
-  /** Kills the server and starts a new, empty one on the same port. */
-  restart: () => Promise<void>;
+  /**
+   * Kills the server (kill -9) and starts it again on the same port: empty, or with the data of
+   * the last snapshot() — what a restart from an older RDB file, or a failover to a replica
+   * that lagged, leaves: every write since is lost.
+   */
+  restart: (options?: { fromSnapshot?: boolean }) => Promise<void>;
+  /** Writes the server's data to its RDB file now (SAVE). */
+  snapshot: () => Promise<void>;
   stop: () => Promise<void>;
 }
 
@@ -137,13 +143,17 @@ export async function startRedis(): Promise<RedisServer> {
       restart: async () => {
         throw new Error('cannot restart an external Redis (REDIS_URL)');
       },
+      snapshot: async () => {
+        throw new Error('cannot snapshot an external Redis (REDIS_URL)');
+      },
       stop: async () => client.disconnect(),
     };
   }
   const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'pgr-redis-'));
   let server: ChildProcess;
   const launch = async () => {
-    server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
     for (let i = 0; i < 100; i++) {
       const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null });
       probe.on('error', () => {});
@@ -167,15 +177,20 @@ export async function startRedis(): Promise<RedisServer> {
   return {
     url,
     client,
-    restart: async () => {
+    restart: async ({ fromSnapshot = false } = {}) => {
       server.kill('SIGKILL');
       await exited();
+      if (!fromSnapshot) rmSync(join(dir, 'dump.rdb'), { force: true });
       await launch();
+    },
+    snapshot: async () => {
+      await client.save();
     },
     stop: async () => {
       client.disconnect();
       server.kill('SIGKILL');
       await exited();
+      rmSync(dir, { recursive: true, force: true });
     },
   };
 }
