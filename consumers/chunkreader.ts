@@ -1,6 +1,7 @@
 import { Socket, type SocketConstructorOpts, isIP } from 'node:net';
 import { connect as connectTls } from 'node:tls';
 import { PIECE_BYTES } from '../shared/chunks.js';
+import { redisAddress } from '../shared/redistarget.js';
 
 /** How much one read off the connection takes, at most (Node's own reads take 64 kB). */
 const READ_BYTES = 256 * 1024;
@@ -121,14 +122,13 @@ class Connection {
     socket.on('close', () => this.fail(new Error('lost the connection to Redis for reading chunks: closed')));
   }
 
-  /** Connects, authenticates and selects the URL's database (as ioredis reads the URL). */
+  /** Connects (to Sentinel's master now, for a Sentinel URL), authenticates and selects the URL's database. */
   static async open(url: string, take: (size: number) => Buffer, onClose: () => void): Promise<Connection> {
-    const { hostname, port, username, password, pathname, protocol } = new URL(url);
-    const host = hostname.replace(/^\[|\]$/g, '') || 'localhost';
-    const options = { host, port: Number(port) || 6379 };
+    const { host, port, tls, username, password, db } = await redisAddress(url);
+    const options = { host, port };
     let connection: Connection;
     let socket: Socket;
-    if (protocol === 'rediss:') {
+    if (tls) {
       // TLS decrypts into buffers of its own: only the pieces are reused.
       socket = connectTls({ ...options, ...(isIP(host) ? {} : { servername: host }) });
       connection = new Connection(socket, take, onClose);
@@ -149,13 +149,12 @@ class Connection {
     }
     socket.setNoDelay(true);
     await new Promise<void>((resolve, reject) => {
-      socket.once(protocol === 'rediss:' ? 'secureConnect' : 'connect', resolve);
+      socket.once(tls ? 'secureConnect' : 'connect', resolve);
       socket.once('error', reject);
     });
     try {
-      if (password) await connection.send(username ? ['AUTH', decodeURIComponent(username), decodeURIComponent(password)] : ['AUTH', decodeURIComponent(password)]);
-      const database = pathname.slice(1);
-      if (database && database !== '0') await connection.send(['SELECT', database]);
+      if (password) await connection.send(username ? ['AUTH', username, password] : ['AUTH', password]);
+      if (db !== 0) await connection.send(['SELECT', String(db)]);
     } catch (error) {
       connection.close();
       throw error;

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { UserError } from './errors.js';
 import { NAME_PATTERN } from './keys.js';
+import { REDIS_URL_FORMS, parseRedisUrl } from './redistarget.js';
 
 /** Validation of everything a user passes, with messages that name the flag and say what is expected. */
 const name = (what: string) => z.string({ error: `${what} is required` }).regex(NAME_PATTERN, `${what} may use only letters, digits, _ and - (at most 64)`);
@@ -17,7 +18,13 @@ const url = (what: string, protocols: string[]) =>
 const positive = z.coerce.number().int().positive();
 
 export const pgUrl = url('--pg-url (PG_URL)', ['postgres:', 'postgresql:']);
-export const redisUrl = url('--redis-url (REDIS_URL)', ['redis:', 'rediss:']);
+export const redisUrl = z.string({ error: '--redis-url (REDIS_URL) is required' }).superRefine((text, context) => {
+  try {
+    parseRedisUrl(text);
+  } catch (error) {
+    context.addIssue({ code: 'custom', message: `--redis-url (REDIS_URL) must be ${REDIS_URL_FORMS} (${(error as Error).message})` });
+  }
+});
 export const pipelineId = name('--pipeline (PIPELINE_ID)');
 export const destinationName = name('--name');
 

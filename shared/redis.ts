@@ -1,13 +1,7 @@
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { keys, parseApplied } from './keys.js';
 
-/**
- * A Redis connection that never gives up on a command while Redis restarts (BullMQ requires
- * maxRetriesPerRequest: null for its blocking connections, and we want the same everywhere).
- */
-export function connectRedis(url: string): Redis {
-  return new Redis(url, { maxRetriesPerRequest: null, lazyConnect: false, enableReadyCheck: true });
-}
+export { connectRedis } from './redistarget.js';
 
 /** What the producer records about a pipeline in Redis. Redis is a buffer: losing this forces a fresh copy. */
 export interface PipelineState {

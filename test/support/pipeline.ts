@@ -33,12 +33,23 @@ export class CliProcess {
     this.exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
   }
 
+  /** Stopped or killed by the test (not ended on its own). */
+  private ended = false;
+
+  /** Why the process failed on its own, if it did: its exit code and the end of what it printed. */
+  get endedOnItsOwn(): string | undefined {
+    if (this.ended || this.child.exitCode === 0 || (this.child.exitCode === null && this.child.signalCode === null)) return undefined;
+    return `${this.child.spawnargs.slice(2, 4).join(' ')} exited with ${this.child.exitCode ?? this.child.signalCode}: ${this.stderr.slice(-2000)}`;
+  }
+
   kill9(): Promise<number | null> {
+    this.ended = true;
     this.child.kill('SIGKILL');
     return this.exited;
   }
 
   async stop(): Promise<number | null> {
+    this.ended = true;
     if (this.child.exitCode !== null || this.child.signalCode !== null) return this.exited;
     this.child.kill('SIGTERM');
     const timer = setTimeout(() => this.child.kill('SIGKILL'), 30_000);
@@ -157,6 +168,8 @@ export class TestPipeline {
   readonly slot: string;
   readonly publication: string;
   readonly dir = tempDir();
+  /** Every process started for this pipeline: a wait fails at once when one of them ended on its own. */
+  private readonly processes: CliProcess[] = [];
 
   constructor(
     private readonly pg: PostgresServer,
@@ -177,7 +190,20 @@ export class TestPipeline {
   }
 
   producer(extra: string[] = []): CliProcess {
-    return new CliProcess(this.producerArgs(extra));
+    return this.track(new CliProcess(this.producerArgs(extra)));
+  }
+
+  private track(process: CliProcess): CliProcess {
+    this.processes.push(process);
+    return process;
+  }
+
+  /** Throws when a process of this pipeline ended without the test stopping it (its log says why). */
+  assertRunning(): void {
+    for (const process of this.processes) {
+      const ended = process.endedOnItsOwn;
+      if (ended) throw new Error(ended);
+    }
   }
 
   duckdbPath(name: string): string {
@@ -185,19 +211,19 @@ export class TestPipeline {
   }
 
   duckdb(name: string, env: Record<string, string> = {}): CliProcess {
-    return new CliProcess(['consumer', 'duckdb', '--name', name, '--path', this.duckdbPath(name), '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common], env);
+    return this.track(new CliProcess(['consumer', 'duckdb', '--name', name, '--path', this.duckdbPath(name), '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common], env));
   }
 
   /** A BigQuery consumer writing dataset `dataset` through the emulator at `endpoint`. */
   bigquery(name: string, endpoint: string, dataset: string, env: Record<string, string> = {}, project = 'test-project'): CliProcess {
-    return new CliProcess(
+    return this.track(new CliProcess(
       ['consumer', 'bigquery', '--name', name, '--project', project, '--dataset', dataset, '--api-endpoint', endpoint, '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common],
       env,
-    );
+    ));
   }
 
   stdout(name: string): CliProcess {
-    return new CliProcess(['consumer', 'stdout', '--name', name, ...this.common]);
+    return this.track(new CliProcess(['consumer', 'stdout', '--name', name, ...this.common]));
   }
 
   /**
@@ -217,14 +243,21 @@ export class TestPipeline {
 
   /** Waits until every destination applied the initial copy; it progresses with the slot and the copy's ranges. */
   async waitForCopy(redis: Redis): Promise<void> {
-    await waitFor('the copy to be applied by every destination', async () => (await redis.hget(`pgr:{${this.pipeline}}:state`, 'copy')) === 'done', {
+    await waitFor('the copy to be applied by every destination', async () => {
+      this.assertRunning();
+      return (await redis.hget(`pgr:{${this.pipeline}}:state`, 'copy')) === 'done';
+    }, {
       progress: async () => [await redis.hgetall(`pgr:{${this.pipeline}}:copy-progress`), await redis.hgetall(`pgr:{${this.pipeline}}:state`)],
     });
   }
 
   /** Waits until every destination applied everything written so far (the slot confirms the current WAL position). */
   async waitForCatchUp(options?: WaitOptions): Promise<void> {
-    await waitForSlotAt(this.pg, this.slot, await currentWalLsn(this.pg), options);
+    const target = await currentWalLsn(this.pg);
+    await waitFor(`slot ${this.slot} to confirm ${target}`, async () => {
+      this.assertRunning();
+      return lsnNotAfter(this.pg, target, (await slotConfirmed(this.pg, this.slot)) ?? '0/0');
+    }, { progress: () => slotConfirmed(this.pg, this.slot), ...options });
   }
 }
 

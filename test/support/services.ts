@@ -134,6 +134,26 @@ export interface RedisServer {
   stop: () => Promise<void>;
 }
 
+/** A redis-server (or, with `--sentinel` among the arguments, a sentinel) on the port, once it answers PING. */
+export async function spawnRedis(port: number, args: string[]): Promise<ChildProcess> {
+  const server = spawn('redis-server', [...args, '--port', String(port), '--bind', '127.0.0.1'], { stdio: 'ignore' });
+  for (let i = 0; i < 100; i++) {
+    const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null });
+    probe.on('error', () => {});
+    try {
+      await probe.connect();
+      await probe.ping();
+      probe.disconnect();
+      return server;
+    } catch {
+      probe.disconnect();
+      await sleep(50);
+    }
+  }
+  server.kill('SIGKILL');
+  throw new Error(`redis-server ${args.join(' ')} did not start`);
+}
+
 export async function startRedis(): Promise<RedisServer> {
   if (process.env.REDIS_URL) {
     const client = new Redis(process.env.REDIS_URL);
@@ -153,21 +173,7 @@ export async function startRedis(): Promise<RedisServer> {
   const dir = mkdtempSync(join(tmpdir(), 'pgr-redis-'));
   let server: ChildProcess;
   const launch = async () => {
-    server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
-    for (let i = 0; i < 100; i++) {
-      const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null });
-      probe.on('error', () => {});
-      try {
-        await probe.connect();
-        await probe.ping();
-        probe.disconnect();
-        return;
-      } catch {
-        probe.disconnect();
-        await sleep(50);
-      }
-    }
-    throw new Error('redis-server did not start');
+    server = await spawnRedis(port, ['--save', '', '--appendonly', 'no', '--dir', dir]);
   };
   await launch();
   const url = `redis://127.0.0.1:${port}`;
