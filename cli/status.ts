@@ -27,7 +27,9 @@ export interface PipelineStatus {
     /** Everything up to this LSN is durably applied at the destination. */
     appliedLsn: string | null;
     pendingBatches: number;
-    state: 'ok' | 'retrying' | 'parked';
+    state: 'ok' | 'retrying' | 'parked' | 'detached';
+    /** Why and since when it is detached (it no longer holds the slot; its consumer, when it runs, registers again for a fresh copy). */
+    detached?: { reason: string; since: string };
     errors: { partition: number; attempts: number; error: string; since: string }[];
     appliedBatches: Record<string, string>;
   }[];
@@ -101,6 +103,11 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
         appliedBatches: Object.fromEntries([...applied].map(([partition, mark]) => [String(partition), `${mark.epoch}:${mark.seq}`])),
       });
     }
+    for (const [field, text] of Object.entries(await redis.hgetall(keys.state(options.pipeline)))) {
+      const name = field.startsWith('detached:') ? field.slice('detached:'.length) : undefined;
+      if (!name || state.destinations.includes(name)) continue;
+      status.destinations.push({ name, appliedLsn: null, pendingBatches: 0, state: 'detached', detached: JSON.parse(text), errors: [], appliedBatches: {} });
+    }
     return status;
   } finally {
     redis.disconnect();
@@ -125,6 +132,10 @@ export function formatStatus(status: PipelineStatus): string {
     lines.push(`slot confirmed flush LSN ${status.slotConfirmedFlushLsn ?? '(slot missing)'}${status.slotActive ? ' (producer connected)' : ' (no producer connected)'}${held}${wal}`);
   }
   for (const destination of status.destinations) {
+    if (destination.detached) {
+      lines.push(`destination ${destination.name}: detached since ${destination.detached.since} (${destination.detached.reason}); its consumer, when it runs, gets a fresh copy`);
+      continue;
+    }
     lines.push(`destination ${destination.name}: ${destination.state}, applied up to ${destination.appliedLsn ?? '(nothing yet)'}, ${destination.pendingBatches} batches pending`);
     for (const error of destination.errors) lines.push(`  partition ${error.partition}: attempt ${error.attempts} since ${error.since}: ${error.error}`);
   }

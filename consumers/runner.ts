@@ -138,9 +138,15 @@ export class ConsumerRunner {
     const firstLook = this.seenEpoch === undefined;
     const newRun = this.seenEpoch !== state.epoch;
     this.seenEpoch = state.epoch;
-    if (state.destinations.includes(this.options.name) || !(firstLook || newRun)) return;
-    log.info({ destination: this.options.name }, 'registering this destination with the producer');
-    await this.redis.rpush(keys.requests(this.options.pipeline), JSON.stringify({ addDestination: this.options.name }));
+    if (state.destinations.includes(this.options.name)) return;
+    // Detached for lagging: it asks again (once) for a fresh copy, as a new destination does.
+    const detached = await this.redis.hget(keys.state(this.options.pipeline), `detached:${this.options.name}`);
+    if (!(firstLook || newRun || detached)) return;
+    const request = JSON.stringify({ addDestination: this.options.name });
+    if ((await this.redis.lrange(keys.requests(this.options.pipeline), 0, -1)).includes(request)) return;
+    if (detached) log.warn({ destination: this.options.name, detached: JSON.parse(detached) }, 'this destination was detached by the producer: registering it again for a fresh copy of every table');
+    else log.info({ destination: this.options.name }, 'registering this destination with the producer');
+    await this.redis.rpush(keys.requests(this.options.pipeline), request);
   }
 
   /** The consumer learns the partition count from the producer's record of the pipeline. */

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import type { Column, Relation, ReplicaIdentity } from '../shared/events.js';
 import { PgType } from '../shared/pgtypes.js';
+import { type Lsn, parseLsn } from '../shared/lsn.js';
 
 const REPLICA_IDENTITIES: Record<string, ReplicaIdentity> = { d: 'default', n: 'nothing', f: 'full', i: 'index' };
 
@@ -188,4 +189,10 @@ export async function describeTable(client: pg.ClientBase, table: PublishedTable
     columns,
   };
   return catalog.enrich(relation);
+}
+
+/** The server's current WAL position (on a standby, what it has replayed). */
+export async function currentWalLsn(client: pg.ClientBase): Promise<Lsn> {
+  const row = (await client.query('SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text AS lsn')).rows[0];
+  return parseLsn(row.lsn);
 }

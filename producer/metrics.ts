@@ -20,6 +20,9 @@ export const tally = {
 /** The producer's connection to Postgres: false from a lost connection until a session has its slot again. */
 export const source = { connected: true };
 
+/** Destinations detached for lagging (--max-destination-lag-bytes) and not registered again since. */
+export const detachedDestinations = new Set<string>();
+
 /** What the stream adds to a session's view: where the server is, and why reading pauses. */
 export interface StreamView {
   /** The newest WAL position the walsender reported, or the end of the newest commit read. */
@@ -79,6 +82,15 @@ new Counter({
   collect() {
     this.reset();
     for (const [table, count] of tally.copiedRows) this.inc({ table }, count);
+  },
+});
+new Gauge({
+  name: 'pg_replicate_destination_detached',
+  help: 'Destinations detached by this producer for leaving more than --max-destination-lag-bytes of WAL unapplied (1 until their consumer registers again).',
+  labelNames: ['destination'],
+  collect() {
+    this.reset();
+    for (const destination of detachedDestinations) this.set({ destination }, 1);
   },
 });
 new Gauge({

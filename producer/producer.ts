@@ -8,10 +8,11 @@ import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import { formatApplied, keys } from '../shared/keys.js';
 import { type PipelineState, type TableSyncRecord, connectRedis, readCopyProgress, readPipelineState, readTableSyncs, writePipelineState } from '../shared/redis.js';
 import { AckTracker } from './acks.js';
-import { Catalog, publishedTableOids } from './catalog.js';
+import { Catalog, currentWalLsn, publishedTableOids } from './catalog.js';
 import { Sequencer } from './batcher.js';
 import { copyTables, withExportedSnapshot } from './copy.js';
-import { hideSession, showSession, source, tally } from './metrics.js';
+import { detachedDestinations, hideSession, showSession, source, tally } from './metrics.js';
+import { LagGuard } from './lagguard.js';
 import { type AckPosition, COPY_DONE_POLL_MS, type ProducerOptions, type Session } from './options.js';
 import { SLOT_RECOVERY, checkRedis, checkSource, connectPostgres, connectPostgresOnce, isConnectionLoss, refusal } from './preflight.js';
 import { BatchQueues } from './queues.js';
@@ -57,6 +58,12 @@ export class Producer {
     try {
       await checkSource(client, this.options.publication);
       await checkRedis(this.redis);
+      const keep = (await client.query('SHOW max_slot_wal_keep_size').catch(() => ({ rows: [{}] }))).rows[0].max_slot_wal_keep_size;
+      if (keep === '-1' && this.options.maxDestinationLagBytes <= 0) {
+        log.warn(
+          'neither Postgres (max_slot_wal_keep_size = -1) nor pg-replicate (--max-destination-lag-bytes) bounds the WAL a stopped destination makes Postgres keep: set --max-destination-lag-bytes (detaches such a destination, which is copied afresh when it returns) so that it cannot fill the primary\'s disk',
+        );
+      }
     } finally {
       await client.end();
     }
@@ -152,14 +159,20 @@ export class Producer {
         for (let partition = 0; partition < options.partitions; partition++) marks[partition] = formatApplied(epoch, startAt[partition]);
         await this.redis.del(keys.applied(options.pipeline, name), keys.health(options.pipeline, name));
         await this.redis.hset(keys.applied(options.pipeline, name), marks);
+        await this.redis.hdel(keys.state(options.pipeline), `detached:${name}`);
+        detachedDestinations.delete(name);
         await record();
         log.info({ destination: name }, 'destination added: it gets its own copy of every table, then the stream');
       },
-      remove: async (name: string): Promise<void> => {
+      remove: async (name: string, detached?: string): Promise<void> => {
         await queues.removeDestination(name);
         await this.redis.del(keys.applied(options.pipeline, name), keys.health(options.pipeline, name), keys.tableStates(options.pipeline, name));
+        if (detached) {
+          await this.redis.hset(keys.state(options.pipeline), `detached:${name}`, JSON.stringify({ reason: detached, since: new Date().toISOString() }));
+          detachedDestinations.add(name);
+        }
         await record();
-        log.info({ destination: name }, 'destination removed: its queues are dropped and it no longer holds back the slot');
+        if (!detached) log.info({ destination: name }, 'destination removed: its queues are dropped and it no longer holds back the slot');
       },
     };
   }
@@ -290,7 +303,9 @@ export class Producer {
       if (recorded) this.tables = new Set(recorded);
       else if (this.tables.size === 0) this.tables = new Set(await published());
       await writePipelineState(this.redis, options.pipeline, { tables: [...this.tables] });
-      const tableSync = new TableSync(session, this.tables, this.tableSyncs, this.destinationChanges(session), fail);
+      const changes = this.destinationChanges(session);
+      const tableSync = new TableSync(session, this.tables, this.tableSyncs, changes, fail);
+      const lagGuard = new LagGuard(session, () => currentWalLsn(client), (name, reason) => changes.remove(name, reason));
       // Without Redis' record (it lost its data, and the chunks with it) copies restart from scratch.
       // After Redis lost writes (all, or its newest), copies not yet applied everywhere restart from scratch.
       // Redis' records, and after it lost writes also those only this process still remembers.
@@ -299,7 +314,7 @@ export class Producer {
       this.redisLost = false;
       await tableSync.resume(unfinished);
       this.streamed = true;
-      await streamSlot(session, replication, this.position, (relation, previous) => catalog.enrich(relation, previous), tableSync, published, fail);
+      await streamSlot(session, replication, this.position, (relation, previous) => catalog.enrich(relation, previous), { tableSync, lagGuard, publicationTables: published }, fail);
       if (failure) throw failure;
       return false;
     } catch (error) {

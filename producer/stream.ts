@@ -5,11 +5,12 @@ import { type Lsn, formatLsn, maxLsn } from '../shared/lsn.js';
 import type { RowOp } from '../shared/tupledata.js';
 import { Batcher } from './batcher.js';
 import { Heartbeat } from './heartbeat.js';
-import { type AckPosition, type Session } from './options.js';
+import { type AckPosition, MAX_PENDING_ENTRIES, type Session } from './options.js';
 import { type PgoutputMessage, decodePgoutput, rowOp } from './pgoutput.js';
 import { PG_EPOCH_MS, type ReplicationConnection } from './replication.js';
 import { showSession, tally } from './metrics.js';
 import type { TableSync } from './tablesync.js';
+import type { LagGuard } from './lagguard.js';
 
 /** What arrives from the walsender, in order: a decoded pgoutput message, or a keepalive's WAL end. */
 type Arrival = { decoded: PgoutputMessage } | { walEnd: Lsn };
@@ -29,8 +30,7 @@ export async function streamSlot(
   replication: ReplicationConnection,
   position: AckPosition,
   describe: (relation: Relation, previous?: Relation) => Promise<Relation>,
-  tableSync: TableSync,
-  publicationTables: () => Promise<number[]>,
+  { tableSync, lagGuard, publicationTables }: { tableSync: TableSync; lagGuard: LagGuard; publicationTables: () => Promise<number[]> },
   fail: (error: Error) => void,
 ): Promise<void> {
   const { options, epoch, sequencer, tracker, queues, watcher, signal } = session;
@@ -81,9 +81,11 @@ export async function streamSlot(
       tracker.touch(partition, seq);
     }
   };
+  /** Too much unapplied: in Redis, or in transactions waiting for their acknowledgement (one batch can hold thousands). */
+  const backlogFull = () => watcher.isFull || tracker.pendingEntries > MAX_PENDING_ENTRIES;
   const noteActivity = () => {
     active = true;
-    if (watcher.isFull) setPaused('backlog', true);
+    if (backlogFull()) setPaused('backlog', true);
   };
 
   const apply = (decoded: PgoutputMessage) => {
@@ -198,8 +200,9 @@ export async function streamSlot(
         position.lsn = maxLsn(position.lsn, ackLsn);
       });
       if (advanced || Date.now() - lastStatus >= options.statusIntervalMs) sendStatus();
-      setPaused('backlog', watcher.isFull);
+      setPaused('backlog', backlogFull());
       await tableSync.tick(publicationTables);
+      await lagGuard.check();
       setPaused('held', tableSync.isFull);
       if (active) {
         lastActivity = Date.now();

@@ -125,7 +125,7 @@ export class TableSync {
     private readonly known: Set<number>,
     /** The copies in progress, as recorded in Redis (kept here too: survives Redis losing its data). */
     private readonly records: Map<number, TableSyncRecord>,
-    private readonly destinations: { add(name: string): Promise<void>; remove(name: string): Promise<void> },
+    private readonly destinations: { add(name: string): Promise<void>; remove(name: string, detached?: string): Promise<void> },
     private readonly fail: (error: Error) => void,
   ) {}
 
