@@ -2,11 +2,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { connectPostgresOnce } from '../producer/preflight.js';
 import { UserError } from '../shared/errors.js';
 import { keys } from '../shared/keys.js';
-import { connectRedis, readPipelineState, writePipelineState } from '../shared/redis.js';
+import { readPipelineState, writePipelineState } from '../shared/redis.js';
+import { connectRedisOnce } from '../shared/redistarget.js';
 
 /** Asks the producer to stop feeding a destination, and waits (up to 30 s) until it has. */
 export async function removeDestination(options: { pipeline: string; redisUrl: string; name: string }): Promise<string> {
-  const redis = connectRedis(options.redisUrl);
+  const redis = await connectRedisOnce(options.redisUrl);
   try {
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url.`);
@@ -24,7 +25,7 @@ export async function removeDestination(options: { pipeline: string; redisUrl: s
 
 /** Asks the pipeline's producer to copy a table again beside the stream; returns what to tell the user. */
 export async function requestResync(options: { pipeline: string; redisUrl: string; pgUrl: string; table: string; destination?: string }): Promise<string> {
-  const redis = connectRedis(options.redisUrl);
+  const redis = await connectRedisOnce(options.redisUrl);
   const client = await connectPostgresOnce(options.pgUrl, 'pg-replicate resync');
   try {
     const state = await readPipelineState(redis, options.pipeline);
@@ -55,7 +56,7 @@ export async function requestResync(options: { pipeline: string; redisUrl: strin
  * it runs.
  */
 export async function requestRecopy(options: { pipeline: string; redisUrl: string }): Promise<string> {
-  const redis = connectRedis(options.redisUrl);
+  const redis = await connectRedisOnce(options.redisUrl);
   try {
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url.`);

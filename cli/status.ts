@@ -1,6 +1,7 @@
 import { Queue } from 'bullmq';
 import { keys, QUEUE_PREFIX, queueName } from '../shared/keys.js';
-import { connectRedis, readApplied, readCopyProgress, readPipelineState, readTableSyncs } from '../shared/redis.js';
+import { readApplied, readCopyProgress, readPipelineState, readTableSyncs } from '../shared/redis.js';
+import { connectRedisOnce } from '../shared/redistarget.js';
 import { connectPostgresOnce } from '../producer/preflight.js';
 import { UserError } from '../shared/errors.js';
 import type { Health } from '../consumers/options.js';
@@ -36,7 +37,7 @@ export interface PipelineStatus {
 }
 
 export async function pipelineStatus(options: { pipeline: string; redisUrl: string; pgUrl?: string }): Promise<PipelineStatus> {
-  const redis = connectRedis(options.redisUrl);
+  const redis = await connectRedisOnce(options.redisUrl);
   try {
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url, or start its producer first.`);

@@ -1,4 +1,5 @@
 import { Redis, type RedisOptions } from 'ioredis';
+import { UserError, redact } from './errors.js';
 
 /**
  * Where Redis is: one server (`redis://`, `rediss://` with TLS), or the master that Redis
@@ -110,4 +111,27 @@ export async function redisAddress(url: string): Promise<RedisAddress> {
     }
   }
   throw new Error(`no sentinel named the master ${target.name} (${failures.join('; ')})`);
+}
+
+/**
+ * A client for a command that runs once (status, resync, destinations): it does not wait for
+ * Redis to come back but says what is wrong, as a UserError (exit 2), without the password.
+ */
+export async function connectRedisOnce(url: string): Promise<Redis> {
+  const target = parseRedisUrl(url);
+  const options: RedisOptions = { ...clientOptions(target), lazyConnect: true, connectTimeout: 5_000, maxRetriesPerRequest: 1, retryStrategy: () => null, ...(target.kind === 'sentinel' ? { sentinelRetryStrategy: () => null } : {}) };
+  const redis = target.kind === 'server' ? new Redis(target.url, options) : new Redis(options);
+  // The cause (ECONNREFUSED, a timeout) comes as an event; the connect only says "closed".
+  let cause: Error | undefined;
+  redis.on('error', (error: Error) => (cause ??= error));
+  try {
+    await redis.connect();
+    await redis.ping();
+    return redis;
+  } catch (error) {
+    redis.disconnect();
+    const message = redact((cause ?? (error as Error)).message);
+    const fix = /NOAUTH|WRONGPASS|invalid password|invalid username/i.test(message) ? 'Check the user and password in --redis-url (REDIS_URL).' : 'Check --redis-url (REDIS_URL) and that Redis is running.';
+    throw new UserError(`Cannot reach Redis (${message}). ${fix}`);
+  }
 }

@@ -1,7 +1,8 @@
 import test from 'ava';
 import { execFile } from 'node:child_process';
 import { names, runCli } from './support/pipeline.js';
-import { type PostgresServer, type RedisServer, freePort, startPostgres, startRedis } from './support/services.js';
+import { Redis } from 'ioredis';
+import { type PostgresServer, type RedisServer, freePort, spawnRedis, startPostgres, startRedis } from './support/services.js';
 
 let pg: PostgresServer;
 let replicaOnly: PostgresServer;
@@ -78,6 +79,29 @@ test('an unreachable Redis exits 2', async (t) => {
   t.is(result.code, 2);
   t.regex(result.stderr, /Cannot reach Redis/);
   t.false(result.stderr.includes('pw-secret'));
+});
+
+test('status, destinations and resync with Redis unreachable, or refusing the password, exit 2 at once with advice and without the password', async (t) => {
+  const port = await freePort();
+  for (const command of [['status'], ['destinations', 'list'], ['resync', '--all']]) {
+    const down = await runCli([...command, '--pipeline', 'p', '--redis-url', `redis://:pw-secret@127.0.0.1:${port}`]);
+    t.is(down.code, 2, `${command.join(' ')}: ${down.stderr}`);
+    t.regex(down.stderr, /Cannot reach Redis \(.*ECONNREFUSED.*\)\. Check --redis-url/);
+    t.false(down.stderr.includes('pw-secret'));
+  }
+  // A Redis of its own that wants another password.
+  const guarded = await spawnRedis(port, ['--save', '', '--appendonly', 'no']);
+  try {
+    const admin = new Redis({ port, host: '127.0.0.1' });
+    await admin.config('SET', 'requirepass', 'the-right-one');
+    admin.disconnect();
+    const refused = await runCli(['status', '--pipeline', 'p', '--redis-url', `redis://:pw-secret@127.0.0.1:${port}`]);
+    t.is(refused.code, 2, refused.stderr);
+    t.regex(refused.stderr, /Check the user and password in --redis-url/);
+    t.false(refused.stderr.includes('pw-secret'));
+  } finally {
+    guarded.kill('SIGKILL');
+  }
 });
 
 test('status of an unknown pipeline exits 2', async (t) => {
