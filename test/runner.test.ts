@@ -176,11 +176,15 @@ class PreparingDestination implements Destination {
   async tableStates(relations: Relation[]): Promise<Map<number, TableState>> {
     return new Map(relations.flatMap(({ oid }) => (this.states.has(oid) ? [[oid, { ...this.states.get(oid)! }] as const] : [])));
   }
+  /** Called when the next batch is prepared. */
+  private onPrepare = () => {};
   prepare(steps: Step[]): void {
     for (const step of steps) if (step.kind === 'changes') this.prepared.add(step.changes);
+    this.onPrepare();
   }
   async apply(steps: Step[], states: Map<number, TableState>): Promise<void> {
-    await sleep(150);
+    // A slow apply: it ends once the next batch is prepared (at most 5 s: the last has none), whatever the machine's speed.
+    await Promise.race([new Promise<void>((resolve) => (this.onPrepare = resolve)), sleep(5_000)]);
     const changes = steps.flatMap((step) => (step.kind === 'changes' ? [step.changes] : []));
     const first = String(changes[0]?.[0]?.row?.[0]);
     this.applied.push({ first, prepared: changes.length > 0 && changes.every((run) => this.prepared.has(run)) });
