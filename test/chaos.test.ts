@@ -4,8 +4,8 @@ import { writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { useBigQueryEmulator } from './support/bigquery-emulator.js';
-import { type CliProcess, TestPipeline, duckdbRows, postgresRows } from './support/pipeline.js';
-import { type PostgresServer, useServices } from './support/services.js';
+import { type CliProcess, TestPipeline, duckdbRows, loadUntilStopped, postgresRows } from './support/pipeline.js';
+import { useServices } from './support/services.js';
 
 /**
  * The fault harness: a mixed workload against two destinations (DuckDB and BigQuery, through
@@ -51,32 +51,6 @@ function round(n: number): string {
     default:
       return `INSERT INTO orders VALUES (${id}, ${n % 97}, ${n}.25, 'r${n}') ON CONFLICT (id) DO UPDATE SET amount = orders.amount + 1, note = 'u${n}'`;
   }
-}
-
-/** The workload until stopped; a transaction that fails (Postgres away) is let go. */
-function workload(pg: PostgresServer): { stop: () => Promise<{ committed: number; failed: number }> } {
-  let running = true;
-  const counts = { committed: 0, failed: 0 };
-  const done = (async () => {
-    for (let n = 1; running; n++) {
-      try {
-        // Once, a large transaction (about 60 000 changes, several batches).
-        await pg.query(n === 200 ? 'INSERT INTO orders SELECT g, g % 97, g, \'bulk\' FROM generate_series(200001, 260000) g' : round(n));
-        counts.committed++;
-      } catch {
-        counts.failed++;
-        await sleep(200);
-      }
-      await sleep(3);
-    }
-  })();
-  return {
-    stop: async () => {
-      running = false;
-      await done;
-      return counts;
-    },
-  };
 }
 
 serial(`chaos: ${SECONDS} s of random faults under a mixed workload, then DuckDB and BigQuery equal Postgres row for row`, async (t) => {
@@ -127,11 +101,12 @@ serial(`chaos: ${SECONDS} s of random faults under a mixed workload, then DuckDB
     },
   };
   const injected = new Map<string, number>(Object.keys(faults).map((name) => [name, 0]));
-  let load: ReturnType<typeof workload> | undefined;
+  let load: ReturnType<typeof loadUntilStopped> | undefined;
   let counts = { committed: 0, failed: 0 };
   try {
     await pipeline.waitForCopy(env.redis.client);
-    load = workload(env.pg);
+    // Once, a large transaction (60 000 changes, several batches).
+    load = loadUntilStopped(env.pg, (n) => (n === 200 ? "INSERT INTO orders SELECT g, g % 97, g, 'bulk' FROM generate_series(200001, 260000) g" : round(n)));
     const names = Object.keys(faults);
     // Every kind once, in random order, then at random until the time is up.
     const order = names.map((name) => ({ name, key: Math.random() })).sort((a, b) => a.key - b.key).map(({ name }) => name);

@@ -1,36 +1,12 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LOAD_SCHEMA, TestPipeline, loadRound, loadTablesIn, runCli, scrape, waitFor } from './support/pipeline.js';
-import { type PostgresServer, freePort, useServices } from './support/services.js';
+import { LOAD_SCHEMA, TestPipeline, loadRound, loadTablesIn, loadUntilStopped, runCli, scrape, waitFor } from './support/pipeline.js';
+import { freePort, useServices } from './support/services.js';
 
 const env = useServices(test);
 // These tests stop and restart the file's Postgres: they run one at a time, and only on a
 // cluster of our own (not with PG_URL).
 const serial = process.env.PG_URL ? test.skip : test.serial;
-
-/** Rounds of the load on its tables in `schema` until stopped; a round that fails (Postgres is away) is let go. */
-function tolerantLoad(pg: PostgresServer, schema: string): { stop: () => Promise<number> } {
-  let writing = true;
-  let failed = 0;
-  const load = (async () => {
-    for (let round = 1; writing; round++) {
-      try {
-        await pg.query(loadRound(schema, round));
-      } catch {
-        failed++;
-        await sleep(100);
-      }
-      await sleep(5);
-    }
-  })();
-  return {
-    stop: async () => {
-      writing = false;
-      await load;
-      return failed;
-    },
-  };
-}
 
 /** The pid of the walsender streaming the pipeline's slot, once one does. */
 async function walsender(pipeline: TestPipeline): Promise<number> {
@@ -56,10 +32,10 @@ serial('the producer rides out its connections terminated and Postgres restarted
   await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'restarted'));
   const producer = pipeline.producer();
   const consumer = pipeline.duckdb('main');
-  let load: { stop: () => Promise<number> } | undefined;
+  let load: ReturnType<typeof loadUntilStopped> | undefined;
   try {
     await pipeline.waitForCopy(env.redis.client);
-    load = tolerantLoad(env.pg, 'restarted');
+    load = loadUntilStopped(env.pg, (n) => loadRound('restarted', n));
     let pid = await walsender(pipeline);
     await sleep(500);
     // What a failover or a DBA's pg_terminate_backend does: every connection of ours, at once.

@@ -285,6 +285,34 @@ export async function writeLoad(pg: PostgresServer, rounds: number, pauseMs = 5,
   }
 }
 
+/**
+ * Transactions `statement(1)`, `statement(2)`, … until stopped; one that fails (Postgres is
+ * away: a restart, a terminated connection) is let go. Says how many committed and failed.
+ */
+export function loadUntilStopped(pg: PostgresServer, statement: (n: number) => string, pauseMs = 4): { stop: () => Promise<{ committed: number; failed: number }> } {
+  let running = true;
+  const counts = { committed: 0, failed: 0 };
+  const done = (async () => {
+    for (let n = 1; running; n++) {
+      try {
+        await pg.query(statement(n));
+        counts.committed++;
+      } catch {
+        counts.failed++;
+        await sleep(200);
+      }
+      await sleep(pauseMs);
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await done;
+      return counts;
+    },
+  };
+}
+
 /** One round of the load: a transaction touching the three tables. */
 export function loadRound(schema: string, round: number, id = 1 + (round % 200)): string {
   return `BEGIN; UPDATE ${schema}.accounts SET balance = balance - 1, note = 'r${round}' WHERE id = ${id}; INSERT INTO ${schema}.ledger (account, amount) VALUES (${id}, -${round}); INSERT INTO ${schema}.events VALUES (${round}, 'e${round}'); COMMIT;`;

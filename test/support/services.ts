@@ -136,7 +136,8 @@ export interface RedisServer {
 
 /** A redis-server (or, with `--sentinel` among the arguments, a sentinel) on the port, once it answers PING. */
 export async function spawnRedis(port: number, args: string[]): Promise<ChildProcess> {
-  const server = spawn('redis-server', [...args, '--port', String(port), '--bind', '127.0.0.1'], { stdio: 'ignore' });
+  // In a directory of its own: a replica's full sync writes the master's RDB file where it runs.
+  const server = spawn('redis-server', [...args, '--port', String(port), '--bind', '127.0.0.1'], { stdio: 'ignore', cwd: mkdtempSync(join(tmpdir(), 'pgr-redis-run-')) });
   for (let i = 0; i < 100; i++) {
     const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null });
     probe.on('error', () => {});
