@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import type { Redis } from 'ioredis';
 import { UserError, errorMessage } from '../shared/errors.js';
@@ -73,15 +74,29 @@ export async function connectPostgres(pgUrl: string, applicationName: string, op
   return client;
 }
 
-/** connectPostgres for a command that runs once (startup checks, status, resync): an unreachable server is the user's to fix. */
-export async function connectPostgresOnce(pgUrl: string, applicationName: string): Promise<pg.Client> {
-  try {
-    return await connectPostgres(pgUrl, applicationName);
-  } catch (error) {
-    if (!(error instanceof PostgresUnavailableError)) throw error;
-    throw new UserError(
-      `${error.message}. Check --pg-url / PG_URL: host, port, database, user and password, and that the server accepts connections from here.`,
-    );
+/** How long the producer, starting, waits for a Postgres that is restarting or recovering. */
+export const STARTUP_PATIENCE_MS = 30_000;
+
+/**
+ * connectPostgres for a command that starts (the producer's checks, status, resync): a server
+ * that cannot be reached is the user's to fix (UserError). The producer first waits up to
+ * `patienceMs` for one that is restarting or recovering (refused, "starting up", "not yet
+ * accepting connections"): a supervisor may restart it in the middle of a Postgres restart,
+ * and a wrong host or port looks the same.
+ */
+export async function connectPostgresOnce(pgUrl: string, applicationName: string, patienceMs = 0): Promise<pg.Client> {
+  const until = Date.now() + patienceMs;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await connectPostgres(pgUrl, applicationName);
+    } catch (error) {
+      if (!(error instanceof PostgresUnavailableError)) throw error;
+      if (Date.now() >= until) {
+        throw new UserError(`${error.message}. Check --pg-url / PG_URL: host, port, database, user and password, and that the server accepts connections from here.`);
+      }
+      if (attempt === 1) log.warn({ err: error.message }, `Postgres is not reachable yet: trying again for up to ${patienceMs / 1000} s`);
+      await sleep(1_000);
+    }
   }
 }
 

@@ -14,7 +14,7 @@ import { copyTables, withExportedSnapshot } from './copy.js';
 import { detachedDestinations, hideSession, showSession, source, tally } from './metrics.js';
 import { LagGuard } from './lagguard.js';
 import { type AckPosition, COPY_DONE_POLL_MS, type ProducerOptions, type Session } from './options.js';
-import { SLOT_RECOVERY, checkRedis, checkSource, connectPostgres, connectPostgresOnce, isConnectionLoss, refusal } from './preflight.js';
+import { SLOT_RECOVERY, STARTUP_PATIENCE_MS, checkRedis, checkSource, connectPostgres, connectPostgresOnce, isConnectionLoss, refusal } from './preflight.js';
 import { BatchQueues } from './queues.js';
 import { ReplicationConnection } from './replication.js';
 import { type SlotInfo, dropSlot, inactiveSlot } from './slots.js';
@@ -54,7 +54,7 @@ export class Producer {
 
   /** Runs until the signal aborts (or, in copy mode, until the copy is applied everywhere). */
   async run(signal: AbortSignal): Promise<void> {
-    const client = await connectPostgresOnce(this.options.pgUrl, 'pg-replicate producer');
+    const client = await connectPostgresOnce(this.options.pgUrl, 'pg-replicate producer', STARTUP_PATIENCE_MS);
     try {
       await checkSource(client, this.options.publication);
       await checkRedis(this.redis);

@@ -24,16 +24,18 @@ test.serial('FLUSHALL and a Redis restart mid-stream: the producer re-reads from
   t.false(producer.stderr.includes('table sync'), 'no table is copied again');
 });
 
-test.serial('Redis restarted from an older snapshot mid-stream (its newest batches and marks lost, the run kept): the loss is found, the producer re-reads from the slot, and DuckDB equals Postgres', async (t) => {
+test.serial('Redis restarted from an older snapshot mid-stream (its newest writes lost, the run kept): the pipeline catches up and DuckDB equals Postgres', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'snapshot', ['main']);
   await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'snap'));
-  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async ({ producer }) => {
+  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async () => {
     const load = writeLoad(env.pg, 2000, 2, 'snap');
     await sleep(1000);
     await env.redis.snapshot();
     await sleep(1500);
     await env.redis.restart({ fromSnapshot: true });
-    await waitFor('the loss to be found', async () => producer.stderr.includes('Redis lost recent writes'), { stallMs: 60_000 });
+    // Whether the producer sent batches after the snapshot depends on timing (it may have had
+    // everything in Redis by then): the gap is found when it did (the runner tests and the
+    // next test make a loss certain); either way the slot must catch up and nothing be lost.
     await load;
     await pipeline.waitForCatchUp();
   });
