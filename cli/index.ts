@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { z } from 'zod';
 import type { DestinationConfig } from '../consumers/index.js';
 import { RUNNER_DEFAULTS } from '../consumers/options.js';
@@ -55,6 +55,13 @@ program
 
 const consumer = program.command('consumer').description('Apply one destination\'s batches: consumer <type> --name NAME …');
 
+/** `--setting name=value`, collected into one object over repeats. */
+function duckdbSetting(text: string, settings: Record<string, string>): Record<string, string> {
+  const match = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/s.exec(text);
+  if (!match) throw new InvalidArgumentError(`expected name=value, e.g. memory_limit=4GB (got "${text}")`);
+  return { ...settings, [match[1]]: match[2] };
+}
+
 const consumerCommand = (type: string, description: string) =>
   consumer
     .command(type)
@@ -69,9 +76,10 @@ const consumerCommand = (type: string, description: string) =>
 
 consumerCommand('duckdb', 'Mirror the tables into a DuckDB file (or MotherDuck with --path md:DB).')
   .addOption(new Option('--path <file>', 'DuckDB database file, or md:DB for MotherDuck (needs motherduck_token)').env('DUCKDB_PATH'))
+  .addOption(new Option('--setting <name=value>', 'a DuckDB setting for the database, e.g. memory_limit=4GB (repeatable)').argParser(duckdbSetting).default({}))
   .action(async (flags) => {
     if (!flags.path) throw new UserError('--path (DUCKDB_PATH) is required: the DuckDB file to write, e.g. --path analytics.duckdb');
-    await runConsumer(flags, { type: 'duckdb', path: flags.path });
+    await runConsumer(flags, { type: 'duckdb', path: flags.path, settings: flags.setting });
   });
 
 consumerCommand('bigquery', 'Mirror the tables into a BigQuery dataset (exactly once; several processes may share the work).')
@@ -122,7 +130,7 @@ const runFileSchema = z.object({
   destinations: z
     .array(
       z.discriminatedUnion('type', [
-        z.object({ type: z.literal('duckdb'), name: destinationName, path: z.string().min(1) }),
+        z.object({ type: z.literal('duckdb'), name: destinationName, path: z.string().min(1), settings: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()]).transform(String)).optional() }),
         z.object({ type: z.literal('stdout'), name: destinationName }),
         bigQueryConfig.extend({ type: z.literal('bigquery'), name: destinationName }),
       ]),

@@ -3,7 +3,7 @@ import type { BigQueryOptions } from './bigquery/warehouse.js';
 import type { Destination } from './destination.js';
 
 /** Every destination type, by the name the CLI and the run config use. */
-export type DestinationConfig = { type: 'duckdb'; path: string } | { type: 'stdout' } | ({ type: 'bigquery' } & BigQueryOptions);
+export type DestinationConfig = { type: 'duckdb'; path: string; settings?: Record<string, string> } | { type: 'stdout' } | ({ type: 'bigquery' } & BigQueryOptions);
 
 /**
  * Opens a destination. Each is loaded only when used: a producer or a stdout consumer never
@@ -12,7 +12,7 @@ export type DestinationConfig = { type: 'duckdb'; path: string } | { type: 'stdo
 export async function openDestination(config: DestinationConfig, context: { redis: Redis; pipeline: string; name: string }): Promise<Destination> {
   switch (config.type) {
     case 'duckdb':
-      return (await import('./duckdb/destination.js')).DuckDbDestination.open(config.path);
+      return (await import('./duckdb/destination.js')).DuckDbDestination.open(config.path, config.settings);
     case 'stdout':
       return new (await import('./stdout/destination.js')).StdoutDestination(context.redis, context.pipeline, context.name);
     case 'bigquery':

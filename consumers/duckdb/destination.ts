@@ -37,25 +37,50 @@ export class DuckDbDestination implements Destination {
   /** DuckDB's own thread count (one per core), and the count set now. */
   private allThreads = 1;
   private threads = 1;
+  /** Set when a fatal error invalidated the open database (see reopen): the error. */
+  private invalidated: string | undefined;
 
   private constructor(
-    private readonly instance: DuckDBInstance,
-    private readonly connection: DuckDBConnection,
+    private readonly path: string,
+    private readonly settings: Record<string, string>,
+    private instance: DuckDBInstance,
+    private connection: DuckDBConnection,
     /** This process's own directory for copy chunks on their way into DuckDB. */
     private readonly scratch: string,
   ) {}
 
-  static async open(path: string): Promise<DuckDbDestination> {
+  /** `settings`: DuckDB's own (memory_limit, threads, checkpoint_threshold, …), for every time the database is opened. */
+  static async open(path: string, settings: Record<string, string> = {}): Promise<DuckDbDestination> {
     let instance: DuckDBInstance;
     try {
-      instance = await DuckDBInstance.create(path);
+      instance = await DuckDBInstance.create(path, settings);
     } catch (error) {
-      throw new UserError(`Cannot open DuckDB database ${path} (${errorMessage(error)}). Check --path: the directory must exist and no other process may have the file open for writing.`);
+      const check = Object.keys(settings).length > 0 ? 'Check --path and the --setting values' : 'Check --path';
+      throw new UserError(`Cannot open DuckDB database ${path} (${errorMessage(error)}). ${check}: the directory must exist and no other process may have the file open for writing.`);
     }
     const connection = await instance.connect();
-    const destination = new DuckDbDestination(instance, connection, await mkdtemp(join(tmpdir(), 'pg-replicate-duckdb-')));
+    const destination = new DuckDbDestination(path, settings, instance, connection, await mkdtemp(join(tmpdir(), 'pg-replicate-duckdb-')));
     await destination.load();
     return destination;
+  }
+
+  /**
+   * Opens the database again after a fatal error. DuckDB invalidates an open database when a
+   * checkpoint fails (a full disk, an I/O error) and refuses every statement after it, even
+   * once the cause is gone: without this, the retries would fail for ever. What was committed
+   * is in the file and its WAL; the table states are read from there again.
+   */
+  private async reopen(): Promise<void> {
+    try {
+      this.connection.closeSync();
+      this.instance.closeSync();
+    } catch {
+      // Closed already (an earlier attempt to open it again failed).
+    }
+    this.instance = await DuckDBInstance.create(this.path, this.settings);
+    this.connection = await this.instance.connect();
+    await this.load();
+    this.invalidated = undefined;
   }
 
   private async load(): Promise<void> {
@@ -119,12 +144,18 @@ export class DuckDbDestination implements Destination {
   }
 
   apply(steps: Step[], states: Map<number, TableState>): Promise<void> {
-    const run = this.queue.then(() => this.applyNow(steps, states));
+    const run = this.queue.then(() => this.applyNow(steps, states).catch((error) => this.afterFailure(error)));
     this.queue = run.catch(() => {});
     return run;
   }
 
   private async applyNow(steps: Step[], states: Map<number, TableState>): Promise<void> {
+    if (this.invalidated) {
+      const invalidated = this.invalidated;
+      await this.reopen().catch((error) => {
+        throw new Error(`the database was invalidated by "${invalidated}", and opening it again failed: ${errorMessage(error)}`);
+      });
+    }
     const shapes = new Map<number, Shape>();
     // Copy chunks (up to hundreds of thousands of rows) are read and compressed in parallel;
     // batches of changes are small statements, for which DuckDB's threads cost more in
@@ -169,6 +200,15 @@ export class DuckDbDestination implements Destination {
       throw error;
     }
     for (const [oid, state] of states) this.tables.set(oid, { state, shape: shapes.get(oid) ?? this.tables.get(oid)!.shape });
+  }
+
+  /** Rethrows an apply's error, once the database is usable again if the error invalidated it. */
+  private async afterFailure(error: unknown): Promise<never> {
+    if (/FATAL Error|database has been invalidated/.test(errorMessage(error))) {
+      this.invalidated = errorMessage(error);
+      await this.reopen().catch(() => {});
+    }
+    throw error;
   }
 
   private async useThreads(threads: number): Promise<void> {

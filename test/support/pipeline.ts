@@ -16,11 +16,16 @@ export class CliProcess {
   stdout = '';
   stderr = '';
   readonly exited: Promise<number | null>;
+  /** The CLI command run, e.g. "consumer duckdb". */
+  private readonly command: string;
 
-  constructor(args: string[], env: Record<string, string> = {}) {
+  /** `wrapper` runs the CLI through a command that then execs it (e.g. `prlimit --fsize=N --`). */
+  constructor(args: string[], env: Record<string, string> = {}, wrapper: string[] = []) {
     // PGR_CPU_PROF=DIR writes a V8 CPU profile of every CLI process there (npm run bench -- profiles).
     const profile = process.env.PGR_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PGR_CPU_PROF}`] : [];
-    this.child = spawn(process.execPath, [...profile, CLI, ...args], {
+    this.command = args.slice(0, 2).join(' ');
+    const [command, ...rest] = [...wrapper, process.execPath, ...profile, CLI, ...args];
+    this.child = spawn(command, rest, {
       env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'info', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -39,7 +44,7 @@ export class CliProcess {
   /** Why the process failed on its own, if it did: its exit code and the end of what it printed. */
   get endedOnItsOwn(): string | undefined {
     if (this.ended || this.child.exitCode === 0 || (this.child.exitCode === null && this.child.signalCode === null)) return undefined;
-    return `${this.child.spawnargs.slice(2, 4).join(' ')} exited with ${this.child.exitCode ?? this.child.signalCode}: ${this.stderr.slice(-2000)}`;
+    return `${this.command} exited with ${this.child.exitCode ?? this.child.signalCode}: ${this.stderr.slice(-2000)}`;
   }
 
   kill9(): Promise<number | null> {
@@ -210,8 +215,8 @@ export class TestPipeline {
     return join(this.dir, `${name}.duckdb`);
   }
 
-  duckdb(name: string, env: Record<string, string> = {}): CliProcess {
-    return this.track(new CliProcess(['consumer', 'duckdb', '--name', name, '--path', this.duckdbPath(name), '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common], env));
+  duckdb(name: string, env: Record<string, string> = {}, wrapper: string[] = [], extra: string[] = []): CliProcess {
+    return this.track(new CliProcess(['consumer', 'duckdb', '--name', name, '--path', this.duckdbPath(name), '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common, ...extra], env, wrapper));
   }
 
   /** A BigQuery consumer writing dataset `dataset` through the emulator at `endpoint`. */
