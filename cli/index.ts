@@ -99,8 +99,14 @@ consumerCommand('stdout', 'Print one JSON line per change to stdout.').action(as
 
 async function runConsumer(flags: Record<string, unknown>, destinationConfig: DestinationConfig): Promise<void> {
   const { metricsPort: port, ...config } = validate(runnerConfig.extend({ metricsPort }), flags);
-  const [{ openDestination }, { ConsumerRunner }, { connectRedis }] = await Promise.all([import('../consumers/index.js'), import('../consumers/runner.js'), import('../shared/redis.js')]);
-  // First: a port that cannot be served fails before the destination is touched.
+  const [{ openDestination }, { ConsumerRunner }, { connectRedis }, { connectRedisOnce }] = await Promise.all([
+    import('../consumers/index.js'),
+    import('../consumers/runner.js'),
+    import('../shared/redis.js'),
+    import('../shared/redistarget.js'),
+  ]);
+  // First: a Redis that cannot be reached, or a port that cannot be served, fails before the destination is touched.
+  (await connectRedisOnce(config.redisUrl)).disconnect();
   const stopMetrics = await startMetrics(port);
   const redis = connectRedis(config.redisUrl);
   redis.on('error', () => {});

@@ -1,63 +1,8 @@
 import test from 'ava';
-import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Redis } from 'ioredis';
-import { connectRedis } from '../shared/redis.js';
-import { LOAD_SCHEMA, TestPipeline, loadTablesIn, runCli, waitFor, writeLoad } from './support/pipeline.js';
-import { freePort, spawnRedis, startPostgres, type PostgresServer } from './support/services.js';
-
-/** A master, a replica of it and one sentinel watching them (quorum 1), each on a free port. */
-interface SentinelSet {
-  url: string;
-  masterPort: () => Promise<number>;
-  failover: () => Promise<void>;
-  stop: () => Promise<void>;
-}
-
-async function startSentinelSet(): Promise<SentinelSet> {
-  const dir = mkdtempSync(join(tmpdir(), 'pgr-sentinel-'));
-  const [masterPort, replicaPort, sentinelPort] = [await freePort(), await freePort(), await freePort()];
-  const servers: ChildProcess[] = [];
-  servers.push(await spawnRedis(masterPort, ['--save', '', '--appendonly', 'no']));
-  servers.push(await spawnRedis(replicaPort, ['--save', '', '--appendonly', 'no', '--replicaof', '127.0.0.1', String(masterPort)]));
-  const config = join(dir, 'sentinel.conf');
-  writeFileSync(config, [`dir ${dir}`, `sentinel monitor pgr 127.0.0.1 ${masterPort} 1`, 'sentinel down-after-milliseconds pgr 2000', 'sentinel failover-timeout pgr 10000', ''].join('\n'));
-  servers.push(await spawnRedis(sentinelPort, [config, '--sentinel']));
-  const sentinel = new Redis({ port: sentinelPort, host: '127.0.0.1' });
-  sentinel.on('error', () => {});
-  const masterPortNow = async () => Number(((await sentinel.call('SENTINEL', 'get-master-addr-by-name', 'pgr')) as string[])[1]);
-  const replicaLinked = async (port: number) => {
-    const replica = new Redis({ port, host: '127.0.0.1' });
-    try {
-      return /master_link_status:up/.test(await replica.info('replication'));
-    } finally {
-      replica.disconnect();
-    }
-  };
-  await waitFor('the replica to be in sync and known to the sentinel', async () => {
-    const replicas = (await sentinel.call('SENTINEL', 'replicas', 'pgr')) as string[][];
-    return replicas.length === 1 && (await replicaLinked(replicaPort));
-  });
-  return {
-    url: `redis-sentinel://127.0.0.1:${sentinelPort}/pgr`,
-    masterPort: masterPortNow,
-    failover: async () => {
-      const before = await masterPortNow();
-      await sentinel.call('SENTINEL', 'FAILOVER', 'pgr');
-      await waitFor('the sentinel to promote the replica', async () => (await masterPortNow()) !== before);
-      // The old master follows the new one: a second failover could go back.
-      await waitFor('the old master to follow the new one', async () => replicaLinked(before));
-    },
-    stop: async () => {
-      sentinel.disconnect();
-      for (const server of servers) server.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
+import { LOAD_SCHEMA, TestPipeline, loadTablesIn, runCli, writeLoad } from './support/pipeline.js';
+import { type SentinelSet, startSentinelSet } from './support/sentinel.js';
+import { startPostgres, type PostgresServer } from './support/services.js';
 
 let pg: PostgresServer;
 let sentinels: SentinelSet;
@@ -69,8 +14,7 @@ test.after.always(async () => {
 });
 
 test('through Redis Sentinel, the master failed over twice mid-stream: the producer, the consumers and the CLI follow it, and both destinations equal Postgres', async (t) => {
-  const redis = connectRedis(sentinels.url);
-  redis.on('error', () => {});
+  const redis = sentinels.client;
   const pipeline = new TestPipeline(pg, sentinels.url, 'sentinel', ['main', 'second']);
   await pg.query(LOAD_SCHEMA(pipeline.publication));
   const producer = pipeline.producer();
@@ -90,7 +34,6 @@ test('through Redis Sentinel, the master failed over twice mid-stream: the produ
     t.is(producer.child.exitCode, null, 'the producer process never ended');
   } finally {
     await Promise.all([producer.stop(), ...consumers.map((consumer) => consumer.stop())]);
-    redis.disconnect();
   }
   for (const name of ['main', 'second']) {
     const { duckdb, postgres } = await loadTablesIn(pg, pipeline.duckdbPath(name));

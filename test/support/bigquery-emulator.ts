@@ -120,8 +120,27 @@ export class BigQueryEmulator {
     return run;
   }
 
+  /** While set, requests are held unanswered (a BigQuery that hangs); hold(false) lets them through. */
+  hold(holding: boolean): void {
+    if (holding) {
+      this.held ??= [];
+      return;
+    }
+    const held = this.held ?? [];
+    this.held = undefined;
+    for (const release of held) release();
+  }
+
+  private held: (() => void)[] | undefined;
+  /** Requests held by hold(true) so far. */
+  heldRequests = 0;
+
   private async handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
     const body = await readBody(request);
+    if (this.held) {
+      this.heldRequests++;
+      await new Promise<void>((resolve) => this.held!.push(resolve));
+    }
     const url = new URL(request.url ?? '/', this.url);
     const route = `${request.method} ${url.pathname}`;
     const fault = this.faults.find((candidate) => candidate.times > 0 && candidate.match.test(route));
