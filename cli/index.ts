@@ -39,6 +39,7 @@ program
   .addOption(new Option('--flush-interval-ms <n>', 'longest a change waits in an open batch').default(PRODUCER_DEFAULTS.flushIntervalMs).argParser(integer))
   .addOption(new Option('--max-backlog-batches <n>', 'unapplied batches at which reading the slot pauses').default(PRODUCER_DEFAULTS.maxBacklogBatches).argParser(integer))
   .addOption(new Option('--max-backlog-bytes <n>', 'unapplied bytes (approximate) at which reading the slot pauses').default(PRODUCER_DEFAULTS.maxBacklogBytes).argParser(integer))
+  .addOption(new Option('--max-pending-transactions <n>', 'transactions read but not yet applied by every destination at which reading the slot pauses (bounds the producer\'s memory)').default(PRODUCER_DEFAULTS.maxPendingTransactions).argParser(integer))
   .addOption(new Option('--max-destination-lag-bytes <n>', 'WAL a destination may leave unapplied before it is detached: it stops holding the slot, and gets a fresh copy when its consumer comes back (default: no bound)').default(PRODUCER_DEFAULTS.maxDestinationLagBytes).argParser(integer).env('MAX_DESTINATION_LAG_BYTES'))
   .addOption(new Option('--status-interval-ms <n>', 'standby status update interval (keep well below wal_sender_timeout)').default(PRODUCER_DEFAULTS.statusIntervalMs).argParser(integer))
   .addOption(new Option('--heartbeat-interval-ms <n>', 'idle time after which a heartbeat message is written').default(PRODUCER_DEFAULTS.heartbeatIntervalMs).argParser(integer))

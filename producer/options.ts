@@ -21,6 +21,12 @@ export interface ProducerOptions {
   maxBacklogBatches: number;
   /** Approximate unapplied bytes (worst destination) above which reading pauses: bounds Redis memory. */
   maxBacklogBytes: number;
+  /**
+   * Transactions read but not yet applied everywhere, above which reading pauses: the backlog
+   * counts batches, and one batch may hold thousands of small transactions, each an entry in
+   * the producer's memory.
+   */
+  maxPendingTransactions: number;
   /** WAL a destination may leave unapplied before it is detached (it stops holding the slot); 0: no bound. */
   maxDestinationLagBytes: number;
   statusIntervalMs: number;
@@ -45,6 +51,7 @@ export const PRODUCER_DEFAULTS = {
   flushIntervalMs: 50,
   maxBacklogBatches: 1000,
   maxBacklogBytes: 256 * 1024 * 1024,
+  maxPendingTransactions: 200_000,
   maxDestinationLagBytes: 0,
   statusIntervalMs: 10_000,
   heartbeatIntervalMs: 30_000,
@@ -82,11 +89,6 @@ export const COPY_DONE_POLL_MS = 10;
 /** Adds not yet acknowledged by Redis, in number and bytes, before reading pauses: bounds producer memory. */
 export const MAX_PENDING_ADDS = 8;
 export const MAX_PENDING_BYTES = 8 * 1024 * 1024;
-/**
- * Transactions read but not yet applied everywhere, before reading pauses: the backlog counts
- * batches, and one batch may hold thousands of small transactions, each an entry in memory.
- */
-export const MAX_PENDING_ENTRIES = 200_000;
 /** How often the producer measures each destination's lag against the server's WAL position. */
 export const LAG_CHECK_MS = 5_000;
 

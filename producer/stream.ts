@@ -5,7 +5,7 @@ import { type Lsn, formatLsn, maxLsn } from '../shared/lsn.js';
 import type { RowOp } from '../shared/tupledata.js';
 import { Batcher } from './batcher.js';
 import { Heartbeat } from './heartbeat.js';
-import { type AckPosition, MAX_PENDING_ENTRIES, type Session } from './options.js';
+import { type AckPosition, type Session } from './options.js';
 import { type PgoutputMessage, decodePgoutput, rowOp } from './pgoutput.js';
 import { PG_EPOCH_MS, type ReplicationConnection } from './replication.js';
 import { showSession, tally } from './metrics.js';
@@ -82,7 +82,7 @@ export async function streamSlot(
     }
   };
   /** Too much unapplied: in Redis, or in transactions waiting for their acknowledgement (one batch can hold thousands). */
-  const backlogFull = () => watcher.isFull || tracker.pendingEntries > MAX_PENDING_ENTRIES;
+  const backlogFull = () => watcher.isFull || tracker.pendingEntries > options.maxPendingTransactions;
   const noteActivity = () => {
     active = true;
     if (backlogFull()) setPaused('backlog', true);

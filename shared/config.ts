@@ -44,6 +44,7 @@ export const producerConfig = z.object({
   flushIntervalMs: positive,
   maxBacklogBatches: positive,
   maxBacklogBytes: positive,
+  maxPendingTransactions: positive,
   /** Unapplied WAL (bytes) past which a destination is detached; 0: never. */
   maxDestinationLagBytes: z.coerce.number().int().nonnegative().default(0),
   statusIntervalMs: positive,

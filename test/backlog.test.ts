@@ -1,7 +1,7 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { TestPipeline, duckdbRows, postgresRows, storedChunks, waitFor } from './support/pipeline.js';
-import { useServices } from './support/services.js';
+import { LOAD_SCHEMA, TestPipeline, duckdbRows, loadTablesIn, postgresRows, scrape, storedChunks, waitFor } from './support/pipeline.js';
+import { freePort, useServices } from './support/services.js';
 
 const env = useServices(test);
 
@@ -47,4 +47,35 @@ test('a copy to a destination that is not running stops at the backlog bound, th
     await Promise.all([producer.stop(), consumer?.stop()]);
   }
   t.deepEqual(await duckdbRows(pipeline.duckdbPath('late'), 'public.wide', ['id', 'body']), await postgresRows(env.pg, 'wide', ['id', 'body']));
+});
+
+test('transactions waiting for a destination that is not running are bounded: reading pauses at --max-pending-transactions, the running destination waits, and both catch up when it starts', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'pending', ['printed', 'late']);
+  await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'pending'));
+  const port = await freePort();
+  // Batches of up to 100 000 changes and a backlog of 100 000 batches: only the bound on
+  // transactions can pause reading here.
+  const producer = pipeline.producer(['--max-pending-transactions', '500', '--max-batch-changes', '100000', '--max-backlog-batches', '100000', '--metrics-port', String(port)]);
+  const printed = pipeline.stdout('printed');
+  let late = pipeline.duckdb('late');
+  const streamed = () => printed.stdout.split('\n').filter((line) => line.includes('"table":"pending.events","op":"insert"') && !line.includes('"backfill"')).length;
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    await late.stop();
+    for (let round = 1; round <= 2000; round++) await env.pg.query(`INSERT INTO pending.events VALUES (${round}, 'e${round}')`);
+    await waitFor('reading to pause for the backlog', async () => (await scrape(port)).get('pg_replicate_slot_read_paused{reason="backlog"}') === 1);
+    // While paused, the running destination gets no further than the bound (plus the
+    // transactions of the batch open when it was crossed).
+    await sleep(2000);
+    const seen = streamed();
+    t.true(seen < 2000, `the running destination has ${seen} of the 2000 rows while reading is paused`);
+    t.is((await scrape(port)).get('pg_replicate_slot_read_paused{reason="backlog"}'), 1, 'still paused');
+    late = pipeline.duckdb('late');
+    await pipeline.waitForCatchUp();
+    await waitFor('every row printed', async () => streamed() === 2000);
+  } finally {
+    await Promise.all([producer.stop(), printed.stop(), late.stop()]);
+  }
+  const { duckdb, postgres } = await loadTablesIn(env.pg, pipeline.duckdbPath('late'), 'pending');
+  t.deepEqual(duckdb, postgres);
 });
