@@ -1,5 +1,4 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { z } from 'zod';
 import type { DestinationConfig } from '../consumers/index.js';
@@ -7,7 +6,7 @@ import { RUNNER_DEFAULTS } from '../consumers/options.js';
 import { PRODUCER_DEFAULTS, PRODUCER_HEAP_MB } from '../producer/options.js';
 import { runProducerThread } from '../producer/thread.js';
 import { bigQueryConfig, destinationName, heapMb, metricsPort, pgUrl, pipelineId, producerConfig, redisUrl, runnerConfig, validate } from '../shared/config.js';
-import { UserError, errorMessage } from '../shared/errors.js';
+import { UserError } from '../shared/errors.js';
 import { exitWithError, runUntilStopped } from './lifecycle.js';
 
 // Modules that talk to Postgres, Redis or a destination are imported by the commands that use
@@ -124,46 +123,12 @@ async function runConsumer(flags: Record<string, unknown>, destinationConfig: De
   );
 }
 
-const runFileSchema = z.object({
-  pipeline: pipelineId,
-  pgUrl,
-  redisUrl,
-  publication: z.string().min(1),
-  slot: z.string(),
-  mode: z.enum(['both', 'copy', 'cdc']).default('both'),
-  partitions: z.number().int().positive().default(PRODUCER_DEFAULTS.partitions),
-  maxDestinationLagBytes: z.number().int().nonnegative().default(PRODUCER_DEFAULTS.maxDestinationLagBytes),
-  metricsPort,
-  destinations: z
-    .array(
-      z.discriminatedUnion('type', [
-        z.object({ type: z.literal('duckdb'), name: destinationName, path: z.string().min(1), settings: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()]).transform(String)).optional() }),
-        z.object({ type: z.literal('stdout'), name: destinationName }),
-        bigQueryConfig.extend({ type: z.literal('bigquery'), name: destinationName }),
-      ]),
-    )
-    .min(1),
-});
-
 program
   .command('run')
   .description('Run the producer and every destination\'s consumer in one process, from a YAML file (${ENV_VAR} is expanded).')
   .requiredOption('--config <file>', 'YAML file: pipeline, pgUrl, redisUrl, publication, slot, destinations')
   .action(async (flags) => {
-    let text: string;
-    try {
-      text = readFileSync(flags.config, 'utf8');
-    } catch (error) {
-      throw new UserError(`Cannot read --config ${flags.config}: ${errorMessage(error)}`);
-    }
-    const expanded = text.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_, name: string) => process.env[name] ?? '');
-    let raw: unknown;
-    try {
-      raw = (await import('yaml')).parse(expanded);
-    } catch (error) {
-      throw new UserError(`--config ${flags.config} is not valid YAML: ${errorMessage(error)}`);
-    }
-    const file = validate(runFileSchema, raw);
+    const file = await (await import('./runfile.js')).readRunFile(flags.config);
     const stopMetrics = await startMetrics(file.metricsPort);
     const [{ Producer }, { openDestination }, { ConsumerRunner }, { connectRedis }] = await Promise.all([
       import('../producer/producer.js'),

@@ -54,7 +54,42 @@ test('run --config with a bad file exits 2 and says what is wrong', async (t) =>
   writeFileSync(config, 'pipeline: x\ndestinations: []\n');
   const result = await runCli(['run', '--config', config]);
   t.is(result.code, 2);
-  t.regex(result.stderr, /Invalid configuration/);
+  t.regex(result.stderr, /destinations: at least one destination is needed/);
+  // Each problem named by its key path; a mistyped key is an error with the key it resembles.
+  writeFileSync(
+    config,
+    `pipeline: x
+pgUrl: \${TEST_PG_URL}
+redisUrl: redis://localhost
+publication: p
+slot: s
+partitons: 4
+destinations:
+  - { type: duckdb, name: a, pth: /tmp/a.duckdb }
+  - { type: snowflake, name: b }
+  - { type: bigquery, name: c, project: p, datset: d }
+`,
+  );
+  const typos = await runCli(['run', '--config', config], { TEST_PG_URL: 'mysql://db' });
+  t.is(typos.code, 2);
+  for (const problem of [
+    /^ {2}pgUrl: must be a URL starting with postgres:\/\/ or postgresql:\/\/$/m,
+    /^ {2}partitons: unknown key \(did you mean "partitions"\?\)$/m,
+    /^ {2}destinations\[0\]\.pth: unknown key \(did you mean "path"\?\)$/m,
+    /^ {2}destinations\[0\]\.path: is required$/m,
+    /^ {2}destinations\[1\]\.type: .*'duckdb' \| 'stdout' \| 'bigquery'/m,
+    /^ {2}destinations\[2\]\.datset: unknown key \(did you mean "dataset"\?\)$/m,
+  ]) {
+    t.regex(typos.stderr, problem);
+  }
+  // An unset variable is an error naming it, never an empty value; ${NAME:-default} gives a default.
+  const unset = await runCli(['run', '--config', config], { TEST_PG_URL: '' });
+  t.is(unset.code, 2);
+  t.regex(unset.stderr, /uses \$\{TEST_PG_URL\}, but TEST_PG_URL is not set in the environment/);
+  writeFileSync(config, `pipeline: x\npgUrl: \${TEST_PG_URL:-postgres://db/app}\nredisUrl: redis://localhost\npublication: p\nslot: s\ndestinations: []\n`);
+  const defaulted = await runCli(['run', '--config', config], { TEST_PG_URL: '' });
+  t.is(defaulted.code, 2);
+  t.notRegex(defaulted.stderr, /pgUrl/);
   const missing = await runCli(['run', '--config', join(dir, 'missing.yaml')]);
   t.is(missing.code, 2);
   t.regex(missing.stderr, /Cannot read --config/);
