@@ -4,6 +4,7 @@ import { UserError } from '../shared/errors.js';
 import { keys } from '../shared/keys.js';
 import { readPipelineState, writePipelineState } from '../shared/redis.js';
 import { connectRedisOnce } from '../shared/redistarget.js';
+import { encodeRequest } from '../shared/requests.js';
 
 /** Asks the producer to stop feeding a destination, and waits (up to 30 s) until it has. */
 export async function removeDestination(options: { pipeline: string; redisUrl: string; name: string }): Promise<string> {
@@ -12,7 +13,7 @@ export async function removeDestination(options: { pipeline: string; redisUrl: s
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url.`);
     if (!state.destinations.includes(options.name)) throw new UserError(`Pipeline ${options.pipeline} has no destination "${options.name}" (it has: ${state.destinations.join(', ') || 'none'}).`);
-    await redis.rpush(keys.requests(options.pipeline), JSON.stringify({ removeDestination: options.name }));
+    await redis.rpush(keys.requests(options.pipeline), encodeRequest({ removeDestination: options.name }));
     for (const until = Date.now() + 30_000; Date.now() < until; ) {
       if (!(await readPipelineState(redis, options.pipeline))?.destinations.includes(options.name)) return `destination ${options.name} removed`;
       await sleep(200);
@@ -42,7 +43,7 @@ export async function requestResync(options: { pipeline: string; redisUrl: strin
     );
     if (found.rowCount === 0) throw new UserError(`Table ${options.table} is not in publication ${state.publication}. Give it as schema.name, e.g. --table public.orders.`);
     const request = { tableOid: Number(found.rows[0].oid), ...(options.destination ? { destinations: [options.destination] } : {}) };
-    await redis.rpush(keys.requests(options.pipeline), JSON.stringify(request));
+    await redis.rpush(keys.requests(options.pipeline), encodeRequest(request));
     return `resync of ${options.table} requested${options.destination ? ` for ${options.destination}` : ''}: the producer copies it beside the stream (watch its log, or status)`;
   } finally {
     await client.end();

@@ -21,6 +21,8 @@ export interface PipelineStatus {
   slotWalStatus?: string | null;
   /** WAL the slot holds on the server: from its confirmed position to the current one. */
   slotLagBytes?: number | null;
+  /** Requests the producer refused and moved aside (malformed, or for a table not published), the newest last. */
+  refusedRequests: { request: string; error: string; at: string }[];
   /** The producer's connection to Postgres, as it last recorded it. */
   postgres?: { state: 'connected' | 'reconnecting'; since?: string; error?: string };
   destinations: {
@@ -41,7 +43,8 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
   try {
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url, or start its producer first.`);
-    const status: PipelineStatus = { pipeline: options.pipeline, slot: state.slot, publication: state.publication, copy: state.copy ?? 'none', copyProgress: [], tableSyncs: [], destinations: [] };
+    const status: PipelineStatus = { pipeline: options.pipeline, slot: state.slot, publication: state.publication, copy: state.copy ?? 'none', copyProgress: [], tableSyncs: [], refusedRequests: [], destinations: [] };
+    status.refusedRequests = (await redis.lrange(keys.refusedRequests(options.pipeline), -10, -1)).map((text) => JSON.parse(text));
     const postgres = await redis.hget(keys.state(options.pipeline), 'postgres');
     if (postgres) status.postgres = JSON.parse(postgres);
     for (const progress of (await readCopyProgress(redis, options.pipeline)).values()) {
@@ -126,6 +129,7 @@ export function formatStatus(status: PipelineStatus): string {
     const ranges = sync.rangesTotal === null ? 'starting' : `${sync.rangesDone}/${sync.rangesTotal} ranges, ${sync.rows} rows`;
     lines.push(`table sync ${sync.table} (${sync.reason}, for ${sync.destinations === 'all' ? 'every destination' : sync.destinations.join(', ')}): ${ranges}`);
   }
+  for (const refused of status.refusedRequests) lines.push(`control request refused at ${refused.at}: ${refused.error} (${refused.request.slice(0, 200)})`);
   if (status.postgres?.state === 'reconnecting') lines.push(`producer: reconnecting to Postgres since ${status.postgres.since} (${status.postgres.error})`);
   if (status.slotConfirmedFlushLsn !== undefined) {
     const held = status.slotLagBytes === null || status.slotLagBytes === undefined ? '' : `, holding ${status.slotLagBytes} bytes of WAL`;

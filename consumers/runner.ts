@@ -9,6 +9,7 @@ import { QUEUE_PREFIX, keys, parseApplied, queueName } from '../shared/keys.js';
 import { compareVersions } from '../shared/lsn.js';
 import { log } from '../shared/log.js';
 import { connectRedis, readPipelineState, recordApplied } from '../shared/redis.js';
+import { encodeRequest } from '../shared/requests.js';
 import { ChunkReader } from './chunkreader.js';
 import { type Destination, PermanentError, type TableState } from './destination.js';
 import { DestinationMetrics } from './metrics.js';
@@ -142,7 +143,7 @@ export class ConsumerRunner {
     // Detached for lagging: it asks again (once) for a fresh copy, as a new destination does.
     const detached = await this.redis.hget(keys.state(this.options.pipeline), `detached:${this.options.name}`);
     if (!(firstLook || newRun || detached)) return;
-    const request = JSON.stringify({ addDestination: this.options.name });
+    const request = encodeRequest({ addDestination: this.options.name });
     if ((await this.redis.lrange(keys.requests(this.options.pipeline), 0, -1)).includes(request)) return;
     if (detached) log.warn({ destination: this.options.name, detached: JSON.parse(detached) }, 'this destination was detached by the producer: registering it again for a fresh copy of every table');
     else log.info({ destination: this.options.name }, 'registering this destination with the producer');

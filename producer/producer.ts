@@ -7,6 +7,7 @@ import { formatLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import { formatApplied, keys } from '../shared/keys.js';
 import { type PipelineState, type TableSyncRecord, connectRedis, readCopyProgress, readPipelineState, readTableSyncs, writePipelineState } from '../shared/redis.js';
+import { encodeRequest } from '../shared/requests.js';
 import { AckTracker } from './acks.js';
 import { Catalog, currentWalLsn, publishedTableOids } from './catalog.js';
 import { Sequencer } from './batcher.js';
@@ -223,7 +224,7 @@ export class Producer {
     const registered = needsCopy ? [...new Set([...known, ...options.destinations])] : known;
     this.registered = registered;
     for (const name of options.destinations.filter((name) => !registered.includes(name))) {
-      await this.redis.rpush(keys.requests(options.pipeline), JSON.stringify({ addDestination: name }));
+      await this.redis.rpush(keys.requests(options.pipeline), encodeRequest({ addDestination: name }));
     }
 
     const queues = new BatchQueues(this.redis, options.pipeline, registered, options.partitions);

@@ -4,6 +4,7 @@ import { keys } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { type Lsn, formatLsn } from '../shared/lsn.js';
 import { type TableCopyProgress, type TableSyncRecord, writePipelineState } from '../shared/redis.js';
+import { parseRequest } from '../shared/requests.js';
 import type { PendingEntry } from './acks.js';
 import { Catalog, describeTable, publicationTables } from './catalog.js';
 import { TableCopy, copyInRanges, mendsByKey, openSnapshotConnections, planRanges, scansCtidRanges, withExportedSnapshot } from './copy.js';
@@ -79,9 +80,6 @@ export interface CopiedTable {
   rows: number;
   lastBatch?: { partition: number; seq: number };
 }
-
-/** What `pg-replicate resync`, a starting consumer and `destinations remove` ask of the producer. */
-export type Request = { tableOid: number; destinations?: string[] } | { addDestination: string } | { removeDestination: string };
 
 /** A streamed change held back while its table is copied, and how to put it in its batch later. */
 interface HeldChange {
@@ -186,7 +184,16 @@ export class TableSync {
     for (;;) {
       const text = await this.session.redis.lindex(requests, 0);
       if (!text) break;
-      const request = JSON.parse(text) as Request;
+      const parsed = parseRequest(text);
+      if ('error' in parsed) {
+        await this.refuse(text, parsed.error);
+        continue;
+      }
+      const { request } = parsed;
+      if ('tableOid' in request && !(await publicationTables()).includes(request.tableOid)) {
+        await this.refuse(text, `table OID ${request.tableOid} is not in publication ${this.session.options.publication}`);
+        continue;
+      }
       if ('tableOid' in request) {
         if (this.holds.has(request.tableOid)) break;
         await this.start([request.tableOid], request.destinations, 'resync requested');
@@ -204,6 +211,13 @@ export class TableSync {
     const published = new Set(await publicationTables());
     for (const oid of published) this.noticeRelation(oid);
     for (const oid of this.known) if (!published.has(oid)) this.known.delete(oid);
+  }
+
+  /** Moves a request that cannot be carried out aside, with the reason: it is not tried again. */
+  private async refuse(text: string, error: string): Promise<void> {
+    const { redis, options } = this.session;
+    log.error({ request: text.slice(0, 500), error, refusedRequests: keys.refusedRequests(options.pipeline) }, 'control request refused and moved aside');
+    await redis.multi().rpush(keys.refusedRequests(options.pipeline), JSON.stringify({ request: text, error, at: new Date().toISOString() })).lpop(keys.requests(options.pipeline)).exec();
   }
 
   /**

@@ -15,6 +15,8 @@ export const keys = {
   health: (pipeline: string, destination: string) => `pgr:{${pipeline}}:health:${destination}`,
   /** List of resync requests for the producer: JSON { tableOid, destinations? }. */
   requests: (pipeline: string) => `pgr:{${pipeline}}:requests`,
+  /** List of {request, error, at} JSON: requests the producer refused (malformed, or for a table not published). */
+  refusedRequests: (pipeline: string) => `pgr:{${pipeline}}:refused-requests`,
   /** Hash table OID → JSON progress of the table's initial copy (ranges done, rows): what a restarted producer continues. */
   copyProgress: (pipeline: string) => `pgr:{${pipeline}}:copy-progress`,
   /** Hash table OID → JSON record of a copy beside the stream in progress (TableSyncRecord): what a restarted producer continues. */

@@ -26,3 +26,25 @@ test('resync recopies one table consistently while everything streams under a wr
   t.deepEqual(duckdb, postgres);
   t.true(postgres.accounts.some((row) => row.includes('SEED')), 'the rewrite really changed rows that only the resync brings over');
 });
+
+test('control requests that do not parse, or name a table not published, are moved aside with the reason, and the pipeline goes on', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'badrequest', ['main']);
+  await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'badrequest'));
+  const requests = `pgr:{${pipeline.pipeline}}:requests`;
+  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async ({ producer }) => {
+    const oidOfSystemTable = (await env.pg.query("SELECT 'pg_class'::regclass::oid::int AS oid")).rows[0].oid;
+    await env.redis.client.rpush(requests, '{not json', JSON.stringify({ dropEverything: true }), JSON.stringify({ tableOid: oidOfSystemTable }), JSON.stringify({ addDestination: '../x' }));
+    await writeLoad(env.pg, 100, 0, 'badrequest');
+    await waitFor('the requests to be handled', async () => (await env.redis.client.llen(requests)) === 0);
+    await pipeline.waitForCatchUp();
+    const status = (await runCli(['status', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout;
+    t.regex(status, /control request refused at \S+: not JSON \(\{not json\)/);
+    t.regex(status, /control request refused at \S+: not a request: expected .* \(\{"dropEverything":true\}\)/);
+    t.regex(status, new RegExp(`control request refused at \\S+: table OID ${oidOfSystemTable} is not in publication ${pipeline.publication}`));
+    t.regex(status, /control request refused at \S+: not a request: .* \(\{"addDestination":"\.\.\/x"\}\)/);
+    t.regex(status, /destination main: ok/);
+  });
+  t.notRegex(producer.stderr, /session ended/, 'the producer never restarted');
+  const { duckdb, postgres } = await loadTablesIn(env.pg, pipeline.duckdbPath('main'), 'badrequest');
+  t.deepEqual(duckdb, postgres);
+});
