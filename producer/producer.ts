@@ -15,6 +15,7 @@ import { copyTables, withExportedSnapshot } from './copy.js';
 import { detachedDestinations, hideSession, showSession, source, tally } from './metrics.js';
 import { LagGuard } from './lagguard.js';
 import { type AckPosition, COPY_DONE_POLL_MS, type ProducerOptions, type Session } from './options.js';
+import { ProducerLease } from './lease.js';
 import { SLOT_RECOVERY, STARTUP_PATIENCE_MS, checkRedis, checkSource, connectPostgres, connectPostgresOnce, isConnectionLoss, refusal } from './preflight.js';
 import { BatchQueues } from './queues.js';
 import { ReplicationConnection } from './replication.js';
@@ -68,6 +69,27 @@ export class Producer {
     } finally {
       await client.end();
     }
+    // One producer per pipeline: a second one exits here, before it touches a slot.
+    const lease = new ProducerLease(this.redis, this.options.pipeline);
+    let leaseLost: UserError | undefined;
+    const running = new AbortController();
+    const stop = () => running.abort();
+    signal.addEventListener('abort', stop);
+    try {
+      await lease.acquire(signal, (error) => {
+        leaseLost = error;
+        running.abort();
+      });
+      await this.sessions(running.signal);
+    } finally {
+      signal.removeEventListener('abort', stop);
+      await lease.release();
+    }
+    if (leaseLost) throw leaseLost;
+  }
+
+  /** Sessions from the slot, one after another, until the signal aborts or the work is finished (copy mode). */
+  private async sessions(signal: AbortSignal): Promise<void> {
     let failures = 0;
     while (!signal.aborted) {
       try {

@@ -21,6 +21,8 @@ export const keys = {
   copyProgress: (pipeline: string) => `pgr:{${pipeline}}:copy-progress`,
   /** Hash table OID → JSON record of a copy beside the stream in progress (TableSyncRecord): what a restarted producer continues. */
   tableSyncs: (pipeline: string) => `pgr:{${pipeline}}:table-syncs`,
+  /** String (with a TTL, renewed): JSON {token, host, pid, since} of the one producer running the pipeline. */
+  producerLease: (pipeline: string) => `pgr:{${pipeline}}:producer`,
   /** Hash table → JSON state, for destinations that have no store of their own (stdout). */
   tableStates: (pipeline: string, destination: string) => `pgr:{${pipeline}}:tables:${destination}`,
 };

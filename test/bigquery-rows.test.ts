@@ -94,13 +94,17 @@ test('updates keep unchanged TOASTed values; deletes, truncates, keyless duplica
   }
 });
 
-test('transient errors (503, 429) are retried; a permanent one (403) parks the partition with advice until access returns', async (t) => {
+test('transient errors (503, 429) are retried, at start as later; a permanent one (403) parks the partition with advice until access returns', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'bqfaults', ['warehouse']);
   const dataset = 'faults_test';
   await env.pg.query(`CREATE TABLE items (id int PRIMARY KEY, label text); INSERT INTO items SELECT g, 'seed' FROM generate_series(1, 100) g;
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE items;`);
   const status = async () => JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout);
+  // The consumer starts while BigQuery is unavailable: it waits for it (withBigQuery fails if it exits).
+  const before = bq.emulator.faultsServed;
+  bq.emulator.failNext(3, 503, 'backendError', /\/projects\/faults-project\//);
   await withBigQuery(pipeline, dataset, async () => {
+    t.true(bq.emulator.faultsServed >= before + 3, 'the consumer met the unavailable BigQuery at start');
     const served = bq.emulator.faultsServed;
     // Faults only for this test's project: the other tests share the emulator.
     bq.emulator.failNext(2, 503, 'backendError', /^POST .*\/projects\/faults-project\/jobs$/);

@@ -101,11 +101,12 @@ serial(`chaos: ${SECONDS} s of random faults under a mixed workload, then DuckDB
       for (const job of await queue.getJobs(['wait'], 0, 1, false)) await job.remove().catch(() => {});
       await queue.close();
     },
-    'BigQuery refusing every request for a while (access denied, then backend errors)': async () => {
-      bq.emulator.denyAccess('test-project', true);
+    // Unavailable, not refusing access: a consumer (re)started meanwhile must wait, not exit
+    // (access denied at start is an error a human must fix: exit 2, tested in bigquery-rows).
+    'BigQuery unavailable for a while (every request answered 503)': async () => {
+      bq.emulator.unavailable('test-project', true);
       await sleep(OUTAGE_MS / 2);
-      bq.emulator.denyAccess('test-project', false);
-      bq.emulator.failNext(20, 503, 'backendError');
+      bq.emulator.unavailable('test-project', false);
     },
     'a destination unavailable for a while': async () => {
       const name = Math.random() < 0.5 ? 'duck' : 'warehouse';

@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { TableField } from '@google-cloud/bigquery';
 import { parseCopyRows } from '../../shared/csv.js';
 import { joinPieces } from '../../shared/chunks.js';
 import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
-import { UserError } from '../../shared/errors.js';
+import { UserError, errorMessage } from '../../shared/errors.js';
+import { log } from '../../shared/log.js';
 import { collapseByKey, netRowCounts } from '../collapse.js';
 import { type Destination, PermanentError, type Step, type StoredTable, type TableShape, type TableState } from '../destination.js';
 import { type BigQueryType, bigQueryName, bigQueryTableName, bigQueryType } from './types.js';
@@ -55,21 +57,31 @@ export class BigQueryDestination implements Destination {
 
   private constructor(private readonly warehouse: Warehouse) {}
 
+  /**
+   * Opens the dataset and the state table. A refusal a human must fix (credentials, access)
+   * ends the consumer (exit 2); a BigQuery that is unavailable or rate-limits is waited for,
+   * with backoff, as during a run.
+   */
   static async open(options: BigQueryOptions): Promise<BigQueryDestination> {
     const warehouse = new Warehouse(options);
-    try {
-      await warehouse.ensureDataset();
-      await warehouse.query(
-        `CREATE TABLE IF NOT EXISTS ${ident(`${options.dataset}.${STATE_TABLE}`)} (
-           table_oid INT64 NOT NULL, source_schema STRING, source_table STRING, table_name STRING, columns STRING,
-           copy_lsn INT64, copy_chunk INT64, copy_done BOOL, applied_lsn INT64, applied_ordinal INT64, updated_at TIMESTAMP,
-           PRIMARY KEY (table_oid) NOT ENFORCED)`,
-      );
-    } catch (error) {
-      if (error instanceof PermanentError) throw new UserError(error.message);
-      throw error;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await warehouse.ensureDataset();
+        await warehouse.query(
+          `CREATE TABLE IF NOT EXISTS ${ident(`${options.dataset}.${STATE_TABLE}`)} (
+             table_oid INT64 NOT NULL, source_schema STRING, source_table STRING, table_name STRING, columns STRING,
+             copy_lsn INT64, copy_chunk INT64, copy_done BOOL, applied_lsn INT64, applied_ordinal INT64, updated_at TIMESTAMP,
+             PRIMARY KEY (table_oid) NOT ENFORCED)`,
+        );
+        if (attempt > 1) log.info({ attempts: attempt }, 'BigQuery answers again');
+        return new BigQueryDestination(warehouse);
+      } catch (error) {
+        if (error instanceof PermanentError) throw new UserError(error.message);
+        const delay = Math.min(30_000, 500 * 2 ** Math.min(attempt, 6));
+        (attempt === 1 ? log.warn : log.debug).call(log, { err: errorMessage(error), retryInMs: delay }, 'BigQuery is not available yet: retrying with backoff');
+        await sleep(delay);
+      }
     }
-    return new BigQueryDestination(warehouse);
   }
 
   private get dataset(): string {

@@ -84,9 +84,18 @@ export class BigQueryEmulator {
 
   /** Every request for this project fails with 403 accessDenied until cleared, as with a revoked role. */
   denyAccess(project: string, denied: boolean): void {
+    this.failAll(project, denied ? { status: 403, reason: 'accessDenied' } : undefined);
+  }
+
+  /** Every request for this project fails with 503 backendError until cleared, as in an outage. */
+  unavailable(project: string, down: boolean): void {
+    this.failAll(project, down ? { status: 503, reason: 'backendError' } : undefined);
+  }
+
+  private failAll(project: string, fault: { status: number; reason: string } | undefined): void {
     const match = new RegExp(`/projects/${project}/`);
-    const others = this.faults.filter((fault) => fault.match.source !== match.source);
-    this.faults.splice(0, this.faults.length, ...others, ...(denied ? [{ status: 403, reason: 'accessDenied', times: Number.MAX_SAFE_INTEGER, match }] : []));
+    const others = this.faults.filter((candidate) => candidate.match.source !== match.source);
+    this.faults.splice(0, this.faults.length, ...others, ...(fault ? [{ ...fault, times: Number.MAX_SAFE_INTEGER, match }] : []));
   }
 
   /** Runs SQL (DuckDB's dialect) against the stored tables, for assertions. */
