@@ -72,6 +72,7 @@ const consumerCommand = (type: string, description: string) =>
     .addOption(new Option('--lock-duration-ms <n>', 'how long a crashed consumer can hold a partition').default(RUNNER_DEFAULTS.lockDurationMs).argParser(integer))
     .addOption(new Option('--stalled-interval-ms <n>', 'how often crashed consumers\' batches are looked for').default(RUNNER_DEFAULTS.stalledIntervalMs).argParser(integer))
     .addOption(new Option('--attempts-before-park <n>', 'failed attempts before a partition is reported parked').default(RUNNER_DEFAULTS.attemptsBeforePark).argParser(integer))
+    .addOption(new Option('--register', 'add this destination to the pipeline if it is new (it gets a copy of every table); without it, a name the pipeline does not know exits 2').env('REGISTER'))
     .addOption(metricsOption());
 
 consumerCommand('duckdb', 'Mirror the tables into a DuckDB file (or MotherDuck with --path md:DB).')
@@ -184,7 +185,7 @@ program
     process.stdout.write(`${await requestResync(options)}\n`);
   });
 
-const destinations = program.command('destinations').description('List or remove the destinations of a pipeline.');
+const destinations = program.command('destinations').description('List, add or remove the destinations of a pipeline.');
 
 destinations
   .command('list')
@@ -195,8 +196,20 @@ destinations
     const { pipelineStatus } = await import('./status.js');
     const status = await pipelineStatus(validate(z.object({ pipeline: pipelineId, redisUrl }), flags));
     for (const destination of status.destinations) {
-      process.stdout.write(`${destination.name}\t${destination.state}\tapplied ${destination.appliedLsn ?? '-'}\t${destination.pendingBatches} pending\n`);
+      process.stdout.write(`${destination.name}\t${destination.state}\tapplied ${destination.appliedLsn ?? '-'}\t${destination.pendingBatches} pending\t${destination.consumers} consumers\n`);
     }
+  });
+
+destinations
+  .command('add')
+  .description('Add a destination: the producer copies every table for it beside the stream, then streams to it; start its consumer with the same --name.')
+  .argument('<name>', 'the destination')
+  .addOption(pipelineOption())
+  .addOption(redisOption())
+  .action(async (name: string, flags) => {
+    const options = validate(z.object({ pipeline: pipelineId, redisUrl, name: destinationName }), { ...flags, name });
+    const { addDestination } = await import('./resync.js');
+    process.stdout.write(`${await addDestination(options)}\n`);
   });
 
 destinations

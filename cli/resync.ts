@@ -24,6 +24,24 @@ export async function removeDestination(options: { pipeline: string; redisUrl: s
   }
 }
 
+/** Asks the producer to add a destination, and waits (up to 30 s) until it has. */
+export async function addDestination(options: { pipeline: string; redisUrl: string; name: string }): Promise<string> {
+  const redis = await connectRedisOnce(options.redisUrl);
+  try {
+    const state = await readPipelineState(redis, options.pipeline);
+    if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url, or start its producer first.`);
+    if (state.destinations.includes(options.name)) return `pipeline ${options.pipeline} already has destination ${options.name}`;
+    await redis.rpush(keys.requests(options.pipeline), encodeRequest({ addDestination: options.name }));
+    for (const until = Date.now() + 30_000; Date.now() < until; ) {
+      if ((await readPipelineState(redis, options.pipeline))?.destinations.includes(options.name)) return `destination ${options.name} added: start its consumer with --name ${options.name}`;
+      await sleep(200);
+    }
+    return `adding ${options.name} requested: the producer adds it when it runs (it is not running now, or a copy is in progress)`;
+  } finally {
+    redis.disconnect();
+  }
+}
+
 /** Asks the pipeline's producer to copy a table again beside the stream; returns what to tell the user. */
 export async function requestResync(options: { pipeline: string; redisUrl: string; pgUrl: string; table: string; destination?: string }): Promise<string> {
   const redis = await connectRedisOnce(options.redisUrl);

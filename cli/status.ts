@@ -5,6 +5,7 @@ import { connectRedisOnce } from '../shared/redistarget.js';
 import { connectPostgresOnce } from '../producer/preflight.js';
 import { UserError } from '../shared/errors.js';
 import type { Health } from '../consumers/options.js';
+import { aliveConsumers } from '../consumers/registration.js';
 
 export interface PipelineStatus {
   pipeline: string;
@@ -31,6 +32,8 @@ export interface PipelineStatus {
     appliedLsn: string | null;
     pendingBatches: number;
     state: 'ok' | 'retrying' | 'parked' | 'detached';
+    /** Consumers of this destination alive now (heartbeats). */
+    consumers: number;
     /** Why and since when it is detached (it no longer holds the slot; its consumer, when it runs, registers again for a fresh copy). */
     detached?: { reason: string; since: string };
     errors: { partition: number; attempts: number; error: string; since: string }[];
@@ -100,6 +103,7 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
       const applied = await readApplied(redis, options.pipeline, name);
       status.destinations.push({
         name,
+        consumers: await aliveConsumers(redis, options.pipeline, name),
         appliedLsn: (await redis.hget(keys.state(options.pipeline), `applied:${name}`)) ?? null,
         pendingBatches: pending,
         state: health.some((entry) => entry.state === 'parked') ? 'parked' : errors.length > 0 ? 'retrying' : 'ok',
@@ -110,7 +114,7 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
     for (const [field, text] of Object.entries(await redis.hgetall(keys.state(options.pipeline)))) {
       const name = field.startsWith('detached:') ? field.slice('detached:'.length) : undefined;
       if (!name || state.destinations.includes(name)) continue;
-      status.destinations.push({ name, appliedLsn: null, pendingBatches: 0, state: 'detached', detached: JSON.parse(text), errors: [], appliedBatches: {} });
+      status.destinations.push({ name, consumers: await aliveConsumers(redis, options.pipeline, name), appliedLsn: null, pendingBatches: 0, state: 'detached', detached: JSON.parse(text), errors: [], appliedBatches: {} });
     }
     return status;
   } finally {
@@ -141,7 +145,8 @@ export function formatStatus(status: PipelineStatus): string {
       lines.push(`destination ${destination.name}: detached since ${destination.detached.since} (${destination.detached.reason}); its consumer, when it runs, gets a fresh copy`);
       continue;
     }
-    lines.push(`destination ${destination.name}: ${destination.state}, applied up to ${destination.appliedLsn ?? '(nothing yet)'}, ${destination.pendingBatches} batches pending`);
+    const consumers = destination.consumers === 0 ? 'no consumer' : `${destination.consumers} consumer${destination.consumers > 1 ? 's' : ''} alive`;
+    lines.push(`destination ${destination.name}: ${destination.state}, applied up to ${destination.appliedLsn ?? '(nothing yet)'}, ${destination.pendingBatches} batches pending, ${consumers}`);
     for (const error of destination.errors) lines.push(`  partition ${error.partition}: attempt ${error.attempts} since ${error.since}: ${error.error}`);
   }
   return lines.join('\n');

@@ -9,6 +9,8 @@ export interface RunnerOptions {
   stalledIntervalMs: number;
   /** Failed attempts of one batch before its partition is reported as parked. */
   attemptsBeforePark: number;
+  /** A name the pipeline does not know is added (with a copy of every table) rather than refused. */
+  register?: boolean;
 }
 
 export const RUNNER_DEFAULTS = { lockDurationMs: 10_000, stalledIntervalMs: 5_000, attemptsBeforePark: 8 } as const;

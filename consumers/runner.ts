@@ -3,16 +3,16 @@ import { type Job, Queue, WaitingError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { chunkKeys, isChunkId, joinPieces, releaseChunk } from '../shared/chunks.js';
 import { type EncodedBatch, assertCodecVersion, decodeBatch } from '../shared/codec.js';
-import { errorMessage } from '../shared/errors.js';
+import { UserError, errorMessage } from '../shared/errors.js';
 import { type Batch, qualifiedName } from '../shared/events.js';
 import { QUEUE_PREFIX, keys, parseApplied, queueName } from '../shared/keys.js';
 import { compareVersions } from '../shared/lsn.js';
 import { log } from '../shared/log.js';
 import { connectRedis, readPipelineState, recordApplied } from '../shared/redis.js';
-import { encodeRequest } from '../shared/requests.js';
 import { ChunkReader } from './chunkreader.js';
 import { type Destination, PermanentError, type TableState } from './destination.js';
 import { DestinationMetrics } from './metrics.js';
+import { Registration } from './registration.js';
 import { copyIsNew, planBatches } from './plan.js';
 import type { Health, RunnerOptions } from './options.js';
 
@@ -83,7 +83,7 @@ export class ConsumerRunner {
   /** Jobs (by chunk id) whose batches were applied with an earlier one, marked and released: in their turn they only complete. */
   private readonly appliedAhead = new Set<string>();
   private closing = false;
-  private seenEpoch: number | undefined;
+  private readonly registration: Registration;
 
   constructor(
     private readonly options: RunnerOptions,
@@ -93,11 +93,14 @@ export class ConsumerRunner {
     this.redis.on('error', (error) => log.debug({ err: errorMessage(error) }, 'redis connection error'));
     this.chunks = new ChunkReader(options.redisUrl);
     this.metrics = new DestinationMetrics(options.name, this.unhealthy);
+    this.registration = new Registration(this.redis, options.pipeline, options.name, options.register ?? false);
   }
 
   async run(signal: AbortSignal): Promise<void> {
     const partitions = await this.waitForPipeline(signal);
     if (signal.aborted) return;
+    // A name the pipeline does not know is refused (or registered) before anything runs.
+    await this.registration.check();
     for (let partition = 0; partition < partitions; partition++) {
       const name = queueName(this.options.pipeline, this.options.name, partition);
       this.queues.push(new Queue(name, { connection: this.redis, prefix: QUEUE_PREFIX }));
@@ -115,39 +118,23 @@ export class ConsumerRunner {
     }
     log.info({ destination: this.options.name, pipeline: this.options.pipeline, partitions }, 'consumer running');
     while (!signal.aborted) {
-      await this.register();
       await sleep(REGISTRATION_CHECK_MS, undefined, { signal }).catch(() => {});
+      if (signal.aborted) break;
+      await this.registration.check().catch((error) => {
+        if (error instanceof UserError) throw error;
+        // Redis unreachable for a moment: the workers wait for it too; the next check tries again.
+        log.debug({ err: errorMessage(error) }, 'registration check failed');
+      });
     }
   }
 
   async close(): Promise<void> {
     this.closing = true;
+    await this.registration.leave();
     await Promise.all(this.workers.map((worker) => worker.close()));
     await Promise.all(this.queues.map((queue) => queue.close()));
     this.chunks.close();
     this.redis.disconnect();
-  }
-
-  /**
-   * A destination the pipeline does not know asks the producer to add it (which gives it its own
-   * copy of every table): at start, and again whenever a new producer run no longer lists it
-   * (Redis lost the pipeline's record). A destination removed on purpose is not re-added.
-   */
-  private async register(): Promise<void> {
-    const state = await readPipelineState(this.redis, this.options.pipeline).catch(() => undefined);
-    if (!state) return;
-    const firstLook = this.seenEpoch === undefined;
-    const newRun = this.seenEpoch !== state.epoch;
-    this.seenEpoch = state.epoch;
-    if (state.destinations.includes(this.options.name)) return;
-    // Detached for lagging: it asks again (once) for a fresh copy, as a new destination does.
-    const detached = await this.redis.hget(keys.state(this.options.pipeline), `detached:${this.options.name}`);
-    if (!(firstLook || newRun || detached)) return;
-    const request = encodeRequest({ addDestination: this.options.name });
-    if ((await this.redis.lrange(keys.requests(this.options.pipeline), 0, -1)).includes(request)) return;
-    if (detached) log.warn({ destination: this.options.name, detached: JSON.parse(detached) }, 'this destination was detached by the producer: registering it again for a fresh copy of every table');
-    else log.info({ destination: this.options.name }, 'registering this destination with the producer');
-    await this.redis.rpush(keys.requests(this.options.pipeline), request);
   }
 
   /** The consumer learns the partition count from the producer's record of the pipeline. */

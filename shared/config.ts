@@ -73,6 +73,7 @@ export const runnerConfig = z.object({
   lockDurationMs: positive,
   stalledIntervalMs: positive,
   attemptsBeforePark: positive,
+  register: z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((text) => text === 'true' || text === '1')]).optional(),
 });
 
 export const bigQueryConfig = z.object({

@@ -24,8 +24,8 @@ test('a consumer started against a running pipeline registers itself, gets its o
     await load;
     await pipeline.waitForCatchUp();
     const listed = await cli('destinations', 'list');
-    t.regex(listed.stdout, /^main\tok\tapplied [0-9A-F]+\/[0-9A-F]+\t0 pending$/m);
-    t.regex(listed.stdout, /^reporting\tok\tapplied [0-9A-F]+\/[0-9A-F]+\t0 pending$/m);
+    t.regex(listed.stdout, /^main\tok\tapplied [0-9A-F]+\/[0-9A-F]+\t0 pending\t1 consumers$/m);
+    t.regex(listed.stdout, /^reporting\tok\tapplied [0-9A-F]+\/[0-9A-F]+\t0 pending\t1 consumers$/m);
 
     // A stopped destination holds the slot back, while the other one goes on; removing it
     // lets the slot go on. The bound is the WAL position before the new writes: before them,

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { LOAD_SCHEMA, TestPipeline, loadTablesIn, runCli, writeLoad } from './support/pipeline.js';
+import { CliProcess, LOAD_SCHEMA, TestPipeline, loadTablesIn, runCli, waitFor, writeLoad } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -49,5 +49,41 @@ test('a lease left by a producer on another host that stopped renewing it is tak
     t.regex(producer.stderr, /producer lease is held: waiting to see whether its producer is alive/);
   } finally {
     await Promise.all([producer.stop(), consumer.stop()]);
+  }
+});
+
+test('a consumer whose name the pipeline does not know exits 2 unless registered; destinations add registers one; status shows each destination\'s live consumers', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'register', ['main', 'idle']);
+  await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'register'));
+  const producer = pipeline.producer();
+  const main = pipeline.duckdb('main');
+  let extra: CliProcess | undefined;
+  const common = ['--pipeline', pipeline.pipeline, '--redis-url', env.redis.url];
+  const status = async () => (await runCli(['status', ...common])).stdout;
+  try {
+    // `idle` has no consumer: the copy for it waits in its queues; main's is applied.
+    await waitFor('main to apply the copy', async () => /destination main: ok, applied up to [0-9A-F]+\//.test(await status()));
+    const typo = await runCli(['consumer', 'duckdb', '--name', 'mian', '--path', pipeline.duckdbPath('mian'), ...common]);
+    t.is(typo.code, 2, typo.stderr);
+    t.regex(typo.stderr, new RegExp(`Pipeline ${pipeline.pipeline} has no destination "mian" \\(it has: main, idle\\)\\. Check --name; to add a new destination .* start this consumer with --register or run pg-replicate destinations add mian`));
+    t.notRegex(await status(), /destination mian/, 'the mistyped name was not registered');
+
+    const added = await runCli(['destinations', 'add', 'extra', ...common]);
+    t.is(added.code, 0, added.stderr);
+    t.regex(added.stdout, /destination extra added/);
+    extra = new CliProcess(['consumer', 'duckdb', '--name', 'extra', '--path', pipeline.duckdbPath('extra'), ...common]);
+    await writeLoad(env.pg, 50, 0, 'register');
+    await waitFor('extra to catch up', async () => {
+      const text = await status();
+      return /destination extra: ok, applied up to [0-9A-F]+\/[0-9A-F]+, 0 batches pending, 1 consumer alive/.test(text) && /destination main: ok, applied up to [0-9A-F]+\/[0-9A-F]+, 0 batches pending, 1 consumer alive/.test(text);
+    });
+    t.regex(await status(), /destination idle: ok, applied up to \S+( yet\))?, [1-9]\d* batches pending, no consumer/);
+  } finally {
+    await Promise.all([producer.stop(), main.stop(), extra?.stop()]);
+  }
+  t.regex(await status(), /destination main: .*, no consumer/, 'a consumer that stops leaves');
+  for (const name of ['main', 'extra']) {
+    const { duckdb, postgres } = await loadTablesIn(env.pg, pipeline.duckdbPath(name), 'register');
+    t.deepEqual(duckdb, postgres, name);
   }
 });

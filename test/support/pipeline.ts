@@ -211,24 +211,29 @@ export class TestPipeline {
     }
   }
 
+  /** A destination the producer was not started with is new: its consumer registers it. */
+  private consumerArgs(name: string): string[] {
+    return ['--name', name, '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common, ...(this.destinations.includes(name) ? [] : ['--register'])];
+  }
+
   duckdbPath(name: string): string {
     return join(this.dir, `${name}.duckdb`);
   }
 
   duckdb(name: string, env: Record<string, string> = {}, wrapper: string[] = [], extra: string[] = []): CliProcess {
-    return this.track(new CliProcess(['consumer', 'duckdb', '--name', name, '--path', this.duckdbPath(name), '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common, ...extra], env, wrapper));
+    return this.track(new CliProcess(['consumer', 'duckdb', '--path', this.duckdbPath(name), ...this.consumerArgs(name), ...extra], env, wrapper));
   }
 
   /** A BigQuery consumer writing dataset `dataset` through the emulator at `endpoint`. */
   bigquery(name: string, endpoint: string, dataset: string, env: Record<string, string> = {}, project = 'test-project'): CliProcess {
     return this.track(new CliProcess(
-      ['consumer', 'bigquery', '--name', name, '--project', project, '--dataset', dataset, '--api-endpoint', endpoint, '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common],
+      ['consumer', 'bigquery', '--project', project, '--dataset', dataset, '--api-endpoint', endpoint, ...this.consumerArgs(name)],
       env,
     ));
   }
 
   stdout(name: string): CliProcess {
-    return this.track(new CliProcess(['consumer', 'stdout', '--name', name, ...this.common]));
+    return this.track(new CliProcess(['consumer', 'stdout', ...this.consumerArgs(name)]));
   }
 
   /**
