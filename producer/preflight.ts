@@ -114,28 +114,51 @@ export async function checkSource(client: pg.Client, publication: string): Promi
       `Publication "${publication}" does not exist in this database. Create it first, e.g. CREATE PUBLICATION ${publication} FOR TABLE my_table; (or FOR ALL TABLES), or pass the right --publication.`,
     );
   }
-  const unidentified = (
-    await client.query(
-      `SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name, c.relreplident
-         FROM pg_publication_tables p
-         JOIN pg_namespace n ON n.nspname = p.schemaname
-         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
-        WHERE p.pubname = $1
-          AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))`,
-      [publication],
-    )
-  ).rows;
-  if (unidentified.length > 0) {
-    log.warn(
-      { tables: unidentified.map((table) => table.name) },
-      `these tables have no replica identity, so Postgres cannot publish their UPDATEs and DELETEs (it rejects them while they are in the publication); inserts and the copy replicate. Fix each with: ${unidentified.map((table) => `ALTER TABLE ${table.name} REPLICA IDENTITY FULL;`).join(' ')} (or add a primary key)`,
-    );
-  }
+  await checkPublishedTables(client, publication);
   const role = (
     await client.query('SELECT rolreplication OR rolsuper AS ok FROM pg_roles WHERE rolname = current_user')
   ).rows[0];
   if (!role?.ok) {
     throw new UserError('The Postgres user lacks the REPLICATION attribute. Run ALTER ROLE <user> REPLICATION; as a superuser, or connect as a user that has it.');
+  }
+}
+
+/**
+ * The published tables (or those of `tableOids`) this user cannot read — an error naming each
+ * table and the GRANT to run, before any slot exists or any copy begins — and those without a
+ * replica identity, a warning with the fix (Postgres rejects their UPDATEs and DELETEs).
+ */
+export async function checkPublishedTables(client: pg.ClientBase, publication: string, tableOids?: number[]): Promise<void> {
+  const tables = (
+    await client.query(
+      `SELECT quote_ident(n.nspname) AS schema, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name,
+              has_schema_privilege(n.oid, 'USAGE') AS usable, has_table_privilege(c.oid, 'SELECT') AS readable,
+              c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) AS unidentified
+         FROM pg_publication_tables p
+         JOIN pg_namespace n ON n.nspname = p.schemaname
+         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+        WHERE p.pubname = $1 AND ($2::oid[] IS NULL OR c.oid = ANY($2::oid[]))
+        ORDER BY 2`,
+      [publication, tableOids ?? null],
+    )
+  ).rows as { schema: string; name: string; usable: boolean; readable: boolean; unidentified: boolean }[];
+  const unreadable = tables.filter((table) => !table.usable || !table.readable);
+  if (unreadable.length > 0) {
+    const grants = [
+      ...new Set(unreadable.filter((table) => !table.usable).map((table) => `GRANT USAGE ON SCHEMA ${table.schema} TO CURRENT_USER;`)),
+      ...unreadable.filter((table) => !table.readable).map((table) => `GRANT SELECT ON ${table.name} TO CURRENT_USER;`),
+    ];
+    const user = (await client.query('SELECT quote_ident(current_user) AS name')).rows[0].name as string;
+    throw new UserError(
+      `The Postgres user ${user} cannot read ${unreadable.length === 1 ? 'this published table' : 'these published tables'}: ${unreadable.map((table) => table.name).join(', ')}. As the tables' owner or a superuser, run: ${grants.map((grant) => grant.replace('CURRENT_USER', user)).join(' ')} Then start the producer again.`,
+    );
+  }
+  const unidentified = tables.filter((table) => table.unidentified);
+  if (unidentified.length > 0) {
+    log.warn(
+      { tables: unidentified.map((table) => table.name) },
+      `these tables have no replica identity, so Postgres cannot publish their UPDATEs and DELETEs (it rejects them while they are in the publication); inserts and the copy replicate. Fix each with: ${unidentified.map((table) => `ALTER TABLE ${table.name} REPLICA IDENTITY FULL;`).join(' ')} (or add a primary key)`,
+    );
   }
 }
 

@@ -9,6 +9,7 @@ import type { PendingEntry } from './acks.js';
 import { Catalog, describeTable, publicationTables } from './catalog.js';
 import { TableCopy, copyInRanges, mendsByKey, openSnapshotConnections, planRanges, scansCtidRanges, withExportedSnapshot } from './copy.js';
 import { POLL_MS, type Session } from './options.js';
+import { checkPublishedTables } from './preflight.js';
 
 /**
  * Copies tables beside the running stream, at one exact LSN: a temporary slot's exported
@@ -37,6 +38,10 @@ export async function copyTablesAtNewSnapshot(
       const run = await redis.hincrby(keys.state(options.pipeline), 'copyRun', 1);
       const published = await publicationTables(client, options.publication);
       const catalog = new Catalog(client);
+      // Tables added to the publication are checked as those at start were: readable (or the
+      // producer stops, naming the GRANT), and with a replica identity (or a warning).
+      const added = [...tables].filter(([oid, earlier]) => !earlier && published.some((table) => table.oid === oid)).map(([oid]) => oid);
+      if (added.length > 0) await checkPublishedTables(client, options.publication, added);
       const copies: TableCopy[] = [];
       const rangeScans = await scansCtidRanges(client);
       const done = (copy: TableCopy) => onCopied(copy.relation.oid, { snapshotLsn: copy.snapshotLsn, relation: copy.relation, rows: copy.rows, lastBatch: copy.lastBatch });

@@ -87,3 +87,38 @@ test('a consumer whose name the pipeline does not know exits 2 unless registered
     t.deepEqual(duckdb, postgres, name);
   }
 });
+
+test('published tables the user cannot read are named with the GRANT to run: at start before any slot exists, and when added while running', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'grants', ['main']);
+  await env.pg.query(`
+    CREATE SCHEMA grants;
+    CREATE TABLE grants.open (id int PRIMARY KEY);
+    CREATE TABLE grants.secret (id int PRIMARY KEY);
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE grants.open, grants.secret;
+    DROP ROLE IF EXISTS limited;
+    CREATE ROLE limited LOGIN REPLICATION;
+    GRANT USAGE ON SCHEMA grants TO limited;
+    GRANT SELECT ON grants.open TO limited;`);
+  const limitedUrl = env.pg.url.replace('postgres@', 'limited@');
+  const args = pipeline.producerArgs().map((arg) => (arg === env.pg.url ? limitedUrl : arg));
+  const refused = await runCli(args);
+  t.is(refused.code, 2, refused.stderr);
+  t.regex(refused.stderr, /The Postgres user limited cannot read this published table: grants\.secret\. As the tables' owner or a superuser, run: GRANT SELECT ON grants\.secret TO limited;/);
+  t.false(await slotExists(pipeline.slot), 'no slot was created');
+
+  await env.pg.query('GRANT SELECT ON grants.secret TO limited');
+  const producer = new CliProcess(args);
+  const consumer = pipeline.duckdb('main');
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    // A keyless table added while running gets the replica-identity warning; one the user
+    // cannot read stops the producer, naming the GRANT (it would copy nothing).
+    await env.pg.query(`CREATE TABLE grants.keyless (n int); GRANT SELECT ON grants.keyless TO limited; ALTER PUBLICATION ${pipeline.publication} ADD TABLE grants.keyless`);
+    await waitFor('the warning for the keyless table', async () => /no replica identity.*ALTER TABLE grants\.keyless REPLICA IDENTITY FULL;/.test(producer.stderr));
+    await env.pg.query(`CREATE TABLE grants.hidden (id int PRIMARY KEY); ALTER PUBLICATION ${pipeline.publication} ADD TABLE grants.hidden`);
+    t.is(await producer.exited, 2);
+    t.regex(producer.stderr, /cannot read this published table: grants\.hidden\. .* run: GRANT SELECT ON grants\.hidden TO limited;/);
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+});
