@@ -45,14 +45,24 @@ export class Registration {
     // Detached for lagging: it asks again (once) for a fresh copy, as a new destination does.
     const detached = await this.redis.hget(keys.state(this.pipeline), `detached:${this.name}`);
     if (!(firstLook || newRun || detached)) return;
+    const request = encodeRequest({ addDestination: this.name });
+    // Asked for already (by the producer's --destinations, or destinations add): on its way in.
+    if ((await this.redis.lrange(keys.requests(this.pipeline), 0, -1)).includes(request)) {
+      this.known = true;
+      return;
+    }
+    // The producer may have just taken the request off the list, having recorded the destination.
+    const added = !this.known && !detached && !this.register && (await readPipelineState(this.redis, this.pipeline))?.destinations.includes(this.name);
+    if (added) {
+      this.known = true;
+      return;
+    }
     if (!this.known && !detached && !this.register) {
       throw new UserError(
         `Pipeline ${this.pipeline} has no destination "${this.name}" (it has: ${state.destinations.join(', ') || 'none'}). Check --name; to add a new destination (it gets a copy of every table), start this consumer with --register or run pg-replicate destinations add ${this.name}.`,
       );
     }
-    const request = encodeRequest({ addDestination: this.name });
     this.known = true;
-    if ((await this.redis.lrange(keys.requests(this.pipeline), 0, -1)).includes(request)) return;
     if (detached) log.warn({ destination: this.name, detached: JSON.parse(detached) }, 'this destination was detached by the producer: registering it again for a fresh copy of every table');
     else log.info({ destination: this.name }, 'registering this destination with the producer');
     await this.redis.rpush(keys.requests(this.pipeline), request);

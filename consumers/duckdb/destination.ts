@@ -9,17 +9,16 @@ import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qual
 import { UserError, errorMessage } from '../../shared/errors.js';
 import { collapseByKey, netRowCounts } from '../collapse.js';
 import { type CollapsedCsv, collapseImagesToCsv, collapseImagesToCsvAside, recycleCsvLines } from '../imagescsv.js';
-import { type Destination, PermanentError, type Step, type StoredTable, type TableShape as Shape, type TableState } from '../destination.js';
+import { type Destination, PermanentError, type Step, type StoredTable, type TableShape as SourceShape, type TableState } from '../destination.js';
+import { STATE_SCHEMA, type TargetName, placeTable } from './names.js';
 import { type DuckDbType, duckDbColumnSql, duckDbType } from './types.js';
 
-const STATE_TABLE = '_pg_replicate.tables';
 const STAGE_DELETED = '_pg_deleted';
 /** A staged count (of a keyless row image), beside the row's values. */
 const COUNT: DuckDbType = { sql: 'BIGINT', cast: (value) => `CAST(${value} AS BIGINT)` };
 
 const ident = (name: string) => `"${name.replace(/"/g, '""')}"`;
 const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
-const tableSql = (relation: Pick<Relation, 'schema' | 'name'>) => `${ident(relation.schema)}.${ident(relation.name)}`;
 
 /**
  * The DuckDB destination: each source table mirrored as "schema"."table", and its state
@@ -28,8 +27,15 @@ const tableSql = (relation: Pick<Relation, 'schema' | 'name'>) => `${ident(relat
  * process, so the state is read once at start and kept in memory; apply() calls are
  * serialised on one connection.
  */
+/** A table's shape as the source had it, and where it is in DuckDB (see names.ts). */
+type Shape = SourceShape & { target: TargetName };
+
 export class DuckDbDestination implements Destination {
-  private readonly tables = new Map<number, StoredTable>();
+  private readonly tables = new Map<number, StoredTable<Shape>>();
+  /** Shapes (and places) of tables changed by the apply in progress: the stored ones once it commits. */
+  private applying = new Map<number, Shape>();
+  /** The database's catalog name: every table is addressed with it (schemas named temp or system are catalogs too). */
+  private database = '';
   private queue: Promise<unknown> = Promise.resolve();
   private stageCounter = 0;
   /** Runs of changes being collapsed or collapsed by prepare(), by their changes (undefined: they need the other path). */
@@ -95,19 +101,24 @@ export class DuckDbDestination implements Destination {
     // pass any small threshold: 1 GB changed nothing, this one does. Idle memory still goes back
     // after DuckDB's allocator decay (seconds).
     await this.connection.run(`SET allocator_flush_threshold = '${ALLOCATOR_FLUSH_THRESHOLD}'`);
-    await this.connection.run('CREATE SCHEMA IF NOT EXISTS _pg_replicate');
+    this.database = String((await this.connection.runAndReadAll('SELECT current_database()')).getRows()[0][0]);
+    await this.connection.run(`CREATE SCHEMA IF NOT EXISTS ${ident(this.database)}.${STATE_SCHEMA}`);
     await this.connection.run(
-      `CREATE TABLE IF NOT EXISTS ${STATE_TABLE} (
+      `CREATE TABLE IF NOT EXISTS ${this.stateTable} (
          table_oid UBIGINT PRIMARY KEY, table_schema VARCHAR, table_name VARCHAR, columns JSON,
          copy_lsn UBIGINT, copy_chunk BIGINT, copy_done BOOLEAN, applied_lsn UBIGINT, applied_ordinal INTEGER)`,
     );
+    // Where each source table is in DuckDB (files written before these columns: where its source name says).
+    await this.connection.run(`ALTER TABLE ${this.stateTable} ADD COLUMN IF NOT EXISTS target_schema VARCHAR`);
+    await this.connection.run(`ALTER TABLE ${this.stateTable} ADD COLUMN IF NOT EXISTS target_name VARCHAR`);
     this.tables.clear();
     const reader = await this.connection.runAndReadAll(
-      `SELECT table_oid, table_schema, table_name, CAST(columns AS VARCHAR), copy_lsn, copy_chunk, copy_done, applied_lsn, applied_ordinal FROM ${STATE_TABLE}`,
+      `SELECT table_oid, table_schema, table_name, CAST(columns AS VARCHAR), copy_lsn, copy_chunk, copy_done, applied_lsn, applied_ordinal,
+              coalesce(target_schema, table_schema), coalesce(target_name, table_name) FROM ${this.stateTable}`,
     );
-    for (const [oid, schema, name, columns, copyLsn, copyChunk, copyDone, appliedLsn, appliedOrdinal] of reader.getRows()) {
+    for (const [oid, schema, name, columns, copyLsn, copyChunk, copyDone, appliedLsn, appliedOrdinal, targetSchema, targetName] of reader.getRows()) {
       this.tables.set(Number(oid), {
-        shape: { schema: String(schema), name: String(name), columns: JSON.parse(String(columns)) },
+        shape: { schema: String(schema), name: String(name), columns: JSON.parse(String(columns)), target: { schema: String(targetSchema), name: String(targetName) } },
         state: {
           copyLsn: BigInt(copyLsn as bigint),
           copyChunk: Number(copyChunk),
@@ -156,7 +167,9 @@ export class DuckDbDestination implements Destination {
         throw new Error(`the database was invalidated by "${invalidated}", and opening it again failed: ${errorMessage(error)}`);
       });
     }
-    const shapes = new Map<number, Shape>();
+    const shapes = (this.applying = new Map<number, Shape>());
+    /** Stored tables whose place a table of the same source name took (they were dropped at the source). */
+    const replaced = new Set<number>();
     // Copy chunks (up to hundreds of thousands of rows) are read and compressed in parallel;
     // batches of changes are small statements, for which DuckDB's threads cost more in
     // coordination than they save (measured: large transactions stream 10–15 % faster on one).
@@ -166,11 +179,11 @@ export class DuckDbDestination implements Destination {
       for (let index = 0; index < steps.length; index++) {
         const step = steps[index];
         const relations = step.kind === 'truncate' ? step.relations : [step.relation];
-        for (const relation of relations) await this.ensureTable(relation, shapes);
+        for (const relation of relations) await this.ensureTable(relation, shapes, replaced);
         if (step.kind === 'truncate') {
-          for (const relation of step.relations) await this.connection.run(`DELETE FROM ${tableSql(relation)}`);
+          for (const relation of step.relations) await this.connection.run(`DELETE FROM ${this.tableSql(relation)}`);
         } else if (step.kind === 'copy') {
-          if (step.replace) await this.connection.run(`DELETE FROM ${tableSql(step.relation)}`);
+          if (step.replace) await this.connection.run(`DELETE FROM ${this.tableSql(step.relation)}`);
           if (step.merge) {
             await this.writeRows(step.relation, keyColumnsOf(step.relation), parseCopyRows(joinPieces(step.csv).toString()));
             continue;
@@ -178,7 +191,7 @@ export class DuckDbDestination implements Destination {
           // The chunks that follow for the same table are read by the same statement.
           const chunks = [step];
           for (let next = steps[index + 1]; next?.kind === 'copy' && next.relation.oid === step.relation.oid && !next.replace && !next.merge; next = steps[index + 1]) {
-            await this.ensureTable(next.relation, shapes);
+            await this.ensureTable(next.relation, shapes, replaced);
             chunks.push(next);
             index++;
           }
@@ -187,18 +200,23 @@ export class DuckDbDestination implements Destination {
           await this.applyChanges(step.relation, step.changes);
         }
       }
+      for (const oid of replaced) await this.connection.run(`DELETE FROM ${this.stateTable} WHERE table_oid = ${oid}`);
       for (const [oid, state] of states) {
         const shape = shapes.get(oid) ?? this.tables.get(oid)!.shape;
         await this.connection.run(
-          `INSERT OR REPLACE INTO ${STATE_TABLE} VALUES (${oid}, ${literal(shape.schema)}, ${literal(shape.name)}, ${literal(JSON.stringify(shape.columns))},
-             ${state.copyLsn}, ${state.copyChunk}, ${state.copyDone}, ${state.applied.lsn}, ${state.applied.ordinal})`,
+          `INSERT OR REPLACE INTO ${this.stateTable} (table_oid, table_schema, table_name, columns, copy_lsn, copy_chunk, copy_done, applied_lsn, applied_ordinal, target_schema, target_name)
+           VALUES (${oid}, ${literal(shape.schema)}, ${literal(shape.name)}, ${literal(JSON.stringify(shape.columns))},
+             ${state.copyLsn}, ${state.copyChunk}, ${state.copyDone}, ${state.applied.lsn}, ${state.applied.ordinal}, ${literal(shape.target.schema)}, ${literal(shape.target.name)})`,
         );
       }
       await this.connection.run('COMMIT');
     } catch (error) {
       await this.connection.run('ROLLBACK').catch(() => {});
       throw error;
+    } finally {
+      this.applying = new Map();
     }
+    for (const oid of replaced) this.tables.delete(oid);
     for (const [oid, state] of states) this.tables.set(oid, { state, shape: shapes.get(oid) ?? this.tables.get(oid)!.shape });
   }
 
@@ -209,6 +227,21 @@ export class DuckDbDestination implements Destination {
       await this.reopen().catch(() => {});
     }
     throw error;
+  }
+
+  /** pg-replicate's record of each table: its state, source shape and place. */
+  private get stateTable(): string {
+    return `${ident(this.database)}.${STATE_SCHEMA}.tables`;
+  }
+
+  /** The table as addressed in DuckDB: database, schema and name, each quoted. */
+  private qualified(target: TargetName): string {
+    return `${ident(this.database)}.${ident(target.schema)}.${ident(target.name)}`;
+  }
+
+  /** Where a table the apply in progress has ensured is in DuckDB. */
+  private tableSql(relation: Relation): string {
+    return this.qualified((this.applying.get(relation.oid) ?? this.tables.get(relation.oid)!.shape).target);
   }
 
   private async useThreads(threads: number): Promise<void> {
@@ -222,24 +255,30 @@ export class DuckDbDestination implements Destination {
    * dropped source table) and follows the source's changes of shape in stream order: table
    * renames, column renames (same attnum, new name), drops, additions and type changes.
    */
-  private async ensureTable(relation: Relation, shapes: Map<number, Shape>): Promise<void> {
+  private async ensureTable(relation: Relation, shapes: Map<number, Shape>, replaced: Set<number>): Promise<void> {
     const known = shapes.get(relation.oid) ?? this.tables.get(relation.oid)?.shape;
-    const wanted: Shape = { schema: relation.schema, name: relation.name, columns: relation.columns };
-    if (known && sameShape(known, wanted)) return;
-    const target = tableSql(relation);
+    const source = { schema: relation.schema, name: relation.name, columns: relation.columns };
+    if (known && sameShape(known, source)) return;
+    const moved = !known || known.schema !== relation.schema || known.name !== relation.name;
+    const placed = new Map([...[...this.tables].map(([oid, { shape }]) => [oid, { source: shape, target: shape.target }] as const), ...[...shapes].map(([oid, shape]) => [oid, { source: shape, target: shape.target }] as const)]);
+    for (const oid of replaced) placed.delete(oid);
+    const place = moved ? placeTable(relation.oid, relation, placed) : { target: known!.target };
+    if (place.replaces !== undefined) replaced.add(place.replaces);
+    const wanted: Shape = { ...source, target: place.target };
+    const target = this.qualified(place.target);
     if (!known) {
-      await this.connection.run(`CREATE SCHEMA IF NOT EXISTS ${ident(relation.schema)}`);
+      await this.connection.run(`CREATE SCHEMA IF NOT EXISTS ${ident(this.database)}.${ident(place.target.schema)}`);
       const columns = relation.columns.map((column) => duckDbColumnSql(column, ident(column.name))).join(', ');
       await this.connection.run(`CREATE OR REPLACE TABLE ${target} (${columns})`);
       shapes.set(relation.oid, wanted);
       return;
     }
-    if (known.schema !== relation.schema) {
-      await this.connection.run(`CREATE SCHEMA IF NOT EXISTS ${ident(relation.schema)}`);
-      await this.connection.run(`CREATE TABLE ${target} AS SELECT * FROM ${tableSql(known)}`);
-      await this.connection.run(`DROP TABLE ${tableSql(known)}`);
-    } else if (known.name !== relation.name) {
-      await this.connection.run(`ALTER TABLE ${tableSql(known)} RENAME TO ${ident(relation.name)}`);
+    if (known.target.schema !== place.target.schema) {
+      await this.connection.run(`CREATE SCHEMA IF NOT EXISTS ${ident(this.database)}.${ident(place.target.schema)}`);
+      await this.connection.run(`CREATE TABLE ${target} AS SELECT * FROM ${this.qualified(known.target)}`);
+      await this.connection.run(`DROP TABLE ${this.qualified(known.target)}`);
+    } else if (known.target.name !== place.target.name) {
+      await this.connection.run(`ALTER TABLE ${this.qualified(known.target)} RENAME TO ${ident(place.target.name)}`);
     }
     const matched = new Set<Column>();
     const counterpart = (column: Column) =>
@@ -291,7 +330,7 @@ export class DuckDbDestination implements Destination {
       async (files) => {
         const names = relation.columns.map((column) => ident(column.name)).join(', ');
         const values = types.map((type, index) => type.cast(type.backslashFree ? `s.c${index}` : unescapedCopyText(`s.c${index}`))).join(', ');
-        await this.connection.run(`INSERT INTO ${tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow, { dialect: COPY_TEXT, wholeFilesOf: Math.max(...filled.map((chunk) => chunk.bytes)) })} s`);
+        await this.connection.run(`INSERT INTO ${this.tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow, { dialect: COPY_TEXT, wholeFilesOf: Math.max(...filled.map((chunk) => chunk.bytes)) })} s`);
       },
     );
   }
@@ -340,7 +379,7 @@ export class DuckDbDestination implements Destination {
   private async writeLines(relation: Relation, types: DuckDbType[], keyColumns: number[], lines: Buffer, longestLine: number): Promise<void> {
     const stage = `_pg_stage_l${this.stageCounter++ % 4}`;
     await this.withFiles([[lines]], (files) => this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(files, types.length, longestLine, { dialect: PLAIN_CSV, flag: STAGE_DELETED })}`));
-    const target = tableSql(relation);
+    const target = this.tableSql(relation);
     const match = keyColumns.map((column) => `${target}.${ident(relation.columns[column].name)} = ${types[column].cast(`s.c${column}`)}`).join(' AND ');
     await this.connection.run(`DELETE FROM ${target} USING ${stage} s WHERE ${match}`);
     const names = relation.columns.map((column) => ident(column.name)).join(', ');
@@ -361,7 +400,7 @@ export class DuckDbDestination implements Destination {
       return;
     }
     // The common case: the rows' values, and the keys deleted, each staged as nothing but text.
-    const target = tableSql(relation);
+    const target = this.tableSql(relation);
     const rowStage = rows.length > 0 ? await this.stageText('c', rows, types) : undefined;
     const keyTypes = keyColumns.map((column) => types[column]);
     const keyStage = deletedKeys.length > 0 ? await this.stageText('k', deletedKeys, keyTypes) : undefined;
@@ -435,7 +474,7 @@ export class DuckDbDestination implements Destination {
       append(values, true);
     }
     appender.closeSync();
-    const target = tableSql(relation);
+    const target = this.tableSql(relation);
     const keyMatch = (table: string, prefix: 'c' | 'k') =>
       keyColumns.map((column, position) => `${table}.${ident(relation.columns[column].name)} = ${types[column].cast(`s.${prefix}${prefix === 'c' ? column : position}`)}`).join(' AND ');
     const keep = `${stage}_keep`;
@@ -465,7 +504,7 @@ export class DuckDbDestination implements Destination {
       throw new PermanentError(`${qualifiedName(relation)}: ${errorMessage(error)}`);
     }
     const types = relation.columns.map(duckDbType);
-    const target = tableSql(relation);
+    const target = this.tableSql(relation);
     const removed = counts.filter(({ count }) => count < 0);
     if (removed.length > 0) {
       const stage = await this.stageText('c', removed.map(({ image, count }) => [...image, String(-count)]), [...types, COUNT]);
@@ -559,7 +598,7 @@ function keyColumnsOf(relation: Relation): number[] {
 }
 
 
-function sameShape(a: Shape, b: Shape): boolean {
+function sameShape(a: SourceShape, b: SourceShape): boolean {
   return (
     a.schema === b.schema &&
     a.name === b.name &&
