@@ -4,7 +4,7 @@ import { writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { useBigQueryEmulator } from './support/bigquery-emulator.js';
-import { type CliProcess, TestPipeline, duckdbRows, loadUntilStopped, postgresRows } from './support/pipeline.js';
+import { type CliProcess, TestPipeline, duckdbRows, killStrayProcesses, loadUntilStopped, postgresRows } from './support/pipeline.js';
 import { type SentinelSet, startSentinelSet } from './support/sentinel.js';
 import { type PostgresServer, startPostgres } from './support/services.js';
 
@@ -21,6 +21,7 @@ test.before(async () => {
   [env.pg, env.redis] = await Promise.all([startPostgres(), startSentinelSet()]);
 });
 test.after.always(async () => {
+  await killStrayProcesses();
   await Promise.all([env.pg?.stop(), env.redis?.stop()]);
 });
 const bq = useBigQueryEmulator(test);

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { names, runCli } from './support/pipeline.js';
+import { killStrayProcesses, names, runCli } from './support/pipeline.js';
 import { Redis } from 'ioredis';
 import { type PostgresServer, type RedisServer, freePort, spawnRedis, startPostgres, startRedis } from './support/services.js';
 
@@ -12,6 +12,7 @@ test.before(async () => {
   [pg, replicaOnly, redis] = await Promise.all([startPostgres(), startPostgres({ walLevel: 'replica' }), startRedis()]);
 });
 test.after.always(async () => {
+  await killStrayProcesses();
   await Promise.all([pg?.stop(), replicaOnly?.stop(), redis?.stop()]);
 });
 

@@ -179,8 +179,8 @@ serial('in cdc mode a dropped slot is not re-created at the current position: th
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'cdcslot', ['main']);
   await env.pg.query(`CREATE TABLE notes (id int PRIMARY KEY, body text); CREATE PUBLICATION ${pipeline.publication} FOR TABLE notes;`);
   const consumer = pipeline.duckdb('main');
+  const producer = pipeline.producer(['--mode', 'cdc']);
   try {
-    const producer = pipeline.producer(['--mode', 'cdc']);
     await walsender(pipeline);
     await env.pg.query("INSERT INTO notes VALUES (1, 'streamed')");
     await pipeline.waitForCatchUp();
@@ -191,6 +191,6 @@ serial('in cdc mode a dropped slot is not re-created at the current position: th
     t.regex(refused.stderr, /no longer exists/);
     t.is((await env.pg.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [pipeline.slot])).rowCount, 0);
   } finally {
-    await consumer.stop();
+    await Promise.all([producer.stop(), consumer.stop()]);
   }
 });

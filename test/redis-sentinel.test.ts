@@ -1,6 +1,6 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LOAD_SCHEMA, TestPipeline, loadTablesIn, runCli, writeLoad } from './support/pipeline.js';
+import { LOAD_SCHEMA, TestPipeline, killStrayProcesses, loadTablesIn, runCli, writeLoad } from './support/pipeline.js';
 import { type SentinelSet, startSentinelSet } from './support/sentinel.js';
 import { startPostgres, type PostgresServer } from './support/services.js';
 
@@ -10,6 +10,7 @@ test.before(async () => {
   [pg, sentinels] = await Promise.all([startPostgres(), startSentinelSet()]);
 });
 test.after.always(async () => {
+  await killStrayProcesses();
   await Promise.all([pg?.stop(), sentinels?.stop()]);
 });
 

@@ -11,6 +11,17 @@ import type { PostgresServer } from './services.js';
 export const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'cli', 'index.js');
 
 /** A pg-replicate CLI process, with everything it printed kept for assertions. */
+/** Every CLI process started by this test file that has not exited. */
+const running = new Set<CliProcess>();
+
+/**
+ * Kills what a failed test left running (its `finally` may not reach every process): a live
+ * child keeps the test worker, and so the whole run, from ending.
+ */
+export async function killStrayProcesses(): Promise<void> {
+  await Promise.all([...running].map((process) => process.kill9()));
+}
+
 export class CliProcess {
   readonly child: ChildProcess;
   stdout = '';
@@ -35,7 +46,13 @@ export class CliProcess {
       // PGR_TEST_LOGS=1 shows every CLI process's log while debugging a test.
       if (process.env.PGR_TEST_LOGS) process.stderr.write(data);
     });
-    this.exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
+    running.add(this);
+    this.exited = new Promise((resolve) =>
+      this.child.once('exit', (code) => {
+        running.delete(this);
+        resolve(code);
+      }),
+    );
   }
 
   /** Stopped or killed by the test (not ended on its own). */

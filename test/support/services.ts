@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { Redis } from 'ioredis';
+import { killStrayProcesses } from './pipeline.js';
 
 /**
  * Real services for the tests: our own Postgres cluster (wal_level=logical) and our own
@@ -209,6 +210,7 @@ export function useServices(test: { before: (fn: () => Promise<void>) => void; a
     [services.pg, services.redis] = await Promise.all([startPostgres(), startRedis()]);
   });
   test.after.always(async () => {
+    await killStrayProcesses();
     await Promise.all([services.pg?.stop(), services.redis?.stop()]);
   });
   return services;
