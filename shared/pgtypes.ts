@@ -84,7 +84,19 @@ export function typeKind(typeOid: number): TypeKind {
 export function numericPrecision(typeModifier: number): { precision: number; scale: number } | undefined {
   if (typeModifier < 4) return undefined;
   const packed = typeModifier - 4;
-  return { precision: (packed >> 16) & 0xffff, scale: packed & 0xffff };
+  // Postgres 15+ allows a scale from -1000 to 1000: 11 bits, signed.
+  return { precision: (packed >> 16) & 0xffff, scale: ((packed & 0x7ff) ^ 1024) - 1024 };
+}
+
+/**
+ * The smallest (precision, scale) with 0 ≤ scale ≤ precision that holds every value of
+ * numeric(p, s), for destinations whose decimals need that: numeric(5,-2) holds integers of up
+ * to 7 digits (DECIMAL(7,0)); numeric(2,5) values below 0.001 with 5 decimals (DECIMAL(5,5)).
+ */
+export function decimalHolding({ precision, scale }: { precision: number; scale: number }): { precision: number; scale: number } {
+  if (scale < 0) return { precision: precision - scale, scale: 0 };
+  if (scale > precision) return { precision: scale, scale };
+  return { precision, scale };
 }
 
 const JSON_NUMBER = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$/;

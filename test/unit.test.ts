@@ -198,6 +198,9 @@ test('partitioning is stable, JSON values are exact, numeric precision decodes, 
   t.is(jsonFragment(null, PgType.text), 'null');
   t.deepEqual(numericPrecision(((12 << 16) | 2) + 4), { precision: 12, scale: 2 });
   t.is(numericPrecision(-1), undefined);
+  // Postgres 15: a scale below zero or above the precision.
+  t.deepEqual(numericPrecision(((5 << 16) | (-2 & 0x7ff)) + 4), { precision: 5, scale: -2 });
+  t.deepEqual(numericPrecision(((2 << 16) | 5) + 4), { precision: 2, scale: 5 });
   t.is(redact('connect postgres://user:secret@host/db failed'), 'connect postgres://user:***@host/db failed');
 });
 

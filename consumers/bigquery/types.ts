@@ -1,5 +1,5 @@
 import type { Column } from '../../shared/events.js';
-import { PgType, numericPrecision, typeKind } from '../../shared/pgtypes.js';
+import { PgType, decimalHolding, numericPrecision, typeKind } from '../../shared/pgtypes.js';
 import { pgArrayToJson } from '../pgarray.js';
 
 /**
@@ -34,9 +34,9 @@ const inRange = (text: string) => (IN_RANGE.test(text) && !text.endsWith(' BC') 
 
 /** NUMERIC holds 29 integer and 9 fractional digits, BIGNUMERIC 38 and 38: past that, STRING keeps every digit. */
 function numericType(typeModifier: number): BigQueryType {
-  const precision = numericPrecision(typeModifier);
-  if (!precision) return STRING;
-  const { precision: p, scale: s } = precision;
+  const declared = numericPrecision(typeModifier);
+  if (!declared) return STRING;
+  const { precision: p, scale: s } = decimalHolding(declared);
   const finite = (text: string) => (/^-?\d/.test(text) ? text : null); // NaN and ±Infinity have no NUMERIC value
   if (s <= 9 && p - s <= 29) return typed(`NUMERIC(${p}, ${s})`, finite);
   if (s <= 38 && p - s <= 38) return typed(`BIGNUMERIC(${p}, ${s})`, finite);

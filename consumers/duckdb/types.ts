@@ -1,5 +1,5 @@
 import type { Column } from '../../shared/events.js';
-import { PgType, numericPrecision, typeKind } from '../../shared/pgtypes.js';
+import { PgType, decimalHolding, numericPrecision, typeKind } from '../../shared/pgtypes.js';
 import { pgArrayToJson } from '../pgarray.js';
 
 /**
@@ -25,12 +25,17 @@ const TEXT: DuckDbType = { sql: 'VARCHAR', cast: (value) => value, strings: true
 /** Largest DECIMAL width DuckDB holds; wider or unconstrained numerics stay exact as text. */
 const MAX_DECIMAL_WIDTH = 38;
 
-/** Dates and timestamps: "0044-03-15 10:00 BC" (Postgres) is "-0043-03-15 10:00" in the astronomical years DuckDB reads. */
+/**
+ * Dates and timestamps: "0044-03-15 10:00 BC" (Postgres) is "-0043-03-15 10:00" in the
+ * astronomical years DuckDB reads. A timestamp after DuckDB's last (294247-01-10; Postgres
+ * goes on to 294276) is 'infinity', as any value past the end of the type's range (documented):
+ * a value that could not be stored would stop its table's partition for good.
+ */
 const temporal = (sql: string): DuckDbType => ({
   sql,
   backslashFree: true,
   cast: (value) =>
-    `CASE WHEN ${value} LIKE '% BC' THEN CAST('-' || lpad(CAST(CAST(split_part(${value}, '-', 1) AS INTEGER) - 1 AS VARCHAR), 4, '0') || substr(${value}, strpos(${value}, '-'), length(${value}) - strpos(${value}, '-') - 2) AS ${sql}) ELSE CAST(${value} AS ${sql}) END`,
+    `CASE WHEN ${value} IS NULL THEN NULL WHEN ${value} LIKE '% BC' THEN CAST('-' || lpad(CAST(CAST(split_part(${value}, '-', 1) AS INTEGER) - 1 AS VARCHAR), 4, '0') || substr(${value}, strpos(${value}, '-'), length(${value}) - strpos(${value}, '-') - 2) AS ${sql}) ELSE coalesce(TRY_CAST(${value} AS ${sql}), CASE WHEN ${value} SIMILAR TO '[0-9]{6}-.*' THEN CAST('infinity' AS ${sql}) ELSE CAST(${value} AS ${sql}) END) END`,
 });
 
 /** The DuckDB type for a built-in Postgres type (domains and enums resolved by the producer). */
@@ -49,7 +54,8 @@ function scalarType(typeOid: number, typeModifier: number): DuckDbType {
     case 'double':
       return plain('DOUBLE');
     case 'numeric': {
-      const precision = numericPrecision(typeModifier);
+      const declared = numericPrecision(typeModifier);
+      const precision = declared && decimalHolding(declared);
       if (!precision || precision.precision > MAX_DECIMAL_WIDTH) return TEXT;
       // DECIMAL has no NaN: it arrives as NULL (documented), the one value this mapping cannot hold.
       const sql = `DECIMAL(${precision.precision}, ${precision.scale})`;
