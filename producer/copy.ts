@@ -12,6 +12,7 @@ import { Catalog, type PublishedTable, describeTable, publicationTables } from '
 import { ChunkWriter } from './chunkwriter.js';
 import { CopyOut } from './copyout.js';
 import { tally } from './metrics.js';
+import { oversizedCopyRow } from './oversize.js';
 import { POLL_MS, type Session } from './options.js';
 import { quoteIdent } from './replication.js';
 import { inPlaceSocket } from './wire.js';
@@ -240,6 +241,8 @@ export class TableCopy {
     let open: ChunkWriter | undefined;
     for await (const piece of copyOut) {
       if (this.session.signal.aborted) throw new Error('the producer session ended during a table copy');
+      // Pieces are small but for a single long row: one too long for a Redis value is named.
+      if (piece.longestRow > this.session.largestRowBytes) throw oversizedCopyRow(relation, piece.data, this.session.largestRowBytes);
       open ??= new ChunkWriter(this.session.redis, pipeline, this.session.epoch, this.partition);
       await open.write(piece);
       if (piece.endsChunk) {

@@ -80,6 +80,8 @@ export interface Session {
   queues: BatchQueues;
   watcher: AppliedWatcher;
   signal: AbortSignal;
+  /** The largest row Redis takes in one value (producer/oversize). */
+  largestRowBytes: number;
 }
 
 /** How often the producer reads the destinations' applied marks. */

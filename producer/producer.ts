@@ -16,6 +16,7 @@ import { detachedDestinations, hideSession, showSession, source, tally } from '.
 import { LagGuard } from './lagguard.js';
 import { type AckPosition, COPY_DONE_POLL_MS, type ProducerOptions, type Session } from './options.js';
 import { ProducerLease } from './lease.js';
+import { largestRowBytes } from './oversize.js';
 import { SLOT_RECOVERY, STARTUP_PATIENCE_MS, checkRedis, checkSource, connectPostgres, connectPostgresOnce, isConnectionLoss, refusal } from './preflight.js';
 import { BatchQueues } from './queues.js';
 import { ReplicationConnection } from './replication.js';
@@ -46,6 +47,8 @@ export class Producer {
   private streamed = false;
   /** The last session ended because Redis lost writes: the next one copies again what was not applied everywhere. */
   private redisLost = false;
+  /** The largest row Redis takes in one value, read at start. */
+  private largestRowBytes = Number.MAX_SAFE_INTEGER;
   /** Since when Postgres has been unreachable, while it is. */
   private outage: { since: number; error: string } | undefined;
 
@@ -60,6 +63,10 @@ export class Producer {
     try {
       await checkSource(client, this.options.publication);
       await checkRedis(this.redis);
+      this.largestRowBytes = await largestRowBytes(this.redis);
+      if (this.options.maxBatchBytes > this.largestRowBytes) {
+        throw new UserError(`--max-batch-bytes ${this.options.maxBatchBytes} is more than Redis takes in one value (proto-max-bulk-len allows about ${this.largestRowBytes} bytes): lower it, or raise proto-max-bulk-len.`);
+      }
       const keep = (await client.query('SHOW max_slot_wal_keep_size').catch(() => ({ rows: [{}] }))).rows[0].max_slot_wal_keep_size;
       if (keep === '-1' && this.options.maxDestinationLagBytes <= 0) {
         log.warn(
@@ -277,7 +284,7 @@ export class Producer {
       const sequencer = new Sequencer(options.partitions);
       const tracker = new AckTracker(epoch);
       const watcher = new AppliedWatcher(this.redis, options, epoch, queues, tracker, () => (this.copyApplied = true), () => this.position.lsn);
-      const session: Session = { options, redis: this.redis, epoch, sequencer, tracker, queues, watcher, signal: ended.signal };
+      const session: Session = { options, redis: this.redis, epoch, sequencer, tracker, queues, watcher, signal: ended.signal, largestRowBytes: this.largestRowBytes };
       showSession(session, this.position);
 
       if (needsCopy && resume && slot) {

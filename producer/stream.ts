@@ -10,6 +10,7 @@ import { type PgoutputMessage, decodePgoutput, rowOp } from './pgoutput.js';
 import { PG_EPOCH_MS, type ReplicationConnection } from './replication.js';
 import { showSession, tally } from './metrics.js';
 import type { TableSync } from './tablesync.js';
+import { oversizedChange } from './oversize.js';
 import type { LagGuard } from './lagguard.js';
 
 /** What arrives from the walsender, in order: a decoded pgoutput message, or a keepalive's WAL end. */
@@ -67,6 +68,7 @@ export async function streamSlot(
 
   /** A row change, its images `message` from `start` to `end` (kept only by copying). */
   const addRow = (op: RowOp, oid: number, message: Buffer, start: number, end: number) => {
+    if (end - start > session.largestRowBytes) throw oversizedChange(batcher.relation(oid), op, message, start, end, session.largestRowBytes);
     tally.changes[op]++;
     const lsn = commitLsn;
     const position = ++ordinal;
