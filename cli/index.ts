@@ -225,6 +225,21 @@ destinations
   });
 
 program
+  .command('pipeline')
+  .description('Manage a pipeline as a whole.')
+  .command('drop')
+  .description('Remove the pipeline: its replication slot and every Redis key of it. The publication and the destinations\' data stay. Its producer must be stopped.')
+  .addOption(pipelineOption())
+  .addOption(redisOption())
+  .addOption(new Option('--pg-url <url>', 'Postgres URL, to drop the slot').env('PG_URL'))
+  .option('--yes', 'do it (without it, the command says what it would remove)')
+  .action(async (flags) => {
+    const options = validate(z.object({ pipeline: pipelineId, redisUrl, pgUrl, yes: z.boolean().optional() }), flags);
+    const { dropPipeline } = await import('./drop.js');
+    process.stdout.write(`${await dropPipeline(options)}\n`);
+  });
+
+program
   .command('status')
   .description('Show the slot\'s confirmed LSN and, per destination, pending batches and state.')
   .addOption(pipelineOption())

@@ -123,3 +123,37 @@ test('published tables the user cannot read are named with the GRANT to run: at 
     await Promise.all([producer.stop(), consumer.stop()]);
   }
 });
+
+test('pipeline drop --yes removes the slot and every Redis key of the pipeline, and nothing of another; refused while its producer runs or without --yes', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'dropme', ['main']);
+  const other = new TestPipeline(env.pg, env.redis.url, 'keepme', ['main']);
+  await env.pg.query(`${LOAD_SCHEMA(pipeline.publication, 'dropme')}; CREATE TABLE dropme.other (id int PRIMARY KEY); CREATE PUBLICATION ${other.publication} FOR TABLE dropme.other;`);
+  const drop = (extra: string[] = []) => runCli(['pipeline', 'drop', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', env.pg.url, ...extra]);
+  const keysOf = async (id: string) => [...(await env.redis.client.keys(`pgr:{${id}}:*`)), ...(await env.redis.client.keys(`pgr:{${id}.*`))];
+  const processes = [pipeline.producer(), pipeline.duckdb('main'), other.producer(), other.duckdb('main')];
+  try {
+    await Promise.all([pipeline.waitForCopy(env.redis.client), other.waitForCopy(env.redis.client)]);
+    await writeLoad(env.pg, 30, 0, 'dropme');
+    await pipeline.waitForCatchUp();
+    const running = await drop(['--yes']);
+    t.is(running.code, 2);
+    t.regex(running.stderr, /The producer of pipeline \S+ is running \(pid \d+ on host \S+;/);
+  } finally {
+    await Promise.all(processes.map((process) => process.stop()));
+  }
+  const unconfirmed = await drop();
+  t.is(unconfirmed.code, 2);
+  t.regex(unconfirmed.stderr, new RegExp(`This removes replication slot ${pipeline.slot} and every Redis key of pipeline ${pipeline.pipeline} .* Run it again with --yes`));
+  t.true(await slotExists(pipeline.slot));
+  const keysBefore = await keysOf(other.pipeline);
+  const dropped = await drop(['--yes']);
+  t.is(dropped.code, 0, dropped.stderr);
+  t.regex(dropped.stdout, new RegExp(`pipeline ${pipeline.pipeline}: dropped replication slot ${pipeline.slot}, removed \\d+ Redis keys`));
+  t.false(await slotExists(pipeline.slot));
+  t.deepEqual(await keysOf(pipeline.pipeline), []);
+  t.deepEqual((await keysOf(other.pipeline)).sort(), keysBefore.sort(), 'the other pipeline keeps its keys');
+  t.true(await slotExists(other.slot));
+  t.is((await env.pg.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [pipeline.publication])).rowCount, 1, 'the publication stays');
+  const { duckdb, postgres } = await loadTablesIn(env.pg, pipeline.duckdbPath('main'), 'dropme');
+  t.deepEqual(duckdb, postgres, 'the destination keeps its data');
+});
