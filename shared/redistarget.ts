@@ -131,7 +131,10 @@ export async function connectRedisOnce(url: string): Promise<Redis> {
   } catch (error) {
     redis.disconnect();
     const message = redact((cause ?? (error as Error)).message);
-    const fix = /NOAUTH|WRONGPASS|invalid password|invalid username/i.test(message) ? 'Check the user and password in --redis-url (REDIS_URL).' : 'Check --redis-url (REDIS_URL) and that Redis is running.';
+    const tls = target.kind === 'server' && target.url.startsWith('rediss:');
+    const fix = /NOAUTH|WRONGPASS|invalid password|invalid username/i.test(message)
+      ? 'Check the user and password in --redis-url (REDIS_URL).'
+      : `Check --redis-url (REDIS_URL) and that Redis is running${tls ? ', and that it speaks TLS on that port (rediss:// asks for TLS; redis:// for none)' : ''}.`;
     throw new UserError(`Cannot reach Redis (${message}). ${fix}`);
   }
 }

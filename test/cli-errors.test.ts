@@ -90,6 +90,12 @@ test('status, destinations and resync with Redis unreachable, or refusing the pa
     t.regex(down.stderr, /Cannot reach Redis \(.*ECONNREFUSED.*\)\. Check --redis-url/);
     t.false(down.stderr.includes('pw-secret'));
   }
+  // TLS asked of a Redis that does not speak it: exit 2 within 10 s, saying so (consumers too).
+  const started = Date.now();
+  const plain = await runCli(['consumer', 'stdout', '--name', 'x', '--pipeline', 'p', '--redis-url', redis.url.replace('redis://', 'REDISS://')]);
+  t.is(plain.code, 2, plain.stderr);
+  t.true(Date.now() - started < 10_000, `answered in ${Date.now() - started} ms`);
+  t.regex(plain.stderr, /Cannot reach Redis .* that it speaks TLS on that port/);
   // A Redis of its own that wants another password.
   const guarded = await spawnRedis(port, ['--save', '', '--appendonly', 'no']);
   try {
