@@ -67,3 +67,22 @@ test('tables whose names collide in DuckDB get distinct, recorded places, each e
   }
   t.is(places.size, tables.length, 'every table has a place of its own, case ignored');
 });
+
+test('columns whose names differ only in case get distinct names in DuckDB (<name>__<attnum>), copied, streamed and through schema changes', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'columns', ['main']);
+  await env.pg.query(`
+    CREATE TABLE cases ("ID" int PRIMARY KEY, id text, "Id" int);
+    INSERT INTO cases SELECT g, 'text ' || g, -g FROM generate_series(1, 20) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE cases;`);
+  await pipeline.runWithDuckdb(env.redis.client, async () => {
+    await env.pg.query(`UPDATE cases SET id = 'changed', "Id" = 0 WHERE "ID" <= 5; DELETE FROM cases WHERE "ID" > 18; INSERT INTO cases VALUES (100, 'new', 100)`);
+    await pipeline.waitForCatchUp();
+    // The column named like another goes; one added later collides again.
+    await env.pg.query(`ALTER TABLE cases DROP COLUMN id; ALTER TABLE cases ADD COLUMN "iD" text; UPDATE cases SET "iD" = 'late ' || "ID" WHERE "ID" % 2 = 0`);
+    await pipeline.waitForCatchUp();
+  });
+  t.deepEqual(
+    await duckdbRows(pipeline.duckdbPath('main'), 'public.cases', ['"ID"', '"Id__3"', '"iD__4"']),
+    await postgresRows(env.pg, 'cases', ['"ID"', '"Id"', '"iD"']),
+  );
+});

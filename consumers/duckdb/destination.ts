@@ -10,7 +10,7 @@ import { UserError, errorMessage } from '../../shared/errors.js';
 import { collapseByKey, netRowCounts } from '../collapse.js';
 import { type CollapsedCsv, collapseImagesToCsv, collapseImagesToCsvAside, recycleCsvLines } from '../imagescsv.js';
 import { type Destination, PermanentError, type Step, type StoredTable, type TableShape as SourceShape, type TableState } from '../destination.js';
-import { STATE_SCHEMA, type TargetName, placeTable } from './names.js';
+import { STATE_SCHEMA, type TargetName, placeTable, withDistinctColumnNames } from './names.js';
 import { type DuckDbType, duckDbColumnSql, duckDbType } from './types.js';
 
 const STAGE_DELETED = '_pg_deleted';
@@ -155,7 +155,8 @@ export class DuckDbDestination implements Destination {
   }
 
   apply(steps: Step[], states: Map<number, TableState>): Promise<void> {
-    const run = this.queue.then(() => this.applyNow(steps, states).catch((error) => this.afterFailure(error)));
+    const named = steps.map((step) => (step.kind === 'truncate' ? { ...step, relations: step.relations.map(withDistinctColumnNames) } : { ...step, relation: withDistinctColumnNames(step.relation) }));
+    const run = this.queue.then(() => this.applyNow(named, states).catch((error) => this.afterFailure(error)));
     this.queue = run.catch(() => {});
     return run;
   }
