@@ -137,3 +137,33 @@ test('bad BigQuery flags are refused with advice and exit code 2', async (t) => 
   t.is(keyFile.code, 2);
   t.regex(keyFile.stderr, /--key-file \/nonexistent\/key\.json does not exist/);
 });
+
+test('names that cleaning or case would make equal in BigQuery get distinct, stable names, each table equal to its source', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'bqnames', ['warehouse']);
+  const dataset = 'names_test';
+  const { bigQueryTableName } = await import('../consumers/bigquery/types.js');
+  // Source table → [schema, name] as the destination sees it.
+  const tables: [string, string, string][] = [
+    ['public."order-items"', 'public', 'order-items'],
+    ['public.order_items', 'public', 'order_items'],
+    ['"a".b__c', 'a', 'b__c'],
+    ['"a__b".c', 'a__b', 'c'],
+    ['public."ñ"', 'public', 'ñ'],
+    ['public."ü"', 'public', 'ü'],
+  ];
+  await env.pg.query(`
+    CREATE SCHEMA "a"; CREATE SCHEMA "a__b";
+    ${tables.map(([table], index) => `CREATE TABLE ${table} (id int PRIMARY KEY, "a-b" text, a_b text, "ID" int); INSERT INTO ${table} SELECT g, 'dash ${index}', 'under ' || g, -g FROM generate_series(1, 20) g;`).join('\n')}
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE ${tables.map(([table]) => table).join(', ')};`);
+  await withBigQuery(pipeline, dataset, async () => {
+    for (const [table] of tables) await env.pg.query(`UPDATE ${table} SET "a-b" = 'changed', "ID" = 0 WHERE id <= 5; DELETE FROM ${table} WHERE id > 18`);
+  });
+  const names = tables.map(([, schema, name]) => bigQueryTableName({ schema, name }));
+  t.is(new Set(names.map((name) => name.toLowerCase())).size, tables.length, `distinct: ${names.join(', ')}`);
+  t.is(names[1], 'order_items', 'a name cleaning does not change is kept');
+  const { bigQueryName } = await import('../consumers/bigquery/types.js');
+  for (const [index, [table]] of tables.entries()) {
+    // "ID" follows id (attnum 1) but for case: ID__4; "a-b" is cleaned and marked.
+    t.deepEqual(await bq.emulator.tableRows(dataset, names[index], ['id', bigQueryName('a-b'), 'a_b', 'ID__4']), await postgresRows(env.pg, table, ['id', '"a-b"', 'a_b', '"ID"']), table);
+  }
+});

@@ -7,6 +7,7 @@ import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qual
 import { UserError, errorMessage } from '../../shared/errors.js';
 import { log } from '../../shared/log.js';
 import { collapseByKey, netRowCounts } from '../collapse.js';
+import { withDistinctColumnNamesIn } from '../names.js';
 import { type Destination, PermanentError, type Step, type StoredTable, type TableShape, type TableState } from '../destination.js';
 import { type BigQueryType, bigQueryName, bigQueryTableName, bigQueryType } from './types.js';
 import { type BigQueryOptions, Warehouse } from './warehouse.js';
@@ -117,7 +118,9 @@ export class BigQueryDestination implements Destination {
     return states;
   }
 
-  async apply(steps: Step[], states: Map<number, TableState>): Promise<void> {
+  async apply(given: Step[], states: Map<number, TableState>): Promise<void> {
+    // BigQuery's column names ignore case: "ID" beside "id" are named apart first.
+    const steps = withDistinctColumnNamesIn(given);
     const shapes = finalShapes(steps);
     for (const oid of states.keys()) {
       const stored = this.stored.get(oid)?.shape;

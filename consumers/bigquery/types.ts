@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { Column } from '../../shared/events.js';
 import { PgType, decimalHolding, numericPrecision, typeKind } from '../../shared/pgtypes.js';
 import { pgArrayToJson } from '../pgarray.js';
@@ -136,13 +137,26 @@ export function bigQueryType(column: Pick<Column, 'typeOid' | 'typeModifier' | '
   return scalarType(column.baseTypeOid ?? column.typeOid, column.typeModifier);
 }
 
-/** BigQuery names hold letters, digits and _ and do not start with a digit; anything else becomes _. */
-export function bigQueryName(name: string): string {
+/**
+ * BigQuery names hold letters, digits and _ and do not start with a digit; anything else
+ * becomes _. Cleaning can make different names equal (`order-items`, `order_items`; every
+ * non-ASCII name): a name that cleaning changed gets `__` and 8 hex digits of its SHA-1, so
+ * distinct source names stay distinct, the same way every time.
+ */
+export function bigQueryName(name: string, mustMark = false): string {
   const cleaned = name.replace(/[^A-Za-z0-9_]/g, '_');
-  return /^[0-9]/.test(cleaned) ? `_${cleaned}` : cleaned;
+  const named = /^[0-9]/.test(cleaned) ? `_${cleaned}` : cleaned;
+  return named === name && !mustMark ? named : `${named}__${createHash('sha1').update(name).digest('hex').slice(0, 8)}`;
 }
 
-/** The BigQuery table for a source table: its name for tables in public, schema__name otherwise. */
+/**
+ * The BigQuery table for a source table: its name for tables in public, schema__name otherwise.
+ * A schema or name that holds `__` itself would make that ambiguous (`a.b__c`, `a__b.c`, and
+ * public's `a__b` beside `a.b`): such a table is marked as a cleaned name is.
+ */
 export function bigQueryTableName(relation: { schema: string; name: string }): string {
-  return bigQueryName(relation.schema === 'public' ? relation.name : `${relation.schema}__${relation.name}`);
+  const ambiguous = relation.schema.includes('__') || relation.name.includes('__');
+  if (relation.schema === 'public') return bigQueryName(relation.name, ambiguous);
+  const joined = `${relation.schema}__${relation.name}`;
+  return ambiguous ? bigQueryName(`${relation.schema}.${relation.name}`) : bigQueryName(joined) === joined ? joined : `${bigQueryName(relation.schema)}__${bigQueryName(relation.name)}`;
 }

@@ -10,7 +10,8 @@ import { UserError, errorMessage } from '../../shared/errors.js';
 import { collapseByKey, netRowCounts } from '../collapse.js';
 import { type CollapsedCsv, collapseImagesToCsv, collapseImagesToCsvAside, recycleCsvLines } from '../imagescsv.js';
 import { type Destination, PermanentError, type Step, type StoredTable, type TableShape as SourceShape, type TableState } from '../destination.js';
-import { STATE_SCHEMA, type TargetName, placeTable, withDistinctColumnNames } from './names.js';
+import { withDistinctColumnNamesIn } from '../names.js';
+import { STATE_SCHEMA, type TargetName, placeTable } from './places.js';
 import { type DuckDbType, duckDbColumnSql, duckDbType } from './types.js';
 
 const STAGE_DELETED = '_pg_deleted';
@@ -27,7 +28,7 @@ const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
  * process, so the state is read once at start and kept in memory; apply() calls are
  * serialised on one connection.
  */
-/** A table's shape as the source had it, and where it is in DuckDB (see names.ts). */
+/** A table's shape as the source had it, and where it is in DuckDB (see places.ts). */
 type Shape = SourceShape & { target: TargetName };
 
 export class DuckDbDestination implements Destination {
@@ -155,7 +156,7 @@ export class DuckDbDestination implements Destination {
   }
 
   apply(steps: Step[], states: Map<number, TableState>): Promise<void> {
-    const named = steps.map((step) => (step.kind === 'truncate' ? { ...step, relations: step.relations.map(withDistinctColumnNames) } : { ...step, relation: withDistinctColumnNames(step.relation) }));
+    const named = withDistinctColumnNamesIn(steps);
     const run = this.queue.then(() => this.applyNow(named, states).catch((error) => this.afterFailure(error)));
     this.queue = run.catch(() => {});
     return run;

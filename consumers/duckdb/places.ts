@@ -1,5 +1,3 @@
-import type { Relation } from '../../shared/events.js';
-
 /** A table's place in DuckDB: its schema and name there. */
 export interface TargetName {
   schema: string;
@@ -36,24 +34,4 @@ export function placeTable(oid: number, source: TargetName, placed: Map<number, 
   if (taken(target)) target = { schema, name: `${source.name}__${oid}` };
   for (let n = 2; taken(target); n++) target = { schema, name: `${source.name}__${oid}_${n}` };
   return { target };
-}
-
-/**
- * The relation with column names DuckDB can tell apart: a column whose name equals an earlier
- * one's when case is ignored ("ID" beside "id") is named `<name>__<attnum>`. It depends on the
- * columns alone, so every batch gives the same names; were the earlier column dropped, the
- * later one would be renamed back, as a source rename is followed.
- */
-export function withDistinctColumnNames<T extends Relation>(relation: T): T {
-  const seen = new Set<string>();
-  let renamed = false;
-  const columns = relation.columns.map((column, index) => {
-    let name = column.name;
-    for (let n = 1; seen.has(name.toLowerCase()); n++) name = `${column.name}__${column.attnum ?? index + 1}${n > 1 ? `_${n}` : ''}`;
-    seen.add(name.toLowerCase());
-    if (name === column.name) return column;
-    renamed = true;
-    return { ...column, name };
-  });
-  return renamed ? { ...relation, columns } : relation;
 }
