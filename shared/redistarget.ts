@@ -119,7 +119,7 @@ export async function redisAddress(url: string): Promise<RedisAddress> {
  */
 export async function connectRedisOnce(url: string): Promise<Redis> {
   const target = parseRedisUrl(url);
-  const options: RedisOptions = { ...clientOptions(target), lazyConnect: true, connectTimeout: 5_000, maxRetriesPerRequest: 1, retryStrategy: () => null, ...(target.kind === 'sentinel' ? { sentinelRetryStrategy: () => null } : {}) };
+  const options: RedisOptions = { ...clientOptions(target), lazyConnect: true, connectTimeout: 3_000, maxRetriesPerRequest: 1, retryStrategy: () => null, ...(target.kind === 'sentinel' ? { sentinelRetryStrategy: () => null } : {}) };
   const redis = target.kind === 'server' ? new Redis(target.url, options) : new Redis(options);
   // The cause (ECONNREFUSED, a timeout) comes as an event; the connect only says "closed".
   let cause: Error | undefined;
