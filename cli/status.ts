@@ -34,6 +34,8 @@ export interface PipelineStatus {
     state: 'ok' | 'retrying' | 'parked' | 'detached';
     /** Consumers of this destination alive now (heartbeats). */
     consumers: number;
+    /** Where the destination put each source table ("schema.name" → its name there), as it reported. */
+    places: Record<string, string>;
     /** Why and since when it is detached (it no longer holds the slot; its consumer, when it runs, registers again for a fresh copy). */
     detached?: { reason: string; since: string };
     errors: { partition: number; attempts: number; error: string; since: string }[];
@@ -104,6 +106,7 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
       status.destinations.push({
         name,
         consumers: await aliveConsumers(redis, options.pipeline, name),
+        places: await redis.hgetall(keys.places(options.pipeline, name)),
         appliedLsn: (await redis.hget(keys.state(options.pipeline), `applied:${name}`)) ?? null,
         pendingBatches: pending,
         state: health.some((entry) => entry.state === 'parked') ? 'parked' : errors.length > 0 ? 'retrying' : 'ok',
@@ -114,7 +117,7 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
     for (const [field, text] of Object.entries(await redis.hgetall(keys.state(options.pipeline)))) {
       const name = field.startsWith('detached:') ? field.slice('detached:'.length) : undefined;
       if (!name || state.destinations.includes(name)) continue;
-      status.destinations.push({ name, consumers: await aliveConsumers(redis, options.pipeline, name), appliedLsn: null, pendingBatches: 0, state: 'detached', detached: JSON.parse(text), errors: [], appliedBatches: {} });
+      status.destinations.push({ name, consumers: await aliveConsumers(redis, options.pipeline, name), places: {}, appliedLsn: null, pendingBatches: 0, state: 'detached', detached: JSON.parse(text), errors: [], appliedBatches: {} });
     }
     return status;
   } finally {
@@ -148,6 +151,10 @@ export function formatStatus(status: PipelineStatus): string {
     const consumers = destination.consumers === 0 ? 'no consumer' : `${destination.consumers} consumer${destination.consumers > 1 ? 's' : ''} alive`;
     lines.push(`destination ${destination.name}: ${destination.state}, applied up to ${destination.appliedLsn ?? '(nothing yet)'}, ${destination.pendingBatches} batches pending, ${consumers}`);
     for (const error of destination.errors) lines.push(`  partition ${error.partition}: attempt ${error.attempts} since ${error.since}: ${error.error}`);
+    // Only the tables placed under another name than their own (names that would collide there).
+    for (const [table, place] of Object.entries(destination.places)) {
+      if (!place.endsWith(table.slice(table.indexOf('.') + 1))) lines.push(`  table ${table} is ${place} there`);
+    }
   }
   return lines.join('\n');
 }

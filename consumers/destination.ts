@@ -47,6 +47,11 @@ export interface Destination {
    * done. It may run between an apply's start and its end, and must not throw.
    */
   prepare?(steps: Step[]): void;
+  /**
+   * Optional: where each source table it knows is at the destination ("schema.name" → its name
+   * there), for `status`: names are placed apart where the destination would make them collide.
+   */
+  placements?(): Map<string, string>;
   close(): Promise<void>;
 }
 

@@ -84,6 +84,8 @@ export class ConsumerRunner {
   private readonly appliedAhead = new Set<string>();
   private closing = false;
   private readonly registration: Registration;
+  /** The placements last written for status. */
+  private publishedPlacements = '';
 
   constructor(
     private readonly options: RunnerOptions,
@@ -267,7 +269,21 @@ export class ConsumerRunner {
     const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
     log.debug({ partition, changes: batch?.changes.length, copyRows: batch?.copy?.rows, joined, planned, applyMs: Date.now() - started, lagMs }, 'batch applied');
     this.metrics.applied(applied, started, encoded.t);
+    await this.publishPlacements();
     if (this.unhealthy.has(partition)) await this.report(partition, { state: 'ok' });
+  }
+
+  /** Tells `status` where the destination put each table, when that changed. */
+  private async publishPlacements(): Promise<void> {
+    const placements = this.destination.placements?.();
+    if (!placements) return;
+    const text = JSON.stringify([...placements].sort());
+    if (text === this.publishedPlacements) return;
+    const key = keys.places(this.options.pipeline, this.options.name);
+    const update = this.redis.multi().del(key);
+    if (placements.size > 0) update.hset(key, Object.fromEntries(placements));
+    await update.exec();
+    this.publishedPlacements = text;
   }
 
   /** Records the partition's applied mark (it only moves forward) and releases the chunks applied. */

@@ -23,6 +23,8 @@ export const keys = {
   tableSyncs: (pipeline: string) => `pgr:{${pipeline}}:table-syncs`,
   /** String (with a TTL, renewed): JSON {token, host, pid, since} of the one producer running the pipeline. */
   producerLease: (pipeline: string) => `pgr:{${pipeline}}:producer`,
+  /** Hash source table → its name at the destination, as the destination placed it (for status). */
+  places: (pipeline: string, destination: string) => `pgr:{${pipeline}}:places:${destination}`,
   /** Sorted set "host:pid" → last heartbeat (ms): the destination's consumers, for status. */
   consumers: (pipeline: string, destination: string) => `pgr:{${pipeline}}:consumers:${destination}`,
   /** Hash table → JSON state, for destinations that have no store of their own (stdout). */

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { DuckDBInstance } from '@duckdb/node-api';
-import { TestPipeline, duckdbRows, postgresRows, waitFor } from './support/pipeline.js';
+import { TestPipeline, duckdbRows, postgresRows, runCli, waitFor } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -66,6 +66,16 @@ test('tables whose names collide in DuckDB get distinct, recorded places, each e
     t.deepEqual(await duckdbRows(path, `dest."${String(targetSchema)}"."${String(targetName)}"`, ['id', 'label']), await postgresRows(env.pg, table, ['id', 'label']), `${table} → ${String(targetSchema)}.${String(targetName)}`);
   }
   t.is(places.size, tables.length, 'every table has a place of its own, case ignored');
+  // status shows the placement: all of it in --json, the tables placed under another name in text.
+  const json = JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout);
+  const reported = json.destinations[0].places as Record<string, string>;
+  for (const [table, schema, name] of tables) {
+    const source = `${await env.pg.query(`SELECT n.nspname || '.' || c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = '${table.replace(/'/g, "''")}'::regclass`).then((result) => result.rows[0].name)}`;
+    t.regex(reported[source] ?? '', new RegExp(`^${schema}\\.${name}(__\\d+)?$`), source);
+  }
+  const text = (await runCli(['status', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout;
+  // Two of orders/Orders/ORDERS, and one of public.items/"Public".items.
+  t.is(text.match(/^ {2}table \S+ is \S+__\d+ there$/gm)?.length, 3, text);
 });
 
 test('columns whose names differ only in case get distinct names in DuckDB (<name>__<attnum>), copied, streamed and through schema changes', async (t) => {

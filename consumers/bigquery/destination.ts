@@ -85,6 +85,10 @@ export class BigQueryDestination implements Destination {
     }
   }
 
+  placements(): Map<string, string> {
+    return new Map([...this.stored.values()].map(({ shape }) => [qualifiedName(shape), shape.table]));
+  }
+
   private get dataset(): string {
     return this.warehouse.options.dataset;
   }

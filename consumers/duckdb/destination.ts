@@ -222,6 +222,10 @@ export class DuckDbDestination implements Destination {
     for (const [oid, state] of states) this.tables.set(oid, { state, shape: shapes.get(oid) ?? this.tables.get(oid)!.shape });
   }
 
+  placements(): Map<string, string> {
+    return new Map([...this.tables.values()].map(({ shape }) => [qualifiedName(shape), `${shape.target.schema}.${shape.target.name}`]));
+  }
+
   /** Rethrows an apply's error, once the database is usable again if the error invalidated it. */
   private async afterFailure(error: unknown): Promise<never> {
     if (/FATAL Error|database has been invalidated/.test(errorMessage(error))) {
