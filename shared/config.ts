@@ -90,6 +90,9 @@ export function validate<T extends z.ZodType>(schema: T, input: unknown): z.infe
   const given = input && typeof input === 'object' ? Object.fromEntries(Object.entries(input).filter(([, value]) => value !== '')) : input;
   const result = schema.safeParse(given);
   if (result.success) return result.data;
-  const problems = result.error.issues.map((issue) => issue.message);
+  // Messages written here name their flag; zod's own ("Too small: …") get it from the key.
+  const problems = result.error.issues.map((issue) =>
+    issue.message.startsWith('--') || issue.path.length === 0 ? issue.message : `--${String(issue.path[0]).replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`)}: ${issue.message}`,
+  );
   throw new UserError(`Invalid configuration: ${[...new Set(problems)].join('; ')}. See --help.`);
 }
