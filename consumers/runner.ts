@@ -127,12 +127,15 @@ export class ConsumerRunner {
         // Redis unreachable for a moment: the workers wait for it too; the next check tries again.
         log.debug({ err: errorMessage(error) }, 'registration check failed');
       });
+      // Off the batches' path: it looks at every table the destination knows.
+      await this.publishPlacements().catch(() => {});
     }
   }
 
   async close(): Promise<void> {
     this.closing = true;
     await this.registration.leave();
+    await this.publishPlacements().catch(() => {});
     await Promise.all(this.workers.map((worker) => worker.close()));
     await Promise.all(this.queues.map((queue) => queue.close()));
     this.chunks.close();
@@ -269,11 +272,10 @@ export class ConsumerRunner {
     const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
     log.debug({ partition, changes: batch?.changes.length, copyRows: batch?.copy?.rows, joined, planned, applyMs: Date.now() - started, lagMs }, 'batch applied');
     this.metrics.applied(applied, started, encoded.t);
-    await this.publishPlacements();
     if (this.unhealthy.has(partition)) await this.report(partition, { state: 'ok' });
   }
 
-  /** Tells `status` where the destination put each table, when that changed. */
+  /** Tells `status` where the destination put each table, when that changed (every few seconds, and at the end). */
   private async publishPlacements(): Promise<void> {
     const placements = this.destination.placements?.();
     if (!placements) return;
