@@ -4,7 +4,21 @@ import { UserError } from '../shared/errors.js';
 import { keys } from '../shared/keys.js';
 import { readPipelineState, writePipelineState } from '../shared/redis.js';
 import { connectRedisOnce } from '../shared/redistarget.js';
-import { encodeRequest } from '../shared/requests.js';
+import { type Request, encodeRequest } from '../shared/requests.js';
+import type { Redis } from 'ioredis';
+
+/**
+ * Sends a request to the producer and waits (up to 30 s) until the pipeline's state shows it
+ * carried out: whether it was, once `done` holds.
+ */
+async function requestAndWait(redis: Redis, pipeline: string, request: Request, done: (destinations: string[]) => boolean): Promise<boolean> {
+  await redis.rpush(keys.requests(pipeline), encodeRequest(request));
+  for (const until = Date.now() + 30_000; Date.now() < until; ) {
+    if (done((await readPipelineState(redis, pipeline))?.destinations ?? [])) return true;
+    await sleep(200);
+  }
+  return false;
+}
 
 /** Asks the producer to stop feeding a destination, and waits (up to 30 s) until it has. */
 export async function removeDestination(options: { pipeline: string; redisUrl: string; name: string }): Promise<string> {
@@ -13,12 +27,8 @@ export async function removeDestination(options: { pipeline: string; redisUrl: s
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url.`);
     if (!state.destinations.includes(options.name)) throw new UserError(`Pipeline ${options.pipeline} has no destination "${options.name}" (it has: ${state.destinations.join(', ') || 'none'}).`);
-    await redis.rpush(keys.requests(options.pipeline), encodeRequest({ removeDestination: options.name }));
-    for (const until = Date.now() + 30_000; Date.now() < until; ) {
-      if (!(await readPipelineState(redis, options.pipeline))?.destinations.includes(options.name)) return `destination ${options.name} removed`;
-      await sleep(200);
-    }
-    return `removal of ${options.name} requested: the producer applies it when it runs (it is not running now)`;
+    const removed = await requestAndWait(redis, options.pipeline, { removeDestination: options.name }, (destinations) => !destinations.includes(options.name));
+    return removed ? `destination ${options.name} removed` : `removal of ${options.name} requested: the producer applies it when it runs (it is not running now)`;
   } finally {
     redis.disconnect();
   }
@@ -31,12 +41,10 @@ export async function addDestination(options: { pipeline: string; redisUrl: stri
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url, or start its producer first.`);
     if (state.destinations.includes(options.name)) return `pipeline ${options.pipeline} already has destination ${options.name}`;
-    await redis.rpush(keys.requests(options.pipeline), encodeRequest({ addDestination: options.name }));
-    for (const until = Date.now() + 30_000; Date.now() < until; ) {
-      if ((await readPipelineState(redis, options.pipeline))?.destinations.includes(options.name)) return `destination ${options.name} added: start its consumer with --name ${options.name}`;
-      await sleep(200);
-    }
-    return `adding ${options.name} requested: the producer adds it when it runs (it is not running now, or a copy is in progress)`;
+    const added = await requestAndWait(redis, options.pipeline, { addDestination: options.name }, (destinations) => destinations.includes(options.name));
+    return added
+      ? `destination ${options.name} added: start its consumer with --name ${options.name}`
+      : `adding ${options.name} requested: the producer adds it when it runs (it is not running now, or a copy is in progress)`;
   } finally {
     redis.disconnect();
   }
