@@ -1,4 +1,5 @@
 import test from 'ava';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CliProcess, LOAD_SCHEMA, TestPipeline, loadTablesIn, runCli, waitFor, writeLoad } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
@@ -40,14 +41,19 @@ test('one producer per pipeline: a second one (even with another slot) exits 2 n
 test('a lease left by a producer on another host that stopped renewing it is taken once it expires', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'stalelease', ['main']);
   await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'stalelease'));
-  await env.redis.client.set(`pgr:{${pipeline.pipeline}}:producer`, JSON.stringify({ token: 'gone', host: 'elsewhere', pid: 1, since: new Date().toISOString(), renewed: Date.now() }), 'PX', 20_000);
-  const started = Date.now();
+  // The lease a producer on another host left, not renewed since: it has a while to live yet.
+  const lease = `pgr:{${pipeline.pipeline}}:producer`;
+  await env.redis.client.set(lease, JSON.stringify({ token: 'gone', host: 'elsewhere', pid: 1, since: new Date().toISOString(), renewed: Date.now() }), 'PX', 120_000);
   const producer = pipeline.producer();
   const consumer = pipeline.duckdb('main');
   try {
+    await waitFor('the producer to wait for the lease', async () => /producer lease is held: waiting to see whether its producer is alive/.test(producer.stderr));
+    await sleep(3_000);
+    t.is(await env.redis.client.exists(`pgr:{${pipeline.pipeline}}:state`), 0, 'it does nothing while the lease is held');
+    // The lease runs out (as it does 10 s after its producer last renewed it): the waiting producer takes it.
+    await env.redis.client.pexpire(lease, 500);
     await pipeline.waitForCopy(env.redis.client);
-    t.true(Date.now() - started >= 19_000, 'it waited for the lease to expire');
-    t.regex(producer.stderr, /producer lease is held: waiting to see whether its producer is alive/);
+    t.regex(String(await env.redis.client.get(lease)), new RegExp(`"pid":${producer.child.pid}`));
   } finally {
     await Promise.all([producer.stop(), consumer.stop()]);
   }
