@@ -6,6 +6,7 @@ import { connectPostgresOnce } from '../producer/preflight.js';
 import { UserError } from '../shared/errors.js';
 import type { Health } from '../consumers/options.js';
 import { aliveConsumers } from '../consumers/registration.js';
+import type { QuarantineReport } from '../consumers/quarantine.js';
 
 export interface PipelineStatus {
   pipeline: string;
@@ -36,6 +37,8 @@ export interface PipelineStatus {
     consumers: number;
     /** Where the destination put each source table ("schema.name" → its name there), as it reported. */
     places: Record<string, string>;
+    /** Tables the destination refused data of, by source table: why, since when, and the fix. Their changes are skipped until a resync copies them afresh. */
+    quarantined: Record<string, QuarantineReport>;
     /** Why and since when it is detached (it no longer holds the slot; its consumer, when it runs, registers again for a fresh copy). */
     detached?: { reason: string; since: string };
     errors: { partition: number; attempts: number; error: string; since: string }[];
@@ -107,6 +110,7 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
         name,
         consumers: await aliveConsumers(redis, options.pipeline, name),
         places: await redis.hgetall(keys.places(options.pipeline, name)),
+        quarantined: Object.fromEntries(Object.entries(await redis.hgetall(keys.quarantined(options.pipeline, name))).map(([table, text]) => [table, JSON.parse(text)])),
         appliedLsn: (await redis.hget(keys.state(options.pipeline), `applied:${name}`)) ?? null,
         pendingBatches: pending,
         state: health.some((entry) => entry.state === 'parked') ? 'parked' : errors.length > 0 ? 'retrying' : 'ok',
@@ -117,7 +121,7 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
     for (const [field, text] of Object.entries(await redis.hgetall(keys.state(options.pipeline)))) {
       const name = field.startsWith('detached:') ? field.slice('detached:'.length) : undefined;
       if (!name || state.destinations.includes(name)) continue;
-      status.destinations.push({ name, consumers: await aliveConsumers(redis, options.pipeline, name), places: {}, appliedLsn: null, pendingBatches: 0, state: 'detached', detached: JSON.parse(text), errors: [], appliedBatches: {} });
+      status.destinations.push({ name, consumers: await aliveConsumers(redis, options.pipeline, name), places: {}, quarantined: {}, appliedLsn: null, pendingBatches: 0, state: 'detached', detached: JSON.parse(text), errors: [], appliedBatches: {} });
     }
     return status;
   } finally {
@@ -151,6 +155,9 @@ export function formatStatus(status: PipelineStatus): string {
     const consumers = destination.consumers === 0 ? 'no consumer' : `${destination.consumers} consumer${destination.consumers > 1 ? 's' : ''} alive`;
     lines.push(`destination ${destination.name}: ${destination.state}, applied up to ${destination.appliedLsn ?? '(nothing yet)'}, ${destination.pendingBatches} batches pending, ${consumers}`);
     for (const error of destination.errors) lines.push(`  partition ${error.partition}: attempt ${error.attempts} since ${error.since}: ${error.error}`);
+    for (const [table, quarantine] of Object.entries(destination.quarantined)) {
+      lines.push(`  table ${table}: quarantined since ${quarantine.since} (its changes are skipped): ${quarantine.error}. To release it, ${quarantine.fix}`);
+    }
     // Only the tables placed under another name than their own (names that would collide there).
     for (const [table, place] of Object.entries(destination.places)) {
       if (!place.endsWith(table.slice(table.indexOf('.') + 1))) lines.push(`  table ${table} is ${place} there`);

@@ -9,6 +9,27 @@ export interface TableState {
   copyDone: boolean;
   /** The highest version applied to this table: every change at or below it is skipped. */
   applied: Version;
+  /**
+   * Set when the destination refused the table's data: its changes are skipped until a fresh
+   * copy of it (`pg-replicate resync --table`) replaces what it holds.
+   */
+  quarantine?: Quarantine;
+}
+
+/** Why and since when a table is quarantined at a destination. */
+export interface Quarantine {
+  error: string;
+  /** ISO time. */
+  since: string;
+}
+
+/** A source table as a destination holds it: where, and whether it is quarantined. */
+export interface TableListing {
+  /** "schema.name" at the source. */
+  source: string;
+  /** Its name at the destination. */
+  place: string;
+  quarantine?: Quarantine;
 }
 
 /** The source table a destination's table was shaped from: its schema, name and columns then. */
@@ -48,10 +69,10 @@ export interface Destination {
    */
   prepare?(steps: Step[]): void;
   /**
-   * Optional: where each source table it knows is at the destination ("schema.name" → its name
-   * there), for `status`: names are placed apart where the destination would make them collide.
+   * Optional: every source table it holds, where, and whether quarantined, for `status`: names
+   * are placed apart where the destination would make them collide.
    */
-  placements?(): Map<string, string>;
+  tables?(): TableListing[];
   close(): Promise<void>;
 }
 
@@ -62,4 +83,14 @@ export interface Destination {
  */
 export class PermanentError extends Error {
   override name = 'PermanentError';
+}
+
+/**
+ * The destination refuses what a batch holds for a table (a value it cannot store, a constraint
+ * someone added to its copy of the table): the same batch fails the same way every time. The
+ * runner then applies the batch table by table and quarantines the tables refused, so that the
+ * partition's other tables go on.
+ */
+export class RefusedError extends PermanentError {
+  override name = 'RefusedError';
 }

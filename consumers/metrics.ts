@@ -37,6 +37,18 @@ new Gauge({
   },
 });
 
+/** Per destination, its quarantined tables (source table → quarantine). */
+const quarantinedTables = new Map<string, Map<string, unknown>>();
+new Gauge({
+  name: 'pg_replicate_tables_quarantined',
+  help: 'Tables the destination refused data of: their changes are skipped until `pg-replicate resync --table` copies them afresh.',
+  labelNames,
+  collect() {
+    this.reset();
+    for (const [destination, tables] of quarantinedTables) this.set({ destination }, tables.size);
+  },
+});
+
 /** One destination's metrics, as its runner records them. */
 export class DestinationMetrics {
   private readonly batches;
@@ -50,6 +62,8 @@ export class DestinationMetrics {
     destination: string,
     /** The runner's partitions that are not ok: shown as they are when scraped. */
     unhealthy: Map<number, 'retrying' | 'parked'>,
+    /** Its quarantined tables, as the runner knows them. */
+    quarantined: Map<string, unknown>,
   ) {
     this.batches = batches.labels(destination);
     this.changes = changes.labels(destination);
@@ -60,6 +74,7 @@ export class DestinationMetrics {
     // Shown from the start, at zero: a rate or an alert needs the series before the first event.
     for (const counter of [this.batches, this.changes, this.copyRows, this.failures]) counter.inc(0);
     failing.set(destination, unhealthy);
+    quarantinedTables.set(destination, quarantined);
   }
 
   /**

@@ -26,6 +26,9 @@ export function planBatches(batches: Batch[], states: Map<number, TableState>): 
 /** Whether a copy chunk still has to be applied to a table in this state (its rows are then read from Redis). */
 export function copyIsNew(copy: CopyChunk, state: TableState | undefined): boolean {
   if (!state) return true;
+  // A quarantined table takes only a fresh copy, which replaces what it holds and releases it
+  // (a resumed copy's chunks would add to rows that missed changes).
+  if (state.quarantine) return !copy.merge && copy.snapshotLsn > state.copyLsn;
   if (state.copyLsn > copy.snapshotLsn) return false; // a newer copy superseded this one
   return !(state.copyLsn === copy.snapshotLsn && (state.copyDone || state.copyChunk >= copy.chunk)); // else delivered again
 }
@@ -57,8 +60,9 @@ function planChanges(batch: Batch, states: Map<number, TableState>) {
   const current = (relation: Relation): TableState =>
     updated.get(relation.oid) ??
     states.get(relation.oid) ?? { copyLsn: 0n, copyChunk: -1, copyDone: false, applied: { lsn: 0n, ordinal: 0 } };
+  // A quarantined table's changes are skipped: the copy that releases it brings them.
   const isNew = (relation: Relation, change: { version: RowChange['version'] }) =>
-    compareVersions(change.version, current(relation).applied) > 0;
+    !current(relation).quarantine && compareVersions(change.version, current(relation).applied) > 0;
   const advance = (relation: Relation, change: { version: RowChange['version'] }) => {
     // The batch's own copy of the state is updated in place: one object per table, not per change.
     const state = updated.get(relation.oid);

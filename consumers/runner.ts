@@ -10,8 +10,9 @@ import { compareVersions } from '../shared/lsn.js';
 import { log } from '../shared/log.js';
 import { connectRedis, readPipelineState, recordApplied } from '../shared/redis.js';
 import { ChunkReader } from './chunkreader.js';
-import { type Destination, PermanentError, type TableState } from './destination.js';
+import { type Destination, PermanentError, RefusedError, type TableState } from './destination.js';
 import { DestinationMetrics } from './metrics.js';
+import { Quarantines } from './quarantine.js';
 import { Registration } from './registration.js';
 import { copyIsNew, planBatches } from './plan.js';
 import type { Health, RunnerOptions } from './options.js';
@@ -84,6 +85,7 @@ export class ConsumerRunner {
   private readonly appliedAhead = new Set<string>();
   private closing = false;
   private readonly registration: Registration;
+  private readonly quarantines: Quarantines;
   /** The placements last written for status. */
   private publishedPlacements = '';
 
@@ -94,7 +96,8 @@ export class ConsumerRunner {
     this.redis = connectRedis(options.redisUrl);
     this.redis.on('error', (error) => log.debug({ err: errorMessage(error) }, 'redis connection error'));
     this.chunks = new ChunkReader(options.redisUrl);
-    this.metrics = new DestinationMetrics(options.name, this.unhealthy);
+    this.quarantines = new Quarantines(this.redis, options.pipeline, options.name, destination);
+    this.metrics = new DestinationMetrics(options.name, this.unhealthy, this.quarantines.tables);
     this.registration = new Registration(this.redis, options.pipeline, options.name, options.register ?? false);
   }
 
@@ -103,6 +106,7 @@ export class ConsumerRunner {
     if (signal.aborted) return;
     // A name the pipeline does not know is refused (or registered) before anything runs.
     await this.registration.check();
+    await this.quarantines.reportStored();
     for (let partition = 0; partition < partitions; partition++) {
       const name = queueName(this.options.pipeline, this.options.name, partition);
       this.queues.push(new Queue(name, { connection: this.redis, prefix: QUEUE_PREFIX }));
@@ -235,6 +239,7 @@ export class ConsumerRunner {
           stopReadingAhead?.();
         }
         applied = batches;
+        await this.quarantines.noteReleased(states, plan.states, batch.relations);
         // The batches joined are applied as well: marked now, not when each job's turn comes
         // (at the end of a copy, the producer waits for the last mark).
         const last = batches[batches.length - 1];
@@ -246,8 +251,21 @@ export class ConsumerRunner {
         for (const applied of batches) if (applied.copy?.csv) this.chunks.recycle(applied.copy.csv);
         if (records) this.chunks.recycle(records);
         break;
-      } catch (error) {
+      } catch (failure) {
         this.metrics.failed();
+        let error = failure;
+        if (error instanceof RefusedError && attempt >= 2 && batch) {
+          // Refused twice: the tables the destination refuses are quarantined, the others applied.
+          try {
+            await this.quarantines.applyTableByTable(batch);
+            applied = [batch];
+            if (batch.copy?.csv) this.chunks.recycle(batch.copy.csv);
+            if (records) this.chunks.recycle(records);
+            break;
+          } catch (again) {
+            error = again;
+          }
+        }
         const parked = attempt >= this.options.attemptsBeforePark || error instanceof PermanentError;
         await this.report(partition, {
           state: parked ? 'parked' : 'retrying',
@@ -277,8 +295,9 @@ export class ConsumerRunner {
 
   /** Tells `status` where the destination put each table, when that changed (every few seconds, and at the end). */
   private async publishPlacements(): Promise<void> {
-    const placements = this.destination.placements?.();
-    if (!placements) return;
+    const tables = this.destination.tables?.();
+    if (!tables) return;
+    const placements = new Map(tables.map((table) => [table.source, table.place]));
     const text = JSON.stringify([...placements].sort());
     if (text === this.publishedPlacements) return;
     const key = keys.places(this.options.pipeline, this.options.name);
@@ -512,7 +531,7 @@ function sameStates(a: Map<number, TableState>, b: Map<number, TableState>): boo
   if (a.size !== b.size) return false;
   for (const [oid, state] of a) {
     const other = b.get(oid);
-    if (!other || other.copyLsn !== state.copyLsn || other.copyChunk !== state.copyChunk || other.copyDone !== state.copyDone || compareVersions(other.applied, state.applied) !== 0) return false;
+    if (!other || other.copyLsn !== state.copyLsn || other.copyChunk !== state.copyChunk || other.copyDone !== state.copyDone || compareVersions(other.applied, state.applied) !== 0 || !other.quarantine !== !state.quarantine) return false;
   }
   return true;
 }

@@ -196,7 +196,7 @@ export class Producer {
       },
       remove: async (name: string, detached?: string): Promise<void> => {
         await queues.removeDestination(name);
-        await this.redis.del(keys.applied(options.pipeline, name), keys.health(options.pipeline, name), keys.tableStates(options.pipeline, name));
+        await this.redis.del(keys.applied(options.pipeline, name), keys.health(options.pipeline, name), keys.tableStates(options.pipeline, name), keys.places(options.pipeline, name), keys.quarantined(options.pipeline, name));
         if (detached) {
           await this.redis.hset(keys.state(options.pipeline), `detached:${name}`, JSON.stringify({ reason: detached, since: new Date().toISOString() }));
           detachedDestinations.add(name);

@@ -25,6 +25,8 @@ export const keys = {
   producerLease: (pipeline: string) => `pgr:{${pipeline}}:producer`,
   /** Hash source table → its name at the destination, as the destination placed it (for status). */
   places: (pipeline: string, destination: string) => `pgr:{${pipeline}}:places:${destination}`,
+  /** Hash source table → JSON {error, since, fix}: the destination's quarantined tables (consumers/quarantine), for status. */
+  quarantined: (pipeline: string, destination: string) => `pgr:{${pipeline}}:quarantined:${destination}`,
   /** Sorted set "host:pid" → last heartbeat (ms): the destination's consumers, for status. */
   consumers: (pipeline: string, destination: string) => `pgr:{${pipeline}}:consumers:${destination}`,
   /** Hash table → JSON state, for destinations that have no store of their own (stdout). */

@@ -8,12 +8,15 @@ import { UserError, errorMessage } from '../../shared/errors.js';
 import { log } from '../../shared/log.js';
 import { collapseByKey, netRowCounts } from '../collapse.js';
 import { withDistinctColumnNamesIn } from '../names.js';
-import { type Destination, PermanentError, type Step, type StoredTable, type TableShape, type TableState } from '../destination.js';
+import { type Destination, PermanentError, RefusedError, type Step, type StoredTable, type TableListing, type TableShape, type TableState } from '../destination.js';
 import { type BigQueryType, bigQueryName, bigQueryTableName, bigQueryType } from './types.js';
 import { type BigQueryOptions, Warehouse } from './warehouse.js';
 
 const STATE_TABLE = '_pg_replicate_tables';
 const STAGE_PREFIX = '_pg_replicate_stage_';
+/** BigQuery loads JSON rows of at most 100 MB. */
+const MAX_ROW_BYTES = 100 * 1024 * 1024;
+const STATE_COLUMNS = 'table_oid, source_schema, source_table, table_name, columns, CAST(copy_lsn AS STRING) AS copy_lsn, copy_chunk, copy_done, CAST(applied_lsn AS STRING) AS applied_lsn, applied_ordinal, quarantine';
 /** The marker of the stale-state check, which the warehouse turns into a plain retry. */
 const STALE = 'pg-replicate: stale table state (another consumer process applied this batch meanwhile)';
 
@@ -74,8 +77,12 @@ export class BigQueryDestination implements Destination {
              copy_lsn INT64, copy_chunk INT64, copy_done BOOL, applied_lsn INT64, applied_ordinal INT64, updated_at TIMESTAMP,
              PRIMARY KEY (table_oid) NOT ENFORCED)`,
         );
+        await warehouse.query(`ALTER TABLE ${ident(`${options.dataset}.${STATE_TABLE}`)} ADD COLUMN IF NOT EXISTS quarantine STRING`);
+        const destination = new BigQueryDestination(warehouse);
+        // Every table's state, for status (each batch reads its own tables' states afresh).
+        destination.remember(await warehouse.query(`SELECT ${STATE_COLUMNS} FROM ${destination.table(STATE_TABLE)}`));
         if (attempt > 1) log.info({ attempts: attempt }, 'BigQuery answers again');
-        return new BigQueryDestination(warehouse);
+        return destination;
       } catch (error) {
         if (error instanceof PermanentError) throw new UserError(error.message);
         const delay = Math.min(30_000, 500 * 2 ** Math.min(attempt, 6));
@@ -85,8 +92,8 @@ export class BigQueryDestination implements Destination {
     }
   }
 
-  placements(): Map<string, string> {
-    return new Map([...this.stored.values()].map(({ shape }) => [qualifiedName(shape), shape.table]));
+  tables(): TableListing[] {
+    return [...this.stored.values()].map(({ shape, state }) => ({ source: qualifiedName(shape), place: shape.table, quarantine: state.quarantine }));
   }
 
   private get dataset(): string {
@@ -101,11 +108,18 @@ export class BigQueryDestination implements Destination {
     const oids = [...new Set(relations.map((relation) => relation.oid))];
     const states = new Map<number, TableState>();
     if (oids.length === 0) return states;
-    const rows = await this.warehouse.query(
-      `SELECT table_oid, source_schema, source_table, table_name, columns, CAST(copy_lsn AS STRING) AS copy_lsn, copy_chunk, copy_done, CAST(applied_lsn AS STRING) AS applied_lsn, applied_ordinal
-       FROM ${this.table(STATE_TABLE)} WHERE table_oid IN (${oids.join(', ')})`,
-    );
+    const rows = await this.warehouse.query(`SELECT ${STATE_COLUMNS} FROM ${this.table(STATE_TABLE)} WHERE table_oid IN (${oids.join(', ')})`);
     for (const oid of oids) this.stored.delete(oid);
+    this.remember(rows);
+    for (const oid of oids) {
+      const stored = this.stored.get(oid);
+      if (stored) states.set(oid, stored.state);
+    }
+    return states;
+  }
+
+  /** Keeps state rows as read: the basis the next batch of their tables is planned on. */
+  private remember(rows: Record<string, unknown>[]): void {
     for (const row of rows) {
       const state: TableState = {
         copyLsn: BigInt(row.copy_lsn as string),
@@ -113,13 +127,12 @@ export class BigQueryDestination implements Destination {
         copyDone: Boolean(row.copy_done),
         applied: { lsn: BigInt(row.applied_lsn as string), ordinal: Number(row.applied_ordinal) },
       };
+      if (row.quarantine) state.quarantine = JSON.parse(String(row.quarantine));
       this.stored.set(Number(row.table_oid), {
         state,
         shape: { table: String(row.table_name), schema: String(row.source_schema), name: String(row.source_table), columns: JSON.parse(String(row.columns)) },
       });
-      states.set(Number(row.table_oid), state);
     }
-    return states;
   }
 
   async apply(given: Step[], states: Map<number, TableState>): Promise<void> {
@@ -345,7 +358,7 @@ class Script {
     try {
       counts = netRowCounts(segment.changes);
     } catch (error) {
-      throw new PermanentError(`${qualifiedName(segment.relation)}: ${(error as Error).message}`);
+      throw new RefusedError(`${qualifiedName(segment.relation)}: ${(error as Error).message}`);
     }
     if (counts.length === 0) return;
     for (const { image, count } of counts) {
@@ -387,7 +400,9 @@ class Script {
     }
     if (unchanged.length > 0) line._unchanged = `,${unchanged.join(',')},`;
     this.stageWidth = Math.max(this.stageWidth, columns.source.length);
-    this.stageRows.push(JSON.stringify(line));
+    const text = JSON.stringify(line);
+    if (text.length > MAX_ROW_BYTES / 4 && Buffer.byteLength(text) > MAX_ROW_BYTES) throw rowTooLarge(columns, row.values, Buffer.byteLength(text));
+    this.stageRows.push(text);
   }
 
   stageFields(): TableField[] {
@@ -408,10 +423,11 @@ class Script {
     this.body.push(`DELETE FROM ${stateTable} WHERE table_oid IN (${oids.join(', ')})`);
     const rows = [...states].map(([oid, state]) => {
       const shape = shapes.get(oid)!;
-      return `(${oid}, ${literal(shape.schema)}, ${literal(shape.name)}, ${literal(shape.table)}, ${literal(JSON.stringify(shape.columns))}, ${state.copyLsn}, ${state.copyChunk}, ${state.copyDone}, ${state.applied.lsn}, ${state.applied.ordinal}, CURRENT_TIMESTAMP())`;
+      const quarantine = state.quarantine ? literal(JSON.stringify(state.quarantine)) : 'NULL';
+      return `(${oid}, ${literal(shape.schema)}, ${literal(shape.name)}, ${literal(shape.table)}, ${literal(JSON.stringify(shape.columns))}, ${state.copyLsn}, ${state.copyChunk}, ${state.copyDone}, ${state.applied.lsn}, ${state.applied.ordinal}, ${quarantine}, CURRENT_TIMESTAMP())`;
     });
     this.body.push(
-      `INSERT INTO ${stateTable} (table_oid, source_schema, source_table, table_name, columns, copy_lsn, copy_chunk, copy_done, applied_lsn, applied_ordinal, updated_at) VALUES ${rows.join(', ')}`,
+      `INSERT INTO ${stateTable} (table_oid, source_schema, source_table, table_name, columns, copy_lsn, copy_chunk, copy_done, applied_lsn, applied_ordinal, quarantine, updated_at) VALUES ${rows.join(', ')}`,
     );
   }
 
@@ -419,6 +435,13 @@ class Script {
     const cleanup = this.stageRows.length > 0 ? [`DROP TABLE IF EXISTS ${this.table(this.stage)}`] : [];
     return [...this.ddl, ...this.body, 'COMMIT TRANSACTION', ...cleanup].map((statement) => `${statement};`).join('\n');
   }
+}
+
+function rowTooLarge(columns: Columns, values: Value[], bytes: number): RefusedError {
+  const megabytes = (count: number) => `${(count / 1024 / 1024).toFixed(1)} MB`;
+  const sizes = columns.source.map((column, index) => ({ column: column.name, bytes: typeof values[index] === 'string' ? Buffer.byteLength(values[index] as string) : 0 }));
+  const largest = sizes.reduce((a, b) => (b.bytes > a.bytes ? b : a));
+  return new RefusedError(`a row of ${columns.tableName} is ${megabytes(bytes)} as JSON (its column ${largest.column} holds ${megabytes(largest.bytes)}), and BigQuery loads rows of at most 100 MB`);
 }
 
 /** A value given as Postgres text, as a typed BigQuery constant. */

@@ -3,7 +3,7 @@ import { BigQuery, type TableField } from '@google-cloud/bigquery';
 import { PassThroughClient } from 'google-auth-library';
 import { UserError, errorMessage } from '../../shared/errors.js';
 import { log } from '../../shared/log.js';
-import { PermanentError } from '../destination.js';
+import { PermanentError, RefusedError } from '../destination.js';
 
 export interface BigQueryOptions {
   project: string;
@@ -136,6 +136,8 @@ function classify(error: unknown, context: string): Error {
     return new PermanentError(`${message}. The service account needs roles/bigquery.dataEditor on the dataset and roles/bigquery.jobUser on the project.`);
   }
   if (code === 429 || (code !== undefined && code >= 500) || reasons.some((reason) => /rateLimit|backendError|internalError/.test(reason))) return new Error(message);
+  // A query or load BigQuery finds invalid for what the batch holds (a value it cannot cast, a row too large).
+  if (reasons.includes('invalid') || reasons.includes('invalidQuery')) return new RefusedError(message);
   if ((code !== undefined && code >= 400) || reasons.some((reason) => PERMANENT_REASONS.has(reason))) return new PermanentError(message);
   return new Error(message);
 }

@@ -8,18 +8,22 @@ import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qual
 import { UserError, errorMessage } from '../../shared/errors.js';
 import { collapseByKey, netRowCounts } from '../collapse.js';
 import { type CollapsedCsv, collapseImagesToCsv, collapseImagesToCsvAside, recycleCsvLines } from '../imagescsv.js';
-import { type Destination, PermanentError, type Step, type StoredTable, type TableShape as SourceShape, type TableState } from '../destination.js';
+import { type Destination, RefusedError, type Step, type StoredTable, type TableListing, type TableShape as SourceShape, type TableState } from '../destination.js';
 import { withDistinctColumnNamesIn } from '../names.js';
-import { STATE_SCHEMA, type TargetName, placeTable } from './places.js';
+import { type TargetName, placeTable } from './places.js';
+import { type Shape, StateTable, ident, literal } from './statetable.js';
 import { csvSource, rewriteFile, unescapedCopyText } from './staging.js';
 import { type DuckDbType, duckDbColumnSql, duckDbType } from './types.js';
 
 const STAGE_DELETED = '_pg_deleted';
+/**
+ * DuckDB's errors about the data or a table's definition, which the same batch meets again on
+ * every retry (as opposed to I/O, memory or an interrupted connection, which pass).
+ */
+const REFUSALS = /^(Conversion|Invalid Input|Out of Range|Constraint|Mismatch Type|Binder|Catalog|Dependency|Not implemented) Error/;
 /** A staged count (of a keyless row image), beside the row's values. */
 const COUNT: DuckDbType = { sql: 'BIGINT', cast: (value) => `CAST(${value} AS BIGINT)` };
 
-const ident = (name: string) => `"${name.replace(/"/g, '""')}"`;
-const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
 
 /**
  * The DuckDB destination: each source table mirrored as "schema"."table", and its state
@@ -28,11 +32,9 @@ const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
  * process, so the state is read once at start and kept in memory; apply() calls are
  * serialised on one connection.
  */
-/** A table's shape as the source had it, and where it is in DuckDB (see places.ts). */
-type Shape = SourceShape & { target: TargetName };
-
 export class DuckDbDestination implements Destination {
-  private readonly tables = new Map<number, StoredTable<Shape>>();
+  private stored = new Map<number, StoredTable<Shape>>();
+  private stateTable = new StateTable('');
   /** Shapes (and places) of tables changed by the apply in progress: the stored ones once it commits. */
   private applying = new Map<number, Shape>();
   /** The database's catalog name: every table is addressed with it (schemas named temp or system are catalogs too). */
@@ -103,37 +105,15 @@ export class DuckDbDestination implements Destination {
     // after DuckDB's allocator decay (seconds).
     await this.connection.run(`SET allocator_flush_threshold = '${ALLOCATOR_FLUSH_THRESHOLD}'`);
     this.database = String((await this.connection.runAndReadAll('SELECT current_database()')).getRows()[0][0]);
-    await this.connection.run(`CREATE SCHEMA IF NOT EXISTS ${ident(this.database)}.${STATE_SCHEMA}`);
-    await this.connection.run(
-      `CREATE TABLE IF NOT EXISTS ${this.stateTable} (
-         table_oid UBIGINT PRIMARY KEY, table_schema VARCHAR, table_name VARCHAR, columns JSON,
-         copy_lsn UBIGINT, copy_chunk BIGINT, copy_done BOOLEAN, applied_lsn UBIGINT, applied_ordinal INTEGER)`,
-    );
-    // Where each source table is in DuckDB (files written before these columns: where its source name says).
-    await this.connection.run(`ALTER TABLE ${this.stateTable} ADD COLUMN IF NOT EXISTS target_schema VARCHAR`);
-    await this.connection.run(`ALTER TABLE ${this.stateTable} ADD COLUMN IF NOT EXISTS target_name VARCHAR`);
-    this.tables.clear();
-    const reader = await this.connection.runAndReadAll(
-      `SELECT table_oid, table_schema, table_name, CAST(columns AS VARCHAR), copy_lsn, copy_chunk, copy_done, applied_lsn, applied_ordinal,
-              coalesce(target_schema, table_schema), coalesce(target_name, table_name) FROM ${this.stateTable}`,
-    );
-    for (const [oid, schema, name, columns, copyLsn, copyChunk, copyDone, appliedLsn, appliedOrdinal, targetSchema, targetName] of reader.getRows()) {
-      this.tables.set(Number(oid), {
-        shape: { schema: String(schema), name: String(name), columns: JSON.parse(String(columns)), target: { schema: String(targetSchema), name: String(targetName) } },
-        state: {
-          copyLsn: BigInt(copyLsn as bigint),
-          copyChunk: Number(copyChunk),
-          copyDone: Boolean(copyDone),
-          applied: { lsn: BigInt(appliedLsn as bigint), ordinal: Number(appliedOrdinal) },
-        },
-      });
-    }
+    this.stateTable = new StateTable(this.database);
+    await this.stateTable.ensure(this.connection);
+    this.stored = await this.stateTable.read(this.connection);
   }
 
   async tableStates(relations: Relation[]): Promise<Map<number, TableState>> {
     const states = new Map<number, TableState>();
     for (const { oid } of relations) {
-      const stored = this.tables.get(oid);
+      const stored = this.stored.get(oid);
       if (stored) states.set(oid, stored.state);
     }
     return states;
@@ -202,15 +182,8 @@ export class DuckDbDestination implements Destination {
           await this.applyChanges(step.relation, step.changes);
         }
       }
-      for (const oid of replaced) await this.connection.run(`DELETE FROM ${this.stateTable} WHERE table_oid = ${oid}`);
-      for (const [oid, state] of states) {
-        const shape = shapes.get(oid) ?? this.tables.get(oid)!.shape;
-        await this.connection.run(
-          `INSERT OR REPLACE INTO ${this.stateTable} (table_oid, table_schema, table_name, columns, copy_lsn, copy_chunk, copy_done, applied_lsn, applied_ordinal, target_schema, target_name)
-           VALUES (${oid}, ${literal(shape.schema)}, ${literal(shape.name)}, ${literal(JSON.stringify(shape.columns))},
-             ${state.copyLsn}, ${state.copyChunk}, ${state.copyDone}, ${state.applied.lsn}, ${state.applied.ordinal}, ${literal(shape.target.schema)}, ${literal(shape.target.name)})`,
-        );
-      }
+      for (const oid of replaced) await this.stateTable.delete(this.connection, oid);
+      for (const [oid, state] of states) await this.stateTable.write(this.connection, oid, shapes.get(oid) ?? this.stored.get(oid)!.shape, state);
       await this.connection.run('COMMIT');
     } catch (error) {
       await this.connection.run('ROLLBACK').catch(() => {});
@@ -218,26 +191,26 @@ export class DuckDbDestination implements Destination {
     } finally {
       this.applying = new Map();
     }
-    for (const oid of replaced) this.tables.delete(oid);
-    for (const [oid, state] of states) this.tables.set(oid, { state, shape: shapes.get(oid) ?? this.tables.get(oid)!.shape });
+    for (const oid of replaced) this.stored.delete(oid);
+    for (const [oid, state] of states) this.stored.set(oid, { state, shape: shapes.get(oid) ?? this.stored.get(oid)!.shape });
   }
 
-  placements(): Map<string, string> {
-    return new Map([...this.tables.values()].map(({ shape }) => [qualifiedName(shape), `${shape.target.schema}.${shape.target.name}`]));
+  tables(): TableListing[] {
+    return [...this.stored.values()].map(({ shape, state }) => ({ source: qualifiedName(shape), place: `${shape.target.schema}.${shape.target.name}`, quarantine: state.quarantine }));
   }
 
-  /** Rethrows an apply's error, once the database is usable again if the error invalidated it. */
+  /**
+   * Rethrows an apply's error, once the database is usable again if the error invalidated it;
+   * an error about what the batch holds (a value, a constraint) as a refusal.
+   */
   private async afterFailure(error: unknown): Promise<never> {
-    if (/FATAL Error|database has been invalidated/.test(errorMessage(error))) {
-      this.invalidated = errorMessage(error);
+    const message = errorMessage(error);
+    if (/FATAL Error|database has been invalidated/.test(message)) {
+      this.invalidated = message;
       await this.reopen().catch(() => {});
     }
+    if (REFUSALS.test(message)) throw new RefusedError(`DuckDB refuses the rows: ${message}`);
     throw error;
-  }
-
-  /** pg-replicate's record of each table: its state, source shape and place. */
-  private get stateTable(): string {
-    return `${ident(this.database)}.${STATE_SCHEMA}.tables`;
   }
 
   /** The table as addressed in DuckDB: database, schema and name, each quoted. */
@@ -247,7 +220,7 @@ export class DuckDbDestination implements Destination {
 
   /** Where a table the apply in progress has ensured is in DuckDB. */
   private tableSql(relation: Relation): string {
-    return this.qualified((this.applying.get(relation.oid) ?? this.tables.get(relation.oid)!.shape).target);
+    return this.qualified((this.applying.get(relation.oid) ?? this.stored.get(relation.oid)!.shape).target);
   }
 
   private async useThreads(threads: number): Promise<void> {
@@ -262,11 +235,11 @@ export class DuckDbDestination implements Destination {
    * renames, column renames (same attnum, new name), drops, additions and type changes.
    */
   private async ensureTable(relation: Relation, shapes: Map<number, Shape>, replaced: Set<number>): Promise<void> {
-    const known = shapes.get(relation.oid) ?? this.tables.get(relation.oid)?.shape;
+    const known = shapes.get(relation.oid) ?? this.stored.get(relation.oid)?.shape;
     const source = { schema: relation.schema, name: relation.name, columns: relation.columns };
     if (known && sameShape(known, source)) return;
     const moved = !known || known.schema !== relation.schema || known.name !== relation.name;
-    const placed = new Map([...[...this.tables].map(([oid, { shape }]) => [oid, { source: shape, target: shape.target }] as const), ...[...shapes].map(([oid, shape]) => [oid, { source: shape, target: shape.target }] as const)]);
+    const placed = new Map([...[...this.stored].map(([oid, { shape }]) => [oid, { source: shape, target: shape.target }] as const), ...[...shapes].map(([oid, shape]) => [oid, { source: shape, target: shape.target }] as const)]);
     for (const oid of replaced) placed.delete(oid);
     const place = moved ? placeTable(relation.oid, relation, placed) : { target: known!.target };
     if (place.replaces !== undefined) replaced.add(place.replaces);
@@ -507,7 +480,7 @@ export class DuckDbDestination implements Destination {
     try {
       counts = netRowCounts(changes);
     } catch (error) {
-      throw new PermanentError(`${qualifiedName(relation)}: ${errorMessage(error)}`);
+      throw new RefusedError(`${qualifiedName(relation)}: ${errorMessage(error)}`);
     }
     const types = relation.columns.map(duckDbType);
     const target = this.tableSql(relation);

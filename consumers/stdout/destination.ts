@@ -34,6 +34,7 @@ export class StdoutDestination implements Destination {
         copyChunk: raw.copyChunk,
         copyDone: raw.copyDone,
         applied: { lsn: BigInt(raw.appliedLsn), ordinal: raw.appliedOrdinal },
+        ...(raw.quarantine ? { quarantine: raw.quarantine } : {}),
       });
     });
     return states;
@@ -63,6 +64,7 @@ export class StdoutDestination implements Destination {
         copyDone: state.copyDone,
         appliedLsn: String(state.applied.lsn),
         appliedOrdinal: state.applied.ordinal,
+        quarantine: state.quarantine,
       });
     }
     await this.redis.hset(keys.tableStates(this.pipeline, this.name), fields);
