@@ -162,6 +162,22 @@ test('planning skips changes at or below the table version and re-delivered copy
   t.is(planBatches([copy(1), copy(2)], copying).steps.length, 1, 'what was applied before is skipped');
 });
 
+test('a quarantined table takes no changes and no chunk of its copy or a resumed one; only a fresh copy, which releases it', (t) => {
+  const change = (lsn: bigint, id: string) => ({ op: 'insert' as const, relation: 0, version: { lsn, ordinal: 1 }, row: [id, 'x'] });
+  const quarantine = { error: 'refused', since: '2026-12-02T00:00:00Z' };
+  const states = new Map([[16384, { copyLsn: 20n, copyChunk: 3, copyDone: false, applied: { lsn: 30n, ordinal: 1 }, quarantine }]]);
+  const changes: Batch = { pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [relation], changes: [change(31n, '1'), { op: 'truncate', relations: [0], version: { lsn: 32n, ordinal: 1 }, cascade: false, restartIdentity: false }] };
+  t.deepEqual(planBatch(changes, states), { steps: [], states: new Map() }, 'changes and truncates are skipped');
+  const copy = (snapshotLsn: bigint, chunk: number, merge = false): Batch => ({
+    ...changes, changes: [], copy: { relation: 0, snapshotLsn, chunk, last: false, rows: 1, bytes: 4, id: 'c', csv: [Buffer.from('9,y\n')], merge },
+  });
+  t.deepEqual(planBatch(copy(20n, 4), states).steps, [], 'the rest of the copy it was quarantined in');
+  t.deepEqual(planBatch(copy(40n, 2 ** 32, true), states).steps, [], 'a resumed copy (its rows would add to a table that missed changes)');
+  const fresh = planBatch(copy(40n, 0), states);
+  t.true((fresh.steps[0] as { replace: boolean }).replace, 'a fresh copy replaces the table');
+  t.deepEqual(fresh.states.get(16384), { copyLsn: 40n, copyChunk: 0, copyDone: false, applied: { lsn: 40n, ordinal: 0 } }, 'and releases it');
+});
+
 test('the ack tracker releases transactions only in commit order and only when every destination applied them', (t) => {
   const tracker = new AckTracker(7);
   tracker.begin();
