@@ -37,7 +37,7 @@ export function refusal(error: unknown): UserError | undefined {
   switch (code) {
     case '28P01':
     case '28000':
-      return new UserError(`Postgres refused the login (${message}). Check the user and password in --pg-url / PG_URL, and pg_hba.conf on the server.`);
+      return new UserError(`Postgres refused the login (${message}). Check the user and password in --pg-url / PG_URL (a password past its VALID UNTIL is refused the same way), and pg_hba.conf on the server.`);
     case '3D000':
       return new UserError(`${message}. Check the database name in --pg-url / PG_URL.`);
     case '42501':

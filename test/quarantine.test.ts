@@ -113,3 +113,59 @@ test('a row BigQuery cannot load (over 100 MB as JSON) quarantines its table the
   // DuckDB took the 101 MB value as it was, and its removal.
   t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.huge', ['id', 'md5(body)']), await postgresRows(env.pg, 'huge', ['id', 'md5(body)']));
 });
+
+test('an array with more dimensions than its column declares quarantines its table with the fix, while a table in the same partition goes on', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'quarantinedims', ['main']);
+  await env.pg.query(`
+    CREATE TABLE grids (id int PRIMARY KEY, cells int[]);
+    CREATE TABLE notes (id int PRIMARY KEY, body text);
+    INSERT INTO grids VALUES (1, '{1,2}');
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE grids, notes;`);
+  const status = async () => JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations[0];
+  const producer = pipeline.producer(['--partitions', '1']);
+  const consumer = pipeline.duckdb('main');
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    // Postgres does not enforce an array column's declared dimensions; DuckDB's INTEGER[] holds one.
+    await env.pg.query("BEGIN; INSERT INTO grids VALUES (2, '{{1,2},{3,4}}'); INSERT INTO notes VALUES (1, 'same transaction'); COMMIT");
+    await env.pg.query("INSERT INTO notes VALUES (2, 'after')");
+    const quarantined = await waitFor('grids to be quarantined', async () => (await status()).quarantined['public.grids']);
+    t.regex(quarantined.error, /an array with more dimensions than the column declares \(1\): declare the column with its dimensions/);
+    await pipeline.waitForCatchUp();
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+  t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.notes', ['id', 'body']), await postgresRows(env.pg, 'notes', ['id', 'body']));
+  t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.grids', ['id']), ['["1"]']);
+});
+
+test('a column retyped in a way BigQuery cannot convert in place quarantines its table there; resync --table creates it again in the new shape', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'quarantineretype', ['warehouse']);
+  await env.pg.query(`
+    CREATE TABLE prices (id int PRIMARY KEY, amount numeric(10,2));
+    CREATE TABLE other (id int PRIMARY KEY, n int);
+    INSERT INTO prices SELECT g, g * 1.5 FROM generate_series(1, 5) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE prices, other;`);
+  const dataset = 'retype_test';
+  const status = async () => JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations[0];
+  const producer = pipeline.producer(['--partitions', '1']);
+  const warehouse = pipeline.bigquery('warehouse', bq.emulator.url, dataset);
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    await env.pg.query("ALTER TABLE prices ALTER COLUMN amount TYPE text USING amount::text || ' EUR'");
+    await env.pg.query("BEGIN; INSERT INTO prices VALUES (6, 'six'); INSERT INTO other VALUES (1, 1); COMMIT");
+    const quarantined = await waitFor('prices to be quarantined', async () => (await status()).quarantined['public.prices']);
+    t.regex(quarantined.error, /column amount of prices changed type from NUMERIC\(10, ?2\) to STRING, which BigQuery cannot convert in place/);
+    await env.pg.query('INSERT INTO other VALUES (2, 2)');
+    await pipeline.waitForCatchUp();
+    t.deepEqual(await bq.emulator.tableRows(dataset, 'other', ['id', 'n']), await postgresRows(env.pg, 'other', ['id', 'n']));
+    const resync = await runCli(['resync', '--table', 'public.prices', '--destination', 'warehouse', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', env.pg.url]);
+    t.is(resync.code, 0, resync.stderr);
+    await waitFor('prices to be released', async () => Object.keys((await status()).quarantined).length === 0);
+    await env.pg.query("UPDATE prices SET amount = 'seven' WHERE id = 1");
+    await pipeline.waitForCatchUp();
+  } finally {
+    await Promise.all([producer.stop(), warehouse.stop()]);
+  }
+  t.deepEqual(await bq.emulator.tableRows(dataset, 'prices', ['id', 'amount']), await postgresRows(env.pg, 'prices', ['id', 'amount']));
+});

@@ -145,7 +145,9 @@ export class BigQueryDestination implements Destination {
     }
     const stage = `${STAGE_PREFIX}${randomUUID().replace(/-/g, '')}`;
     const script = new Script(this.dataset, stage, shapes);
-    for (const [oid, shape] of shapes) script.schemaChanges(this.stored.get(oid)?.shape, shape);
+    // A table a fresh copy replaces is created again in its new shape: no type change to make in place.
+    const recreated = new Set(steps.flatMap((step) => (step.kind === 'copy' && step.replace && !step.merge ? [step.relation.oid] : [])));
+    for (const [oid, shape] of shapes) script.schemaChanges(recreated.has(oid) ? undefined : this.stored.get(oid)?.shape, shape, this.stored.get(oid)?.shape.table);
     script.begin(this.staleCheck(states));
     for (const segment of segmentsOf(steps)) script.segment(segment);
     script.writeStates(states, this.table(STATE_TABLE), shapes);
@@ -252,10 +254,11 @@ class Script {
   }
 
   /** Idempotent DDL taking the table from its stored shape to its final one (re-run safely after a crash). */
-  schemaChanges(known: Shape | undefined, wanted: Shape): void {
+  schemaChanges(known: Shape | undefined, wanted: Shape, storedAs?: string): void {
     const target = this.table(wanted.table);
     const definition = (column: Column) => `${ident(bigQueryName(column.name))} ${bigQueryType(column).sql}`;
     if (!known) {
+      if (storedAs && storedAs !== wanted.table) this.ddl.push(`DROP TABLE IF EXISTS ${this.table(storedAs)}`);
       // With REPLICA IDENTITY DEFAULT the key columns are the primary key (FULL marks every column, USING INDEX a unique index).
       const keys = wanted.replicaIdentity === 'default' ? wanted.columns.filter((column) => column.isKey).map((column) => ident(bigQueryName(column.name))) : [];
       const primaryKey = keys.length > 0 ? `, PRIMARY KEY (${keys.join(', ')}) NOT ENFORCED` : '';
@@ -276,9 +279,7 @@ class Script {
       const [from, to] = [bigQueryType(column).sql, bigQueryType(now).sql];
       if (from === to) continue;
       if (!widens(from, to)) {
-        throw new PermanentError(
-          `column ${now.name} of ${wanted.table} changed type from ${from} to ${to}, which BigQuery cannot convert in place. Remove this destination (pg-replicate destinations remove NAME), drop its dataset and start the consumer again to copy the tables afresh.`,
-        );
+        throw new RefusedError(`column ${now.name} of ${wanted.table} changed type from ${from} to ${to}, which BigQuery cannot convert in place (a fresh copy creates the table again with the new type)`);
       }
       this.ddl.push(`ALTER TABLE ${target} ALTER COLUMN ${ident(bigQueryName(now.name))} SET DATA TYPE ${to}`);
     }

@@ -459,7 +459,7 @@ export class DuckDbDestination implements Destination {
     const keep = `${stage}_keep`;
     await this.connection.run(`CREATE OR REPLACE TEMP TABLE ${keep} AS SELECT s._pg_row, t.* FROM ${stage} s JOIN ${target} t ON ${keyMatch('t', 'k')} WHERE s._pg_unchanged IS NOT NULL`);
     const missing = (await this.connection.runAndReadAll(`SELECT count(*) FROM ${stage} s WHERE s._pg_unchanged IS NOT NULL AND s._pg_row NOT IN (SELECT _pg_row FROM ${keep})`)).getRows()[0][0];
-    if (Number(missing) > 0) throw new Error(`an update of ${qualifiedName(relation)} kept unchanged TOASTed values, but the destination has no row with that key to take them from`);
+    if (Number(missing) > 0) throw new RefusedError(`an update of ${qualifiedName(relation)} kept unchanged TOASTed values, but the destination has no row with that key to take them from`);
     if (keyColumns.length > 0) await this.connection.run(`DELETE FROM ${target} USING ${stage} s WHERE ${keyMatch(target, 'c')}`);
     const names = relation.columns.map((column) => ident(column.name)).join(', ');
     const values = relation.columns
