@@ -3,7 +3,7 @@
  * hands out the same data in the same run (COPY … TO STDOUT for a backfill, a pg_recvlogical
  * drain of the same WAL for CDC), with the peak memory of the producer, the consumer and Redis,
  * and the CPU time each part of the pipeline used (what bounds the rates on a small machine).
- * Writes the tables into README.md.
+ * Writes the tables into docs/benchmarks.md, and the main one into README.md.
  *
  * Sizes: BENCH_ROWS (backfill, default 2,000,000), BENCH_CHANGES (small transactions, default
  * 1,000,000), BENCH_BIG_INSERT (one transaction, default 5,000,000), BENCH_BIG_UPDATE (one
@@ -468,7 +468,7 @@ function report(all: Result[]): void {
     ...all.flatMap(({ name, count, seconds, rawSeconds, launchedSeconds, duckdbAloneSeconds, roundRatios }) => [
       ...(roundRatios === undefined || roundRatios.length < 2
         ? []
-        : [`${name}: ${roundRatios.length} rounds, each a raw COPY then the pipeline, back to back (the machine's speed drifts); ratios ${roundRatios.map((value) => value.toFixed(2)).join(', ')}, the median round reported.`, '']),
+        : [`${name}: ${roundRatios.length} pairs, each a raw COPY then the pipeline, back to back (the machine's speed drifts); ratios ${roundRatios.map((value) => value.toFixed(2)).join(', ')}, the median pair reported.`, '']),
       ...(launchedSeconds === undefined
         ? []
         : [
@@ -499,14 +499,19 @@ function report(all: Result[]): void {
     }),
   ].join('\n');
   process.stdout.write(`${table}\n`);
-  const readmePath = join(process.cwd(), 'README.md');
-  const readme = readFileSync(readmePath, 'utf8');
+  // The whole report in docs/benchmarks.md; the main table in the README.
+  writeBetweenMarkers(join(process.cwd(), 'docs', 'benchmarks.md'), table);
+  writeBetweenMarkers(join(process.cwd(), 'README.md'), table.split('\n').slice(0, rows.length + 4).join('\n'));
+}
+
+/** Replaces what a file holds between `<!-- bench:start -->` and `<!-- bench:end -->`, when it has both. */
+function writeBetweenMarkers(path: string, text: string): void {
+  const content = readFileSync(path, 'utf8');
   const start = '<!-- bench:start -->';
   const end = '<!-- bench:end -->';
-  if (readme.includes(start) && readme.includes(end)) {
-    writeFileSync(readmePath, `${readme.slice(0, readme.indexOf(start) + start.length)}\n${table}\n${readme.slice(readme.indexOf(end))}`);
-    process.stderr.write('README.md updated\n');
-  }
+  if (!content.includes(start) || !content.includes(end)) return;
+  writeFileSync(path, `${content.slice(0, content.indexOf(start) + start.length)}\n${text}\n${content.slice(content.indexOf(end))}`);
+  process.stderr.write(`${path} updated\n`);
 }
 
 function postgresVersion(): string {
