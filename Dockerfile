@@ -21,5 +21,8 @@ COPY --from=build /app/dist/shared dist/shared
 COPY --from=build /app/dist/producer dist/producer
 COPY --from=build /app/dist/consumers dist/consumers
 COPY --from=build /app/dist/cli dist/cli
+# Not root: the image's own user, with /data (where the compose file keeps DuckDB files) its own.
+RUN mkdir -p /data && chown node:node /data
+USER node
 ENTRYPOINT ["node", "dist/cli/index.js"]
 CMD ["--help"]

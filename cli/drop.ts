@@ -14,12 +14,16 @@ export async function dropPipeline(options: { pipeline: string; redisUrl: string
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url.`);
     if (!options.yes) {
-      throw new UserError(`This removes replication slot ${state.slot} and every Redis key of pipeline ${options.pipeline} (the publication and the destinations' data stay). Run it again with --yes to do it.`);
+      throw new UserError(
+        `This removes replication slot ${state.slot} and every Redis key of pipeline ${options.pipeline} (the publication and the destinations' data stay). Run it again with --yes to do it.`,
+      );
     }
     const lease = await redis.get(keys.producerLease(options.pipeline));
     if (lease) {
       const { host, pid } = JSON.parse(lease) as { host: string; pid: number };
-      throw new UserError(`The producer of pipeline ${options.pipeline} is running (pid ${pid} on host ${host}; the lease of one that died expires within 10 s): stop it first, then drop the pipeline.`);
+      throw new UserError(
+        `The producer of pipeline ${options.pipeline} is running (pid ${pid} on host ${host}; the lease of one that died expires within 10 s): stop it first, then drop the pipeline.`,
+      );
     }
     const client = await connectPostgresOnce(options.pgUrl, 'pg-replicate pipeline drop');
     let slot: string;

@@ -30,30 +30,94 @@ program
   .addOption(new Option('--slot <name>', 'logical replication slot (created if missing)').env('SLOT'))
   .addOption(pipelineOption())
   .addOption(redisOption())
-  .addOption(new Option('--mode <mode>', 'both = copy then stream; copy = copy then exit; cdc = stream only').choices(['both', 'copy', 'cdc']).default(PRODUCER_DEFAULTS.mode).env('MODE'))
-  .addOption(new Option('--destinations <names>', 'comma-separated destination names to feed from the start (consumers started later register themselves)').env('DESTINATIONS'))
+  .addOption(
+    new Option('--mode <mode>', 'both = copy then stream; copy = copy then exit; cdc = stream only')
+      .choices(['both', 'copy', 'cdc'])
+      .default(PRODUCER_DEFAULTS.mode)
+      .env('MODE'),
+  )
+  .addOption(
+    new Option('--destinations <names>', 'comma-separated destination names to feed from the start (consumers started later register themselves)').env(
+      'DESTINATIONS',
+    ),
+  )
   .addOption(new Option('--partitions <n>', 'partition queues per destination').default(PRODUCER_DEFAULTS.partitions).argParser(integer).env('PARTITIONS'))
   .addOption(new Option('--max-batch-changes <n>', 'changes per batch at most').default(PRODUCER_DEFAULTS.maxBatchChanges).argParser(integer))
   .addOption(new Option('--max-batch-bytes <n>', 'approximate bytes per batch at most').default(PRODUCER_DEFAULTS.maxBatchBytes).argParser(integer))
   .addOption(new Option('--flush-interval-ms <n>', 'longest a change waits in an open batch').default(PRODUCER_DEFAULTS.flushIntervalMs).argParser(integer))
-  .addOption(new Option('--max-backlog-batches <n>', 'unapplied batches at which reading the slot pauses').default(PRODUCER_DEFAULTS.maxBacklogBatches).argParser(integer))
-  .addOption(new Option('--max-backlog-bytes <n>', 'unapplied bytes (approximate) at which reading the slot pauses').default(PRODUCER_DEFAULTS.maxBacklogBytes).argParser(integer))
-  .addOption(new Option('--max-pending-transactions <n>', 'transactions read but not yet applied by every destination at which reading the slot pauses (bounds the producer\'s memory)').default(PRODUCER_DEFAULTS.maxPendingTransactions).argParser(integer))
-  .addOption(new Option('--max-destination-lag-bytes <n>', 'WAL a destination may leave unapplied before it is detached: it stops holding the slot, and gets a fresh copy when its consumer comes back (default: no bound)').default(PRODUCER_DEFAULTS.maxDestinationLagBytes).argParser(integer).env('MAX_DESTINATION_LAG_BYTES'))
-  .addOption(new Option('--status-interval-ms <n>', 'standby status update interval (keep well below wal_sender_timeout)').default(PRODUCER_DEFAULTS.statusIntervalMs).argParser(integer))
-  .addOption(new Option('--heartbeat-interval-ms <n>', 'idle time after which a heartbeat message is written').default(PRODUCER_DEFAULTS.heartbeatIntervalMs).argParser(integer))
+  .addOption(
+    new Option('--max-backlog-batches <n>', 'unapplied batches at which reading the slot pauses')
+      .default(PRODUCER_DEFAULTS.maxBacklogBatches)
+      .argParser(integer),
+  )
+  .addOption(
+    new Option('--max-backlog-bytes <n>', 'unapplied bytes (approximate) at which reading the slot pauses')
+      .default(PRODUCER_DEFAULTS.maxBacklogBytes)
+      .argParser(integer),
+  )
+  .addOption(
+    new Option(
+      '--max-pending-transactions <n>',
+      "transactions read but not yet applied by every destination at which reading the slot pauses (bounds the producer's memory)",
+    )
+      .default(PRODUCER_DEFAULTS.maxPendingTransactions)
+      .argParser(integer),
+  )
+  .addOption(
+    new Option(
+      '--max-destination-lag-bytes <n>',
+      'WAL a destination may leave unapplied before it is detached: it stops holding the slot, and gets a fresh copy when its consumer comes back (default: no bound)',
+    )
+      .default(PRODUCER_DEFAULTS.maxDestinationLagBytes)
+      .argParser(integer)
+      .env('MAX_DESTINATION_LAG_BYTES'),
+  )
+  .addOption(
+    new Option('--status-interval-ms <n>', 'standby status update interval (keep well below wal_sender_timeout)')
+      .default(PRODUCER_DEFAULTS.statusIntervalMs)
+      .argParser(integer),
+  )
+  .addOption(
+    new Option('--heartbeat-interval-ms <n>', 'idle time after which a heartbeat message is written')
+      .default(PRODUCER_DEFAULTS.heartbeatIntervalMs)
+      .argParser(integer),
+  )
   .addOption(new Option('--copy-connections <n>', 'parallel connections for the table copy').default(PRODUCER_DEFAULTS.copyConnections).argParser(integer))
-  .addOption(new Option('--copy-chunk-rows <n>', 'rows per copy batch (exactly, but for the last of a range)').default(PRODUCER_DEFAULTS.copyChunkRows).argParser(integer))
-  .addOption(new Option('--copy-chunk-bytes <n>', 'bytes per copy batch at most (chunks stream through Redis, not through the producer\'s memory)').default(PRODUCER_DEFAULTS.copyChunkBytes).argParser(integer))
-  .addOption(new Option('--copy-range-blocks <n>', 'heap blocks (8 kB) per CTID range of a table copy: ranges are copied in parallel and resumed after a restart').default(PRODUCER_DEFAULTS.copyRangeBlocks).argParser(integer))
+  .addOption(
+    new Option('--copy-chunk-rows <n>', 'rows per copy batch (exactly, but for the last of a range)')
+      .default(PRODUCER_DEFAULTS.copyChunkRows)
+      .argParser(integer),
+  )
+  .addOption(
+    new Option('--copy-chunk-bytes <n>', "bytes per copy batch at most (chunks stream through Redis, not through the producer's memory)")
+      .default(PRODUCER_DEFAULTS.copyChunkBytes)
+      .argParser(integer),
+  )
+  .addOption(
+    new Option('--copy-range-blocks <n>', 'heap blocks (8 kB) per CTID range of a table copy: ranges are copied in parallel and resumed after a restart')
+      .default(PRODUCER_DEFAULTS.copyRangeBlocks)
+      .argParser(integer),
+  )
   .addOption(metricsOption())
-  .addOption(new Option('--heap-mb <n>', 'heap size of the producer\'s thread (what it holds is bounded; the cap keeps V8 from growing the heap far beyond it)').default(PRODUCER_HEAP_MB).argParser(integer).env('PRODUCER_HEAP_MB'))
+  .addOption(
+    new Option('--heap-mb <n>', "heap size of the producer's thread (what it holds is bounded; the cap keeps V8 from growing the heap far beyond it)")
+      .default(PRODUCER_HEAP_MB)
+      .argParser(integer)
+      .env('PRODUCER_HEAP_MB'),
+  )
   .action(async (flags) => {
-    const { heapMb: cap, metricsPort: port, ...config } = validate(producerConfig.extend({ heapMb, metricsPort }), { ...flags, destinations: splitList(flags.destinations) });
-    await runUntilStopped((signal) => runProducerThread(config, { heapMb: cap, metricsPort: port }, signal), async () => {});
+    const {
+      heapMb: cap,
+      metricsPort: port,
+      ...config
+    } = validate(producerConfig.extend({ heapMb, metricsPort }), { ...flags, destinations: splitList(flags.destinations) });
+    await runUntilStopped(
+      (signal) => runProducerThread(config, { heapMb: cap, metricsPort: port }, signal),
+      async () => {},
+    );
   });
 
-const consumer = program.command('consumer').description('Apply one destination\'s batches: consumer <type> --name NAME …');
+const consumer = program.command('consumer').description("Apply one destination's batches: consumer <type> --name NAME …");
 
 /** `--setting name=value`, collected into one object over repeats. */
 function duckdbSetting(text: string, settings: Record<string, string>): Record<string, string> {
@@ -66,13 +130,28 @@ const consumerCommand = (type: string, description: string) =>
   consumer
     .command(type)
     .description(description)
-    .addOption(new Option('--name <name>', 'destination name (as given to the producer\'s --destinations)').env('DESTINATION_NAME'))
+    .addOption(new Option('--name <name>', "destination name (as given to the producer's --destinations)").env('DESTINATION_NAME'))
     .addOption(pipelineOption())
     .addOption(redisOption())
-    .addOption(new Option('--lock-duration-ms <n>', 'how long a crashed consumer can hold a partition').default(RUNNER_DEFAULTS.lockDurationMs).argParser(integer))
-    .addOption(new Option('--stalled-interval-ms <n>', 'how often crashed consumers\' batches are looked for').default(RUNNER_DEFAULTS.stalledIntervalMs).argParser(integer))
-    .addOption(new Option('--attempts-before-park <n>', 'failed attempts before a partition is reported parked').default(RUNNER_DEFAULTS.attemptsBeforePark).argParser(integer))
-    .addOption(new Option('--register', 'add this destination to the pipeline if it is new (it gets a copy of every table); without it, a name the pipeline does not know exits 2').env('REGISTER'))
+    .addOption(
+      new Option('--lock-duration-ms <n>', 'how long a crashed consumer can hold a partition').default(RUNNER_DEFAULTS.lockDurationMs).argParser(integer),
+    )
+    .addOption(
+      new Option('--stalled-interval-ms <n>', "how often crashed consumers' batches are looked for")
+        .default(RUNNER_DEFAULTS.stalledIntervalMs)
+        .argParser(integer),
+    )
+    .addOption(
+      new Option('--attempts-before-park <n>', 'failed attempts before a partition is reported parked')
+        .default(RUNNER_DEFAULTS.attemptsBeforePark)
+        .argParser(integer),
+    )
+    .addOption(
+      new Option(
+        '--register',
+        'add this destination to the pipeline if it is new (it gets a copy of every table); without it, a name the pipeline does not know exits 2',
+      ).env('REGISTER'),
+    )
     .addOption(metricsOption());
 
 consumerCommand('duckdb', 'Mirror the tables into a DuckDB file (or MotherDuck with --path md:DB).')
@@ -88,7 +167,11 @@ consumerCommand('bigquery', 'Mirror the tables into a BigQuery dataset (exactly 
   .addOption(new Option('--dataset <name>', 'dataset for the tables (created if missing)').env('BIGQUERY_DATASET'))
   .addOption(new Option('--key-file <file>', 'service account JSON key (default: Application Default Credentials, e.g. GOOGLE_APPLICATION_CREDENTIALS)'))
   .addOption(new Option('--location <location>', 'dataset location, e.g. US or europe-west1').env('BIGQUERY_LOCATION'))
-  .addOption(new Option('--api-endpoint <url>', 'another BigQuery endpoint, e.g. an emulator (unauthenticated unless credentials are given)').env('BIGQUERY_API_ENDPOINT'))
+  .addOption(
+    new Option('--api-endpoint <url>', 'another BigQuery endpoint, e.g. an emulator (unauthenticated unless credentials are given)').env(
+      'BIGQUERY_API_ENDPOINT',
+    ),
+  )
   .action(async (flags) => {
     const options = validate(bigQueryConfig, flags);
     await runConsumer(flags, { type: 'bigquery', ...options });
@@ -126,7 +209,8 @@ async function runConsumer(flags: Record<string, unknown>, destinationConfig: De
 
 program
   .command('run')
-  .description('Run the producer and every destination\'s consumer in one process, from a YAML file (${ENV_VAR} is expanded).')
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: the help names the ${ENV_VAR} syntax of the YAML file
+  .description("Run the producer and every destination's consumer in one process, from a YAML file (${ENV_VAR} is expanded).")
   .requiredOption('--config <file>', 'YAML file: pipeline, pgUrl, redisUrl, publication, slot, destinations')
   .action(async (flags) => {
     const file = await (await import('./runfile.js')).readRunFile(flags.config);
@@ -145,7 +229,10 @@ program
     const consumers = await Promise.all(
       file.destinations.map(async (destination) => {
         const opened = await openDestination(destination, { redis, pipeline: file.pipeline, name: destination.name });
-        const runner = new ConsumerRunner(validate(runnerConfig, { ...RUNNER_DEFAULTS, redisUrl: file.redisUrl, pipeline: file.pipeline, name: destination.name }), opened);
+        const runner = new ConsumerRunner(
+          validate(runnerConfig, { ...RUNNER_DEFAULTS, redisUrl: file.redisUrl, pipeline: file.pipeline, name: destination.name }),
+          opened,
+        );
         return { opened, runner };
       }),
     );
@@ -173,7 +260,8 @@ program
   .addOption(redisOption())
   .addOption(new Option('--pg-url <url>', 'Postgres URL, to find the table').env('PG_URL'))
   .action(async (flags) => {
-    if (!!flags.table === !!flags.all) throw new UserError('resync needs either --table schema.name (one table, beside the stream) or --all (every table, under a new slot).');
+    if (!!flags.table === !!flags.all)
+      throw new UserError('resync needs either --table schema.name (one table, beside the stream) or --all (every table, under a new slot).');
     if (flags.all) {
       if (flags.destination) throw new UserError('--destination goes with --table: --all copies every table for every destination.');
       const { requestRecopy } = await import('./resync.js');
@@ -196,7 +284,9 @@ destinations
     const { pipelineStatus } = await import('./status.js');
     const status = await pipelineStatus(validate(z.object({ pipeline: pipelineId, redisUrl }), flags));
     for (const destination of status.destinations) {
-      process.stdout.write(`${destination.name}\t${destination.state}\tapplied ${destination.appliedLsn ?? '-'}\t${destination.pendingBatches} pending\t${destination.consumers} consumers\n`);
+      process.stdout.write(
+        `${destination.name}\t${destination.state}\tapplied ${destination.appliedLsn ?? '-'}\t${destination.pendingBatches} pending\t${destination.consumers} consumers\n`,
+      );
     }
   });
 
@@ -228,7 +318,9 @@ program
   .command('pipeline')
   .description('Manage a pipeline as a whole.')
   .command('drop')
-  .description('Remove the pipeline: its replication slot and every Redis key of it. The publication and the destinations\' data stay. Its producer must be stopped.')
+  .description(
+    "Remove the pipeline: its replication slot and every Redis key of it. The publication and the destinations' data stay. Its producer must be stopped.",
+  )
   .addOption(pipelineOption())
   .addOption(redisOption())
   .addOption(new Option('--pg-url <url>', 'Postgres URL, to drop the slot').env('PG_URL'))
@@ -241,10 +333,10 @@ program
 
 program
   .command('status')
-  .description('Show the slot\'s confirmed LSN and, per destination, pending batches and state.')
+  .description("Show the slot's confirmed LSN and, per destination, pending batches and state.")
   .addOption(pipelineOption())
   .addOption(redisOption())
-  .addOption(new Option('--pg-url <url>', 'Postgres URL, to show the slot\'s confirmed flush LSN').env('PG_URL'))
+  .addOption(new Option('--pg-url <url>', "Postgres URL, to show the slot's confirmed flush LSN").env('PG_URL'))
   .option('--json', 'print JSON')
   .action(async (flags) => {
     const options = validate(z.object({ pipeline: pipelineId, redisUrl, pgUrl: pgUrl.optional() }), flags);
@@ -261,7 +353,10 @@ async function startMetrics(port: number | undefined): Promise<() => Promise<voi
 }
 
 function splitList(text: string | undefined): string[] | undefined {
-  return text?.split(',').map((part) => part.trim()).filter(Boolean);
+  return text
+    ?.split(',')
+    .map((part) => part.trim())
+    .filter(Boolean);
 }
 
 try {

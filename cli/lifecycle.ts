@@ -1,4 +1,4 @@
-import { UserError, errorMessage } from '../shared/errors.js';
+import { errorMessage, UserError } from '../shared/errors.js';
 import { log } from '../shared/log.js';
 
 /**

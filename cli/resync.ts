@@ -1,11 +1,11 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { Redis } from 'ioredis';
 import { connectPostgresOnce } from '../producer/preflight.js';
 import { UserError } from '../shared/errors.js';
 import { keys } from '../shared/keys.js';
 import { readPipelineState, writePipelineState } from '../shared/redis.js';
 import { connectRedisOnce } from '../shared/redistarget.js';
-import { type Request, encodeRequest } from '../shared/requests.js';
-import type { Redis } from 'ioredis';
+import { encodeRequest, type Request } from '../shared/requests.js';
 
 /**
  * Sends a request to the producer and waits (up to 30 s) until the pipeline's state shows it
@@ -26,9 +26,12 @@ export async function removeDestination(options: { pipeline: string; redisUrl: s
   try {
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url.`);
-    if (!state.destinations.includes(options.name)) throw new UserError(`Pipeline ${options.pipeline} has no destination "${options.name}" (it has: ${state.destinations.join(', ') || 'none'}).`);
+    if (!state.destinations.includes(options.name))
+      throw new UserError(`Pipeline ${options.pipeline} has no destination "${options.name}" (it has: ${state.destinations.join(', ') || 'none'}).`);
     const removed = await requestAndWait(redis, options.pipeline, { removeDestination: options.name }, (destinations) => !destinations.includes(options.name));
-    return removed ? `destination ${options.name} removed` : `removal of ${options.name} requested: the producer applies it when it runs (it is not running now)`;
+    return removed
+      ? `destination ${options.name} removed`
+      : `removal of ${options.name} requested: the producer applies it when it runs (it is not running now)`;
   } finally {
     redis.disconnect();
   }
@@ -67,7 +70,8 @@ export async function requestResync(options: { pipeline: string; redisUrl: strin
         WHERE p.pubname = $1 AND c.oid = to_regclass($2)`,
       [state.publication, options.table],
     );
-    if (found.rowCount === 0) throw new UserError(`Table ${options.table} is not in publication ${state.publication}. Give it as schema.name, e.g. --table public.orders.`);
+    if (found.rowCount === 0)
+      throw new UserError(`Table ${options.table} is not in publication ${state.publication}. Give it as schema.name, e.g. --table public.orders.`);
     const request = { tableOid: Number(found.rows[0].oid), ...(options.destination ? { destinations: [options.destination] } : {}) };
     await redis.rpush(keys.requests(options.pipeline), encodeRequest(request));
     return `resync of ${options.table} requested${options.destination ? ` for ${options.destination}` : ''}: the producer copies it beside the stream (watch its log, or status)`;

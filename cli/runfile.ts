@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { PRODUCER_DEFAULTS } from '../producer/options.js';
 import { bigQueryConfig, destinationName, metricsPort, pgUrl, pipelineId, redisUrl } from '../shared/config.js';
-import { UserError, errorMessage } from '../shared/errors.js';
+import { errorMessage, UserError } from '../shared/errors.js';
 
 /** `run --config FILE`: the producer's settings and every destination, strictly (an unknown key is an error). */
 const duckdbSettings = z.record(z.string(), z.union([z.string(), z.number(), z.boolean()]).transform(String));
@@ -27,7 +27,23 @@ const runFileSchema = z.strictObject({
 export type RunFile = z.infer<typeof runFileSchema>;
 
 /** Every key the file may use, for "did you mean" suggestions. */
-const KNOWN_KEYS = ['pipeline', 'pgUrl', 'redisUrl', 'publication', 'slot', 'mode', 'partitions', 'maxDestinationLagBytes', 'metricsPort', 'destinations', 'type', 'name', 'path', 'settings', ...Object.keys(bigQueryConfig.shape)];
+const KNOWN_KEYS = [
+  'pipeline',
+  'pgUrl',
+  'redisUrl',
+  'publication',
+  'slot',
+  'mode',
+  'partitions',
+  'maxDestinationLagBytes',
+  'metricsPort',
+  'destinations',
+  'type',
+  'name',
+  'path',
+  'settings',
+  ...Object.keys(bigQueryConfig.shape),
+];
 
 export async function readRunFile(path: string): Promise<RunFile> {
   let text: string;
@@ -65,7 +81,9 @@ function expandVariables(text: string, path: string): string {
   });
   if (unset.size > 0) {
     const names = [...unset].join(', ');
-    throw new UserError(`--config ${path} uses \${${[...unset][0]}}, but ${names} ${unset.size > 1 ? 'are' : 'is'} not set in the environment: set ${unset.size > 1 ? 'them' : 'it'}, or give a default as \${NAME:-default}.`);
+    throw new UserError(
+      `--config ${path} uses \${${[...unset][0]}}, but ${names} ${unset.size > 1 ? 'are' : 'is'} not set in the environment: set ${unset.size > 1 ? 'them' : 'it'}, or give a default as \${NAME:-default}.`,
+    );
   }
   return expanded;
 }

@@ -1,12 +1,12 @@
 import { Queue } from 'bullmq';
+import type { Health } from '../consumers/options.js';
+import type { QuarantineReport } from '../consumers/quarantine.js';
+import { aliveConsumers } from '../consumers/registration.js';
+import { connectPostgresOnce } from '../producer/preflight.js';
+import { UserError } from '../shared/errors.js';
 import { keys, QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { readApplied, readCopyProgress, readPipelineState, readTableSyncs } from '../shared/redis.js';
 import { connectRedisOnce } from '../shared/redistarget.js';
-import { connectPostgresOnce } from '../producer/preflight.js';
-import { UserError } from '../shared/errors.js';
-import type { Health } from '../consumers/options.js';
-import { aliveConsumers } from '../consumers/registration.js';
-import type { QuarantineReport } from '../consumers/quarantine.js';
 
 export interface PipelineStatus {
   pipeline: string;
@@ -51,7 +51,16 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
   try {
     const state = await readPipelineState(redis, options.pipeline);
     if (!state) throw new UserError(`Redis has no pipeline "${options.pipeline}". Check --pipeline and --redis-url, or start its producer first.`);
-    const status: PipelineStatus = { pipeline: options.pipeline, slot: state.slot, publication: state.publication, copy: state.copy ?? 'none', copyProgress: [], tableSyncs: [], refusedRequests: [], destinations: [] };
+    const status: PipelineStatus = {
+      pipeline: options.pipeline,
+      slot: state.slot,
+      publication: state.publication,
+      copy: state.copy ?? 'none',
+      copyProgress: [],
+      tableSyncs: [],
+      refusedRequests: [],
+      destinations: [],
+    };
     status.refusedRequests = (await redis.lrange(keys.refusedRequests(options.pipeline), -10, -1)).map((text) => JSON.parse(text));
     const postgres = await redis.hget(keys.state(options.pipeline), 'postgres');
     if (postgres) status.postgres = JSON.parse(postgres);
@@ -103,14 +112,21 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
         pending += Object.values(counts).reduce((sum, count) => sum + count, 0);
         await queue.close();
       }
-      const health = Object.entries(await redis.hgetall(keys.health(options.pipeline, name))).map(([partition, text]) => ({ partition: Number(partition), ...(JSON.parse(text) as Health) }));
-      const errors = health.flatMap((entry) => (entry.state === 'ok' ? [] : [{ partition: entry.partition, attempts: entry.attempts, error: entry.error, since: entry.since }]));
+      const health = Object.entries(await redis.hgetall(keys.health(options.pipeline, name))).map(([partition, text]) => ({
+        partition: Number(partition),
+        ...(JSON.parse(text) as Health),
+      }));
+      const errors = health.flatMap((entry) =>
+        entry.state === 'ok' ? [] : [{ partition: entry.partition, attempts: entry.attempts, error: entry.error, since: entry.since }],
+      );
       const applied = await readApplied(redis, options.pipeline, name);
       status.destinations.push({
         name,
         consumers: await aliveConsumers(redis, options.pipeline, name),
         places: await redis.hgetall(keys.places(options.pipeline, name)),
-        quarantined: Object.fromEntries(Object.entries(await redis.hgetall(keys.quarantined(options.pipeline, name))).map(([table, text]) => [table, JSON.parse(text)])),
+        quarantined: Object.fromEntries(
+          Object.entries(await redis.hgetall(keys.quarantined(options.pipeline, name))).map(([table, text]) => [table, JSON.parse(text)]),
+        ),
         appliedLsn: (await redis.hget(keys.state(options.pipeline), `applied:${name}`)) ?? null,
         pendingBatches: pending,
         state: health.some((entry) => entry.state === 'parked') ? 'parked' : errors.length > 0 ? 'retrying' : 'ok',
@@ -121,7 +137,18 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
     for (const [field, text] of Object.entries(await redis.hgetall(keys.state(options.pipeline)))) {
       const name = field.startsWith('detached:') ? field.slice('detached:'.length) : undefined;
       if (!name || state.destinations.includes(name)) continue;
-      status.destinations.push({ name, consumers: await aliveConsumers(redis, options.pipeline, name), places: {}, quarantined: {}, appliedLsn: null, pendingBatches: 0, state: 'detached', detached: JSON.parse(text), errors: [], appliedBatches: {} });
+      status.destinations.push({
+        name,
+        consumers: await aliveConsumers(redis, options.pipeline, name),
+        places: {},
+        quarantined: {},
+        appliedLsn: null,
+        pendingBatches: 0,
+        state: 'detached',
+        detached: JSON.parse(text),
+        errors: [],
+        appliedBatches: {},
+      });
     }
     return status;
   } finally {
@@ -130,9 +157,7 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
 }
 
 export function formatStatus(status: PipelineStatus): string {
-  const lines = [
-    `pipeline ${status.pipeline}: slot ${status.slot}, publication ${status.publication}, copy ${status.copy}`,
-  ];
+  const lines = [`pipeline ${status.pipeline}: slot ${status.slot}, publication ${status.publication}, copy ${status.copy}`];
   for (const table of status.copyProgress) {
     lines.push(`copy ${table.table}: ${table.rangesDone}/${table.rangesTotal} ranges, ${table.rows} rows, ${table.rowsPerSecond} rows/s`);
   }
@@ -144,16 +169,24 @@ export function formatStatus(status: PipelineStatus): string {
   if (status.postgres?.state === 'reconnecting') lines.push(`producer: reconnecting to Postgres since ${status.postgres.since} (${status.postgres.error})`);
   if (status.slotConfirmedFlushLsn !== undefined) {
     const held = status.slotLagBytes === null || status.slotLagBytes === undefined ? '' : `, holding ${status.slotLagBytes} bytes of WAL`;
-    const wal = status.slotWalStatus ? `, wal_status ${status.slotWalStatus}${status.slotWalStatus === 'lost' ? ' (invalidated: run pg-replicate resync --all)' : ''}` : '';
-    lines.push(`slot confirmed flush LSN ${status.slotConfirmedFlushLsn ?? '(slot missing)'}${status.slotActive ? ' (producer connected)' : ' (no producer connected)'}${held}${wal}`);
+    const wal = status.slotWalStatus
+      ? `, wal_status ${status.slotWalStatus}${status.slotWalStatus === 'lost' ? ' (invalidated: run pg-replicate resync --all)' : ''}`
+      : '';
+    lines.push(
+      `slot confirmed flush LSN ${status.slotConfirmedFlushLsn ?? '(slot missing)'}${status.slotActive ? ' (producer connected)' : ' (no producer connected)'}${held}${wal}`,
+    );
   }
   for (const destination of status.destinations) {
     if (destination.detached) {
-      lines.push(`destination ${destination.name}: detached since ${destination.detached.since} (${destination.detached.reason}); its consumer, when it runs, gets a fresh copy`);
+      lines.push(
+        `destination ${destination.name}: detached since ${destination.detached.since} (${destination.detached.reason}); its consumer, when it runs, gets a fresh copy`,
+      );
       continue;
     }
     const consumers = destination.consumers === 0 ? 'no consumer' : `${destination.consumers} consumer${destination.consumers > 1 ? 's' : ''} alive`;
-    lines.push(`destination ${destination.name}: ${destination.state}, applied up to ${destination.appliedLsn ?? '(nothing yet)'}, ${destination.pendingBatches} batches pending, ${consumers}`);
+    lines.push(
+      `destination ${destination.name}: ${destination.state}, applied up to ${destination.appliedLsn ?? '(nothing yet)'}, ${destination.pendingBatches} batches pending, ${consumers}`,
+    );
     for (const error of destination.errors) lines.push(`  partition ${error.partition}: attempt ${error.attempts} since ${error.since}: ${error.error}`);
     for (const [table, quarantine] of Object.entries(destination.quarantined)) {
       lines.push(`  table ${table}: quarantined since ${quarantine.since} (its changes are skipped): ${quarantine.error}. To release it, ${quarantine.fix}`);

@@ -1,4 +1,4 @@
-import { Socket, type SocketConstructorOpts, isIP } from 'node:net';
+import { isIP, Socket, type SocketConstructorOpts } from 'node:net';
 import { connect as connectTls } from 'node:tls';
 import { PIECE_BYTES } from '../shared/chunks.js';
 import { redisAddress } from '../shared/redistarget.js';
@@ -72,9 +72,13 @@ export class ChunkReader {
 
   private connect(): Promise<Connection> {
     if (!this.connection) {
-      const opening = Connection.open(this.url, (size) => this.take(size), () => {
-        if (this.connection === opening) this.connection = undefined;
-      });
+      const opening = Connection.open(
+        this.url,
+        (size) => this.take(size),
+        () => {
+          if (this.connection === opening) this.connection = undefined;
+        },
+      );
       this.connection = opening;
       opening.catch(() => {
         if (this.connection === opening) this.connection = undefined;

@@ -41,11 +41,14 @@ export function collapseByKey(keyColumns: number[], changes: RowChange[]): Colla
     if (keepsValues) {
       const previous = finalImages.get(oldKey);
       if (previous) {
-        row.forEach((value, index) => value === UNCHANGED && (row[index] = previous[index]));
+        for (let index = 0; index < row.length; index++) if (row[index] === UNCHANGED) row[index] = previous[index];
         // The earlier image may itself still wait for its stored values: look up where it would.
         if (row.includes(UNCHANGED)) lookups.set(row, lookups.get(previous)!);
       } else {
-        lookups.set(row, keyColumns.map((index) => oldValues[index]));
+        lookups.set(
+          row,
+          keyColumns.map((index) => oldValues[index]),
+        );
       }
     }
     if (oldKey !== key) {
@@ -78,10 +81,15 @@ export function netRowCounts(changes: RowChange[]): { image: Value[]; count: num
   };
   for (const change of changes) {
     if (change.op !== 'insert') {
-      if (!change.old) throw new Error(`a table without replica identity sent a ${change.op}: it cannot be applied (ALTER TABLE … REPLICA IDENTITY FULL on the source)`);
+      if (!change.old)
+        throw new Error(`a table without replica identity sent a ${change.op}: it cannot be applied (ALTER TABLE … REPLICA IDENTITY FULL on the source)`);
       add(change.old, -1);
     }
-    if (change.op !== 'delete') add(change.row!.map((value, index) => (value === UNCHANGED ? change.old?.[index] ?? null : value)), 1);
+    if (change.op !== 'delete')
+      add(
+        change.row!.map((value, index) => (value === UNCHANGED ? (change.old?.[index] ?? null) : value)),
+        1,
+      );
   }
   return [...counts.values()].filter((entry) => entry.count !== 0);
 }

@@ -33,7 +33,12 @@ const SLICE_LINES = 2_000;
  * collapseImagesToCsv in slices, the event loop turning between them: while DuckDB applies one
  * batch, the next one is collapsed without holding up the current one's next statement.
  */
-export async function collapseImagesToCsvAside(keyColumns: number[], width: number, changes: RowChange[], sliceLines = SLICE_LINES): Promise<CollapsedCsv | undefined> {
+export async function collapseImagesToCsvAside(
+  keyColumns: number[],
+  width: number,
+  changes: RowChange[],
+  sliceLines = SLICE_LINES,
+): Promise<CollapsedCsv | undefined> {
   const collapse = collapsing(keyColumns, width, changes, sliceLines);
   for (;;) {
     await setImmediate();

@@ -3,7 +3,10 @@ import type { BigQueryOptions } from './bigquery/warehouse.js';
 import type { Destination } from './destination.js';
 
 /** Every destination type, by the name the CLI and the run config use. */
-export type DestinationConfig = { type: 'duckdb'; path: string; settings?: Record<string, string> } | { type: 'stdout' } | ({ type: 'bigquery' } & BigQueryOptions);
+export type DestinationConfig =
+  | { type: 'duckdb'; path: string; settings?: Record<string, string> }
+  | { type: 'stdout' }
+  | ({ type: 'bigquery' } & BigQueryOptions);
 
 /**
  * Opens a destination. Each is loaded only when used: a producer or a stdout consumer never

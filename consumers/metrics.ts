@@ -18,7 +18,7 @@ const applySeconds = new Histogram({
 });
 const lagSeconds = new Histogram({
   name: 'pg_replicate_replication_lag_seconds',
-  help: 'From the oldest commit in a batch of streamed changes, in Postgres, to the batch\'s commit at the destination.',
+  help: "From the oldest commit in a batch of streamed changes, in Postgres, to the batch's commit at the destination.",
   labelNames,
   buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
 });

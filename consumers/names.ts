@@ -24,5 +24,9 @@ export function withDistinctColumnNames<T extends Relation>(relation: T): T {
 
 /** The steps with every relation's columns named apart (withDistinctColumnNames); their changes are the same arrays. */
 export function withDistinctColumnNamesIn(steps: Step[]): Step[] {
-  return steps.map((step) => (step.kind === 'truncate' ? { ...step, relations: step.relations.map(withDistinctColumnNames) } : { ...step, relation: withDistinctColumnNames(step.relation) }));
+  return steps.map((step) =>
+    step.kind === 'truncate'
+      ? { ...step, relations: step.relations.map(withDistinctColumnNames) }
+      : { ...step, relation: withDistinctColumnNames(step.relation) },
+  );
 }

@@ -28,7 +28,9 @@ export function pgArrayToJson(text: string, dimensions: number): string {
       if (next !== ',') throw new RefusedError(`malformed array literal: ${text.slice(0, 80)}`);
     }
     if (depth === 1 && items.length > 0 && Array.isArray(items[0]) !== dimensions > 1) {
-      throw new RefusedError(`an array with ${Array.isArray(items[0]) ? 'more' : 'fewer'} dimensions than the column declares (${dimensions}): declare the column with its dimensions (e.g. int[][]) on the source`);
+      throw new RefusedError(
+        `an array with ${Array.isArray(items[0]) ? 'more' : 'fewer'} dimensions than the column declares (${dimensions}): declare the column with its dimensions (e.g. int[][]) on the source`,
+      );
     }
     return items;
   };

@@ -1,4 +1,4 @@
-import { type Batch, type CopyChunk, type Relation, type RowChange, qualifiedName } from '../shared/events.js';
+import { type Batch, type CopyChunk, qualifiedName, type Relation, type RowChange } from '../shared/events.js';
 import { compareVersions } from '../shared/lsn.js';
 import type { Step, TableState } from './destination.js';
 
@@ -58,8 +58,7 @@ function planChanges(batch: Batch, states: Map<number, TableState>) {
   const updated = new Map<number, TableState>();
   const steps: Step[] = [];
   const current = (relation: Relation): TableState =>
-    updated.get(relation.oid) ??
-    states.get(relation.oid) ?? { copyLsn: 0n, copyChunk: -1, copyDone: false, applied: { lsn: 0n, ordinal: 0 } };
+    updated.get(relation.oid) ?? states.get(relation.oid) ?? { copyLsn: 0n, copyChunk: -1, copyDone: false, applied: { lsn: 0n, ordinal: 0 } };
   // A quarantined table's changes are skipped: the copy that releases it brings them.
   const isNew = (relation: Relation, change: { version: RowChange['version'] }) =>
     !current(relation).quarantine && compareVersions(change.version, current(relation).applied) > 0;
@@ -74,7 +73,7 @@ function planChanges(batch: Batch, states: Map<number, TableState>) {
     if (change.op === 'truncate') {
       const relations = change.relations.map((index) => batch.relations[index]).filter((relation) => isNew(relation, change));
       if (relations.length === 0) continue;
-      relations.forEach((relation) => advance(relation, change));
+      for (const relation of relations) advance(relation, change);
       steps.push({ kind: 'truncate', relations, version: change.version });
       continue;
     }

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { errorMessage } from '../shared/errors.js';
-import { type Batch, type Relation, qualifiedName } from '../shared/events.js';
+import { type Batch, qualifiedName, type Relation } from '../shared/events.js';
 import { keys } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { type Destination, type Quarantine, RefusedError, type Step, type TableState } from './destination.js';
@@ -72,7 +72,10 @@ export class Quarantines {
         await this.destination.apply(known, new Map([[oid, { ...state, quarantine }]]));
         const table = qualifiedName(relation);
         await this.report(table, quarantine);
-        log.error({ destination: this.name, table, err: quarantine.error, fix: this.fix(table) }, 'the destination refuses this table\'s data: table quarantined (its changes are skipped until it is copied afresh); the partition\'s other tables go on');
+        log.error(
+          { destination: this.name, table, err: quarantine.error, fix: this.fix(table) },
+          "the destination refuses this table's data: table quarantined (its changes are skipped until it is copied afresh); the partition's other tables go on",
+        );
         quarantined.push(table);
       }
     }

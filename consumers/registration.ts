@@ -63,7 +63,11 @@ export class Registration {
       );
     }
     this.known = true;
-    if (detached) log.warn({ destination: this.name, detached: JSON.parse(detached) }, 'this destination was detached by the producer: registering it again for a fresh copy of every table');
+    if (detached)
+      log.warn(
+        { destination: this.name, detached: JSON.parse(detached) },
+        'this destination was detached by the producer: registering it again for a fresh copy of every table',
+      );
     else log.info({ destination: this.name }, 'registering this destination with the producer');
     await this.redis.rpush(keys.requests(this.pipeline), request);
   }
@@ -71,7 +75,11 @@ export class Registration {
   private async beat(): Promise<void> {
     const key = keys.consumers(this.pipeline, this.name);
     const now = Date.now();
-    await this.redis.multi().zadd(key, now, this.member).zremrangebyscore(key, '-inf', now - 6 * CONSUMER_ALIVE_MS).exec();
+    await this.redis
+      .multi()
+      .zadd(key, now, this.member)
+      .zremrangebyscore(key, '-inf', now - 6 * CONSUMER_ALIVE_MS)
+      .exec();
   }
 
   async leave(): Promise<void> {

@@ -2,20 +2,20 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type Job, Queue, WaitingError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { chunkKeys, isChunkId, joinPieces, releaseChunk } from '../shared/chunks.js';
-import { type EncodedBatch, assertCodecVersion, decodeBatch } from '../shared/codec.js';
-import { UserError, errorMessage } from '../shared/errors.js';
+import { assertCodecVersion, decodeBatch, type EncodedBatch } from '../shared/codec.js';
+import { errorMessage, UserError } from '../shared/errors.js';
 import { type Batch, qualifiedName } from '../shared/events.js';
-import { QUEUE_PREFIX, keys, parseApplied, queueName } from '../shared/keys.js';
-import { compareVersions } from '../shared/lsn.js';
+import { keys, parseApplied, QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
+import { compareVersions } from '../shared/lsn.js';
 import { connectRedis, readPipelineState, recordApplied } from '../shared/redis.js';
 import { ChunkReader } from './chunkreader.js';
 import { type Destination, PermanentError, RefusedError, type TableState } from './destination.js';
 import { DestinationMetrics } from './metrics.js';
+import type { Health, RunnerOptions } from './options.js';
+import { copyIsNew, planBatches } from './plan.js';
 import { Quarantines } from './quarantine.js';
 import { Registration } from './registration.js';
-import { copyIsNew, planBatches } from './plan.js';
-import type { Health, RunnerOptions } from './options.js';
 
 const MAX_BACKOFF_MS = 60_000;
 /**
@@ -213,7 +213,10 @@ export class ConsumerRunner {
             // A copy of an earlier producer run whose rows went with Redis' data: the running
             // run, having found Redis without its record, copies the table again from the start.
             if (await this.fromEarlierRun(encoded)) {
-              log.warn({ partition, chunk: batch.copy.id, table: qualifiedName(batch.relations[batch.copy.relation]) }, 'copy chunk of an earlier producer run lost with Redis\' data: dropped, the running producer copies the table again');
+              log.warn(
+                { partition, chunk: batch.copy.id, table: qualifiedName(batch.relations[batch.copy.relation]) },
+                "copy chunk of an earlier producer run lost with Redis' data: dropped, the running producer copies the table again",
+              );
               if (records) this.chunks.recycle(records);
               break;
             }
@@ -232,7 +235,10 @@ export class ConsumerRunner {
         // then is the next one looked up, not after every small batch of the stream. The next
         // batch of a large transaction is also decoded, planned and prepared meanwhile.
         const prepareNext = encoded.b && this.destination.prepare ? (next: NextBatch) => this.prepareNext(partition, next, plan.states) : undefined;
-        const stopReadingAhead = attempt === 1 && (batch.copy?.id || encoded.b) ? this.readNextChunks(partition, batches.length - 1, batch.copy ? JOIN_LIMITS.batches : 1, prepareNext) : undefined;
+        const stopReadingAhead =
+          attempt === 1 && (batch.copy?.id || encoded.b)
+            ? this.readNextChunks(partition, batches.length - 1, batch.copy ? JOIN_LIMITS.batches : 1, prepareNext)
+            : undefined;
         try {
           if (plan.steps.length > 0 || plan.states.size > 0) await this.destination.apply(plan.steps, plan.states);
         } finally {
@@ -244,7 +250,11 @@ export class ConsumerRunner {
         // (at the end of a copy, the producer waits for the last mark).
         const last = batches[batches.length - 1];
         if (joined > 0) {
-          await this.completeApplied(partition, last, batches.slice(1).map((next) => next.copy?.id));
+          await this.completeApplied(
+            partition,
+            last,
+            batches.slice(1).map((next) => next.copy?.id),
+          );
           for (const next of batches.slice(1)) if (next.copy?.id) this.appliedAhead.add(next.copy.id);
         }
         // The destination is done with the rows, and with the records the changes pointed into.
@@ -273,7 +283,11 @@ export class ConsumerRunner {
           error: errorMessage(error),
           since: new Date().toISOString(),
         });
-        (parked ? log.error : log.warn).call(log, { partition, attempt, err: errorMessage(error) }, parked ? 'batch cannot be applied: partition parked, retrying slowly until the cause is fixed' : 'batch failed; retrying in place');
+        (parked ? log.error : log.warn).call(
+          log,
+          { partition, attempt, err: errorMessage(error) },
+          parked ? 'batch cannot be applied: partition parked, retrying slowly until the cause is fixed' : 'batch failed; retrying in place',
+        );
         const wait = Math.min(MAX_BACKOFF_MS, 200 * 2 ** attempt) * (0.5 + Math.random() / 2);
         for (const until = Date.now() + wait; Date.now() < until && !this.closing; ) await sleep(100);
         if (this.closing) {
@@ -288,7 +302,10 @@ export class ConsumerRunner {
     await this.completeApplied(partition, { epoch: encoded.e, seq: encoded.s }, [batch?.copy?.id ?? encoded.b]);
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
     const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
-    log.debug({ partition, changes: batch?.changes.length, copyRows: batch?.copy?.rows, joined, planned, applyMs: Date.now() - started, lagMs }, 'batch applied');
+    log.debug(
+      { partition, changes: batch?.changes.length, copyRows: batch?.copy?.rows, joined, planned, applyMs: Date.now() - started, lagMs },
+      'batch applied',
+    );
     this.metrics.applied(applied, started, encoded.t);
     if (this.unhealthy.has(partition)) await this.report(partition, { state: 'ok' });
   }
@@ -379,7 +396,7 @@ export class ConsumerRunner {
     const rows = await Promise.all(joined.map((next) => (next.copy!.id ? this.readChunk(next.copy!.id) : [])));
     const missing = rows.findIndex((csv) => !csv);
     if (missing >= 0) joined.length = missing;
-    joined.forEach((next, index) => (next.copy!.csv = rows[index]));
+    for (const [index, next] of joined.entries()) next.copy!.csv = rows[index];
     return joined;
   }
 
@@ -498,7 +515,8 @@ export class ConsumerRunner {
       .hget(keys.state(this.options.pipeline), 'epoch')
       .hget(keys.applied(this.options.pipeline, this.options.name), String(partition))
       .exec()) as [[unknown, string | null], [unknown, string | null]];
-    if (epoch === null) throw new Error(`Redis holds no record of pipeline ${this.options.pipeline} (was Redis flushed?): waiting for its producer to start a new run`);
+    if (epoch === null)
+      throw new Error(`Redis holds no record of pipeline ${this.options.pipeline} (was Redis flushed?): waiting for its producer to start a new run`);
     return { run: Number(epoch), mark: parseApplied(mark ?? undefined) };
   }
 
@@ -531,11 +549,21 @@ function sameStates(a: Map<number, TableState>, b: Map<number, TableState>): boo
   if (a.size !== b.size) return false;
   for (const [oid, state] of a) {
     const other = b.get(oid);
-    if (!other || other.copyLsn !== state.copyLsn || other.copyChunk !== state.copyChunk || other.copyDone !== state.copyDone || compareVersions(other.applied, state.applied) !== 0 || !other.quarantine !== !state.quarantine) return false;
+    if (
+      !other ||
+      other.copyLsn !== state.copyLsn ||
+      other.copyChunk !== state.copyChunk ||
+      other.copyDone !== state.copyDone ||
+      compareVersions(other.applied, state.applied) !== 0 ||
+      !other.quarantine !== !state.quarantine
+    )
+      return false;
   }
   return true;
 }
 
 function missingChunk(id: string): Error {
-  return new Error(`chunk ${id} of this batch is missing from Redis (was Redis flushed or restarted without persistence?); the producer re-reads from the slot once it notices`);
+  return new Error(
+    `chunk ${id} of this batch is missing from Redis (was Redis flushed or restarted without persistence?); the producer re-reads from the slot once it notices`,
+  );
 }

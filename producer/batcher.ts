@@ -1,8 +1,8 @@
 import { ChangeRecords } from '../shared/codec.js';
 import type { Batch, Relation, TruncateChange } from '../shared/events.js';
+import { partitionOf } from '../shared/keys.js';
 import type { Lsn } from '../shared/lsn.js';
 import type { RowOp } from '../shared/tupledata.js';
-import { partitionOf } from '../shared/keys.js';
 
 /**
  * Numbers the batches of each partition within one producer run: 1, 2, 3, … A partition's
@@ -90,7 +90,16 @@ export class Batcher {
    * into the batch); returns the partition and the batch it went into. `relation` is the shape
    * the change was made under when that is not the current one (a change held during a copy).
    */
-  addRow(op: RowOp, relationOid: number, lsn: Lsn, ordinal: number, message: Buffer, start: number, end: number, relation = this.relation(relationOid)): { partition: number; seq: number } {
+  addRow(
+    op: RowOp,
+    relationOid: number,
+    lsn: Lsn,
+    ordinal: number,
+    message: Buffer,
+    start: number,
+    end: number,
+    relation = this.relation(relationOid),
+  ): { partition: number; seq: number } {
     const partition = this.partitionOf(relation);
     const open = this.open.get(partition);
     const index = open?.relationIndex.get(relation.oid);
@@ -112,7 +121,12 @@ export class Batcher {
     }
     return [...byPartition].map(([partition, relations]) => {
       const batch = this.openBatch(partition);
-      batch.records.truncate(relations.map((relation) => this.indexOf(batch, relation)), change.version, change.cascade, change.restartIdentity);
+      batch.records.truncate(
+        relations.map((relation) => this.indexOf(batch, relation)),
+        change.version,
+        change.cascade,
+        change.restartIdentity,
+      );
       return this.account(partition, batch, 16);
     });
   }
@@ -138,16 +152,19 @@ export class Batcher {
     const records = batch.records.bytes();
     // The next batch is likely the size of this one (a large transaction fills batch after batch).
     this.recordsCapacity = Math.max(MIN_RECORDS_CAPACITY, Math.ceil(records.length * 1.1));
-    this.send({
-      pipeline: this.pipeline,
-      partition,
-      epoch: this.epoch,
-      seq: batch.seq,
-      relations: batch.relations,
-      changes: [],
-      records,
-      ...(batch.committedAt !== undefined ? { committedAt: batch.committedAt } : {}),
-    }, batch.bytes);
+    this.send(
+      {
+        pipeline: this.pipeline,
+        partition,
+        epoch: this.epoch,
+        seq: batch.seq,
+        relations: batch.relations,
+        changes: [],
+        records,
+        ...(batch.committedAt !== undefined ? { committedAt: batch.committedAt } : {}),
+      },
+      batch.bytes,
+    );
   }
 
   private openBatch(partition: number): OpenBatch {

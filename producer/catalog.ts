@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { Column, Relation, ReplicaIdentity } from '../shared/events.js';
-import { PgType } from '../shared/pgtypes.js';
 import { type Lsn, parseLsn } from '../shared/lsn.js';
+import { PgType } from '../shared/pgtypes.js';
 
 const REPLICA_IDENTITIES: Record<string, ReplicaIdentity> = { d: 'default', n: 'nothing', f: 'full', i: 'index' };
 
@@ -75,7 +75,8 @@ export class Catalog {
     const names = new Set(relation.columns.map((column) => column.name));
     // Without an earlier description of this table in the stream (the first one after a
     // restart), the catalog as it is now stands in: a column renamed since keeps its position.
-    const reference = previous?.columns ?? result.rows.map((row) => ({ name: row.attname as string, attnum: Number(row.attnum), typeOid: Number(row.atttypid) }));
+    const reference =
+      previous?.columns ?? result.rows.map((row) => ({ name: row.attname as string, attnum: Number(row.attnum), typeOid: Number(row.atttypid) }));
     for (const [index, column] of relation.columns.entries()) {
       const attribute = attributes.get(column.name);
       const enriched: Column = { ...column };

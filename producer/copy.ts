@@ -1,19 +1,19 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import pg from 'pg';
 import type { Redis } from 'ioredis';
-import { type Batch, type Relation, qualifiedName } from '../shared/events.js';
+import pg from 'pg';
 import { COPY_TEXT_OPTIONS } from '../shared/csv.js';
+import { type Batch, qualifiedName, type Relation } from '../shared/events.js';
 import { keys, partitionOf } from '../shared/keys.js';
 import { log } from '../shared/log.js';
-import { type Lsn, formatLsn, parseLsn } from '../shared/lsn.js';
+import { formatLsn, type Lsn, parseLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import type { TableCopyProgress } from '../shared/redis.js';
-import { Catalog, type PublishedTable, describeTable, publicationTables } from './catalog.js';
+import { Catalog, describeTable, type PublishedTable, publicationTables } from './catalog.js';
 import { ChunkWriter } from './chunkwriter.js';
 import { CopyOut } from './copyout.js';
 import { tally } from './metrics.js';
-import { oversizedCopyRow } from './oversize.js';
 import { POLL_MS, type Session } from './options.js';
+import { oversizedCopyRow } from './oversize.js';
 import { quoteIdent } from './replication.js';
 import { inPlaceSocket } from './wire.js';
 
@@ -33,7 +33,12 @@ export interface CopySnapshot {
  * recorded in Redis once its rows are all in the queues, so a restart loses at most the ranges
  * in flight. The whole copy is one entry for the ack tracker. Returns the tables' OIDs.
  */
-export async function copyTables(session: Session, redis: Redis, snapshot: CopySnapshot, resume?: { progress: Map<number, TableCopyProgress>; slotLsn: Lsn }): Promise<number[]> {
+export async function copyTables(
+  session: Session,
+  redis: Redis,
+  snapshot: CopySnapshot,
+  resume?: { progress: Map<number, TableCopyProgress>; slotLsn: Lsn },
+): Promise<number[]> {
   const { options, tracker, queues } = session;
   const connections = await openSnapshotConnections(options.pgUrl, snapshot.name, options.copyConnections);
   try {
@@ -120,7 +125,13 @@ export async function scansCtidRanges(client: pg.Client): Promise<boolean> {
 }
 
 /** Cuts a table's copy into CTID ranges of `rangeBlocks` heap blocks (one range without range scans, or for a partitioned table). */
-export async function planRanges(client: pg.Client, table: PublishedTable, snapshotLsn: Lsn, rangeBlocks: number, rangeScans: boolean): Promise<TableCopyProgress> {
+export async function planRanges(
+  client: pg.Client,
+  table: PublishedTable,
+  snapshotLsn: Lsn,
+  rangeBlocks: number,
+  rangeScans: boolean,
+): Promise<TableCopyProgress> {
   const ranges = rangeScans && table.kind === 'r' ? Math.max(1, Math.ceil((await heapBlocks(client, table.oid)) / rangeBlocks)) : 1;
   return { schema: table.schema, name: table.name, snapshotLsn: formatLsn(snapshotLsn), ranges, rangeBlocks, done: [], rows: 0, startedAt: Date.now() };
 }
@@ -234,7 +245,10 @@ export class TableCopy {
     const conditions = [this.rowFilter, this.ctidRange(range)].filter((condition) => condition);
     const where = conditions.length > 0 ? ` WHERE ${conditions.map((condition) => `(${condition})`).join(' AND ')}` : '';
     const { copyChunkRows, copyChunkBytes, pipeline } = this.session.options;
-    const copyOut = new CopyOut(`COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (${COPY_TEXT_OPTIONS})`, { rows: copyChunkRows, bytes: copyChunkBytes });
+    const copyOut = new CopyOut(
+      `COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (${COPY_TEXT_OPTIONS})`,
+      { rows: copyChunkRows, bytes: copyChunkBytes },
+    );
     client.query(copyOut as never);
     const before = this.rows;
     const targets = this.options.destinations ?? this.session.queues.destinations;
@@ -293,7 +307,16 @@ export class TableCopy {
       seq,
       relations: [this.relation],
       changes: [],
-      copy: { relation: 0, snapshotLsn: this.snapshotLsn, chunk, last, rows, bytes, ...(ready ? { id: ready.id, longestRow: ready.longestRow } : {}), ...(this.options.merge ? { merge: true } : {}) },
+      copy: {
+        relation: 0,
+        snapshotLsn: this.snapshotLsn,
+        chunk,
+        last,
+        rows,
+        bytes,
+        ...(ready ? { id: ready.id, longestRow: ready.longestRow } : {}),
+        ...(this.options.merge ? { merge: true } : {}),
+      },
     };
     queues.enqueue(batch, targets);
     onBatch({ partition, seq });

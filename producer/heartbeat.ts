@@ -30,7 +30,9 @@ export class Heartbeat {
     } catch (error) {
       if ((error as { code?: string }).code === '42501') {
         this.disabled = true;
-        log.warn('heartbeat disabled: GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) to the replication user to keep the slot moving on an idle database');
+        log.warn(
+          'heartbeat disabled: GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) to the replication user to keep the slot moving on an idle database',
+        );
       } else {
         log.debug({ err: errorMessage(error) }, 'heartbeat failed');
         await this.close();

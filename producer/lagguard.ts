@@ -29,7 +29,10 @@ export class LagGuard {
       const lag = end - applied;
       if (!queues.destinations.includes(destination) || lag <= BigInt(options.maxDestinationLagBytes)) continue;
       const reason = `${lag} bytes of WAL unapplied, more than --max-destination-lag-bytes ${options.maxDestinationLagBytes}`;
-      log.warn({ destination, lagBytes: Number(lag) }, 'destination detached: it no longer holds the slot, its queued batches are dropped, and it gets a fresh copy of every table when its consumer runs again');
+      log.warn(
+        { destination, lagBytes: Number(lag) },
+        'destination detached: it no longer holds the slot, its queued batches are dropped, and it gets a fresh copy of every table when its consumer runs again',
+      );
       await this.detach(destination, reason);
     }
   }

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
-import { UserError, errorMessage } from '../shared/errors.js';
+import { errorMessage, UserError } from '../shared/errors.js';
 import { keys } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 
@@ -71,7 +71,10 @@ export class ProducerLease {
       if (watching && watching.text !== text) throw running(this.pipeline, holder);
       if (!watching) {
         watching = { text, since: Date.now() };
-        log.info({ holderHost: holder.host, holderPid: holder.pid }, 'the pipeline\'s producer lease is held: waiting to see whether its producer is alive (it renews the lease every 2 s)');
+        log.info(
+          { holderHost: holder.host, holderPid: holder.pid },
+          "the pipeline's producer lease is held: waiting to see whether its producer is alive (it renews the lease every 2 s)",
+        );
       }
       await sleep(250, undefined, { signal }).catch(() => {});
     }

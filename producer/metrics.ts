@@ -64,7 +64,7 @@ const gauge = (name: string, help: string, value: (view: NonNullable<typeof show
     },
   });
 counter('pg_replicate_transactions_total', 'Transactions read from the slot (of the published tables).', () => tally.transactions);
-counter('pg_replicate_batches_enqueued_total', 'Batches put into the destinations\' queues (copy chunks and streamed changes).', () => tally.batches);
+counter('pg_replicate_batches_enqueued_total', "Batches put into the destinations' queues (copy chunks and streamed changes).", () => tally.batches);
 counter('pg_replicate_producer_restarts_total', 'Producer sessions that ended in an error and were restarted from the slot.', () => tally.restarts);
 new Counter({
   name: 'pg_replicate_changes_total',
@@ -101,13 +101,23 @@ new Gauge({
   },
 });
 // LSNs as numbers: exact up to 2^53 bytes of WAL (8 PiB).
-gauge('pg_replicate_slot_acknowledged_lsn', 'The LSN acknowledged to Postgres: every destination has applied everything before it.', ({ position }) => Number(position.lsn));
+gauge('pg_replicate_slot_acknowledged_lsn', 'The LSN acknowledged to Postgres: every destination has applied everything before it.', ({ position }) =>
+  Number(position.lsn),
+);
 gauge('pg_replicate_slot_lag_bytes', 'WAL between the newest position the server reported and the acknowledged LSN.', ({ position, stream }) =>
   stream ? Math.max(0, Number(stream.serverLsn() - position.lsn)) : 0,
 );
-gauge('pg_replicate_transactions_in_flight', 'Transactions (or table copies) read but not yet applied by every destination.', ({ session }) => session.tracker.pendingEntries);
+gauge(
+  'pg_replicate_transactions_in_flight',
+  'Transactions (or table copies) read but not yet applied by every destination.',
+  ({ session }) => session.tracker.pendingEntries,
+);
 gauge('pg_replicate_backlog_batches', 'Batches the slowest destination has not applied yet.', ({ session }) => session.watcher.backlog);
-gauge('pg_replicate_backlog_bytes', 'Bytes (approximate, as stored in Redis) the slowest destination has not applied yet.', ({ session }) => session.watcher.backlogBytes);
+gauge(
+  'pg_replicate_backlog_bytes',
+  'Bytes (approximate, as stored in Redis) the slowest destination has not applied yet.',
+  ({ session }) => session.watcher.backlogBytes,
+);
 new Gauge({
   name: 'pg_replicate_destination_applied_lsn',
   help: 'Per destination, the LSN before which it has applied everything.',

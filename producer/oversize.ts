@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
-import { type Relation, qualifiedName } from '../shared/events.js';
 import { UserError } from '../shared/errors.js';
+import { qualifiedName, type Relation } from '../shared/events.js';
 import { ByteReader, type RowOp, readRowImages } from '../shared/tupledata.js';
 
 /** Redis' default proto-max-bulk-len: what a managed Redis that hides CONFIG most likely has. */

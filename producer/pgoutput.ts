@@ -20,7 +20,7 @@ export type PgoutputMessage =
 
 const REPLICA_IDENTITIES: Record<string, ReplicaIdentity> = { d: 'default', n: 'nothing', f: 'full', i: 'index' };
 
-const ROW_TAGS: Record<number, RowOp> = { 0x49: 'insert', 0x55: 'update', 0x44: 'delete' };
+const ROW_TAGS: Record<number, RowOp> = { 73: 'insert', 85: 'update', 68: 'delete' };
 
 /** The operation of a row change message, from its first byte; undefined for any other message. */
 export function rowOp(tag: number): RowOp | undefined {

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import pg from 'pg';
 import type { Redis } from 'ioredis';
-import { UserError, errorMessage } from '../shared/errors.js';
+import pg from 'pg';
+import { errorMessage, UserError } from '../shared/errors.js';
 import { log } from '../shared/log.js';
 
 /**
@@ -16,7 +16,8 @@ export class PostgresUnavailableError extends Error {
 // class 08 (connection exception), admin/crash shutdown and "starting up" (57P01-03), too many
 // connections while a restart settles (53300).
 const TRANSIENT_CODES = /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN|08...|57P0[123]|53300)$/;
-const TRANSIENT_MESSAGES = /Connection terminated|connection timeout|terminating connection|server closed the connection|connection error|the database system is (starting up|shutting down|in recovery mode)/i;
+const TRANSIENT_MESSAGES =
+  /Connection terminated|connection timeout|terminating connection|server closed the connection|connection error|the database system is (starting up|shutting down|in recovery mode)/i;
 
 /** Whether the error means the connection to Postgres was lost or could not be made (retry), rather than a refusal. */
 export function isConnectionLoss(error: unknown): boolean {
@@ -37,13 +38,18 @@ export function refusal(error: unknown): UserError | undefined {
   switch (code) {
     case '28P01':
     case '28000':
-      return new UserError(`Postgres refused the login (${message}). Check the user and password in --pg-url / PG_URL (a password past its VALID UNTIL is refused the same way), and pg_hba.conf on the server.`);
+      return new UserError(
+        `Postgres refused the login (${message}). Check the user and password in --pg-url / PG_URL (a password past its VALID UNTIL is refused the same way), and pg_hba.conf on the server.`,
+      );
     case '3D000':
       return new UserError(`${message}. Check the database name in --pg-url / PG_URL.`);
     case '42501':
-      return new UserError(`Postgres denied a privilege the producer needs (${message}). Grant it to the replication user (GRANT SELECT ON the published tables, GRANT USAGE ON their schemas), then start the producer again.`);
+      return new UserError(
+        `Postgres denied a privilege the producer needs (${message}). Grant it to the replication user (GRANT SELECT ON the published tables, GRANT USAGE ON their schemas), then start the producer again.`,
+      );
     case '42704':
-      if (/publication/i.test(message)) return new UserError(`${message}. Re-create the publication (CREATE PUBLICATION …) or pass the right --publication, then start the producer again.`);
+      if (/publication/i.test(message))
+        return new UserError(`${message}. Re-create the publication (CREATE PUBLICATION …) or pass the right --publication, then start the producer again.`);
       return undefined;
     case '55000':
       if (/replication slot/i.test(message)) return new UserError(`${message}. ${SLOT_RECOVERY}`);
@@ -62,8 +68,18 @@ export const SLOT_RECOVERY =
  * reached is a PostgresUnavailableError (retried by a running producer). `onError` hears the
  * connection's later failures (a terminated backend): without a listener they would end the process.
  */
-export async function connectPostgres(pgUrl: string, applicationName: string, options?: string, onError: (error: Error) => void = () => {}): Promise<pg.Client> {
-  const client = new pg.Client({ connectionString: pgUrl, application_name: applicationName, connectionTimeoutMillis: 10_000, ...(options ? { options } : {}) });
+export async function connectPostgres(
+  pgUrl: string,
+  applicationName: string,
+  options?: string,
+  onError: (error: Error) => void = () => {},
+): Promise<pg.Client> {
+  const client = new pg.Client({
+    connectionString: pgUrl,
+    application_name: applicationName,
+    connectionTimeoutMillis: 10_000,
+    ...(options ? { options } : {}),
+  });
   client.on('error', onError);
   try {
     await client.connect();
@@ -92,7 +108,9 @@ export async function connectPostgresOnce(pgUrl: string, applicationName: string
     } catch (error) {
       if (!(error instanceof PostgresUnavailableError)) throw error;
       if (Date.now() >= until) {
-        throw new UserError(`${error.message}. Check --pg-url / PG_URL: host, port, database, user and password, and that the server accepts connections from here.`);
+        throw new UserError(
+          `${error.message}. Check --pg-url / PG_URL: host, port, database, user and password, and that the server accepts connections from here.`,
+        );
       }
       if (attempt === 1) log.warn({ err: error.message }, `Postgres is not reachable yet: trying again for up to ${patienceMs / 1000} s`);
       await sleep(1_000);
@@ -115,11 +133,11 @@ export async function checkSource(client: pg.Client, publication: string): Promi
     );
   }
   await checkPublishedTables(client, publication);
-  const role = (
-    await client.query('SELECT rolreplication OR rolsuper AS ok FROM pg_roles WHERE rolname = current_user')
-  ).rows[0];
+  const role = (await client.query('SELECT rolreplication OR rolsuper AS ok FROM pg_roles WHERE rolname = current_user')).rows[0];
   if (!role?.ok) {
-    throw new UserError('The Postgres user lacks the REPLICATION attribute. Run ALTER ROLE <user> REPLICATION; as a superuser, or connect as a user that has it.');
+    throw new UserError(
+      'The Postgres user lacks the REPLICATION attribute. Run ALTER ROLE <user> REPLICATION; as a superuser, or connect as a user that has it.',
+    );
   }
 }
 
@@ -165,17 +183,14 @@ export async function checkPublishedTables(client: pg.ClientBase, publication: s
 export async function checkRedis(redis: Redis): Promise<void> {
   let memory: string;
   try {
-    memory = await Promise.race([
-      redis.info('memory'),
-      new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer within 5 s')), 5_000)),
-    ]);
+    memory = await Promise.race([redis.info('memory'), new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer within 5 s')), 5_000))]);
   } catch (error) {
     throw new UserError(`Cannot reach Redis (${errorMessage(error)}). Check --redis-url / REDIS_URL and that Redis is running.`);
   }
   // Evicting a queued batch or a mark loses it (the producer would find the gap and re-read
   // from the slot, over and over while memory stays short): only keys with a TTL may go.
   const policy = /^maxmemory_policy:(\S+)/m.exec(memory)?.[1];
-  if (policy && policy.startsWith('allkeys-')) {
+  if (policy?.startsWith('allkeys-')) {
     throw new UserError(
       `Redis' maxmemory-policy is ${policy}: under memory pressure it evicts queued batches and marks. Set it to noeviction (CONFIG SET maxmemory-policy noeviction, and in redis.conf), and leave room for --max-backlog-bytes.`,
     );

@@ -1,26 +1,34 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import type pg from 'pg';
-import { UserError, errorMessage } from '../shared/errors.js';
+import { errorMessage, UserError } from '../shared/errors.js';
+import { formatApplied, keys } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { formatLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
-import { formatApplied, keys } from '../shared/keys.js';
-import { type PipelineState, type TableSyncRecord, connectRedis, readCopyProgress, readPipelineState, readTableSyncs, writePipelineState } from '../shared/redis.js';
+import {
+  connectRedis,
+  type PipelineState,
+  readCopyProgress,
+  readPipelineState,
+  readTableSyncs,
+  type TableSyncRecord,
+  writePipelineState,
+} from '../shared/redis.js';
 import { encodeRequest } from '../shared/requests.js';
 import { AckTracker } from './acks.js';
-import { Catalog, currentWalLsn, publishedTableOids } from './catalog.js';
 import { Sequencer } from './batcher.js';
+import { Catalog, currentWalLsn, publishedTableOids } from './catalog.js';
 import { copyTables, withExportedSnapshot } from './copy.js';
-import { detachedDestinations, hideSession, showSession, source, tally } from './metrics.js';
 import { LagGuard } from './lagguard.js';
-import { type AckPosition, COPY_DONE_POLL_MS, type ProducerOptions, type Session } from './options.js';
 import { ProducerLease } from './lease.js';
+import { detachedDestinations, hideSession, showSession, source, tally } from './metrics.js';
+import { type AckPosition, COPY_DONE_POLL_MS, type ProducerOptions, type Session } from './options.js';
 import { largestRowBytes } from './oversize.js';
-import { SLOT_RECOVERY, STARTUP_PATIENCE_MS, checkRedis, checkSource, connectPostgres, connectPostgresOnce, isConnectionLoss, refusal } from './preflight.js';
+import { checkRedis, checkSource, connectPostgres, connectPostgresOnce, isConnectionLoss, refusal, SLOT_RECOVERY, STARTUP_PATIENCE_MS } from './preflight.js';
 import { BatchQueues } from './queues.js';
 import { ReplicationConnection } from './replication.js';
-import { type SlotInfo, dropSlot, inactiveSlot } from './slots.js';
+import { dropSlot, inactiveSlot, type SlotInfo } from './slots.js';
 import { streamSlot } from './stream.js';
 import { TableSync } from './tablesync.js';
 import { AppliedWatcher, RecopyRequestedError, RedisLostError } from './watcher.js';
@@ -65,12 +73,14 @@ export class Producer {
       await checkRedis(this.redis);
       this.largestRowBytes = await largestRowBytes(this.redis);
       if (this.options.maxBatchBytes > this.largestRowBytes) {
-        throw new UserError(`--max-batch-bytes ${this.options.maxBatchBytes} is more than Redis takes in one value (proto-max-bulk-len allows about ${this.largestRowBytes} bytes): lower it, or raise proto-max-bulk-len.`);
+        throw new UserError(
+          `--max-batch-bytes ${this.options.maxBatchBytes} is more than Redis takes in one value (proto-max-bulk-len allows about ${this.largestRowBytes} bytes): lower it, or raise proto-max-bulk-len.`,
+        );
       }
       const keep = (await client.query('SHOW max_slot_wal_keep_size').catch(() => ({ rows: [{}] }))).rows[0].max_slot_wal_keep_size;
       if (keep === '-1' && this.options.maxDestinationLagBytes <= 0) {
         log.warn(
-          'neither Postgres (max_slot_wal_keep_size = -1) nor pg-replicate (--max-destination-lag-bytes) bounds the WAL a stopped destination makes Postgres keep: set --max-destination-lag-bytes (detaches such a destination, which is copied afresh when it returns) so that it cannot fill the primary\'s disk',
+          "neither Postgres (max_slot_wal_keep_size = -1) nor pg-replicate (--max-destination-lag-bytes) bounds the WAL a stopped destination makes Postgres keep: set --max-destination-lag-bytes (detaches such a destination, which is copied afresh when it returns) so that it cannot fill the primary's disk",
         );
       }
     } finally {
@@ -132,7 +142,10 @@ export class Producer {
     }
     this.outage = { since: Date.now(), error: errorMessage(error) };
     source.connected = false;
-    log.warn({ err: this.outage.error }, 'lost the connection to Postgres: reconnecting with backoff, then streaming from the slot\'s confirmed position (logged again once it is back)');
+    log.warn(
+      { err: this.outage.error },
+      "lost the connection to Postgres: reconnecting with backoff, then streaming from the slot's confirmed position (logged again once it is back)",
+    );
     await this.recordSource();
   }
 
@@ -164,7 +177,8 @@ export class Producer {
       );
     }
     // Streamed before: this process did, or the pipeline's record names this slot with its copy enqueued (cdc: any record).
-    const streamedBefore = this.streamed || (previous?.slot === options.slot && (options.mode === 'cdc' || previous.copy === 'enqueued' || previous.copy === 'done'));
+    const streamedBefore =
+      this.streamed || (previous?.slot === options.slot && (options.mode === 'cdc' || previous.copy === 'enqueued' || previous.copy === 'done'));
     if (!slot && streamedBefore) {
       const acknowledged = this.position.lsn > 0n ? ` (acknowledged up to ${formatLsn(this.position.lsn)})` : '';
       throw new UserError(
@@ -196,7 +210,13 @@ export class Producer {
       },
       remove: async (name: string, detached?: string): Promise<void> => {
         await queues.removeDestination(name);
-        await this.redis.del(keys.applied(options.pipeline, name), keys.health(options.pipeline, name), keys.tableStates(options.pipeline, name), keys.places(options.pipeline, name), keys.quarantined(options.pipeline, name));
+        await this.redis.del(
+          keys.applied(options.pipeline, name),
+          keys.health(options.pipeline, name),
+          keys.tableStates(options.pipeline, name),
+          keys.places(options.pipeline, name),
+          keys.quarantined(options.pipeline, name),
+        );
         if (detached) {
           await this.redis.hset(keys.state(options.pipeline), `detached:${name}`, JSON.stringify({ reason: detached, since: new Date().toISOString() }));
           detachedDestinations.add(name);
@@ -235,7 +255,9 @@ export class Producer {
     const needsCopy = options.mode === 'copy' || (options.mode === 'both' && (!slot || !copyApplied));
     // A copy interrupted by a restart (its slot still at the copy's LSN, its progress in Redis) continues.
     const interrupted =
-      needsCopy && slot && previous?.slot === options.slot && (previous.copy === 'started' || previous.copy === 'enqueued') ? await readCopyProgress(this.redis, options.pipeline) : undefined;
+      needsCopy && slot && previous?.slot === options.slot && (previous.copy === 'started' || previous.copy === 'enqueued')
+        ? await readCopyProgress(this.redis, options.pipeline)
+        : undefined;
     // After Redis lost writes, chunks recorded as enqueued may be gone: the copy starts again.
     const resume = interrupted && interrupted.size > 0 && !this.redisLost ? interrupted : undefined;
     if (needsCopy && slot && !resume && options.mode === 'both' && !recopy) {
@@ -283,15 +305,35 @@ export class Producer {
       await queues.releaseOrphanedChunks(epoch);
       const sequencer = new Sequencer(options.partitions);
       const tracker = new AckTracker(epoch);
-      const watcher = new AppliedWatcher(this.redis, options, epoch, queues, tracker, () => (this.copyApplied = true), () => this.position.lsn);
-      const session: Session = { options, redis: this.redis, epoch, sequencer, tracker, queues, watcher, signal: ended.signal, largestRowBytes: this.largestRowBytes };
+      const watcher = new AppliedWatcher(
+        this.redis,
+        options,
+        epoch,
+        queues,
+        tracker,
+        () => (this.copyApplied = true),
+        () => this.position.lsn,
+      );
+      const session: Session = {
+        options,
+        redis: this.redis,
+        epoch,
+        sequencer,
+        tracker,
+        queues,
+        watcher,
+        signal: ended.signal,
+        largestRowBytes: this.largestRowBytes,
+      };
       showSession(session, this.position);
 
       if (needsCopy && resume && slot) {
         this.copyApplied = false;
         this.position.lsn = slot.confirmedFlush;
         await writePipelineState(this.redis, options.pipeline, { copy: 'started' });
-        const copied = await withExportedSnapshot(options.pgUrl, (snapshot) => copyTables(session, this.redis, snapshot, { progress: resume, slotLsn: slot.confirmedFlush }));
+        const copied = await withExportedSnapshot(options.pgUrl, (snapshot) =>
+          copyTables(session, this.redis, snapshot, { progress: resume, slotLsn: slot.confirmedFlush }),
+        );
         this.tables = new Set(copied);
         await writePipelineState(this.redis, options.pipeline, { copy: 'enqueued', tables: copied });
       } else if (needsCopy) {
@@ -335,7 +377,11 @@ export class Producer {
       await writePipelineState(this.redis, options.pipeline, { tables: [...this.tables] });
       const changes = this.destinationChanges(session);
       const tableSync = new TableSync(session, this.tables, this.tableSyncs, changes, fail);
-      const lagGuard = new LagGuard(session, () => currentWalLsn(client), (name, reason) => changes.remove(name, reason));
+      const lagGuard = new LagGuard(
+        session,
+        () => currentWalLsn(client),
+        (name, reason) => changes.remove(name, reason),
+      );
       // Without Redis' record (it lost its data, and the chunks with it) copies restart from scratch.
       // After Redis lost writes (all, or its newest), copies not yet applied everywhere restart from scratch.
       // Redis' records, and after it lost writes also those only this process still remembers.
@@ -344,7 +390,14 @@ export class Producer {
       this.redisLost = false;
       await tableSync.resume(unfinished);
       this.streamed = true;
-      await streamSlot(session, replication, this.position, (relation, previous) => catalog.enrich(relation, previous), { tableSync, lagGuard, publicationTables: published }, fail);
+      await streamSlot(
+        session,
+        replication,
+        this.position,
+        (relation, previous) => catalog.enrich(relation, previous),
+        { tableSync, lagGuard, publicationTables: published },
+        fail,
+      );
       if (failure) throw failure;
       return false;
     } catch (error) {

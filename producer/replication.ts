@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { type Lsn, formatLsn, parseLsn } from '../shared/lsn.js';
+import { formatLsn, type Lsn, parseLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import { COPY_DATA, CopyDataReader } from './wire.js';
 

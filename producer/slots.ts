@@ -35,7 +35,9 @@ export async function slotInfo(pgUrl: string, name: string): Promise<SlotInfo | 
     const row = result.rows[0];
     if (!row) return undefined;
     if (row.plugin !== 'pgoutput' || !row.here) {
-      throw new UserError(`Replication slot ${name} exists but is not a pgoutput slot of this database. Choose another --slot, or drop it with SELECT pg_drop_replication_slot('${name}').`);
+      throw new UserError(
+        `Replication slot ${name} exists but is not a pgoutput slot of this database. Choose another --slot, or drop it with SELECT pg_drop_replication_slot('${name}').`,
+      );
     }
     return { confirmedFlush: parseLsn(row.confirmed ?? '0/0'), active: row.active, activePid: row.active_pid, walStatus: row.wal_status };
   } finally {

@@ -1,17 +1,17 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Relation } from '../shared/events.js';
 import { log } from '../shared/log.js';
-import { type Lsn, formatLsn, maxLsn } from '../shared/lsn.js';
+import { formatLsn, type Lsn, maxLsn } from '../shared/lsn.js';
 import type { RowOp } from '../shared/tupledata.js';
 import { Batcher } from './batcher.js';
 import { Heartbeat } from './heartbeat.js';
-import { type AckPosition, type Session } from './options.js';
-import { type PgoutputMessage, decodePgoutput, rowOp } from './pgoutput.js';
-import { PG_EPOCH_MS, type ReplicationConnection } from './replication.js';
-import { showSession, tally } from './metrics.js';
-import type { TableSync } from './tablesync.js';
-import { oversizedChange } from './oversize.js';
 import type { LagGuard } from './lagguard.js';
+import { showSession, tally } from './metrics.js';
+import type { AckPosition, Session } from './options.js';
+import { oversizedChange } from './oversize.js';
+import { decodePgoutput, type PgoutputMessage, rowOp } from './pgoutput.js';
+import { PG_EPOCH_MS, type ReplicationConnection } from './replication.js';
+import type { TableSync } from './tablesync.js';
 
 /** What arrives from the walsender, in order: a decoded pgoutput message, or a keepalive's WAL end. */
 type Arrival = { decoded: PgoutputMessage } | { walEnd: Lsn };

@@ -1,13 +1,13 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type Relation, qualifiedName } from '../shared/events.js';
+import { qualifiedName, type Relation } from '../shared/events.js';
 import { keys } from '../shared/keys.js';
 import { log } from '../shared/log.js';
-import { type Lsn, formatLsn } from '../shared/lsn.js';
+import { formatLsn, type Lsn } from '../shared/lsn.js';
 import { type TableCopyProgress, type TableSyncRecord, writePipelineState } from '../shared/redis.js';
 import { parseRequest } from '../shared/requests.js';
 import type { PendingEntry } from './acks.js';
 import { Catalog, describeTable, publicationTables } from './catalog.js';
-import { TableCopy, copyInRanges, mendsByKey, openSnapshotConnections, planRanges, scansCtidRanges, withExportedSnapshot } from './copy.js';
+import { copyInRanges, mendsByKey, openSnapshotConnections, planRanges, scansCtidRanges, TableCopy, withExportedSnapshot } from './copy.js';
 import { POLL_MS, type Session } from './options.js';
 import { checkPublishedTables } from './preflight.js';
 
@@ -44,7 +44,8 @@ export async function copyTablesAtNewSnapshot(
       if (added.length > 0) await checkPublishedTables(client, options.publication, added);
       const copies: TableCopy[] = [];
       const rangeScans = await scansCtidRanges(client);
-      const done = (copy: TableCopy) => onCopied(copy.relation.oid, { snapshotLsn: copy.snapshotLsn, relation: copy.relation, rows: copy.rows, lastBatch: copy.lastBatch });
+      const done = (copy: TableCopy) =>
+        onCopied(copy.relation.oid, { snapshotLsn: copy.snapshotLsn, relation: copy.relation, rows: copy.rows, lastBatch: copy.lastBatch });
       for (const [tableOid, earlier] of tables) {
         const table = published.find((candidate) => candidate.oid === tableOid);
         if (!table) {
@@ -222,7 +223,11 @@ export class TableSync {
   private async refuse(text: string, error: string): Promise<void> {
     const { redis, options } = this.session;
     log.error({ request: text.slice(0, 500), error, refusedRequests: keys.refusedRequests(options.pipeline) }, 'control request refused and moved aside');
-    await redis.multi().rpush(keys.refusedRequests(options.pipeline), JSON.stringify({ request: text, error, at: new Date().toISOString() })).lpop(keys.requests(options.pipeline)).exec();
+    await redis
+      .multi()
+      .rpush(keys.refusedRequests(options.pipeline), JSON.stringify({ request: text, error, at: new Date().toISOString() }))
+      .lpop(keys.requests(options.pipeline))
+      .exec();
   }
 
   /**
@@ -234,7 +239,7 @@ export class TableSync {
       this.holds.set(oid, []);
       this.applying.delete(oid);
     }
-    log.info({ tableOids, destinations: destinations ?? 'all', reason }, 'table sync: holding the tables\' changes and copying them');
+    log.info({ tableOids, destinations: destinations ?? 'all', reason }, "table sync: holding the tables' changes and copying them");
     for (const oid of tableOids) await this.remember(oid, { ...(destinations ? { destinations } : {}), reason });
     await beforeCopy();
     if (this.session.signal.aborted) return;
@@ -258,7 +263,10 @@ export class TableSync {
       if (copy) {
         this.known.add(oid);
         await writePipelineState(session.redis, session.options.pipeline, { tables: [...this.known] });
-        log.info({ table: qualifiedName(copy.relation), rows: copy.rows, snapshotLsn: formatLsn(copy.snapshotLsn) }, 'table sync: copy enqueued, changes released');
+        log.info(
+          { table: qualifiedName(copy.relation), rows: copy.rows, snapshotLsn: formatLsn(copy.snapshotLsn) },
+          'table sync: copy enqueued, changes released',
+        );
       }
       // Recorded until applied: should Redis lose its chunks before then, the next session copies again.
       if (copy?.lastBatch) this.applying.set(oid, { ...copy.lastBatch, ...(destinations ? { destinations } : {}) });

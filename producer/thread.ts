@@ -11,7 +11,11 @@ import type { ProducerOptions } from './options.js';
  * producer with an error naming --heap-mb; it resumes from the slot when restarted. The young
  * generation gets an eighth of the cap (a quarter halved collection time but cost 20–30 MB).
  */
-export async function runProducerThread(options: ProducerOptions, { heapMb, metricsPort }: { heapMb: number; metricsPort?: number }, signal: AbortSignal): Promise<void> {
+export async function runProducerThread(
+  options: ProducerOptions,
+  { heapMb, metricsPort }: { heapMb: number; metricsPort?: number },
+  signal: AbortSignal,
+): Promise<void> {
   // The metrics are served from the thread: they live there.
   const worker = new Worker(new URL('./worker.js', import.meta.url), {
     workerData: { producerOptions: options, metricsPort },
@@ -36,7 +40,9 @@ export async function runProducerThread(options: ProducerOptions, { heapMb, metr
             ? new Error(`the producer needed more than its ${heapMb} MB heap; restart it with a larger --heap-mb (it resumes from the slot)`)
             : error;
       });
-      worker.on('exit', (code) => (failure ? reject(failure) : reported || code === 0 ? resolve() : reject(new Error(`the producer thread exited with code ${code}`))));
+      worker.on('exit', (code) =>
+        failure ? reject(failure) : reported || code === 0 ? resolve() : reject(new Error(`the producer thread exited with code ${code}`)),
+      );
     });
   } finally {
     signal.removeEventListener('abort', stop);

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { keys } from '../shared/keys.js';
-import { type Lsn, formatLsn } from '../shared/lsn.js';
+import { formatLsn, type Lsn } from '../shared/lsn.js';
 import { readApplied, writePipelineState } from '../shared/redis.js';
 import type { AckTracker, AppliedMark } from './acks.js';
 import { MAX_PENDING_ADDS, MAX_PENDING_BYTES, type ProducerOptions } from './options.js';
@@ -120,7 +120,12 @@ export class AppliedWatcher {
 
   /** Whether reading must pause: too many batches (or bytes) unapplied by the slowest destination, or not yet in Redis. */
   get isFull(): boolean {
-    return this.queues.pendingAdds > MAX_PENDING_ADDS || this.queues.pendingBytes > MAX_PENDING_BYTES || this.backlog > this.options.maxBacklogBatches || this.backlogBytes > this.options.maxBacklogBytes;
+    return (
+      this.queues.pendingAdds > MAX_PENDING_ADDS ||
+      this.queues.pendingBytes > MAX_PENDING_BYTES ||
+      this.backlog > this.options.maxBacklogBatches ||
+      this.backlogBytes > this.options.maxBacklogBytes
+    );
   }
 
   private measureBacklog(applied: Map<string, Map<number, AppliedMark>>): void {

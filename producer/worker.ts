@@ -1,5 +1,5 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import { UserError, errorMessage } from '../shared/errors.js';
+import { errorMessage, UserError } from '../shared/errors.js';
 import { serveMetrics } from '../shared/metrics.js';
 import type { ProducerOptions } from './options.js';
 import { Producer } from './producer.js';

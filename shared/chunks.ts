@@ -85,7 +85,9 @@ export async function dropUnheldChunks(redis: Redis, pipeline: string): Promise<
     for (const key of found as string[]) {
       const id = key.slice(prefix.length);
       // Only if still without holders when deleted: checked and done in one step.
-      dropped += Number(await redis.eval(`if redis.call('EXISTS', KEYS[2]) == 0 then return redis.call('DEL', KEYS[1]) end return 0`, 2, key, chunkKeys.holders(pipeline, id)));
+      dropped += Number(
+        await redis.eval(`if redis.call('EXISTS', KEYS[2]) == 0 then return redis.call('DEL', KEYS[1]) end return 0`, 2, key, chunkKeys.holders(pipeline, id)),
+      );
     }
   }
   return dropped;

@@ -1,5 +1,5 @@
 import type { Batch, Change, Relation, RowChange, Value } from './events.js';
-import { type Lsn, type Version, formatLsn, parseLsn } from './lsn.js';
+import { formatLsn, type Lsn, parseLsn, type Version } from './lsn.js';
 import { ByteReader, type RowOp, readRowImages, rowImages } from './tupledata.js';
 
 /**
@@ -38,7 +38,7 @@ export interface EncodedBatch {
 }
 
 const OP_CODES = { insert: 0x49, update: 0x55, delete: 0x44, truncate: 0x54 } as const;
-const OPS: Record<number, RowOp> = { 0x49: 'insert', 0x55: 'update', 0x44: 'delete' };
+const OPS: Record<number, RowOp> = { 73: 'insert', 85: 'update', 68: 'delete' };
 const TRUNCATE_CASCADE = 1;
 const TRUNCATE_RESTART_IDENTITY = 2;
 
@@ -73,7 +73,9 @@ export function changeRecords(batch: Batch): Buffer {
 /** Refuses a batch of another codec version: before anything of it (its chunk, say) is read. */
 export function assertCodecVersion(encoded: EncodedBatch): void {
   if (encoded.v !== CODEC_VERSION) {
-    throw new Error(`batch codec version ${encoded.v} is not supported (this consumer reads version ${CODEC_VERSION}); run the same pg-replicate version for producer and consumers`);
+    throw new Error(
+      `batch codec version ${encoded.v} is not supported (this consumer reads version ${CODEC_VERSION}); run the same pg-replicate version for producer and consumers`,
+    );
   }
 }
 
@@ -248,7 +250,13 @@ function decodeChanges(buffer: Buffer): Change[] {
       const relations: number[] = new Array(reader.uint16());
       for (let i = 0; i < relations.length; i++) relations[i] = reader.uint16();
       const flags = reader.byte();
-      changes.push({ op: 'truncate', relations, version, cascade: (flags & TRUNCATE_CASCADE) !== 0, restartIdentity: (flags & TRUNCATE_RESTART_IDENTITY) !== 0 });
+      changes.push({
+        op: 'truncate',
+        relations,
+        version,
+        cascade: (flags & TRUNCATE_CASCADE) !== 0,
+        restartIdentity: (flags & TRUNCATE_RESTART_IDENTITY) !== 0,
+      });
       continue;
     }
     const op = OPS[code];

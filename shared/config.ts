@@ -1,20 +1,21 @@
 import { z } from 'zod';
 import { UserError } from './errors.js';
 import { NAME_PATTERN } from './keys.js';
-import { REDIS_URL_FORMS, parseRedisUrl } from './redistarget.js';
+import { parseRedisUrl, REDIS_URL_FORMS } from './redistarget.js';
 
 /** Validation of everything a user passes, with messages that name the flag and say what is expected. */
 const name = (what: string) => z.string({ error: `${what} is required` }).regex(NAME_PATTERN, `${what} may use only letters, digits, _ and - (at most 64)`);
 const url = (what: string, protocols: string[]) =>
-  z
-    .string({ error: `${what} is required` })
-    .refine((text) => {
+  z.string({ error: `${what} is required` }).refine(
+    (text) => {
       try {
         return protocols.includes(new URL(text).protocol);
       } catch {
         return false;
       }
-    }, `${what} must be a URL starting with ${protocols.map((protocol) => `${protocol}//`).join(' or ')}`);
+    },
+    `${what} must be a URL starting with ${protocols.map((protocol) => `${protocol}//`).join(' or ')}`,
+  );
 const positive = z.coerce.number().int().positive();
 
 export const pgUrl = url('--pg-url (PG_URL)', ['postgres:', 'postgresql:']);
@@ -64,7 +65,10 @@ export const metricsPort = z.coerce
   .optional();
 
 /** The producer thread's heap cap in MB (producer/thread.ts). */
-export const heapMb = z.coerce.number({ error: '--heap-mb must be a whole number of megabytes' }).int('--heap-mb must be a whole number of megabytes').min(48, '--heap-mb must be at least 48 (MB)');
+export const heapMb = z.coerce
+  .number({ error: '--heap-mb must be a whole number of megabytes' })
+  .int('--heap-mb must be a whole number of megabytes')
+  .min(48, '--heap-mb must be at least 48 (MB)');
 
 export const runnerConfig = z.object({
   redisUrl,
@@ -77,8 +81,12 @@ export const runnerConfig = z.object({
 });
 
 export const bigQueryConfig = z.object({
-  project: z.string({ error: '--project (BIGQUERY_PROJECT) is required: the Google Cloud project id' }).regex(/^[a-z0-9.:-]{1,100}$/, '--project must be a Google Cloud project id, e.g. my-project-123'),
-  dataset: z.string({ error: '--dataset (BIGQUERY_DATASET) is required: the dataset to write the tables to' }).regex(/^[A-Za-z0-9_]{1,1024}$/, '--dataset may use only letters, digits and _'),
+  project: z
+    .string({ error: '--project (BIGQUERY_PROJECT) is required: the Google Cloud project id' })
+    .regex(/^[a-z0-9.:-]{1,100}$/, '--project must be a Google Cloud project id, e.g. my-project-123'),
+  dataset: z
+    .string({ error: '--dataset (BIGQUERY_DATASET) is required: the dataset to write the tables to' })
+    .regex(/^[A-Za-z0-9_]{1,1024}$/, '--dataset may use only letters, digits and _'),
   keyFile: z.string().optional(),
   location: z.string().optional(),
   apiEndpoint: url('--api-endpoint (BIGQUERY_API_ENDPOINT)', ['http:', 'https:']).optional(),
@@ -92,7 +100,9 @@ export function validate<T extends z.ZodType>(schema: T, input: unknown): z.infe
   if (result.success) return result.data;
   // Messages written here name their flag; zod's own ("Too small: …") get it from the key.
   const problems = result.error.issues.map((issue) =>
-    issue.message.startsWith('--') || issue.path.length === 0 ? issue.message : `--${String(issue.path[0]).replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`)}: ${issue.message}`,
+    issue.message.startsWith('--') || issue.path.length === 0
+      ? issue.message
+      : `--${String(issue.path[0]).replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`)}: ${issue.message}`,
   );
   throw new UserError(`Invalid configuration: ${[...new Set(problems)].join('; ')}. See --help.`);
 }

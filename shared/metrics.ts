@@ -1,6 +1,6 @@
-import { type Server, createServer } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import { collectDefaultMetrics, register } from 'prom-client';
-import { UserError, errorMessage } from './errors.js';
+import { errorMessage, UserError } from './errors.js';
 import { log } from './log.js';
 
 /**
@@ -24,7 +24,9 @@ export async function serveMetrics(port: number): Promise<() => Promise<void>> {
     server.once('error', (error: Error & { code?: string }) =>
       reject(
         error.code === 'EADDRINUSE' || error.code === 'EACCES'
-          ? new UserError(`--metrics-port ${port} cannot be used (${error.code === 'EADDRINUSE' ? 'another process listens on it' : 'not allowed'}): choose another port, or leave --metrics-port out`)
+          ? new UserError(
+              `--metrics-port ${port} cannot be used (${error.code === 'EADDRINUSE' ? 'another process listens on it' : 'not allowed'}): choose another port, or leave --metrics-port out`,
+            )
           : error,
       ),
     );

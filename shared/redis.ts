@@ -96,7 +96,13 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
 return 1`;
 
 /** Records that a destination has durably applied the partition's batches up to (epoch, seq), unless its mark is there already. */
-export async function recordApplied(redis: Redis, pipeline: string, destination: string, partition: number, mark: { epoch: number; seq: number }): Promise<void> {
+export async function recordApplied(
+  redis: Redis,
+  pipeline: string,
+  destination: string,
+  partition: number,
+  mark: { epoch: number; seq: number },
+): Promise<void> {
   await redis.eval(RECORD_APPLIED, 1, keys.applied(pipeline, destination), String(partition), String(mark.epoch), String(mark.seq));
 }
 

@@ -1,5 +1,5 @@
 import { Redis, type RedisOptions } from 'ioredis';
-import { UserError, redact } from './errors.js';
+import { redact, UserError } from './errors.js';
 
 /**
  * Where Redis is: one server (`redis://`, `rediss://` with TLS), or the master that Redis
@@ -9,7 +9,15 @@ import { UserError, redact } from './errors.js';
  */
 export type RedisTarget =
   | { kind: 'server'; url: string }
-  | { kind: 'sentinel'; sentinels: { host: string; port: number }[]; name: string; username?: string; password?: string; db: number; sentinelPassword?: string };
+  | {
+      kind: 'sentinel';
+      sentinels: { host: string; port: number }[];
+      name: string;
+      username?: string;
+      password?: string;
+      db: number;
+      sentinelPassword?: string;
+    };
 
 export const REDIS_URL_FORMS = 'redis://HOST:PORT, rediss://HOST:PORT (TLS) or redis-sentinel://HOST:PORT[,HOST:PORT…]/MASTER';
 
@@ -95,13 +103,26 @@ export async function redisAddress(url: string): Promise<RedisAddress> {
   }
   const failures: string[] = [];
   for (const sentinel of target.sentinels) {
-    const probe = new Redis({ ...sentinel, lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 1, ...(target.sentinelPassword ? { password: target.sentinelPassword } : {}) });
+    const probe = new Redis({
+      ...sentinel,
+      lazyConnect: true,
+      retryStrategy: () => null,
+      maxRetriesPerRequest: 1,
+      ...(target.sentinelPassword ? { password: target.sentinelPassword } : {}),
+    });
     probe.on('error', () => {});
     try {
       await probe.connect();
       const master = (await probe.call('SENTINEL', 'get-master-addr-by-name', target.name)) as [string, string] | null;
       if (master) {
-        return { host: master[0], port: Number(master[1]), tls: false, db: target.db, ...(target.username ? { username: target.username } : {}), ...(target.password ? { password: target.password } : {}) };
+        return {
+          host: master[0],
+          port: Number(master[1]),
+          tls: false,
+          db: target.db,
+          ...(target.username ? { username: target.username } : {}),
+          ...(target.password ? { password: target.password } : {}),
+        };
       }
       failures.push(`${sentinel.host}:${sentinel.port} knows no master ${target.name}`);
     } catch (error) {
@@ -119,7 +140,14 @@ export async function redisAddress(url: string): Promise<RedisAddress> {
  */
 export async function connectRedisOnce(url: string): Promise<Redis> {
   const target = parseRedisUrl(url);
-  const options: RedisOptions = { ...clientOptions(target), lazyConnect: true, connectTimeout: 3_000, maxRetriesPerRequest: 1, retryStrategy: () => null, ...(target.kind === 'sentinel' ? { sentinelRetryStrategy: () => null } : {}) };
+  const options: RedisOptions = {
+    ...clientOptions(target),
+    lazyConnect: true,
+    connectTimeout: 3_000,
+    maxRetriesPerRequest: 1,
+    retryStrategy: () => null,
+    ...(target.kind === 'sentinel' ? { sentinelRetryStrategy: () => null } : {}),
+  };
   const redis = target.kind === 'server' ? new Redis(target.url, options) : new Redis(options);
   // The cause (ECONNREFUSED, a timeout) comes as an event; the connect only says "closed".
   let cause: Error | undefined;

@@ -8,7 +8,14 @@ import { NAME_PATTERN } from './keys.js';
  */
 const destinationName = z.string().regex(NAME_PATTERN);
 const requestSchema = z.union([
-  z.strictObject({ tableOid: z.number().int().positive().max(2 ** 32 - 1), destinations: z.array(destinationName).min(1).optional() }),
+  z.strictObject({
+    tableOid: z
+      .number()
+      .int()
+      .positive()
+      .max(2 ** 32 - 1),
+    destinations: z.array(destinationName).min(1).optional(),
+  }),
   z.strictObject({ addDestination: destinationName }),
   z.strictObject({ removeDestination: destinationName }),
 ]);
@@ -28,5 +35,7 @@ export function parseRequest(text: string): { request: Request } | { error: stri
     return { error: 'not JSON' };
   }
   const result = requestSchema.safeParse(value);
-  return result.success ? { request: result.data } : { error: 'not a request: expected {"tableOid": N, "destinations"?: [NAME…]}, {"addDestination": NAME} or {"removeDestination": NAME}' };
+  return result.success
+    ? { request: result.data }
+    : { error: 'not a request: expected {"tableOid": N, "destinations"?: [NAME…]}, {"addDestination": NAME} or {"removeDestination": NAME}' };
 }

@@ -1,20 +1,24 @@
-import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LOAD_SCHEMA, TestPipeline, duckdbRows, loadTablesIn, postgresRows, waitFor, writeLoad } from './support/pipeline.js';
+import test from 'ava';
+import { duckdbRows, LOAD_SCHEMA, loadTablesIn, postgresRows, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
 
 test('a table added to the publication while running is copied consistently (in ranges, in parallel), then streamed', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'addtable', ['main']);
-  await env.pg.query(`${LOAD_SCHEMA(pipeline.publication)}; CREATE TABLE late (id int PRIMARY KEY, v text); INSERT INTO late SELECT g, 'v' || g FROM generate_series(1, 5000) g;`);
+  await env.pg.query(
+    `${LOAD_SCHEMA(pipeline.publication)}; CREATE TABLE late (id int PRIMARY KEY, v text); INSERT INTO late SELECT g, 'v' || g FROM generate_series(1, 5000) g;`,
+  );
   // Small ranges: the new table's copy is cut into several, copied over two connections.
   const producer = pipeline.producer(['--copy-range-blocks', '4', '--copy-chunk-rows', '500']);
   const consumer = pipeline.duckdb('main');
   let writing = true;
   const lateWrites = (async () => {
     for (let round = 1; writing; round++) {
-      await env.pg.query(`UPDATE late SET v = 'u${round}' WHERE id = ${1 + (round % 5000)}; INSERT INTO late VALUES (${5000 + round}, 'new'); DELETE FROM late WHERE id = ${round * 7}`);
+      await env.pg.query(
+        `UPDATE late SET v = 'u${round}' WHERE id = ${1 + (round % 5000)}; INSERT INTO late VALUES (${5000 + round}, 'new'); DELETE FROM late WHERE id = ${round * 7}`,
+      );
     }
   })();
   try {

@@ -1,6 +1,6 @@
-import test from 'ava';
 import { join } from 'node:path';
-import { CliProcess, TestPipeline, currentWalLsn, duckdbRows, names, postgresRows, storedChunks, tempDir, waitFor, waitForSlotAt } from './support/pipeline.js';
+import test from 'ava';
+import { CliProcess, currentWalLsn, duckdbRows, names, postgresRows, storedChunks, TestPipeline, tempDir, waitFor, waitForSlotAt } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -21,7 +21,18 @@ test('copies a publication of several tables, then streams inserts, updates, del
   const dir = tempDir();
   const path = join(dir, 'analytics.duckdb');
   const common = ['--pipeline', pipeline, '--redis-url', env.redis.url];
-  const producer = new CliProcess(['producer', '--pg-url', env.pg.url, '--publication', publication, '--slot', slot, '--destinations', 'analytics,console', ...common]);
+  const producer = new CliProcess([
+    'producer',
+    '--pg-url',
+    env.pg.url,
+    '--publication',
+    publication,
+    '--slot',
+    slot,
+    '--destinations',
+    'analytics,console',
+    ...common,
+  ]);
   const duckdb = new CliProcess(['consumer', 'duckdb', '--name', 'analytics', '--path', path, ...common]);
   const stdout = new CliProcess(['consumer', 'stdout', '--name', 'console', ...common]);
   try {
@@ -56,19 +67,35 @@ test('copies a publication of several tables, then streams inserts, updates, del
   t.deepEqual(await duckdbRows(path, 'public.items', ITEM_COLUMNS), await postgresRows(env.pg, 'items', ITEM_COLUMNS));
   t.true((await postgresRows(env.pg, 'orders', ORDER_COLUMNS)).length > 27_000);
 
-  const lines = stdout.stdout.trim().split('\n').map((line) => JSON.parse(line));
+  const lines = stdout.stdout
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line));
   const backfill = lines.filter((line) => line.backfill);
-  t.deepEqual({ orders: backfill.filter((line) => line.table === 'public.orders').length, items: backfill.filter((line) => line.table === 'public.items').length }, { orders: 30000, items: 5000 });
-  t.deepEqual(lines.find((line) => line.backfill && line.table === 'public.items' && line.row.id === 1), {
-    table: 'public.items', op: 'insert', lsn: backfill[0].lsn, backfill: true, row: { id: 1, sku: 'sku-1', qty: 1 },
-  });
+  t.deepEqual(
+    { orders: backfill.filter((line) => line.table === 'public.orders').length, items: backfill.filter((line) => line.table === 'public.items').length },
+    { orders: 30000, items: 5000 },
+  );
+  t.deepEqual(
+    lines.find((line) => line.backfill && line.table === 'public.items' && line.row.id === 1),
+    {
+      table: 'public.items',
+      op: 'insert',
+      lsn: backfill[0].lsn,
+      backfill: true,
+      row: { id: 1, sku: 'sku-1', qty: 1 },
+    },
+  );
   const streamed = lines.filter((line) => !line.backfill);
   const inserted = streamed.find((line) => line.op === 'insert' && line.table === 'public.orders');
-  t.deepEqual(inserted?.row, { region: 'eu', order_id: 100001, customer: 'new customer', amount: 10.50, paid: false, note: 'fresh' });
+  t.deepEqual(inserted?.row, { region: 'eu', order_id: 100001, customer: 'new customer', amount: 10.5, paid: false, note: 'fresh' });
   t.regex(inserted!.lsn, /^[0-9A-F]+\/[0-9A-F]+$/);
   t.true(streamed.some((line) => line.op === 'update' && line.table === 'public.orders' && line.row.note === 'updated'));
   t.true(streamed.some((line) => line.op === 'delete' && line.table === 'public.items' && line.old.id === 4001 && !('sku' in line.old)));
-  t.deepEqual(streamed.filter((line) => line.op === 'truncate').map((line) => line.table), ['public.items']);
+  t.deepEqual(
+    streamed.filter((line) => line.op === 'truncate').map((line) => line.table),
+    ['public.items'],
+  );
   t.is(streamed.at(-1).row.sku, 'after-truncate');
   t.false(lines.some((line) => line.table === 'public.not_published'));
 });
@@ -84,12 +111,17 @@ test('a publication column list and row filter are honoured by the copy as by th
   const consumer = pipeline.duckdb('main');
   try {
     await pipeline.waitForCopy(env.redis.client);
-    await env.pg.query("INSERT INTO filtered SELECT g, 's' || g, 'h' || g FROM generate_series(101, 120) g; UPDATE filtered SET shown = 'changed' WHERE id IN (10, 60); DELETE FROM filtered WHERE id IN (20, 70);");
+    await env.pg.query(
+      "INSERT INTO filtered SELECT g, 's' || g, 'h' || g FROM generate_series(101, 120) g; UPDATE filtered SET shown = 'changed' WHERE id IN (10, 60); DELETE FROM filtered WHERE id IN (20, 70);",
+    );
     await pipeline.waitForCatchUp();
   } finally {
     await Promise.all([producer.stop(), consumer.stop()]);
   }
   t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
-  t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.filtered', ['id', 'shown']), await postgresRows(env.pg, 'filtered WHERE id > 50', ['id', 'shown']));
+  t.deepEqual(
+    await duckdbRows(pipeline.duckdbPath('main'), 'public.filtered', ['id', 'shown']),
+    await postgresRows(env.pg, 'filtered WHERE id > 50', ['id', 'shown']),
+  );
   await t.throwsAsync(duckdbRows(pipeline.duckdbPath('main'), 'public.filtered', ['hidden']), { message: /hidden/ });
 });

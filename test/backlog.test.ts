@@ -1,6 +1,6 @@
-import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LOAD_SCHEMA, TestPipeline, duckdbRows, loadTablesIn, postgresRows, scrape, storedChunks, waitFor } from './support/pipeline.js';
+import test from 'ava';
+import { type CliProcess, duckdbRows, LOAD_SCHEMA, loadTablesIn, postgresRows, scrape, storedChunks, TestPipeline, waitFor } from './support/pipeline.js';
 import { freePort, useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -15,7 +15,16 @@ test('a copy to a destination that is not running stops at the backlog bound, th
   const connections = 2;
   const bound = 1024 * 1024;
   const chunk = 1000 * 300;
-  const producer = pipeline.producer(['--copy-chunk-rows', '1000', '--copy-range-blocks', '100', '--copy-connections', String(connections), '--max-backlog-bytes', String(bound)]);
+  const producer = pipeline.producer([
+    '--copy-chunk-rows',
+    '1000',
+    '--copy-range-blocks',
+    '100',
+    '--copy-connections',
+    String(connections),
+    '--max-backlog-bytes',
+    String(bound),
+  ]);
   const stored = async () => {
     let bytes = 0;
     for (const key of await storedChunks(env.redis.client, pipeline.pipeline)) {
@@ -23,7 +32,7 @@ test('a copy to a destination that is not running stops at the backlog bound, th
     }
     return bytes;
   };
-  let consumer;
+  let consumer: CliProcess | undefined;
   try {
     await waitFor('the copy to fill the backlog', async () => (await stored()) >= bound / 2);
     // Reading stops: over the next seconds the rows waiting in Redis stay at the bound (plus
@@ -55,10 +64,20 @@ test('transactions waiting for a destination that is not running are bounded: re
   const port = await freePort();
   // Batches of up to 100 000 changes and a backlog of 100 000 batches: only the bound on
   // transactions can pause reading here.
-  const producer = pipeline.producer(['--max-pending-transactions', '500', '--max-batch-changes', '100000', '--max-backlog-batches', '100000', '--metrics-port', String(port)]);
+  const producer = pipeline.producer([
+    '--max-pending-transactions',
+    '500',
+    '--max-batch-changes',
+    '100000',
+    '--max-backlog-batches',
+    '100000',
+    '--metrics-port',
+    String(port),
+  ]);
   const printed = pipeline.stdout('printed');
   let late = pipeline.duckdb('late');
-  const streamed = () => printed.stdout.split('\n').filter((line) => line.includes('"table":"pending.events","op":"insert"') && !line.includes('"backfill"')).length;
+  const streamed = () =>
+    printed.stdout.split('\n').filter((line) => line.includes('"table":"pending.events","op":"insert"') && !line.includes('"backfill"')).length;
   try {
     await pipeline.waitForCopy(env.redis.client);
     await late.stop();

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { useBigQueryEmulator } from './support/bigquery-emulator.js';
-import { TestPipeline, postgresRows, runCli, waitFor } from './support/pipeline.js';
+import { postgresRows, runCli, TestPipeline, waitFor } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -38,17 +38,61 @@ end', '\\x00ff10', '{"a": [1, 2.5, "x"], "b": null}', '2024-02-29', '0044-03-15 
   await withBigQuery(pipeline, dataset, async () => {
     await env.pg.query(`INSERT INTO kinds VALUES ${values.replace('ID', '2')}; INSERT INTO kinds (id) VALUES (3);`);
   });
-  const columns = await bq.emulator.query(`SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = '${dataset}' AND table_name = 'kinds' ORDER BY ordinal_position`);
+  const columns = await bq.emulator.query(
+    `SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = '${dataset}' AND table_name = 'kinds' ORDER BY ordinal_position`,
+  );
   t.deepEqual(Object.fromEntries(columns.map(([name, type]) => [name, type])), {
-    id: 'BIGINT', b: 'BOOLEAN', i2: 'BIGINT', i8: 'BIGINT', f4: 'DOUBLE', f8: 'DOUBLE', n: 'DECIMAL(10,2)', nbig: 'DECIMAL(30,12)', nfree: 'VARCHAR',
-    m: 'DECIMAL(19,2)', t: 'VARCHAR', by: 'BLOB', j: 'JSON', d: 'DATE', dbc: 'DATE', ts: 'TIMESTAMP', tsinf: 'TIMESTAMP', tz: 'TIMESTAMP WITH TIME ZONE',
-    tm: 'TIME', iv: 'INTERVAL', ivneg: 'INTERVAL', u: 'VARCHAR', ia: 'JSON', ta: 'JSON', e: 'VARCHAR',
+    id: 'BIGINT',
+    b: 'BOOLEAN',
+    i2: 'BIGINT',
+    i8: 'BIGINT',
+    f4: 'DOUBLE',
+    f8: 'DOUBLE',
+    n: 'DECIMAL(10,2)',
+    nbig: 'DECIMAL(30,12)',
+    nfree: 'VARCHAR',
+    m: 'DECIMAL(19,2)',
+    t: 'VARCHAR',
+    by: 'BLOB',
+    j: 'JSON',
+    d: 'DATE',
+    dbc: 'DATE',
+    ts: 'TIMESTAMP',
+    tsinf: 'TIMESTAMP',
+    tz: 'TIMESTAMP WITH TIME ZONE',
+    tm: 'TIME',
+    iv: 'INTERVAL',
+    ivneg: 'INTERVAL',
+    u: 'VARCHAR',
+    ia: 'JSON',
+    ta: 'JSON',
+    e: 'VARCHAR',
   });
   const expected = [
-    'true', '32767', '9007199254740993', '1.5', 'inf', '12345678.91', '123456789012345678.123456789012', '3.14159265358979323846264338327950288',
-    '-1234.56', "quote ' backslash \\ newline\nend", '\\x00\\xFF\\x10', '{"a":[1,2.5,"x"],"b":null}', '2024-02-29', null, '2024-02-29 13:45:01.123456', null,
-    '2024-02-29 11:45:01.5+00', '23:59:59.999999', '1 year 2 months -3 days 04:05:06.789', '-1 month -00:00:01',
-    'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '[1,null,3]', '[["a b","c"],[null,"d"]]', 'happy',
+    'true',
+    '32767',
+    '9007199254740993',
+    '1.5',
+    'inf',
+    '12345678.91',
+    '123456789012345678.123456789012',
+    '3.14159265358979323846264338327950288',
+    '-1234.56',
+    "quote ' backslash \\ newline\nend",
+    '\\x00\\xFF\\x10',
+    '{"a":[1,2.5,"x"],"b":null}',
+    '2024-02-29',
+    null,
+    '2024-02-29 13:45:01.123456',
+    null,
+    '2024-02-29 11:45:01.5+00',
+    '23:59:59.999999',
+    '1 year 2 months -3 days 04:05:06.789',
+    '-1 month -00:00:01',
+    'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+    '[1,null,3]',
+    '[["a b","c"],[null,"d"]]',
+    'happy',
   ];
   const names = columns.map(([name]) => `"${name}"`);
   const rows = await bq.emulator.query(`SELECT ${names.map((name) => `CAST(${name} AS VARCHAR)`).join(', ')} FROM "${dataset}".kinds ORDER BY id`);
@@ -103,25 +147,30 @@ test('transient errors (503, 429) are retried, at start as later; a permanent on
   // The consumer starts while BigQuery is unavailable: it waits for it (withBigQuery fails if it exits).
   const before = bq.emulator.faultsServed;
   bq.emulator.failNext(3, 503, 'backendError', /\/projects\/faults-project\//);
-  await withBigQuery(pipeline, dataset, async () => {
-    t.true(bq.emulator.faultsServed >= before + 3, 'the consumer met the unavailable BigQuery at start');
-    const served = bq.emulator.faultsServed;
-    // Faults only for this test's project: the other tests share the emulator.
-    bq.emulator.failNext(2, 503, 'backendError', /^POST .*\/projects\/faults-project\/jobs$/);
-    bq.emulator.failNext(1, 429, 'rateLimitExceeded', /\/projects\/faults-project\/queries/);
-    await env.pg.query(`UPDATE items SET label = 'after outage' WHERE id <= 50`);
-    await waitFor('the injected faults to be served', async () => bq.emulator.faultsServed >= served + 3);
-    await pipeline.waitForCatchUp();
+  await withBigQuery(
+    pipeline,
+    dataset,
+    async () => {
+      t.true(bq.emulator.faultsServed >= before + 3, 'the consumer met the unavailable BigQuery at start');
+      const served = bq.emulator.faultsServed;
+      // Faults only for this test's project: the other tests share the emulator.
+      bq.emulator.failNext(2, 503, 'backendError', /^POST .*\/projects\/faults-project\/jobs$/);
+      bq.emulator.failNext(1, 429, 'rateLimitExceeded', /\/projects\/faults-project\/queries/);
+      await env.pg.query(`UPDATE items SET label = 'after outage' WHERE id <= 50`);
+      await waitFor('the injected faults to be served', async () => bq.emulator.faultsServed >= served + 3);
+      await pipeline.waitForCatchUp();
 
-    bq.emulator.denyAccess('faults-project', true);
-    await env.pg.query(`UPDATE items SET label = 'while denied' WHERE id > 50`);
-    const parked = await waitFor('the partition to be parked', async () => {
-      const destination = (await status()).destinations.find((candidate: { name: string }) => candidate.name === 'warehouse');
-      return destination?.state === 'parked' ? destination : undefined;
-    });
-    t.regex(JSON.stringify(parked), /roles\/bigquery\.dataEditor/, 'the status says which roles are missing');
-    bq.emulator.denyAccess('faults-project', false);
-  }, 'faults-project');
+      bq.emulator.denyAccess('faults-project', true);
+      await env.pg.query(`UPDATE items SET label = 'while denied' WHERE id > 50`);
+      const parked = await waitFor('the partition to be parked', async () => {
+        const destination = (await status()).destinations.find((candidate: { name: string }) => candidate.name === 'warehouse');
+        return destination?.state === 'parked' ? destination : undefined;
+      });
+      t.regex(JSON.stringify(parked), /roles\/bigquery\.dataEditor/, 'the status says which roles are missing');
+      bq.emulator.denyAccess('faults-project', false);
+    },
+    'faults-project',
+  );
   t.deepEqual(await bq.emulator.tableRows(dataset, 'items', ['id', 'label']), await postgresRows(env.pg, 'items', ['id', 'label']));
   const destination = (await status()).destinations.find((candidate: { name: string }) => candidate.name === 'warehouse');
   t.is(destination.state, 'ok', 'the partition recovered by itself');
@@ -164,6 +213,10 @@ test('names that cleaning or case would make equal in BigQuery get distinct, sta
   const { bigQueryName } = await import('../consumers/bigquery/types.js');
   for (const [index, [table]] of tables.entries()) {
     // "ID" follows id (attnum 1) but for case: ID__4; "a-b" is cleaned and marked.
-    t.deepEqual(await bq.emulator.tableRows(dataset, names[index], ['id', bigQueryName('a-b'), 'a_b', 'ID__4']), await postgresRows(env.pg, table, ['id', '"a-b"', 'a_b', '"ID"']), table);
+    t.deepEqual(
+      await bq.emulator.tableRows(dataset, names[index], ['id', bigQueryName('a-b'), 'a_b', 'ID__4']),
+      await postgresRows(env.pg, table, ['id', '"a-b"', 'a_b', '"ID"']),
+      table,
+    );
   }
 });

@@ -1,7 +1,7 @@
-import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
+import test from 'ava';
 import { useBigQueryEmulator } from './support/bigquery-emulator.js';
-import { LOAD_SCHEMA, LOAD_TABLES, type CliProcess, TestPipeline, postgresRows, waitFor, writeLoad } from './support/pipeline.js';
+import { type CliProcess, LOAD_SCHEMA, LOAD_TABLES, postgresRows, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -24,7 +24,7 @@ test('backfill and CDC into BigQuery by two consumer processes, exact after kill
   let producer = pipeline.producer();
   // Two processes with one name share the partitions: either may take any batch (debug logs say which applied what).
   const consumer = () => pipeline.bigquery('warehouse', bq.emulator.url, dataset, { LOG_LEVEL: 'debug' });
-  let consumers: CliProcess[] = [consumer(), consumer()];
+  const consumers: CliProcess[] = [consumer(), consumer()];
   const started = [...consumers];
   try {
     await pipeline.waitForCopy(env.redis.client);
@@ -51,7 +51,9 @@ test('backfill and CDC into BigQuery by two consumer processes, exact after kill
   t.false(bq.emulator.primaryKeys.has(`${dataset}.events`), 'a table without a primary key declares none');
   // A consumer killed between a load and its script leaves that staging table (at most one per
   // partition it was working on: 8 partitions, 2 consumer kills); each expires by itself.
-  const staging = await bq.emulator.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = '${dataset}' AND table_name LIKE '_pg_replicate_stage_%'`);
+  const staging = await bq.emulator.query(
+    `SELECT table_name FROM information_schema.tables WHERE table_schema = '${dataset}' AND table_name LIKE '_pg_replicate_stage_%'`,
+  );
   t.true(staging.length <= 2 * 8, `staging tables are dropped after use (${staging.length} left by killed consumers)`);
   for (const [table] of staging) t.true((bq.emulator.expirations.get(`${dataset}.${table}`) ?? Infinity) < Date.now() + 25 * 3600_000, `${table} expires`);
 });

@@ -1,10 +1,10 @@
-import test from 'ava';
-import { Queue } from 'bullmq';
 import { writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import test from 'ava';
+import { Queue } from 'bullmq';
 import { QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { useBigQueryEmulator } from './support/bigquery-emulator.js';
-import { type CliProcess, TestPipeline, duckdbRows, killStrayProcesses, loadUntilStopped, postgresRows } from './support/pipeline.js';
+import { type CliProcess, duckdbRows, killStrayProcesses, loadUntilStopped, postgresRows, TestPipeline } from './support/pipeline.js';
 import { type SentinelSet, startSentinelSet } from './support/sentinel.js';
 import { type PostgresServer, startPostgres } from './support/services.js';
 
@@ -98,7 +98,10 @@ serial(`chaos: ${SECONDS} s of random faults under a mixed workload, then DuckDB
       await env.redis.client.flushall();
     },
     'loss of the newest jobs of one queue': async () => {
-      const queue = new Queue(queueName(pipeline.pipeline, Math.random() < 0.5 ? 'duck' : 'warehouse', Math.floor(Math.random() * 8)), { connection: env.redis.client, prefix: QUEUE_PREFIX });
+      const queue = new Queue(queueName(pipeline.pipeline, Math.random() < 0.5 ? 'duck' : 'warehouse', Math.floor(Math.random() * 8)), {
+        connection: env.redis.client,
+        prefix: QUEUE_PREFIX,
+      });
       for (const job of await queue.getJobs(['wait'], 0, 1, false)) await job.remove().catch(() => {});
       await queue.close();
     },
@@ -128,7 +131,10 @@ serial(`chaos: ${SECONDS} s of random faults under a mixed workload, then DuckDB
     // CHAOS_ONLY=TEXT: only the faults whose name contains it (while looking into one).
     const names = Object.keys(faults).filter((name) => name.includes(process.env.CHAOS_ONLY ?? ''));
     // Every kind once, in random order, then at random until the time is up.
-    const order = names.map((name) => ({ name, key: Math.random() })).sort((a, b) => a.key - b.key).map(({ name }) => name);
+    const order = names
+      .map((name) => ({ name, key: Math.random() }))
+      .sort((a, b) => a.key - b.key)
+      .map(({ name }) => name);
     for (const until = Date.now() + SECONDS * 1000; order.length > 0 || Date.now() < until; ) {
       const name = order.shift() ?? names[Math.floor(Math.random() * names.length)];
       t.log(`${new Date().toISOString()} ${name}`);
@@ -159,5 +165,9 @@ serial(`chaos: ${SECONDS} s of random faults under a mixed workload, then DuckDB
   ].join('\n');
   t.log(report);
   if (process.env.CHAOS_REPORT) writeFileSync(process.env.CHAOS_REPORT, `${report}\n`);
-  if (!process.env.CHAOS_ONLY) t.true([...injected.values()].every((count) => count > 0), 'every kind of fault was injected');
+  if (!process.env.CHAOS_ONLY)
+    t.true(
+      [...injected.values()].every((count) => count > 0),
+      'every kind of fault was injected',
+    );
 });

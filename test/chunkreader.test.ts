@@ -1,9 +1,9 @@
-import test from 'ava';
 import { randomBytes } from 'node:crypto';
+import test from 'ava';
 import { Redis } from 'ioredis';
 import { ChunkReader, ReplyParser } from '../consumers/chunkreader.js';
 import { PIECE_BYTES } from '../shared/chunks.js';
-import { startRedis, type RedisServer } from './support/services.js';
+import { type RedisServer, startRedis } from './support/services.js';
 
 let redis: RedisServer;
 test.before(async () => {
@@ -31,7 +31,7 @@ test('the chunk reader returns every piece of a chunk byte for byte, pipelined r
     await redis.client.set('reader:test:string', 'not a list');
 
     const read = await Promise.all([...chunks.keys()].map((index) => reader.read(`reader:test:${index}`)));
-    read.forEach((pieces, index) => t.deepEqual(pieces, chunks[index], `chunk ${index}`));
+    for (const [index, pieces] of read.entries()) t.deepEqual(pieces, chunks[index], `chunk ${index}`);
     t.is(await reader.read('reader:test:missing'), undefined, 'a chunk Redis no longer holds');
     await t.throwsAsync(reader.read('reader:test:string'), { message: /WRONGTYPE/ });
 
@@ -78,7 +78,10 @@ test('the chunk reader signs in as the URL says, in its database, keeps the pass
 
 test('replies parse the same fed a byte at a time: split headers, split bulk strings, split CR LF', (t) => {
   const replies: unknown[] = [];
-  const parser = new ReplyParser((size) => Buffer.alloc(size), (reply) => replies.push(reply));
+  const parser = new ReplyParser(
+    (size) => Buffer.alloc(size),
+    (reply) => replies.push(reply),
+  );
   const wire = Buffer.concat([
     Buffer.from('+OK\r\n:42\r\n*0\r\n*-1\r\n$-1\r\n-ERR bad thing\r\n*3\r\n$3\r\nab\n\r\n$0\r\n\r\n$12\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n'),
     Buffer.from('$5\r\nhello\r\n'),

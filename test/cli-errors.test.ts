@@ -1,8 +1,8 @@
-import test from 'ava';
 import { execFile } from 'node:child_process';
-import { killStrayProcesses, names, runCli } from './support/pipeline.js';
+import test from 'ava';
 import { Redis } from 'ioredis';
-import { type PostgresServer, type RedisServer, freePort, spawnRedis, startPostgres, startRedis } from './support/services.js';
+import { killStrayProcesses, names, runCli } from './support/pipeline.js';
+import { freePort, type PostgresServer, type RedisServer, spawnRedis, startPostgres, startRedis } from './support/services.js';
 
 let pg: PostgresServer;
 let replicaOnly: PostgresServer;
@@ -18,7 +18,22 @@ test.after.always(async () => {
 
 const producer = (pgUrl: string, extra: string[] = []) => {
   const { pipeline, slot, publication } = names('cli');
-  return ['producer', '--pg-url', pgUrl, '--redis-url', redis.url, '--pipeline', pipeline, '--slot', slot, '--publication', publication, '--destinations', 'a', ...extra];
+  return [
+    'producer',
+    '--pg-url',
+    pgUrl,
+    '--redis-url',
+    redis.url,
+    '--pipeline',
+    pipeline,
+    '--slot',
+    slot,
+    '--publication',
+    publication,
+    '--destinations',
+    'a',
+    ...extra,
+  ];
 };
 
 test('--help works on every command', async (t) => {
@@ -44,7 +59,14 @@ test('an unknown flag exits 2 and says so', async (t) => {
 });
 
 test('missing and malformed flags exit 2 naming each flag', async (t) => {
-  const result = await runCli(['producer', '--pg-url', 'mysql://x', '--slot', 'Bad-Slot', '--heap-mb', '16'], { PG_URL: '', REDIS_URL: '', PIPELINE_ID: '', PUBLICATION: '', SLOT: '', DESTINATIONS: '' });
+  const result = await runCli(['producer', '--pg-url', 'mysql://x', '--slot', 'Bad-Slot', '--heap-mb', '16'], {
+    PG_URL: '',
+    REDIS_URL: '',
+    PIPELINE_ID: '',
+    PUBLICATION: '',
+    SLOT: '',
+    DESTINATIONS: '',
+  });
   t.is(result.code, 2);
   t.regex(result.stderr, /--heap-mb must be at least 48/);
   t.regex(result.stderr, /--pg-url \(PG_URL\) must be a URL starting with postgres:\/\//);

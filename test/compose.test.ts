@@ -1,8 +1,8 @@
-import test from 'ava';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import test from 'ava';
 import { parse } from 'yaml';
-import { CliProcess, currentWalLsn, waitFor, duckdbRows, postgresRows, tempDir, waitForSlotAt } from './support/pipeline.js';
+import { CliProcess, currentWalLsn, duckdbRows, postgresRows, tempDir, waitFor, waitForSlotAt } from './support/pipeline.js';
 import { freePort, useServices } from './support/services.js';
 
 /**
@@ -12,7 +12,10 @@ import { freePort, useServices } from './support/services.js';
  */
 const ROOT = join(process.cwd());
 const compose = parse(readFileSync(join(ROOT, 'docker-compose.yml'), 'utf8'));
-const services: Record<string, { build?: string; image?: string; command: string[]; environment?: Record<string, string>; volumes?: string[]; depends_on?: unknown; profiles?: string[] }> = compose.services;
+const services: Record<
+  string,
+  { build?: string; image?: string; command: string[]; environment?: Record<string, string>; volumes?: string[]; depends_on?: unknown; profiles?: string[] }
+> = compose.services;
 
 const env = useServices(test);
 
@@ -64,7 +67,9 @@ test('the compose services, run as processes, replicate the demo data and traffi
     await waitFor('the demo copy', async () => (await env.redis.client.hget(`pgr:{${pipeline}}:state`, 'copy')) === 'done');
     for (let round = 0; round < 5; round++) await env.pg.query(readFileSync(join(ROOT, 'demo', 'write.sql'), 'utf8'));
     await waitForSlotAt(env.pg, services.producer.environment!.SLOT, await currentWalLsn(env.pg));
-    const [producerMetrics, duckdbMetrics] = await Promise.all(metricsPorts.map((port) => fetch(`http://127.0.0.1:${port}/metrics`).then((response) => response.text())));
+    const [producerMetrics, duckdbMetrics] = await Promise.all(
+      metricsPorts.map((port) => fetch(`http://127.0.0.1:${port}/metrics`).then((response) => response.text())),
+    );
     t.regex(producerMetrics, /^pg_replicate_changes_total\{operation="insert"\} [1-9]/m, 'the producer serves its metrics');
     t.regex(duckdbMetrics, /^pg_replicate_changes_applied_total\{destination="analytics"\} [1-9]/m, 'the DuckDB consumer serves its metrics');
   } finally {
@@ -72,8 +77,14 @@ test('the compose services, run as processes, replicate the demo data and traffi
   }
   const path = join(data, 'analytics.duckdb');
   t.deepEqual(await duckdbRows(path, 'public.customers', ['id', 'name', 'email']), await postgresRows(env.pg, 'customers', ['id', 'name', 'email']));
-  t.deepEqual(await duckdbRows(path, 'public.orders', ['id', 'customer_id', 'amount', 'status']), await postgresRows(env.pg, 'orders', ['id', 'customer_id', 'amount', 'status']));
-  const lines = stdout.stdout.trim().split('\n').map((line) => JSON.parse(line));
+  t.deepEqual(
+    await duckdbRows(path, 'public.orders', ['id', 'customer_id', 'amount', 'status']),
+    await postgresRows(env.pg, 'orders', ['id', 'customer_id', 'amount', 'status']),
+  );
+  const lines = stdout.stdout
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line));
   t.true(lines.filter((line) => line.table === 'public.orders' && !line.backfill).length >= 5);
   t.true(lines.some((line) => line.table === 'public.customers' && line.backfill && line.row.email === 'customer1@example.com'));
 });

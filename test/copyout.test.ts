@@ -12,7 +12,14 @@ async function copyAll(client: pg.Client, sql: string, limits?: ChunkLimits) {
   client.query(copyOut as never);
   const pieces: { csv: string; rows: number; endsChunk: boolean; bytes: number; longestRow: number; longestMeasured: number }[] = [];
   for await (const piece of copyOut) {
-    pieces.push({ csv: piece.data.toString('utf8'), rows: piece.rows, endsChunk: piece.endsChunk, bytes: piece.data.length, longestRow: piece.longestRow, longestMeasured: Math.max(...rowLengths(piece.data)) });
+    pieces.push({
+      csv: piece.data.toString('utf8'),
+      rows: piece.rows,
+      endsChunk: piece.endsChunk,
+      bytes: piece.data.length,
+      longestRow: piece.longestRow,
+      longestMeasured: Math.max(...rowLengths(piece.data)),
+    });
     // Its buffer is reused for later rows from here on: what was kept must not change.
     recycle(piece);
   }
@@ -53,7 +60,10 @@ test('COPY output is read, in place, as pieces of whole rows: rows are counted, 
   try {
     const expected = (await client.query('SELECT id::text AS id, label FROM tricky ORDER BY tricky.id')).rows.map((row) => [row.id, row.label]);
     const pieces = await copyAll(client, 'SELECT id, label FROM tricky ORDER BY id');
-    t.deepEqual(pieces.flatMap((piece) => parseCopyRows(piece.csv)), expected);
+    t.deepEqual(
+      pieces.flatMap((piece) => parseCopyRows(piece.csv)),
+      expected,
+    );
     for (const piece of pieces) {
       t.is(parseCopyRows(piece.csv).length, piece.rows, 'each piece holds whole rows, as many as it says');
       t.is(piece.longestRow, piece.longestMeasured, 'and knows its longest row');
@@ -62,7 +72,10 @@ test('COPY output is read, in place, as pieces of whole rows: rows are counted, 
     t.true(pieces.filter((piece) => piece.rows === 1 && piece.bytes > 1024 * 1024).length === 2, 'rows larger than a piece come whole');
     // Cut into chunks right at the rows larger than a piece: the chunk ends with them.
     const cut = chunksOf(await copyAll(client, 'SELECT id, label FROM tricky ORDER BY id', { rows: 3011, bytes: Infinity }));
-    t.deepEqual(cut.map((chunk) => chunk.length), [3011, 1]);
+    t.deepEqual(
+      cut.map((chunk) => chunk.length),
+      [3011, 1],
+    );
     t.deepEqual(await copyAll(client, 'SELECT 1 WHERE false'), [], 'no rows, no pieces');
     await t.throwsAsync(copyAll(client, 'SELECT no_such_column FROM tricky'), { message: /no_such_column/ });
     t.is((await client.query('SELECT 41 + 1 AS answer')).rows[0].answer, 42, 'the connection works after a copy and after a failed one');

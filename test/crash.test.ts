@@ -1,6 +1,6 @@
-import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LOAD_SCHEMA, TestPipeline, duckdbRows, loadTablesIn, writeLoad } from './support/pipeline.js';
+import test from 'ava';
+import { duckdbRows, LOAD_SCHEMA, loadTablesIn, TestPipeline, writeLoad } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -50,7 +50,9 @@ test('a transaction committed right after the acknowledged one survives a produc
     await open.query('COMMIT');
     producer = pipeline.producer();
     await pipeline.waitForCatchUp();
-    const confirmed = (await env.pg.query("SELECT confirmed_flush_lsn <= pg_current_wal_insert_lsn() AS ok FROM pg_replication_slots WHERE slot_name = $1", [pipeline.slot])).rows[0];
+    const confirmed = (
+      await env.pg.query('SELECT confirmed_flush_lsn <= pg_current_wal_insert_lsn() AS ok FROM pg_replication_slots WHERE slot_name = $1', [pipeline.slot])
+    ).rows[0];
     t.true(confirmed.ok, 'the slot never confirms past the end of the WAL');
   } finally {
     await open.end();

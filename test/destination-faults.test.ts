@@ -1,7 +1,7 @@
-import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import { statSync } from 'node:fs';
-import { LOAD_SCHEMA, TestPipeline, duckdbRows, loadTablesIn, postgresRows, runCli, waitFor, writeLoad } from './support/pipeline.js';
+import test from 'ava';
+import { duckdbRows, LOAD_SCHEMA, loadTablesIn, postgresRows, runCli, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -27,10 +27,14 @@ test('a DuckDB file that cannot grow (disk full) fails its checkpoint; the consu
     consumer = pipeline.duckdb('main', {}, ['prlimit', `--fsize=${limit}:unlimited`, '--'], settings);
     // About 10 MB of rows that compress badly, in transactions of 100 kB.
     for (let part = 0; part < 100; part++) {
-      await env.pg.query(`INSERT INTO bulky SELECT g, (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, 32) i) FROM generate_series(${part * 100 + 1}, ${part * 100 + 100}) g`);
+      await env.pg.query(
+        `INSERT INTO bulky SELECT g, (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, 32) i) FROM generate_series(${part * 100 + 1}, ${part * 100 + 100}) g`,
+      );
     }
     await writeLoad(env.pg, 100, 0);
-    await waitFor('the destination to report the failed checkpoint', async () => /destination main: (retrying|parked).*Failed to create checkpoint/s.test(await status()));
+    await waitFor('the destination to report the failed checkpoint', async () =>
+      /destination main: (retrying|parked).*Failed to create checkpoint/s.test(await status()),
+    );
     execFileSync('prlimit', ['--pid', String(consumer.child.pid), '--fsize=unlimited:unlimited']);
     await writeLoad(env.pg, 50, 0);
     await pipeline.waitForCatchUp();

@@ -1,6 +1,17 @@
-import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LOAD_SCHEMA, lsnNotAfter, TestPipeline, currentWalLsn, loadTablesIn, runCli, slotConfirmed, waitFor, waitForSlotAt, writeLoad } from './support/pipeline.js';
+import test from 'ava';
+import {
+  currentWalLsn,
+  LOAD_SCHEMA,
+  loadTablesIn,
+  lsnNotAfter,
+  runCli,
+  slotConfirmed,
+  TestPipeline,
+  waitFor,
+  waitForSlotAt,
+  writeLoad,
+} from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);

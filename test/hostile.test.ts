@@ -1,6 +1,6 @@
-import test from 'ava';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { TestPipeline, duckdbRows, postgresRows, runCli } from './support/pipeline.js';
+import test from 'ava';
+import { duckdbRows, postgresRows, runCli, TestPipeline } from './support/pipeline.js';
 import { startPostgres, useServices } from './support/services.js';
 
 /**
@@ -13,14 +13,18 @@ const env = useServices(test);
 /** A Postgres identifier, quoted. */
 const quote = (name: string) => `"${name.replace(/"/g, '""')}"`;
 
-test('hostile identifiers (quotes, semicolons, spaces, newlines, emoji, SQL words, 63 bytes, pg-replicate\'s own staging names) replicate exactly', async (t) => {
+test("hostile identifiers (quotes, semicolons, spaces, newlines, emoji, SQL words, 63 bytes, pg-replicate's own staging names) replicate exactly", async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'hostilenames', ['main']);
   const schema = 'we"ird; DROP SCHEMA public; --';
-  const table = "ta'ble \" . ; -- ö😀";
+  const table = 'ta\'ble " . ; -- ö😀';
   const columns = ['id', '_pg_deleted', '_pg_row', '_pg_unchanged', 'sp ace', 'new\nline', 'a"b', "it's", 'select', 'ünï😀', 'x'.repeat(63), 'NULL', '\\N'];
   const target = `${quote(schema)}.${quote(table)}`;
   const definition = columns.map((name, index) => `${quote(name)} ${index === 0 ? 'int PRIMARY KEY' : 'text'}`).join(', ');
-  const values = (id: number) => `(${id}, ${columns.slice(1).map((_, index) => `'v${id}.${index} \\N ''"'`).join(', ')})`;
+  const values = (id: number) =>
+    `(${id}, ${columns
+      .slice(1)
+      .map((_, index) => `'v${id}.${index} \\N ''"'`)
+      .join(', ')})`;
   await env.pg.query(`
     CREATE SCHEMA ${quote(schema)};
     CREATE TABLE ${target} (${definition});
@@ -43,22 +47,27 @@ test('hostile identifiers (quotes, semicolons, spaces, newlines, emoji, SQL word
   const expected = await postgresRows(env.pg, target, columns.map(quote));
   t.is(expected.length, 3);
   t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), target, quotedDuck), expected);
-  const lines = stdout.stdout.trim().split('\n').map((line) => JSON.parse(line));
+  const lines = stdout.stdout
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line));
   const inserted = lines.find((line) => line.op === 'insert' && line.row.id === 4);
   t.is(inserted.table, `${schema}.${table}`);
   t.deepEqual(Object.keys(inserted.row), columns);
-  t.is(inserted.row['new\nline'], "v4.4 \\N '\"");
+  t.is(inserted.row['new\nline'], 'v4.4 \\N \'"');
 });
 
-test('a table of 1 600 columns (Postgres\' most) is copied and streamed exactly', async (t) => {
+test("a table of 1 600 columns (Postgres' most) is copied and streamed exactly", async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'widest', ['main']);
   const columns = Array.from({ length: 1599 }, (_, index) => `c${index}`);
   await env.pg.query(`
     CREATE TABLE widest (id int PRIMARY KEY, ${columns.map((name, index) => `${name} ${['int', 'text', 'boolean', 'numeric'][index % 4]}`).join(', ')});
-    INSERT INTO widest SELECT g, ${columns.map((_, index) => ['g + ' + index, `'t' || g`, 'g % 2 = 0', index % 40 === 3 ? 'g / 7.0' : 'NULL'][index % 4]).join(', ')} FROM generate_series(1, 20) g;
+    INSERT INTO widest SELECT g, ${columns.map((_, index) => [`g + ${index}`, `'t' || g`, 'g % 2 = 0', index % 40 === 3 ? 'g / 7.0' : 'NULL'][index % 4]).join(', ')} FROM generate_series(1, 20) g;
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE widest;`);
   await pipeline.runWithDuckdb(env.redis.client, async () => {
-    await env.pg.query(`INSERT INTO widest SELECT g, ${columns.map((_, index) => ['g * ' + index, 'NULL', 'true', index % 40 === 3 ? 'g / 3.0' : 'NULL'][index % 4]).join(', ')} FROM generate_series(21, 25) g`);
+    await env.pg.query(
+      `INSERT INTO widest SELECT g, ${columns.map((_, index) => [`g * ${index}`, 'NULL', 'true', index % 40 === 3 ? 'g / 3.0' : 'NULL'][index % 4]).join(', ')} FROM generate_series(21, 25) g`,
+    );
     await env.pg.query("UPDATE widest SET c1 = 'updated', c1598 = NULL WHERE id % 3 = 0");
     await env.pg.query('DELETE FROM widest WHERE id = 5');
     await pipeline.waitForCatchUp();
@@ -107,7 +116,13 @@ test('a login Postgres refuses (an expired password, a wrong one) exits 2 with t
       for (const args of [pipeline.producerArgs(), ['status', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', own.url]]) {
         const run = await runCli(args.map((arg) => (arg === own.url ? pgUrl : arg)));
         t.is(run.code, 2, `${name}, ${args[0]}: ${run.stderr}`);
-        t.regex(run.stderr, args[0] === 'producer' ? /Postgres refused the login .*password authentication failed.*VALID UNTIL/s : /Redis has no pipeline|Postgres refused the login/, `${name}, ${args[0]}`);
+        t.regex(
+          run.stderr,
+          args[0] === 'producer'
+            ? /Postgres refused the login .*password authentication failed.*VALID UNTIL/s
+            : /Redis has no pipeline|Postgres refused the login/,
+          `${name}, ${args[0]}`,
+        );
         t.false(run.stderr.includes(secret) || run.stdout.includes(secret), `${name}, ${args[0]}: the password is not printed`);
       }
       t.deepEqual(await env.redis.client.keys(`pgr:{${pipeline.pipeline}}*`), [], `${name}: no Redis key`);

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { lsnNotAfter, TestPipeline, currentWalLsn, slotConfirmed, waitFor, waitForSlotAt } from './support/pipeline.js';
+import { currentWalLsn, lsnNotAfter, slotConfirmed, TestPipeline, waitFor, waitForSlotAt } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -8,7 +8,9 @@ const lsnAtMost = (a: string, b: string) => lsnNotAfter(env.pg, a, b);
 
 test('on an idle publication (changes only to other tables) the slot keeps advancing', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'idle', ['main']);
-  await env.pg.query(`CREATE TABLE quiet (id int PRIMARY KEY); CREATE TABLE busy (id serial PRIMARY KEY, payload text); CREATE PUBLICATION ${pipeline.publication} FOR TABLE quiet;`);
+  await env.pg.query(
+    `CREATE TABLE quiet (id int PRIMARY KEY); CREATE TABLE busy (id serial PRIMARY KEY, payload text); CREATE PUBLICATION ${pipeline.publication} FOR TABLE quiet;`,
+  );
   const producer = pipeline.producer();
   const consumer = pipeline.duckdb('main');
   try {
@@ -35,10 +37,14 @@ test('on a database with no writes at all, the heartbeat keeps the slot moving',
     const idleAt = await currentWalLsn(env.pg);
     // Nobody writes: only the producer's heartbeat can move the WAL, and the slot with it.
     await waitForSlotAt(env.pg, pipeline.slot, idleAt);
-    const moved = await waitFor('the slot to pass the idle position', async () => {
-      const confirmed = await slotConfirmed(env.pg, pipeline.slot);
-      return confirmed && !(await lsnAtMost(confirmed, idleAt)) ? confirmed : undefined;
-    }, { stallMs: 30_000 });
+    const moved = await waitFor(
+      'the slot to pass the idle position',
+      async () => {
+        const confirmed = await slotConfirmed(env.pg, pipeline.slot);
+        return confirmed && !(await lsnAtMost(confirmed, idleAt)) ? confirmed : undefined;
+      },
+      { stallMs: 30_000 },
+    );
     t.truthy(moved);
   } finally {
     await Promise.all([producer.stop(), consumer.stop()]);

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { TestPipeline, loadTablesIn, runCli, scrape, waitFor, writeLoad, LOAD_SCHEMA } from './support/pipeline.js';
+import { LOAD_SCHEMA, loadTablesIn, runCli, scrape, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
 import { freePort, useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -19,9 +19,12 @@ test('a destination gone past --max-destination-lag-bytes is detached (the slot 
     await slow.stop();
     // About 5 MB of WAL that `slow` never applies, in several transactions (a transaction the
     // producer has not received yet may be acknowledged from a keepalive: a slot restarts it whole).
-    for (let part = 0; part < 10; part++) await env.pg.query(`INSERT INTO bulky SELECT g, repeat(md5(g::text), 32) FROM generate_series(${part * 500 + 1}, ${part * 500 + 500}) g`);
+    for (let part = 0; part < 10; part++)
+      await env.pg.query(`INSERT INTO bulky SELECT g, repeat(md5(g::text), 32) FROM generate_series(${part * 500 + 1}, ${part * 500 + 500}) g`);
     await writeLoad(env.pg, 200, 0);
-    await waitFor('slow to be detached', async () => /destination slow: detached since \S+ \(\d+ bytes of WAL unapplied, more than --max-destination-lag-bytes 2097152\)/.test(await status()));
+    await waitFor('slow to be detached', async () =>
+      /destination slow: detached since \S+ \(\d+ bytes of WAL unapplied, more than --max-destination-lag-bytes 2097152\)/.test(await status()),
+    );
     t.is((await scrape(port)).get('pg_replicate_destination_detached{destination="slow"}'), 1);
     t.regex(await status(), /destination main: ok/);
     // Held by main alone now: the slot reaches the end of the WAL.

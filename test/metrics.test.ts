@@ -1,7 +1,7 @@
-import test from 'ava';
 import { createServer } from 'node:net';
+import test from 'ava';
 import { parseLsn } from '../shared/lsn.js';
-import { TestPipeline, duckdbRows, postgresRows, runCli, scrape, slotConfirmed, waitFor } from './support/pipeline.js';
+import { duckdbRows, postgresRows, runCli, scrape, slotConfirmed, TestPipeline, waitFor } from './support/pipeline.js';
 import { freePort, useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -34,7 +34,9 @@ test('the producer and a consumer serve Prometheus metrics that agree with Postg
       const produced = await scrape(producerPort);
       const confirmed = await slotConfirmed(env.pg, pipeline.slot);
       const acknowledged = produced.get('pg_replicate_slot_acknowledged_lsn');
-      return confirmed && acknowledged === Number(parseLsn(confirmed)) && produced.get('pg_replicate_transactions_in_flight') === 0 ? { produced, consumed, confirmed } : undefined;
+      return confirmed && acknowledged === Number(parseLsn(confirmed)) && produced.get('pg_replicate_transactions_in_flight') === 0
+        ? { produced, consumed, confirmed }
+        : undefined;
     });
     const { produced, consumed, confirmed } = settled;
     t.is(produced.get('pg_replicate_changes_total{operation="insert"}'), 300);
@@ -48,20 +50,23 @@ test('the producer and a consumer serve Prometheus metrics that agree with Postg
     t.is(produced.get('pg_replicate_slot_read_paused{reason="backlog"}'), 0);
     t.is(produced.get('pg_replicate_producer_restarts_total'), 0);
     t.true(produced.get('pg_replicate_batches_enqueued_total')! >= 4, 'the copy chunks and the change batches');
-    t.true(produced.has('process_resident_memory_bytes'), 'Node\'s process metrics are served too');
+    t.true(produced.has('process_resident_memory_bytes'), "Node's process metrics are served too");
 
     t.is(consumed.get('pg_replicate_copy_rows_applied_total{destination="main"}'), 1010);
     t.is(consumed.get('pg_replicate_batch_failures_total{destination="main"}'), 0);
     t.is(consumed.get('pg_replicate_partitions_failing{destination="main",state="parked"}'), 0);
     t.is(consumed.get('pg_replicate_apply_duration_seconds_count{destination="main"}'), consumed.get('pg_replicate_batches_applied_total{destination="main"}'));
     const lagged = consumed.get('pg_replicate_replication_lag_seconds_count{destination="main"}')!;
-    t.true(lagged >= 1, 'the streamed batches\' lag is observed');
+    t.true(lagged >= 1, "the streamed batches' lag is observed");
     t.true(consumed.get('pg_replicate_replication_lag_seconds_sum{destination="main"}')! / lagged < 30, 'and is plausible');
     t.is((await fetch(`http://127.0.0.1:${consumerPort}/`)).status, 404);
   } finally {
     await Promise.all([producer.stop(), main.stop()]);
   }
-  for (const [table, columns] of [['items', ['id', 'name']], ['scratch', ['id']]] as const) {
+  for (const [table, columns] of [
+    ['items', ['id', 'name']],
+    ['scratch', ['id']],
+  ] as const) {
     t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), `public.${table}`, [...columns]), await postgresRows(env.pg, table, [...columns]), table);
   }
 });
@@ -72,11 +77,42 @@ test('a metrics port that is taken or not a port is refused with exit code 2, be
   const port = (taken.address() as { port: number }).port;
   try {
     const pipeline = new TestPipeline(env.pg, env.redis.url, 'metrics-port', ['main']);
-    const consumer = await runCli(['consumer', 'duckdb', '--name', 'main', '--path', pipeline.duckdbPath('main'), '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--metrics-port', String(port)]);
+    const consumer = await runCli([
+      'consumer',
+      'duckdb',
+      '--name',
+      'main',
+      '--path',
+      pipeline.duckdbPath('main'),
+      '--pipeline',
+      pipeline.pipeline,
+      '--redis-url',
+      env.redis.url,
+      '--metrics-port',
+      String(port),
+    ]);
     t.is(consumer.code, 2);
     t.regex(consumer.stderr, new RegExp(`--metrics-port ${port} cannot be used \\(another process listens on it\\)`));
-    await t.throwsAsync(import('node:fs/promises').then((fs) => fs.access(pipeline.duckdbPath('main'))), undefined, 'no DuckDB file was created');
-    const producer = await runCli(['producer', '--pg-url', env.pg.url, '--publication', 'nothing', '--slot', 'unused', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--metrics-port', 'ninety']);
+    await t.throwsAsync(
+      import('node:fs/promises').then((fs) => fs.access(pipeline.duckdbPath('main'))),
+      undefined,
+      'no DuckDB file was created',
+    );
+    const producer = await runCli([
+      'producer',
+      '--pg-url',
+      env.pg.url,
+      '--publication',
+      'nothing',
+      '--slot',
+      'unused',
+      '--pipeline',
+      pipeline.pipeline,
+      '--redis-url',
+      env.redis.url,
+      '--metrics-port',
+      'ninety',
+    ]);
     t.is(producer.code, 2);
     t.regex(producer.stderr, /--metrics-port \(METRICS_PORT\) must be a TCP port number/);
   } finally {

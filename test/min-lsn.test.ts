@@ -1,5 +1,16 @@
 import test from 'ava';
-import { lsnNotAfter, LOAD_SCHEMA, TestPipeline, currentWalLsn, loadTablesIn, runCli, slotConfirmed, waitFor, waitForSlotAt, writeLoad } from './support/pipeline.js';
+import {
+  currentWalLsn,
+  LOAD_SCHEMA,
+  loadTablesIn,
+  lsnNotAfter,
+  runCli,
+  slotConfirmed,
+  TestPipeline,
+  waitFor,
+  waitForSlotAt,
+  writeLoad,
+} from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -30,7 +41,9 @@ test('with two destinations and one stopped, the slot never passes what the stop
       return fastApplied && byName.slow.pendingBatches > 0 ? parsed : undefined;
     });
     t.true(await lsnAtMost(status.slotConfirmedFlushLsn, stoppedAt), `slot at ${status.slotConfirmedFlushLsn}, slow destination stopped at ${stoppedAt}`);
-    const applied = Object.fromEntries(status.destinations.map((destination: { name: string; appliedLsn: string }) => [destination.name, destination.appliedLsn]));
+    const applied = Object.fromEntries(
+      status.destinations.map((destination: { name: string; appliedLsn: string }) => [destination.name, destination.appliedLsn]),
+    );
     t.true(await lsnAtMost(applied.slow, stoppedAt), 'status shows the stopped destination where it stopped');
     t.true(await lsnAtMost((await slotConfirmed(env.pg, pipeline.slot))!, stoppedAt));
     slow = pipeline.duckdb('slow');

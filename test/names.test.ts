@@ -1,6 +1,6 @@
-import test from 'ava';
 import { DuckDBInstance } from '@duckdb/node-api';
-import { TestPipeline, duckdbRows, postgresRows, runCli, waitFor } from './support/pipeline.js';
+import test from 'ava';
+import { duckdbRows, postgresRows, runCli, TestPipeline, waitFor } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -32,12 +32,18 @@ test('tables whose names collide in DuckDB get distinct, recorded places, each e
   const consumer = pipeline.duckdb('dest');
   try {
     await pipeline.waitForCopy(env.redis.client);
-    for (const [table] of tables) await env.pg.query(`UPDATE ${table} SET label = label || ' changed' WHERE id <= 10; DELETE FROM ${table} WHERE id > 45; INSERT INTO ${table} VALUES (100, 'new')`);
+    for (const [table] of tables)
+      await env.pg.query(
+        `UPDATE ${table} SET label = label || ' changed' WHERE id <= 10; DELETE FROM ${table} WHERE id > 45; INSERT INTO ${table} VALUES (100, 'new')`,
+      );
     // Dropped and created again under the same name: the new table takes the old one's place.
     await env.pg.query(`ALTER PUBLICATION ${pipeline.publication} DROP TABLE public.orders; DROP TABLE public.orders;
       CREATE TABLE public.orders (id int PRIMARY KEY, label text); INSERT INTO public.orders VALUES (1, 'recreated');
       ALTER PUBLICATION ${pipeline.publication} ADD TABLE public.orders`);
-    await waitFor('the re-created table to be copied', async () => producer.stderr.includes('"table":"public.orders"') && producer.stderr.includes('table sync: copy enqueued'));
+    await waitFor(
+      'the re-created table to be copied',
+      async () => producer.stderr.includes('"table":"public.orders"') && producer.stderr.includes('table sync: copy enqueued'),
+    );
     await env.pg.query("INSERT INTO public.orders VALUES (2, 'after')");
     await pipeline.waitForCatchUp();
   } finally {
@@ -63,7 +69,11 @@ test('tables whose names collide in DuckDB get distinct, recorded places, each e
     t.is(targetSchema, schema, table);
     t.regex(String(targetName), new RegExp(`^${name}(__\\d+)?$`), table);
     places.add(`${String(targetSchema)}.${String(targetName)}`.toLowerCase());
-    t.deepEqual(await duckdbRows(path, `dest."${String(targetSchema)}"."${String(targetName)}"`, ['id', 'label']), await postgresRows(env.pg, table, ['id', 'label']), `${table} → ${String(targetSchema)}.${String(targetName)}`);
+    t.deepEqual(
+      await duckdbRows(path, `dest."${String(targetSchema)}"."${String(targetName)}"`, ['id', 'label']),
+      await postgresRows(env.pg, table, ['id', 'label']),
+      `${table} → ${String(targetSchema)}.${String(targetName)}`,
+    );
   }
   t.is(places.size, tables.length, 'every table has a place of its own, case ignored');
   // status shows the placement: all of it in --json, the tables placed under another name in text.
@@ -85,7 +95,9 @@ test('columns whose names differ only in case get distinct names in DuckDB (<nam
     INSERT INTO cases SELECT g, 'text ' || g, -g FROM generate_series(1, 20) g;
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE cases;`);
   await pipeline.runWithDuckdb(env.redis.client, async () => {
-    await env.pg.query(`UPDATE cases SET id = 'changed', "Id" = 0 WHERE "ID" <= 5; DELETE FROM cases WHERE "ID" > 18; INSERT INTO cases VALUES (100, 'new', 100)`);
+    await env.pg.query(
+      `UPDATE cases SET id = 'changed', "Id" = 0 WHERE "ID" <= 5; DELETE FROM cases WHERE "ID" > 18; INSERT INTO cases VALUES (100, 'new', 100)`,
+    );
     await pipeline.waitForCatchUp();
     // The column named like another goes; one added later collides again.
     await env.pg.query(`ALTER TABLE cases DROP COLUMN id; ALTER TABLE cases ADD COLUMN "iD" text; UPDATE cases SET "iD" = 'late ' || "ID" WHERE "ID" % 2 = 0`);

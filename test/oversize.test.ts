@@ -1,7 +1,7 @@
 import test from 'ava';
 import { Redis } from 'ioredis';
-import { TestPipeline, duckdbRows, killStrayProcesses, postgresRows, runCli, slotConfirmed } from './support/pipeline.js';
-import { type PostgresServer, freePort, spawnRedis, startPostgres } from './support/services.js';
+import { duckdbRows, killStrayProcesses, postgresRows, runCli, slotConfirmed, TestPipeline } from './support/pipeline.js';
+import { freePort, type PostgresServer, spawnRedis, startPostgres } from './support/services.js';
 
 /** A Redis that takes at most 1 MB in one value (proto-max-bulk-len; Redis' default is 512 MB). */
 let pg: PostgresServer;
@@ -31,7 +31,10 @@ test('a value larger than Redis takes in one value stops the producer with exit 
   const args = pipeline.producerArgs(['--max-batch-bytes', '500000']);
   const copied = await runCli(args);
   t.is(copied.code, 2, copied.stderr);
-  t.regex(copied.stderr, /A copied row from public\.blobs is \d+ bytes \(column "body" alone 2000000 bytes\), more than Redis takes in one value .*CONFIG SET proto-max-bulk-len 2097152/);
+  t.regex(
+    copied.stderr,
+    /A copied row from public\.blobs is \d+ bytes \(column "body" alone 2000000 bytes\), more than Redis takes in one value .*CONFIG SET proto-max-bulk-len 2097152/,
+  );
 
   await redis.config('SET', 'proto-max-bulk-len', '8mb');
   let producer = pipeline.producer(['--max-batch-bytes', '500000']);

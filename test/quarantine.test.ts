@@ -1,7 +1,19 @@
-import test from 'ava';
 import { DuckDBInstance } from '@duckdb/node-api';
-import { LOAD_SCHEMA, TestPipeline, currentWalLsn, duckdbRows, loadTablesIn, postgresRows, runCli, scrape, waitFor, waitForSlotAt, writeLoad } from './support/pipeline.js';
+import test from 'ava';
 import { useBigQueryEmulator } from './support/bigquery-emulator.js';
+import {
+  currentWalLsn,
+  duckdbRows,
+  LOAD_SCHEMA,
+  loadTablesIn,
+  postgresRows,
+  runCli,
+  scrape,
+  TestPipeline,
+  waitFor,
+  waitForSlotAt,
+  writeLoad,
+} from './support/pipeline.js';
 import { freePort, useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -26,7 +38,8 @@ test('a table whose rows the destination refuses is quarantined; the other table
   await env.pg.query("INSERT INTO picky SELECT g, 'n' || g FROM generate_series(1, 50) g");
   await env.pg.query(`ALTER PUBLICATION ${pipeline.publication} ADD TABLE picky`);
   const path = pipeline.duckdbPath('main');
-  const status = async () => JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations[0];
+  const status = async () =>
+    JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations[0];
   const metricsPort = await freePort();
   // One partition: every table's batches queue behind one another.
   const producer = pipeline.producer(['--partitions', '1']);
@@ -39,7 +52,9 @@ test('a table whose rows the destination refuses is quarantined; the other table
     await alterDuckdb(path, 'ALTER TABLE public.picky ALTER COLUMN note SET NOT NULL');
     consumer = pipeline.duckdb('main', {}, [], ['--metrics-port', String(metricsPort)]);
     // The refused row shares a transaction with rows of the other tables, and more follow.
-    await env.pg.query("BEGIN; INSERT INTO picky VALUES (51, NULL); UPDATE accounts SET note = 'with picky' WHERE id = 1; INSERT INTO picky VALUES (52, 'fine'); COMMIT");
+    await env.pg.query(
+      "BEGIN; INSERT INTO picky VALUES (51, NULL); UPDATE accounts SET note = 'with picky' WHERE id = 1; INSERT INTO picky VALUES (52, 'fine'); COMMIT",
+    );
     await writeLoad(env.pg, 40, 0);
     await env.pg.query("UPDATE picky SET note = 'changed while quarantined' WHERE id <= 10");
     await env.pg.query('DELETE FROM picky WHERE id BETWEEN 20 AND 25');
@@ -64,7 +79,19 @@ test('a table whose rows the destination refuses is quarantined; the other table
     await alterDuckdb(path, 'ALTER TABLE public.picky ALTER COLUMN note DROP NOT NULL');
     consumer = pipeline.duckdb('main', {}, [], ['--metrics-port', String(metricsPort)]);
     await waitFor('the consumer to report the quarantine again after its restart', async () => (await status()).quarantined['public.picky']);
-    const resync = await runCli(['resync', '--table', 'public.picky', '--destination', 'main', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', env.pg.url]);
+    const resync = await runCli([
+      'resync',
+      '--table',
+      'public.picky',
+      '--destination',
+      'main',
+      '--pipeline',
+      pipeline.pipeline,
+      '--redis-url',
+      env.redis.url,
+      '--pg-url',
+      env.pg.url,
+    ]);
     t.is(resync.code, 0, resync.stderr);
     await waitFor('picky to be released', async () => Object.keys((await status()).quarantined).length === 0);
     await env.pg.query("UPDATE picky SET note = 'after release' WHERE id = 52");
@@ -87,7 +114,10 @@ test('a row BigQuery cannot load (over 100 MB as JSON) quarantines its table the
     INSERT INTO small SELECT g, g FROM generate_series(1, 10) g;
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE huge, small;`);
   const dataset = 'quarantine_test';
-  const status = async () => JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations.find((each: { name: string }) => each.name === 'warehouse');
+  const status = async () =>
+    JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations.find(
+      (each: { name: string }) => each.name === 'warehouse',
+    );
   const producer = pipeline.producer(['--partitions', '1']);
   const warehouse = pipeline.bigquery('warehouse', bq.emulator.url, dataset);
   const duckdb = pipeline.duckdb('main');
@@ -95,14 +125,26 @@ test('a row BigQuery cannot load (over 100 MB as JSON) quarantines its table the
     await pipeline.waitForCopy(env.redis.client);
     // 101 MB of text that does not compress away in JSON, then changes to both tables.
     await env.pg.query(`INSERT INTO huge SELECT 2, string_agg(md5(g::text), '') FROM generate_series(1, ${(101 * 1024 * 1024) / 32}) g`);
-    await env.pg.query('UPDATE small SET n = n * 10; INSERT INTO huge VALUES (3, \'after\')');
+    await env.pg.query("UPDATE small SET n = n * 10; INSERT INTO huge VALUES (3, 'after')");
     const quarantined = await waitFor('huge to be quarantined in BigQuery', async () => (await status())?.quarantined['public.huge'], { stallMs: 240_000 });
     t.regex(quarantined.error, /a row of public\.huge is 101\.\d MB as JSON \(its column body holds 101\.0 MB\), and BigQuery loads rows of at most 100 MB/);
     await pipeline.waitForCatchUp({ stallMs: 240_000 });
     t.deepEqual(await bq.emulator.tableRows(dataset, 'small', ['id', 'n']), await postgresRows(env.pg, 'small', ['id', 'n']));
     // The fix: the row goes, and a fresh copy releases the table.
     await env.pg.query('DELETE FROM huge WHERE id = 2');
-    const resync = await runCli(['resync', '--table', 'public.huge', '--destination', 'warehouse', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', env.pg.url]);
+    const resync = await runCli([
+      'resync',
+      '--table',
+      'public.huge',
+      '--destination',
+      'warehouse',
+      '--pipeline',
+      pipeline.pipeline,
+      '--redis-url',
+      env.redis.url,
+      '--pg-url',
+      env.pg.url,
+    ]);
     t.is(resync.code, 0, resync.stderr);
     await waitFor('huge to be released', async () => Object.keys((await status()).quarantined).length === 0);
     await pipeline.waitForCatchUp();
@@ -121,7 +163,8 @@ test('an array with more dimensions than its column declares quarantines its tab
     CREATE TABLE notes (id int PRIMARY KEY, body text);
     INSERT INTO grids VALUES (1, '{1,2}');
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE grids, notes;`);
-  const status = async () => JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations[0];
+  const status = async () =>
+    JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations[0];
   const producer = pipeline.producer(['--partitions', '1']);
   const consumer = pipeline.duckdb('main');
   try {
@@ -147,7 +190,8 @@ test('a column retyped in a way BigQuery cannot convert in place quarantines its
     INSERT INTO prices SELECT g, g * 1.5 FROM generate_series(1, 5) g;
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE prices, other;`);
   const dataset = 'retype_test';
-  const status = async () => JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations[0];
+  const status = async () =>
+    JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations[0];
   const producer = pipeline.producer(['--partitions', '1']);
   const warehouse = pipeline.bigquery('warehouse', bq.emulator.url, dataset);
   try {
@@ -159,7 +203,19 @@ test('a column retyped in a way BigQuery cannot convert in place quarantines its
     await env.pg.query('INSERT INTO other VALUES (2, 2)');
     await pipeline.waitForCatchUp();
     t.deepEqual(await bq.emulator.tableRows(dataset, 'other', ['id', 'n']), await postgresRows(env.pg, 'other', ['id', 'n']));
-    const resync = await runCli(['resync', '--table', 'public.prices', '--destination', 'warehouse', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', env.pg.url]);
+    const resync = await runCli([
+      'resync',
+      '--table',
+      'public.prices',
+      '--destination',
+      'warehouse',
+      '--pipeline',
+      pipeline.pipeline,
+      '--redis-url',
+      env.redis.url,
+      '--pg-url',
+      env.pg.url,
+    ]);
     t.is(resync.code, 0, resync.stderr);
     await waitFor('prices to be released', async () => Object.keys((await status()).quarantined).length === 0);
     await env.pg.query("UPDATE prices SET amount = 'seven' WHERE id = 1");

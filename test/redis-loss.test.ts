@@ -1,6 +1,6 @@
-import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LOAD_SCHEMA, TestPipeline, duckdbRows, loadTablesIn, postgresRows, waitFor, writeLoad } from './support/pipeline.js';
+import test from 'ava';
+import { duckdbRows, LOAD_SCHEMA, loadTablesIn, postgresRows, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -24,25 +24,28 @@ test.serial('FLUSHALL and a Redis restart mid-stream: the producer re-reads from
   t.false(producer.stderr.includes('table sync'), 'no table is copied again');
 });
 
-test.serial('Redis restarted from an older snapshot mid-stream (its newest writes lost, the run kept): the pipeline catches up and DuckDB equals Postgres', async (t) => {
-  const pipeline = new TestPipeline(env.pg, env.redis.url, 'snapshot', ['main']);
-  await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'snap'));
-  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async () => {
-    const load = writeLoad(env.pg, 2000, 2, 'snap');
-    await sleep(1000);
-    await env.redis.snapshot();
-    await sleep(1500);
-    await env.redis.restart({ fromSnapshot: true });
-    // Whether the producer sent batches after the snapshot depends on timing (it may have had
-    // everything in Redis by then): the gap is found when it did (the runner tests and the
-    // next test make a loss certain); either way the slot must catch up and nothing be lost.
-    await load;
-    await pipeline.waitForCatchUp();
-  });
-  const { duckdb, postgres } = await loadTablesIn(env.pg, pipeline.duckdbPath('main'), 'snap');
-  t.deepEqual(duckdb, postgres);
-  t.false(producer.stderr.includes('copying every table again'), 'the copy was applied before the loss: it is not redone');
-});
+test.serial(
+  'Redis restarted from an older snapshot mid-stream (its newest writes lost, the run kept): the pipeline catches up and DuckDB equals Postgres',
+  async (t) => {
+    const pipeline = new TestPipeline(env.pg, env.redis.url, 'snapshot', ['main']);
+    await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'snap'));
+    const { producer } = await pipeline.runWithDuckdb(env.redis.client, async () => {
+      const load = writeLoad(env.pg, 2000, 2, 'snap');
+      await sleep(1000);
+      await env.redis.snapshot();
+      await sleep(1500);
+      await env.redis.restart({ fromSnapshot: true });
+      // Whether the producer sent batches after the snapshot depends on timing (it may have had
+      // everything in Redis by then): the gap is found when it did (the runner tests and the
+      // next test make a loss certain); either way the slot must catch up and nothing be lost.
+      await load;
+      await pipeline.waitForCatchUp();
+    });
+    const { duckdb, postgres } = await loadTablesIn(env.pg, pipeline.duckdbPath('main'), 'snap');
+    t.deepEqual(duckdb, postgres);
+    t.false(producer.stderr.includes('copying every table again'), 'the copy was applied before the loss: it is not redone');
+  },
+);
 
 test.serial('a table added to the publication whose copy Redis lost before it was applied is copied again, and DuckDB has its rows', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'lostsync', ['main']);
@@ -59,7 +62,7 @@ test.serial('a table added to the publication whose copy Redis lost before it wa
     await consumer.stop();
     await env.redis.snapshot();
     await env.pg.query(`ALTER PUBLICATION ${pipeline.publication} ADD TABLE joined; INSERT INTO joined VALUES (0, 'after'); INSERT INTO kept VALUES (1, 'x');`);
-    await waitFor('the new table\'s copy to be enqueued', async () => producer.stderr.includes('table sync: copy enqueued'));
+    await waitFor("the new table's copy to be enqueued", async () => producer.stderr.includes('table sync: copy enqueued'));
     await env.redis.restart({ fromSnapshot: true });
     await waitFor('the loss to be found', async () => producer.stderr.includes('Redis lost recent writes'), { stallMs: 60_000 });
     consumer = pipeline.duckdb('main');

@@ -1,8 +1,8 @@
-import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LOAD_SCHEMA, TestPipeline, killStrayProcesses, loadTablesIn, runCli, writeLoad } from './support/pipeline.js';
+import test from 'ava';
+import { killStrayProcesses, LOAD_SCHEMA, loadTablesIn, runCli, TestPipeline, writeLoad } from './support/pipeline.js';
 import { type SentinelSet, startSentinelSet } from './support/sentinel.js';
-import { startPostgres, type PostgresServer } from './support/services.js';
+import { type PostgresServer, startPostgres } from './support/services.js';
 
 let pg: PostgresServer;
 let sentinels: SentinelSet;
@@ -50,7 +50,10 @@ test('a malformed Redis URL is refused with the accepted forms, and an upper-cas
   t.deepEqual(parseRedisUrl('REDISS://:secret@cache:6380/2'), { kind: 'server', url: 'rediss://:secret@cache:6380/2' });
   t.like(parseRedisUrl('redis-sentinel://user:pw@a:26379,[::1]:26380/main/3?sentinelPassword=s'), {
     kind: 'sentinel',
-    sentinels: [{ host: 'a', port: 26379 }, { host: '::1', port: 26380 }],
+    sentinels: [
+      { host: 'a', port: 26379 },
+      { host: '::1', port: 26380 },
+    ],
     name: 'main',
     db: 3,
     username: 'user',

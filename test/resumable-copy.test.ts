@@ -1,7 +1,7 @@
-import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
+import test from 'ava';
 import { useBigQueryEmulator } from './support/bigquery-emulator.js';
-import { type CliProcess, TestPipeline, duckdbRows, postgresRows, runCli, storedChunks, waitFor } from './support/pipeline.js';
+import { type CliProcess, duckdbRows, postgresRows, runCli, storedChunks, TestPipeline, waitFor } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -10,7 +10,11 @@ const bq = useBigQueryEmulator(test);
 /** Ranges recorded as copied, per table, from the producer's record in Redis. */
 async function rangesDone(pipeline: string): Promise<Record<string, { done: number; total: number }>> {
   const raw = await env.redis.client.hgetall(`pgr:{${pipeline}}:copy-progress`);
-  return Object.fromEntries(Object.values(raw).map((text) => JSON.parse(text)).map((progress) => [progress.name, { done: progress.done.length, total: progress.ranges }]));
+  return Object.fromEntries(
+    Object.values(raw)
+      .map((text) => JSON.parse(text))
+      .map((progress) => [progress.name, { done: progress.done.length, total: progress.ranges }]),
+  );
 }
 
 test('a large table is copied in CTID ranges over several connections and continues after the producer is killed twice mid-copy (DuckDB and BigQuery)', async (t) => {
@@ -45,10 +49,14 @@ test('a large table is copied in CTID ranges over several connections and contin
   try {
     for (let kill = 1; kill <= 2; kill++) {
       const before = kills[kills.length - 1]?.big.done ?? 0;
-      const progress = await waitFor(`copy progress before kill ${kill}`, async () => {
-        const now = await rangesDone(pipeline.pipeline);
-        return now.big && now.big.done >= before + 4 ? now : undefined;
-      }, { progress: () => rangesDone(pipeline.pipeline) });
+      const progress = await waitFor(
+        `copy progress before kill ${kill}`,
+        async () => {
+          const now = await rangesDone(pipeline.pipeline);
+          return now.big && now.big.done >= before + 4 ? now : undefined;
+        },
+        { progress: () => rangesDone(pipeline.pipeline) },
+      );
       await producer.kill9();
       t.true(progress.big.done < progress.big.total, `kill ${kill} happened mid-copy (${progress.big.done}/${progress.big.total} ranges)`);
       kills.push(await rangesDone(pipeline.pipeline));
@@ -81,10 +89,17 @@ test('a large table is copied in CTID ranges over several connections and contin
     t.truthy(resumed, `run ${index + 2} resumed the copy`);
     const { big } = kills[index];
     const { zbag } = kills[index];
-    t.true(Number(resumed![1]) <= big.total - big.done + zbag.total, `run ${index + 2} copied at most the ranges left (${resumed![1]}) plus the keyless table's, copied anew`);
+    t.true(
+      Number(resumed![1]) <= big.total - big.done + zbag.total,
+      `run ${index + 2} copied at most the ranges left (${resumed![1]}) plus the keyless table's, copied anew`,
+    );
   }
   t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.big', ['id', 'payload', 'n']), await postgresRows(env.pg, 'big', ['id', 'payload', 'n']));
   t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.zbag', ['label', 'n']), await postgresRows(env.pg, 'zbag', ['label', 'n']));
-  t.deepEqual(await bq.emulator.tableRows('resume_test', 'big', ['id', 'payload', 'n']), await postgresRows(env.pg, 'big', ['id', 'payload', 'n']), 'BigQuery: big');
+  t.deepEqual(
+    await bq.emulator.tableRows('resume_test', 'big', ['id', 'payload', 'n']),
+    await postgresRows(env.pg, 'big', ['id', 'payload', 'n']),
+    'BigQuery: big',
+  );
   t.deepEqual(await bq.emulator.tableRows('resume_test', 'zbag', ['label', 'n']), await postgresRows(env.pg, 'zbag', ['label', 'n']), 'BigQuery: zbag');
 });

@@ -1,6 +1,6 @@
-import test, { type ExecutionContext } from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type CliProcess, TestPipeline, duckdbRows, postgresRows, runCli, storedChunks, waitFor } from './support/pipeline.js';
+import test, { type ExecutionContext } from 'ava';
+import { type CliProcess, duckdbRows, postgresRows, runCli, storedChunks, TestPipeline, waitFor } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -9,14 +9,30 @@ const env = useServices(test);
 async function syncsInProgress(pipeline: string): Promise<Record<string, { done: number; total: number; destinations?: string[] }>> {
   const raw = await env.redis.client.hgetall(`pgr:{${pipeline}}:table-syncs`);
   const records = Object.values(raw).map((text) => JSON.parse(text));
-  return Object.fromEntries(records.filter((record) => record.progress).map((record) => [record.progress.name, { done: record.progress.done.length, total: record.progress.ranges, destinations: record.destinations }]));
+  return Object.fromEntries(
+    records
+      .filter((record) => record.progress)
+      .map((record) => [record.progress.name, { done: record.progress.done.length, total: record.progress.ranges, destinations: record.destinations }]),
+  );
 }
 
 /** Asks for a resync of `table` and waits until at least three of its ranges are in the queues. */
 async function resyncPartWay(t: ExecutionContext, pipeline: TestPipeline, table: string): Promise<void> {
-  const requested = await runCli(['resync', '--table', `public.${table}`, '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url, '--pg-url', env.pg.url]);
+  const requested = await runCli([
+    'resync',
+    '--table',
+    `public.${table}`,
+    '--pipeline',
+    pipeline.pipeline,
+    '--redis-url',
+    env.redis.url,
+    '--pg-url',
+    env.pg.url,
+  ]);
   t.is(requested.code, 0, requested.stderr);
-  await waitFor('the resync to be part-way', async () => (await syncsInProgress(pipeline.pipeline))[table]?.done >= 3, { progress: () => progressOf(pipeline) });
+  await waitFor('the resync to be part-way', async () => (await syncsInProgress(pipeline.pipeline))[table]?.done >= 3, {
+    progress: () => progressOf(pipeline),
+  });
 }
 
 /** What moves while a copy beside the stream goes on: its ranges, and the destinations' applied positions. */
@@ -26,9 +42,13 @@ async function progressOf(pipeline: TestPipeline): Promise<unknown> {
 
 /** Waits until no copy beside the stream is left and the running producer has enqueued one. */
 async function syncsFinished(what: string, pipeline: TestPipeline, producer: CliProcess): Promise<void> {
-  await waitFor(what, async () => (await env.redis.client.hlen(`pgr:{${pipeline.pipeline}}:table-syncs`)) === 0 && producer.stderr.includes('table sync: copy enqueued'), {
-    progress: () => progressOf(pipeline),
-  });
+  await waitFor(
+    what,
+    async () => (await env.redis.client.hlen(`pgr:{${pipeline.pipeline}}:table-syncs`)) === 0 && producer.stderr.includes('table sync: copy enqueued'),
+    {
+      progress: () => progressOf(pipeline),
+    },
+  );
 }
 
 /** Small transactions on both tables (named `big` and `bag` after `prefix`) until stopped. */
@@ -66,8 +86,15 @@ const SCHEMA = (publication: string, prefix: string) => `
 const SLOW_COPY = ['--copy-range-blocks', '40', '--copy-connections', '2', '--copy-chunk-rows', '2000', '--max-backlog-batches', '6'];
 
 async function assertEqual(t: { deepEqual: (a: unknown, b: unknown, message?: string) => void }, pipeline: TestPipeline, name: string, prefix: string) {
-  for (const [table, columns] of [[`${prefix}big`, ['id', 'payload', 'n']], [`${prefix}bag`, ['label', 'n']]] as const) {
-    t.deepEqual(await duckdbRows(pipeline.duckdbPath(name), `public.${table}`, [...columns]), await postgresRows(env.pg, table, [...columns]), `${name}: ${table}`);
+  for (const [table, columns] of [
+    [`${prefix}big`, ['id', 'payload', 'n']],
+    [`${prefix}bag`, ['label', 'n']],
+  ] as const) {
+    t.deepEqual(
+      await duckdbRows(pipeline.duckdbPath(name), `public.${table}`, [...columns]),
+      await postgresRows(env.pg, table, [...columns]),
+      `${name}: ${table}`,
+    );
   }
 }
 
@@ -101,11 +128,14 @@ test('a resync interrupted by kill -9 of the producer is continued after the res
   t.regex(producer.stderr, /table sync: continuing the copies a restart interrupted/);
   const resumed = /"ranges":(\d+),"resumed":true,"msg":"table sync: copying"/.exec(producer.stderr);
   t.truthy(resumed, 'the restarted producer continued the copy');
-  t.true(Number(resumed![1]) <= killedAt!.total - killedAt!.done, `it copied only the ranges left (${resumed![1]} of ${killedAt!.total}, ${killedAt!.done} done)`);
+  t.true(
+    Number(resumed![1]) <= killedAt!.total - killedAt!.done,
+    `it copied only the ranges left (${resumed![1]} of ${killedAt!.total}, ${killedAt!.done} done)`,
+  );
   await assertEqual(t, pipeline, 'main', 'r_');
 });
 
-test('a new destination\'s copy interrupted by kill -9 of the producer is continued for it alone (a keyless table anew), and it ends equal to Postgres', async (t) => {
+test("a new destination's copy interrupted by kill -9 of the producer is continued for it alone (a keyless table anew), and it ends equal to Postgres", async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'syncnewdest', ['main']);
   await env.pg.query(SCHEMA(pipeline.publication, 'd_'));
   let producer: CliProcess = pipeline.producer(SLOW_COPY);
@@ -116,10 +146,14 @@ test('a new destination\'s copy interrupted by kill -9 of the producer is contin
     await pipeline.waitForCopy(env.redis.client);
     load = writeLoad('d_');
     late = pipeline.duckdb('late');
-    const recorded = await waitFor('the new destination\'s copy to be part-way', async () => {
-      const syncs = await syncsInProgress(pipeline.pipeline);
-      return syncs.d_big?.done >= 3 && syncs.d_big.done < syncs.d_big.total ? syncs : undefined;
-    }, { progress: () => progressOf(pipeline) });
+    const recorded = await waitFor(
+      "the new destination's copy to be part-way",
+      async () => {
+        const syncs = await syncsInProgress(pipeline.pipeline);
+        return syncs.d_big?.done >= 3 && syncs.d_big.done < syncs.d_big.total ? syncs : undefined;
+      },
+      { progress: () => progressOf(pipeline) },
+    );
     await producer.kill9();
     t.deepEqual(recorded.d_big.destinations, ['late'], 'the copy is for the new destination only');
     producer = pipeline.producer(SLOW_COPY);
@@ -137,7 +171,7 @@ test('a new destination\'s copy interrupted by kill -9 of the producer is contin
   await assertEqual(t, pipeline, 'late', 'd_');
 });
 
-test('a resync in flight when Redis loses the pipeline\'s data is copied again from the start (the producer remembers it), and DuckDB equals Postgres', async (t) => {
+test("a resync in flight when Redis loses the pipeline's data is copied again from the start (the producer remembers it), and DuckDB equals Postgres", async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'syncloss', ['main']);
   await env.pg.query(SCHEMA(pipeline.publication, 'l_'));
   // One partition: the copied table and the streamed one share a queue, so a batch of the

@@ -1,6 +1,6 @@
 import { DuckDBInstance } from '@duckdb/node-api';
 import test from 'ava';
-import { TestPipeline, duckdbRows, postgresRows } from './support/pipeline.js';
+import { duckdbRows, postgresRows, TestPipeline } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 /** Updates that do not carry the whole row, tables without a primary key, and every form of TRUNCATE. */
@@ -23,7 +23,9 @@ test('unchanged TOASTed values survive updates of other columns, with REPLICA ID
     for (const table of ['docs', 'docs_full']) {
       await env.pg.query(`UPDATE ${table} SET n = n + 10 WHERE id = 1`);
       await env.pg.query(`INSERT INTO ${table} VALUES (4, ${BIG}, 4)`);
-      await env.pg.query(`BEGIN; INSERT INTO ${table} VALUES (5, ${BIG}, 5); UPDATE ${table} SET n = 50 WHERE id = 5; UPDATE ${table} SET n = 51 WHERE id = 5; COMMIT`);
+      await env.pg.query(
+        `BEGIN; INSERT INTO ${table} VALUES (5, ${BIG}, 5); UPDATE ${table} SET n = 50 WHERE id = 5; UPDATE ${table} SET n = 51 WHERE id = 5; COMMIT`,
+      );
       await env.pg.query(`UPDATE ${table} SET n = n + 100`);
       await env.pg.query(`UPDATE ${table} SET body = 'small now' WHERE id = 2`);
       await env.pg.query(`UPDATE ${table} SET id = 30 WHERE id = 3`);
@@ -31,14 +33,18 @@ test('unchanged TOASTed values survive updates of other columns, with REPLICA ID
     await pipeline.waitForCatchUp();
   });
   t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');
-  const toasted = (await env.pg.query("SELECT count(*)::int AS n FROM docs WHERE length(body) > 8000")).rows[0].n;
+  const toasted = (await env.pg.query('SELECT count(*)::int AS n FROM docs WHERE length(body) > 8000')).rows[0].n;
   t.true(toasted >= 3, 'the test really has values over 8 kB');
   for (const table of ['docs', 'docs_full']) {
-    t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), `public.${table}`, ['id', 'body', 'n']), await postgresRows(env.pg, table, ['id', 'body', 'n']), table);
+    t.deepEqual(
+      await duckdbRows(pipeline.duckdbPath('main'), `public.${table}`, ['id', 'body', 'n']),
+      await postgresRows(env.pg, table, ['id', 'body', 'n']),
+      table,
+    );
   }
 });
 
-test('values of several megabytes are copied and streamed whole (beyond a CSV reader\'s default line limit)', async (t) => {
+test("values of several megabytes are copied and streamed whole (beyond a CSV reader's default line limit)", async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'huge', ['main']);
   // Random hex of about `mb` megabytes: TOASTed, and lines far beyond DuckDB's 2 MB default.
   const huge = (mb: number) => `(SELECT string_agg(md5(random()::text), '') FROM generate_series(1, ${mb * 32768}))`;
@@ -92,7 +98,10 @@ test('one transaction of several batches (inserts, updates, key changes and dele
     .map((line) => JSON.parse(line) as { changes?: number; planned?: string })
     .filter((batch) => (batch.changes ?? 0) >= 5000);
   t.true(applied.length >= 2, 'the transaction came in several large batches');
-  t.true(applied.some((batch) => batch.planned === 'ahead'), 'a batch was planned while the one before it was applied');
+  t.true(
+    applied.some((batch) => batch.planned === 'ahead'),
+    'a batch was planned while the one before it was applied',
+  );
 });
 
 test('a string column Postgres counts as mostly distinct is stored with FSST; without statistics DuckDB chooses (here a dictionary where values repeat)', async (t) => {
@@ -114,7 +123,13 @@ test('a string column Postgres counts as mostly distinct is stored with FSST; wi
   const instance = await DuckDBInstance.create(pipeline.duckdbPath('main'), { access_mode: 'READ_ONLY' });
   const connection = await instance.connect();
   const compressions = async (column: string) =>
-    (await connection.runAndReadAll(`SELECT DISTINCT compression FROM pragma_storage_info('public.storage') WHERE column_name = '${column}' AND segment_type = 'VARCHAR' ORDER BY 1`)).getRows().map(([name]) => name);
+    (
+      await connection.runAndReadAll(
+        `SELECT DISTINCT compression FROM pragma_storage_info('public.storage') WHERE column_name = '${column}' AND segment_type = 'VARCHAR' ORDER BY 1`,
+      )
+    )
+      .getRows()
+      .map(([name]) => name);
   try {
     t.deepEqual(await compressions('counted'), ['FSST']);
     t.true((await compressions('uncounted')).includes('Dictionary'));
@@ -196,7 +211,7 @@ test('TRUNCATE: one table, several at once, CASCADE, RESTART IDENTITY, and trunc
     await env.pg.query('INSERT INTO t_parent VALUES (1); INSERT INTO t_child VALUES (1, 1)');
     await env.pg.query('TRUNCATE t_serial RESTART IDENTITY');
     await env.pg.query("INSERT INTO t_serial (v) VALUES ('restarted')");
-    await env.pg.query("BEGIN; INSERT INTO t_two VALUES (1); TRUNCATE t_two; INSERT INTO t_two VALUES (2), (3); UPDATE t_two SET id = 4 WHERE id = 3; COMMIT");
+    await env.pg.query('BEGIN; INSERT INTO t_two VALUES (1); TRUNCATE t_two; INSERT INTO t_two VALUES (2), (3); UPDATE t_two SET id = 4 WHERE id = 3; COMMIT');
     await pipeline.waitForCatchUp();
   });
   t.notRegex(producer.stderr, /session ended/, 'the producer ran without a failure');

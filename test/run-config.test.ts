@@ -1,14 +1,16 @@
-import test from 'ava';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CliProcess, TestPipeline, duckdbRows, postgresRows, runCli, waitFor } from './support/pipeline.js';
+import test from 'ava';
+import { CliProcess, duckdbRows, postgresRows, runCli, TestPipeline, waitFor } from './support/pipeline.js';
 import { freePort, useServices } from './support/services.js';
 
 const env = useServices(test);
 
 test('run --config runs the producer and both consumers in one process, with ${ENV} expansion', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'runcfg', []);
-  await env.pg.query(`CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'one'); CREATE PUBLICATION ${pipeline.publication} FOR TABLE notes;`);
+  await env.pg.query(
+    `CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'one'); CREATE PUBLICATION ${pipeline.publication} FOR TABLE notes;`,
+  );
   const config = join(pipeline.dir, 'pipeline.yaml');
   const path = join(pipeline.dir, 'notes.duckdb');
   const metricsPort = await freePort();
@@ -35,7 +37,7 @@ destinations:
     t.regex(status.stdout, /destination warehouse: ok, applied up to [0-9A-F]+\/[0-9A-F]+, 0 batches pending/);
     t.regex(status.stdout, /slot confirmed flush LSN [0-9A-F]+\/[0-9A-F]+ \(producer connected\)/);
     // One port for the process: the producer's metrics and every destination's (counted just after the slot hears).
-    const metrics = await waitFor('both destinations\' metrics', async () => {
+    const metrics = await waitFor("both destinations' metrics", async () => {
       const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
       return ['console', 'warehouse'].every((name) => new RegExp(`^pg_replicate_changes_applied_total\\{destination="${name}"\\} 2$`, 'm').test(text)) && text;
     });

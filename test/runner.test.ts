@@ -1,6 +1,6 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
 import { Queue } from 'bullmq';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { register } from 'prom-client';
 import { pipelineStatus } from '../cli/status.js';
 import type { Destination, Step, TableState } from '../consumers/destination.js';
@@ -8,7 +8,7 @@ import { ConsumerRunner } from '../consumers/runner.js';
 import { BatchQueues } from '../producer/queues.js';
 import { encodeBatch } from '../shared/codec.js';
 import type { Batch, Relation } from '../shared/events.js';
-import { QUEUE_PREFIX, keys, queueName } from '../shared/keys.js';
+import { keys, QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { readApplied, recordApplied, writePipelineState } from '../shared/redis.js';
 import { waitFor } from './support/pipeline.js';
 import { type RedisServer, startRedis } from './support/services.js';
@@ -21,13 +21,22 @@ test.after.always(async () => {
   await redis?.stop();
 });
 
-const relation: Relation = { oid: 1, schema: 'public', name: 't', replicaIdentity: 'default', columns: [{ name: 'id', typeOid: 23, typeModifier: -1, isKey: true }] };
+const relation: Relation = {
+  oid: 1,
+  schema: 'public',
+  name: 't',
+  replicaIdentity: 'default',
+  columns: [{ name: 'id', typeOid: 23, typeModifier: -1, isKey: true }],
+};
 
 /** A destination that remembers what it applied, and fails a chosen batch a number of times first. */
 class FlakyDestination implements Destination {
   readonly applied: string[] = [];
   attempts = 0;
-  constructor(private readonly failing: string, private failuresLeft: number) {}
+  constructor(
+    private readonly failing: string,
+    private failuresLeft: number,
+  ) {}
   async tableStates(): Promise<Map<number, TableState>> {
     return new Map();
   }
@@ -62,7 +71,14 @@ async function setup(pipeline: string, destination: string) {
   return queues;
 }
 
-const runnerOptions = (pipeline: string, name: string) => ({ redisUrl: redis.url, pipeline, name, lockDurationMs: 2000, stalledIntervalMs: 500, attemptsBeforePark: 2 });
+const runnerOptions = (pipeline: string, name: string) => ({
+  redisUrl: redis.url,
+  pipeline,
+  name,
+  lockDurationMs: 2000,
+  stalledIntervalMs: 500,
+  attemptsBeforePark: 2,
+});
 
 /** A consumer of the pipeline running with this destination until `stop()`. */
 function startRunner(pipeline: string, name: string, destination: Destination): { stop: () => Promise<void> } {
@@ -89,7 +105,11 @@ test('a failing batch is retried in place: its partition waits (reported parked)
     });
     t.regex(parked.destinations[0].errors[0].error, /cannot apply 0-3 yet/);
     t.is(parked.destinations[0].errors[0].partition, 0);
-    t.regex(await register.getSingleMetricAsString('pg_replicate_partitions_failing'), /\{destination="parking",state="parked"\} 1$/m, 'the metrics show it too');
+    t.regex(
+      await register.getSingleMetricAsString('pg_replicate_partitions_failing'),
+      /\{destination="parking",state="parked"\} 1$/m,
+      'the metrics show it too',
+    );
     await waitFor('partition 1 to finish while 0 waits', async () => destination.applied.includes('1-10'));
     t.false(destination.applied.includes('0-4'), 'nothing behind the failing batch ran');
     await waitFor('everything applied', async () => destination.applied.length === 20);
@@ -99,7 +119,10 @@ test('a failing batch is retried in place: its partition waits (reported parked)
   }
   t.is(destination.attempts, 4);
   for (const partition of [0, 1]) {
-    t.deepEqual(destination.applied.filter((id) => id.startsWith(`${partition}-`)), Array.from({ length: 10 }, (_, i) => `${partition}-${i + 1}`));
+    t.deepEqual(
+      destination.applied.filter((id) => id.startsWith(`${partition}-`)),
+      Array.from({ length: 10 }, (_, i) => `${partition}-${i + 1}`),
+    );
   }
   t.is(await redis.client.hget(keys.applied('flaky', 'parking'), '0'), '1:10');
   t.is((await pipelineStatus({ pipeline: 'flaky', redisUrl: redis.url })).destinations[0].state, 'ok');
@@ -124,15 +147,29 @@ test('stopping a consumer mid-retry puts the batch back at the front of its queu
     await again.stop();
     await queues.close();
   }
-  t.deepEqual(first.applied.filter((id) => id.startsWith('0-')), ['0-1']);
-  t.deepEqual(second.applied.filter((id) => id.startsWith('0-')), Array.from({ length: 9 }, (_, i) => `0-${i + 2}`));
+  t.deepEqual(
+    first.applied.filter((id) => id.startsWith('0-')),
+    ['0-1'],
+  );
+  t.deepEqual(
+    second.applied.filter((id) => id.startsWith('0-')),
+    Array.from({ length: 9 }, (_, i) => `0-${i + 2}`),
+  );
 });
 
 test('a large batch travels as a chunk beside its job: applied whole, then released; re-delivered after its release, it is skipped', async (t) => {
   await writePipelineState(redis.client, 'large', { slot: 's', publication: 'p', partitions: 1, destinations: ['d'], epoch: 1 });
   const queues = new BatchQueues(redis.client, 'large', ['d'], 1);
   await queues.limitToOneWorker();
-  const big: Batch = { ...batch('large', 0, 1), changes: Array.from({ length: 5000 }, (_, i) => ({ op: 'insert' as const, relation: 0, version: { lsn: 1n, ordinal: i + 1 }, row: [`row ${i} ${'x'.repeat(20)}`] })) };
+  const big: Batch = {
+    ...batch('large', 0, 1),
+    changes: Array.from({ length: 5000 }, (_, i) => ({
+      op: 'insert' as const,
+      relation: 0,
+      version: { lsn: 1n, ordinal: i + 1 },
+      row: [`row ${i} ${'x'.repeat(20)}`],
+    })),
+  };
   queues.enqueue(big);
   await queues.settle();
   const [job] = await redis.client.keys('pgr:{large}:chunk:*');
@@ -160,7 +197,6 @@ test('a large batch travels as a chunk beside its job: applied whole, then relea
     await queues.close();
   }
 });
-
 
 /**
  * A destination that keeps its tables' states like a real one, takes its time applying, and
@@ -201,14 +237,19 @@ test('the next batch of a large transaction is planned and prepared while one is
   // Six batches of 5,000 changes (records as chunks), batch k at LSN k.
   const large = (seq: number): Batch => ({
     ...batch('ahead', 0, seq),
-    changes: Array.from({ length: 5000 }, (_, i) => ({ op: 'insert' as const, relation: 0, version: { lsn: BigInt(seq), ordinal: i + 1 }, row: [`${seq}:${i} ${'x'.repeat(20)}`] })),
+    changes: Array.from({ length: 5000 }, (_, i) => ({
+      op: 'insert' as const,
+      relation: 0,
+      version: { lsn: BigInt(seq), ordinal: i + 1 },
+      row: [`${seq}:${i} ${'x'.repeat(20)}`],
+    })),
   });
   for (let seq = 1; seq <= 6; seq++) queues.enqueue(large(seq));
   await queues.settle();
   const destination = new PreparingDestination();
   // After batch 3, the table's version is batch 4's last change (as if batch 4 were applied
   // already): batch 4, planned ahead on batch 3's version, must be planned again, to nothing.
-  destination.jump = { after: '3:0 ' + 'x'.repeat(20), to: { lsn: 4n, ordinal: 5000 } };
+  destination.jump = { after: `3:0 ${'x'.repeat(20)}`, to: { lsn: 4n, ordinal: 5000 } };
   const runner = startRunner('ahead', 'd', destination);
   try {
     await waitFor('batches 1–3, 5 and 6 to be applied', async () => destination.applied.length === 5);
@@ -240,7 +281,14 @@ test('an applied mark only moves forward: batches applied together with an earli
   await recordApplied(redis.client, 'marks', 'd', 1, { epoch: 2, seq: 1 });
   t.deepEqual((await marks()).get(0), { epoch: 2, seq: 11 });
   await recordApplied(redis.client, 'marks', 'd', 0, { epoch: 3, seq: 1 });
-  t.deepEqual(await marks(), new Map([[0, { epoch: 3, seq: 1 }], [1, { epoch: 2, seq: 1 }]]), 'a new run moves it on; partitions are apart');
+  t.deepEqual(
+    await marks(),
+    new Map([
+      [0, { epoch: 3, seq: 1 }],
+      [1, { epoch: 2, seq: 1 }],
+    ]),
+    'a new run moves it on; partitions are apart',
+  );
   await redis.client.hset(keys.applied('marks', 'd'), '2', 'not a mark');
   await recordApplied(redis.client, 'marks', 'd', 2, { epoch: 3, seq: 5 });
   t.deepEqual((await marks()).get(2), { epoch: 3, seq: 5 }, 'what is not a mark is replaced');
@@ -251,7 +299,11 @@ test('a copy chunk Redis lost waits while its run is current, and is dropped onc
   const queues = new BatchQueues(redis.client, 'lostcopy', ['d'], 1);
   await queues.limitToOneWorker();
   // The job survived (a consumer held it) but its rows did not.
-  const lostCopy: Batch = { ...batch('lostcopy', 0, 1), changes: [], copy: { relation: 0, id: '1.0.1', rows: 10, bytes: 100, snapshotLsn: 5n, chunk: 1, last: false } };
+  const lostCopy: Batch = {
+    ...batch('lostcopy', 0, 1),
+    changes: [],
+    copy: { relation: 0, id: '1.0.1', rows: 10, bytes: 100, snapshotLsn: 5n, chunk: 1, last: false },
+  };
   queues.enqueue(lostCopy);
   await queues.settle();
   // The next producer run's first batch, as that run sends it (its own numbering).
@@ -262,11 +314,13 @@ test('a copy chunk Redis lost waits while its run is current, and is dropped onc
   const destination = new FlakyDestination('none', 0);
   const runner = startRunner('lostcopy', 'd', destination);
   try {
-    await waitFor('the copy chunk to fail', async () => (await redis.client.hget(keys.health('lostcopy', 'd'), '0'))?.includes('chunk 1.0.1 of this batch is missing from Redis'));
+    await waitFor('the copy chunk to fail', async () =>
+      (await redis.client.hget(keys.health('lostcopy', 'd'), '0'))?.includes('chunk 1.0.1 of this batch is missing from Redis'),
+    );
     t.deepEqual(destination.applied, [], 'nothing behind it is applied meanwhile');
     await writePipelineState(redis.client, 'lostcopy', { epoch: 2 });
-    await waitFor('the new run\'s batch to be applied', async () => destination.applied.length === 1);
-    t.deepEqual(destination.applied, ['0-1'], 'the lost copy chunk was dropped, the new run\'s batch applied');
+    await waitFor("the new run's batch to be applied", async () => destination.applied.length === 1);
+    t.deepEqual(destination.applied, ['0-1'], "the lost copy chunk was dropped, the new run's batch applied");
     await waitFor('every job to complete', async () => (await redis.client.hget(keys.applied('lostcopy', 'd'), '0')) === '2:1');
   } finally {
     await runner.stop();
@@ -274,7 +328,7 @@ test('a copy chunk Redis lost waits while its run is current, and is dropped onc
   }
 });
 
-test('a gap in a partition\'s batches (Redis lost some) is never applied past: it is reported to the producer, and the next producer run\'s batches are applied', async (t) => {
+test("a gap in a partition's batches (Redis lost some) is never applied past: it is reported to the producer, and the next producer run's batches are applied", async (t) => {
   const queues = await setup('gap', 'd');
   // Redis lost batch 4 of partition 0 (a failover to a replica that had not received it).
   const queue = new Queue(queueName('gap', 'd', 0), { connection: redis.client, prefix: QUEUE_PREFIX });
@@ -283,24 +337,46 @@ test('a gap in a partition\'s batches (Redis lost some) is never applied past: i
   const destination = new FlakyDestination('none', 0);
   const runner = startRunner('gap', 'd', destination);
   try {
-    await waitFor('the gap to be found', async () => (await redis.client.hget(keys.health('gap', 'd'), '0'))?.includes('batches 4–4 of partition 0 are missing from Redis'));
+    await waitFor('the gap to be found', async () =>
+      (await redis.client.hget(keys.health('gap', 'd'), '0'))?.includes('batches 4–4 of partition 0 are missing from Redis'),
+    );
     await waitFor('partition 1 to be applied meanwhile', async () => destination.applied.includes('1-10'));
-    t.deepEqual(destination.applied.filter((id) => id.startsWith('0-')), ['0-1', '0-2', '0-3'], 'nothing past the gap');
+    t.deepEqual(
+      destination.applied.filter((id) => id.startsWith('0-')),
+      ['0-1', '0-2', '0-3'],
+      'nothing past the gap',
+    );
     t.is(await redis.client.hget(keys.applied('gap', 'd'), '0'), '1:3', 'the mark stays before the gap: the slot cannot pass it');
-    t.like(JSON.parse((await redis.client.hget(keys.state('gap'), 'gap'))!), { epoch: 1, destination: 'd', partition: 0, applied: 3, missing: [4, 4], found: 5 });
+    t.like(JSON.parse((await redis.client.hget(keys.state('gap'), 'gap'))!), {
+      epoch: 1,
+      destination: 'd',
+      partition: 0,
+      applied: 3,
+      missing: [4, 4],
+      found: 5,
+    });
     // The producer re-reads from the slot in a new run, whose batches replace the ones behind the gap.
     await writePipelineState(redis.client, 'gap', { epoch: 2 });
     const nextRun = new BatchQueues(redis.client, 'gap', ['d'], 2);
-    for (const seq of [1, 2]) nextRun.enqueue({ ...batch('gap', 0, seq), epoch: 2, changes: [{ op: 'insert', relation: 0, version: { lsn: BigInt(seq), ordinal: 2 }, row: [`0-new${seq}`] }] });
+    for (const seq of [1, 2])
+      nextRun.enqueue({
+        ...batch('gap', 0, seq),
+        epoch: 2,
+        changes: [{ op: 'insert', relation: 0, version: { lsn: BigInt(seq), ordinal: 2 }, row: [`0-new${seq}`] }],
+      });
     await nextRun.settle();
     await nextRun.close();
-    await waitFor('the new run\'s batches to be applied', async () => destination.applied.includes('0-new2'));
+    await waitFor("the new run's batches to be applied", async () => destination.applied.includes('0-new2'));
   } finally {
     await runner.stop();
     await queues.close();
     await queue.close();
   }
-  t.deepEqual(destination.applied.filter((id) => id.startsWith('0-')), ['0-1', '0-2', '0-3', '0-new1', '0-new2'], 'the ended run\'s batches behind the gap were skipped');
+  t.deepEqual(
+    destination.applied.filter((id) => id.startsWith('0-')),
+    ['0-1', '0-2', '0-3', '0-new1', '0-new2'],
+    "the ended run's batches behind the gap were skipped",
+  );
   t.is(await redis.client.hget(keys.applied('gap', 'd'), '0'), '2:2');
 });
 
@@ -315,6 +391,9 @@ test('a batch found applied by the mark (its consumer stopped before the job com
     await runner.stop();
     await queues.close();
   }
-  t.deepEqual(destination.applied.filter((id) => id.startsWith('0-')), Array.from({ length: 8 }, (_, i) => `0-${i + 3}`));
+  t.deepEqual(
+    destination.applied.filter((id) => id.startsWith('0-')),
+    Array.from({ length: 8 }, (_, i) => `0-${i + 3}`),
+  );
   t.is(await redis.client.hget(keys.health('redelivered', 'd'), '0'), null, 'no gap reported');
 });

@@ -1,11 +1,13 @@
 import test from 'ava';
-import { TestPipeline, duckdbRows, postgresRows } from './support/pipeline.js';
+import { duckdbRows, postgresRows, TestPipeline } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
 
 const columnsOf = async (table: string) =>
-  (await env.pg.query(`SELECT attname FROM pg_attribute WHERE attrelid = '${table}'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`)).rows.map((row) => row.attname as string);
+  (await env.pg.query(`SELECT attname FROM pg_attribute WHERE attrelid = '${table}'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`)).rows.map(
+    (row) => row.attname as string,
+  );
 
 test('schema changes apply in stream order: add (with and without default), drop, rename column, retype, new key, table rename', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'schema', ['main']);
@@ -33,7 +35,9 @@ test('schema changes apply in stream order: add (with and without default), drop
       "UPDATE evolving SET a_renamed = 'renamed' WHERE id = 2; INSERT INTO evolving VALUES (10, 'a10', 10, 100, 'e10')",
       'ALTER TABLE evolving ALTER COLUMN b TYPE bigint',
       "INSERT INTO evolving VALUES (11, 'a11', 9000000000, 110, 'e11')",
-      'DELETE FROM evolving WHERE id = 11', 'CATCH UP', 'ALTER TABLE evolving ALTER COLUMN b TYPE int; ALTER TABLE evolving ALTER COLUMN d TYPE smallint; ALTER TABLE evolving ALTER COLUMN a_renamed TYPE varchar(20)',
+      'DELETE FROM evolving WHERE id = 11',
+      'CATCH UP',
+      'ALTER TABLE evolving ALTER COLUMN b TYPE int; ALTER TABLE evolving ALTER COLUMN d TYPE smallint; ALTER TABLE evolving ALTER COLUMN a_renamed TYPE varchar(20)',
       "INSERT INTO evolving VALUES (12, 'a12', 12, 120, 'e12')",
       'ALTER TABLE evolving RENAME TO evolved',
       "INSERT INTO evolved VALUES (13, 'a13', 13, 130, 'e13'); UPDATE evolved SET e = 'after rename' WHERE id = 3; DELETE FROM evolved WHERE id = 4",

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { useBigQueryEmulator } from './support/bigquery-emulator.js';
-import { type CliProcess, LOAD_SCHEMA, LOAD_TABLES, TestPipeline, postgresRows, waitFor, writeLoad } from './support/pipeline.js';
+import { type CliProcess, LOAD_SCHEMA, LOAD_TABLES, postgresRows, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
 import { startRedis, useServices } from './support/services.js';
 
 /**
@@ -32,8 +32,12 @@ test.serial('consumers whose Redis went away stop within 10 s of SIGTERM or SIGI
   try {
     await pipeline.waitForCopy(redis.client);
     await redis.stop();
-    await waitFor('the consumers to notice', async () => /ECONNREFUSED|Connection is closed|reconnect/i.test(duckdb.stderr + stdout.stderr) || undefined, { stallMs: 5_000 }).catch(() => {});
-    t.log(`duckdb: ${await stopsWithin(duckdb, 'SIGTERM', 10_000)} ms, stdout: ${await stopsWithin(stdout, 'SIGINT', 10_000)} ms, producer: ${await stopsWithin(producer, 'SIGTERM', 10_000)} ms`);
+    await waitFor('the consumers to notice', async () => /ECONNREFUSED|Connection is closed|reconnect/i.test(duckdb.stderr + stdout.stderr) || undefined, {
+      stallMs: 5_000,
+    }).catch(() => {});
+    t.log(
+      `duckdb: ${await stopsWithin(duckdb, 'SIGTERM', 10_000)} ms, stdout: ${await stopsWithin(stdout, 'SIGINT', 10_000)} ms, producer: ${await stopsWithin(producer, 'SIGTERM', 10_000)} ms`,
+    );
   } finally {
     await Promise.all([producer.stop(), duckdb.stop(), stdout.stop()]);
   }
@@ -57,27 +61,30 @@ test.serial('a producer waiting for a Postgres that is down stops within 10 s of
   t.pass();
 });
 
-test.serial('a BigQuery consumer waiting on a request that never returns stops within 10 s of SIGTERM, and its next run applies the batch exactly once', async (t) => {
-  const pipeline = new TestPipeline(env.pg, env.redis.url, 'bqhang', ['warehouse']);
-  await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'bqhang'));
-  const producer = pipeline.producer();
-  let consumer = pipeline.bigquery('warehouse', bq.emulator.url, 'hang');
-  try {
-    await pipeline.waitForCopy(env.redis.client);
-    bq.emulator.hold(true);
-    const held = bq.emulator.heldRequests;
-    await writeLoad(env.pg, 20, 0, 'bqhang');
-    await waitFor('a request to be held', async () => bq.emulator.heldRequests > held);
-    t.log(`consumer: ${await stopsWithin(consumer, 'SIGTERM', 10_000)} ms`);
-    bq.emulator.hold(false);
-    consumer = pipeline.bigquery('warehouse', bq.emulator.url, 'hang');
-    await writeLoad(env.pg, 20, 0, 'bqhang');
-    await pipeline.waitForCatchUp();
-  } finally {
-    bq.emulator.hold(false);
-    await Promise.all([producer.stop(), consumer.stop()]);
-  }
-  for (const [table, columns] of LOAD_TABLES) {
-    t.deepEqual(await bq.emulator.tableRows('hang', `bqhang__${table}`, columns), await postgresRows(env.pg, `bqhang.${table}`, columns), table);
-  }
-});
+test.serial(
+  'a BigQuery consumer waiting on a request that never returns stops within 10 s of SIGTERM, and its next run applies the batch exactly once',
+  async (t) => {
+    const pipeline = new TestPipeline(env.pg, env.redis.url, 'bqhang', ['warehouse']);
+    await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'bqhang'));
+    const producer = pipeline.producer();
+    let consumer = pipeline.bigquery('warehouse', bq.emulator.url, 'hang');
+    try {
+      await pipeline.waitForCopy(env.redis.client);
+      bq.emulator.hold(true);
+      const held = bq.emulator.heldRequests;
+      await writeLoad(env.pg, 20, 0, 'bqhang');
+      await waitFor('a request to be held', async () => bq.emulator.heldRequests > held);
+      t.log(`consumer: ${await stopsWithin(consumer, 'SIGTERM', 10_000)} ms`);
+      bq.emulator.hold(false);
+      consumer = pipeline.bigquery('warehouse', bq.emulator.url, 'hang');
+      await writeLoad(env.pg, 20, 0, 'bqhang');
+      await pipeline.waitForCatchUp();
+    } finally {
+      bq.emulator.hold(false);
+      await Promise.all([producer.stop(), consumer.stop()]);
+    }
+    for (const [table, columns] of LOAD_TABLES) {
+      t.deepEqual(await bq.emulator.tableRows('hang', `bqhang__${table}`, columns), await postgresRows(env.pg, `bqhang.${table}`, columns), table);
+    }
+  },
+);

@@ -1,6 +1,6 @@
-import test from 'ava';
 import { DuckDBInstance } from '@duckdb/node-api';
-import { TestPipeline, duckdbRows } from './support/pipeline.js';
+import test from 'ava';
+import { duckdbRows, TestPipeline } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -42,7 +42,12 @@ const ZOO: { name: string; type: string; values: string[]; compare: Compare }[] 
   { name: 'c_numeric', type: 'numeric', values: [`'${'1'.repeat(1000)}.${'9'.repeat(20)}'`, "'NaN'", "'Infinity'", '-0.000000000000000000001'], compare: TEXT },
   { name: 'c_numeric_wide', type: 'numeric(60,20)', values: ['12345678901234567890123456789012345678.12345678901234567890'], compare: TEXT },
   { name: 'c_money', type: 'money', values: ["'1234.56'", "'-0.01'"], compare: NUMBERS },
-  { name: 'c_text', type: 'text', values: ["E'tab\\there\\nnewline \\\\ back \"quote\" ''single'' é 😀'", "''", "E'comma, \\r\\n crlf \"\"'", "E'unit \\x1f record \\x1e separators'"], compare: TEXT },
+  {
+    name: 'c_text',
+    type: 'text',
+    values: ["E'tab\\there\\nnewline \\\\ back \"quote\" ''single'' é 😀'", "''", 'E\'comma, \\r\\n crlf ""\'', "E'unit \\x1f record \\x1e separators'"],
+    compare: TEXT,
+  },
   { name: 'c_varchar', type: 'varchar(10)', values: ["'short'"], compare: TEXT },
   { name: 'c_char', type: 'char(5)', values: ["'ab'"], compare: OUTPUT },
   { name: 'c_name', type: 'name', values: ["'a_name'"], compare: TEXT },
@@ -52,13 +57,28 @@ const ZOO: { name: string; type: string; values: string[]; compare: Compare }[] 
   { name: 'c_date', type: 'date', values: ["'2024-02-29'", "'0044-03-15 BC'", "'infinity'", "'-infinity'"], compare: DAYS },
   { name: 'c_time', type: 'time', values: ["'00:00:00'", "'23:59:59.999999'", "'24:00:00'"], compare: TEXT },
   { name: 'c_timetz', type: 'timetz', values: ["'12:00:00+05:30'", "'00:00:01.5-08'"], compare: TEXT },
-  { name: 'c_timestamp', type: 'timestamp', values: ["'2024-01-01 12:34:56.123456'", "'0044-03-15 10:00:00 BC'", "'infinity'", "'-infinity'"], compare: MICROS },
+  {
+    name: 'c_timestamp',
+    type: 'timestamp',
+    values: ["'2024-01-01 12:34:56.123456'", "'0044-03-15 10:00:00 BC'", "'infinity'", "'-infinity'"],
+    compare: MICROS,
+  },
   { name: 'c_timestamptz', type: 'timestamptz', values: ["'2024-01-01 12:34:56.654321+02'", "'1999-12-31 23:59:59.999999-11'", "'infinity'"], compare: MICROS },
-  { name: 'c_interval', type: 'interval', values: ["'1 year 2 mons 3 days 04:05:06.789'", "'-1 days +02:00:00'", "'0'", "'-3 mons -00:00:00.000001'"], compare: INTERVAL },
+  {
+    name: 'c_interval',
+    type: 'interval',
+    values: ["'1 year 2 mons 3 days 04:05:06.789'", "'-1 days +02:00:00'", "'0'", "'-3 mons -00:00:00.000001'"],
+    compare: INTERVAL,
+  },
   { name: 'c_uuid', type: 'uuid', values: ["'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"], compare: TEXT },
   { name: 'c_json', type: 'json', values: [`'{"b": [1, 2.50, "é\\\\n\\\\u00e9"],   "a": null}'`], compare: TEXT },
-  { name: 'c_jsonb', type: 'jsonb', values: [`'{"b": [1, 2.50, "é\\\\n\\\\u00e9"], "a": {"nested": [true, null]}}'`, "'[]'", "'\"just a string\"'"], compare: TEXT },
-  { name: 'c_xml', type: 'xml', values: ["'<a x=\"1\">text</a>'"], compare: TEXT },
+  {
+    name: 'c_jsonb',
+    type: 'jsonb',
+    values: [`'{"b": [1, 2.50, "é\\\\n\\\\u00e9"], "a": {"nested": [true, null]}}'`, "'[]'", '\'"just a string"\''],
+    compare: TEXT,
+  },
+  { name: 'c_xml', type: 'xml', values: ['\'<a x="1">text</a>\''], compare: TEXT },
   { name: 'c_inet', type: 'inet', values: ["'192.168.0.1/24'", "'::1'"], compare: OUTPUT },
   { name: 'c_cidr', type: 'cidr', values: ["'10.0.0.0/8'"], compare: OUTPUT },
   { name: 'c_macaddr', type: 'macaddr', values: ["'08:00:2b:01:02:03'"], compare: TEXT },
@@ -92,7 +112,10 @@ const ZOO: { name: string; type: string; values: string[]; compare: Compare }[] 
 const ROWS = 6;
 /** The same zoo without arrays: its copy and its changes reach DuckDB as CSV, the zoo with arrays through the appender. */
 const FLAT = ZOO.filter((column) => column.compare !== ARRAY);
-const TABLES: [string, typeof ZOO][] = [['zoo', ZOO], ['zoo_flat', FLAT]];
+const TABLES: [string, typeof ZOO][] = [
+  ['zoo', ZOO],
+  ['zoo_flat', FLAT],
+];
 const valuesFor = (id: number, columns = ZOO) => columns.map((column) => `(${column.values[id % column.values.length]})::${column.type}`);
 
 test('every built-in type (and enums, domains, composites, arrays, hstore) arrives faithfully, copied and streamed', async (t) => {
@@ -103,16 +126,20 @@ test('every built-in type (and enums, domains, composites, arrays, hstore) arriv
     CREATE DOMAIN zoo_positive AS integer CHECK (VALUE > 0);
     CREATE DOMAIN zoo_price AS numeric(10,2);
     CREATE TYPE zoo_pair AS (x integer, y text);
-    ${TABLES.map(([table, columns]) => `
+    ${TABLES.map(
+      ([table, columns]) => `
       CREATE TABLE ${table} (id int PRIMARY KEY, ${columns.map((column) => `${column.name} ${column.type}`).join(', ')});
       INSERT INTO ${table} VALUES ${Array.from({ length: ROWS }, (_, id) => `(${id}, ${valuesFor(id, columns).join(', ')})`).join(', ')};
-      INSERT INTO ${table} (id) VALUES (1000);`).join('\n')}
+      INSERT INTO ${table} (id) VALUES (1000);`,
+    ).join('\n')}
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE zoo, zoo_flat;
   `);
   const { producer } = await pipeline.runWithDuckdb(env.redis.client, async () => {
     for (const [table, columns] of TABLES) {
       for (let id = ROWS; id < 2 * ROWS; id++) await env.pg.query(`INSERT INTO ${table} VALUES (${id}, ${valuesFor(id + 1, columns).join(', ')})`);
-      await env.pg.query(`UPDATE ${table} SET (${columns.map((column) => column.name).join(', ')}) = (${valuesFor(3, columns).join(', ')}) WHERE id IN (0, ${ROWS})`);
+      await env.pg.query(
+        `UPDATE ${table} SET (${columns.map((column) => column.name).join(', ')}) = (${valuesFor(3, columns).join(', ')}) WHERE id IN (0, ${ROWS})`,
+      );
       await env.pg.query(`DELETE FROM ${table} WHERE id IN (1, ${ROWS + 1})`);
       await env.pg.query(`INSERT INTO ${table} (id) VALUES (1001)`);
     }
@@ -122,28 +149,53 @@ test('every built-in type (and enums, domains, composites, arrays, hstore) arriv
 
   const mismatches: string[] = [];
   for (const [table, columns] of TABLES) {
-    const pgRows = (await env.pg.query(`SELECT id, ${columns.map((column) => `${column.compare.pg.replaceAll('$', column.name)} AS ${column.name}`).join(', ')} FROM ${table} ORDER BY id`)).rows;
+    const pgRows = (
+      await env.pg.query(
+        `SELECT id, ${columns.map((column) => `${column.compare.pg.replaceAll('$', column.name)} AS ${column.name}`).join(', ')} FROM ${table} ORDER BY id`,
+      )
+    ).rows;
     const instance = await DuckDBInstance.create(pipeline.duckdbPath('main'), { access_mode: 'READ_ONLY' });
     const connection = await instance.connect();
-    const duckRows = (await connection.runAndReadAll(`SELECT id, ${columns.map((column) => `${column.compare.duck.replaceAll('$', column.name)} AS ${column.name}`).join(', ')} FROM public.${table} ORDER BY id`)).getRowObjectsJS();
+    const duckRows = (
+      await connection.runAndReadAll(
+        `SELECT id, ${columns.map((column) => `${column.compare.duck.replaceAll('$', column.name)} AS ${column.name}`).join(', ')} FROM public.${table} ORDER BY id`,
+      )
+    ).getRowObjectsJS();
     connection.closeSync();
     instance.closeSync();
-    t.deepEqual(duckRows.map((row) => row.id), pgRows.map((row) => row.id), table);
+    t.deepEqual(
+      duckRows.map((row) => row.id),
+      pgRows.map((row) => row.id),
+      table,
+    );
     pgRows.forEach((pgRow, index) => {
       for (const column of columns) {
         // numeric(p,s) NaN is the one value DuckDB's DECIMAL cannot hold: it arrives as NULL (documented).
         const nan = column.name === 'c_numeric_ps' && pgRow[column.name] === 'NaN';
         const expected = nan ? null : canonical(pgRow[column.name], column.compare.parse);
         const actual = canonical(duckRows[index]?.[column.name], column.compare.parse);
-        if (JSON.stringify(actual) !== JSON.stringify(expected)) mismatches.push(`${table} id ${pgRow.id} ${column.name} (${column.type}): Postgres ${JSON.stringify(expected)}, DuckDB ${JSON.stringify(actual)}`);
+        if (JSON.stringify(actual) !== JSON.stringify(expected))
+          mismatches.push(`${table} id ${pgRow.id} ${column.name} (${column.type}): Postgres ${JSON.stringify(expected)}, DuckDB ${JSON.stringify(actual)}`);
       }
     });
   }
   t.deepEqual(mismatches, []);
   const types = Object.fromEntries((await duckColumnTypes(pipeline.duckdbPath('main'))).map(({ name, type }) => [name, type]));
   t.like(types, {
-    c_int8: 'BIGINT', c_numeric_ps: 'DECIMAL(12,2)', c_numeric: 'VARCHAR', c_bytea: 'BLOB', c_timestamptz: 'TIMESTAMP WITH TIME ZONE', c_jsonb: 'JSON', c_uuid: 'UUID',
-    c_int_array: 'INTEGER[]', c_matrix: 'INTEGER[][]', c_domain: 'INTEGER', c_domain_numeric: 'DECIMAL(10,2)', c_enum: 'VARCHAR', c_money: 'DECIMAL(19,2)', c_interval: 'INTERVAL',
+    c_int8: 'BIGINT',
+    c_numeric_ps: 'DECIMAL(12,2)',
+    c_numeric: 'VARCHAR',
+    c_bytea: 'BLOB',
+    c_timestamptz: 'TIMESTAMP WITH TIME ZONE',
+    c_jsonb: 'JSON',
+    c_uuid: 'UUID',
+    c_int_array: 'INTEGER[]',
+    c_matrix: 'INTEGER[][]',
+    c_domain: 'INTEGER',
+    c_domain_numeric: 'DECIMAL(10,2)',
+    c_enum: 'VARCHAR',
+    c_money: 'DECIMAL(19,2)',
+    c_interval: 'INTERVAL',
   });
 });
 
@@ -162,7 +214,9 @@ function canonical(value: unknown, parse?: 'float' | 'json'): unknown {
 async function duckColumnTypes(path: string, table = 'zoo'): Promise<{ name: string; type: string }[]> {
   const instance = await DuckDBInstance.create(path, { access_mode: 'READ_ONLY' });
   const connection = await instance.connect();
-  const rows = (await connection.runAndReadAll(`SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' AND table_name = '${table}'`)).getRows();
+  const rows = (
+    await connection.runAndReadAll(`SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' AND table_name = '${table}'`)
+  ).getRows();
   connection.closeSync();
   instance.closeSync();
   return rows.map(([name, type]) => ({ name: String(name), type: String(type) }));

@@ -1,19 +1,19 @@
-import test from 'ava';
 import { EventEmitter } from 'node:events';
-import { AckTracker } from '../producer/acks.js';
-import { PLAIN_CSV, parseCopyRows, parseCsvRows } from '../shared/csv.js';
-import { decodePgoutput } from '../producer/pgoutput.js';
-import { CopyBothReader } from '../producer/replication.js';
-import { planBatch, planBatches } from '../consumers/plan.js';
-import { ChangeRecords, decodeBatch, encodeBatch } from '../shared/codec.js';
-import { ByteReader, readRowImages, rowImages } from '../shared/tupledata.js';
-import { type Batch, type Change, type Relation, type RowChange, UNCHANGED, type Value } from '../shared/events.js';
+import test from 'ava';
 import { collapseByKey } from '../consumers/collapse.js';
 import { collapseImagesToCsv, collapseImagesToCsvAside } from '../consumers/imagescsv.js';
+import { planBatch, planBatches } from '../consumers/plan.js';
+import { AckTracker } from '../producer/acks.js';
+import { decodePgoutput } from '../producer/pgoutput.js';
+import { CopyBothReader } from '../producer/replication.js';
+import { ChangeRecords, decodeBatch, encodeBatch } from '../shared/codec.js';
+import { PLAIN_CSV, parseCopyRows, parseCsvRows } from '../shared/csv.js';
+import { redact } from '../shared/errors.js';
+import { type Batch, type Change, type Relation, type RowChange, UNCHANGED, type Value } from '../shared/events.js';
 import { partitionOf } from '../shared/keys.js';
 import { compareVersions, formatLsn, parseLsn } from '../shared/lsn.js';
 import { jsonFragment, numericPrecision, PgType } from '../shared/pgtypes.js';
-import { redact } from '../shared/errors.js';
+import { ByteReader, readRowImages, rowImages } from '../shared/tupledata.js';
 
 const relation: Relation = {
   oid: 16384,
@@ -31,7 +31,13 @@ function valuesOf(changes: Change[]): Change[] {
   return changes.map((change) =>
     change.op === 'truncate'
       ? change
-      : { op: change.op, relation: change.relation, version: change.version, ...(change.row ? { row: change.row } : {}), ...(change.old ? { old: change.old } : {}) },
+      : {
+          op: change.op,
+          relation: change.relation,
+          version: change.version,
+          ...(change.row ? { row: change.row } : {}),
+          ...(change.old ? { old: change.old } : {}),
+        },
   );
 }
 
@@ -61,7 +67,11 @@ test('the batch codec round-trips changes, truncates, copies and unchanged TOAST
   };
   const decoded = decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch))));
   t.deepEqual({ ...decoded, changes: valuesOf(decoded.changes) }, batch);
-  const copy: Batch = { ...batch, changes: [], copy: { relation: 0, snapshotLsn: 77n, chunk: 2, last: true, rows: 1, bytes: 3, id: '1700000000000.3.9', merge: true, longestRow: 3 } };
+  const copy: Batch = {
+    ...batch,
+    changes: [],
+    copy: { relation: 0, snapshotLsn: 77n, chunk: 2, last: true, rows: 1, bytes: 3, id: '1700000000000.3.9', merge: true, longestRow: 3 },
+  };
   t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(copy)))), copy, 'a copy batch carries the id of its rows in Redis');
   const withRows: Batch = { ...copy, copy: { ...copy.copy!, csv: [Buffer.from('1,\n')] } };
   t.false('csv' in decodeBatch(JSON.parse(JSON.stringify(encodeBatch(withRows)))).copy!, 'the rows themselves never travel in the job');
@@ -107,11 +117,31 @@ test('pgoutput messages decode; row images travel undecoded to the consumer, whi
   };
   const begin = Buffer.concat([Buffer.from('B'), u64(0x10n), u64(5n), u32(777)]);
   t.deepEqual(decodePgoutput(begin), { tag: 'begin', finalLsn: 0x10n, commitTime: 5n, xid: 777 });
-  const rel = Buffer.concat([Buffer.from('R'), u32(16384), Buffer.from('\0orders\0d'), u16(2), Buffer.from([1]), Buffer.from('id\0'), u32(20), u32(0xffffffff), Buffer.from([0]), Buffer.from('body\0'), u32(25), u32(0xffffffff)]);
-  t.deepEqual(decodePgoutput(rel), { tag: 'relation', oid: 16384, schema: 'pg_catalog', name: 'orders', replicaIdentity: 'default', columns: [
-    { isKey: true, name: 'id', typeOid: 20, typeModifier: -1 },
-    { isKey: false, name: 'body', typeOid: 25, typeModifier: -1 },
-  ] });
+  const rel = Buffer.concat([
+    Buffer.from('R'),
+    u32(16384),
+    Buffer.from('\0orders\0d'),
+    u16(2),
+    Buffer.from([1]),
+    Buffer.from('id\0'),
+    u32(20),
+    u32(0xffffffff),
+    Buffer.from([0]),
+    Buffer.from('body\0'),
+    u32(25),
+    u32(0xffffffff),
+  ]);
+  t.deepEqual(decodePgoutput(rel), {
+    tag: 'relation',
+    oid: 16384,
+    schema: 'pg_catalog',
+    name: 'orders',
+    replicaIdentity: 'default',
+    columns: [
+      { isKey: true, name: 'id', typeOid: 20, typeModifier: -1 },
+      { isKey: false, name: 'body', typeOid: 25, typeModifier: -1 },
+    ],
+  });
   const images = Buffer.concat([Buffer.from('K'), tuple(['1', null]), Buffer.from('N'), tuple(['2 é', 'u'])]);
   const update = Buffer.concat([Buffer.from('U'), u32(16384), images]);
   const decoded = decodePgoutput(update);
@@ -120,10 +150,18 @@ test('pgoutput messages decode; row images travel undecoded to the consumer, whi
   t.deepEqual(readRowImages(new ByteReader((decoded as { images: Buffer }).images), 'update'), { old: ['1', null], row: ['2 é', UNCHANGED] });
   t.deepEqual(rowImages('update', ['2 é', UNCHANGED], ['1', null]), images, 'images built from values are the same bytes');
   const batch: Batch = {
-    pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [],
+    pipeline: 'p',
+    partition: 0,
+    epoch: 1,
+    seq: 1,
+    relations: [],
     changes: [{ op: 'update', relation: 0, version: { lsn: 0x5_0000_0010n, ordinal: 3 }, images }],
   };
-  t.deepEqual(valuesOf(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))).changes), [{ op: 'update', relation: 0, version: { lsn: 0x5_0000_0010n, ordinal: 3 }, old: ['1', null], row: ['2 é', UNCHANGED] }], 'the consumer decodes them');
+  t.deepEqual(
+    valuesOf(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))).changes),
+    [{ op: 'update', relation: 0, version: { lsn: 0x5_0000_0010n, ordinal: 3 }, old: ['1', null], row: ['2 é', UNCHANGED] }],
+    'the consumer decodes them',
+  );
   const truncate = Buffer.concat([Buffer.from('T'), u32(2), Buffer.from([3]), u32(1), u32(2)]);
   t.deepEqual(decodePgoutput(truncate), { tag: 'truncate', relations: [1, 2], cascade: true, restartIdentity: true });
   const commit = Buffer.concat([Buffer.from('C'), Buffer.from([0]), u64(0x10n), u64(0x48n), u64(5n)]);
@@ -132,14 +170,28 @@ test('pgoutput messages decode; row images travel undecoded to the consumer, whi
 
 test('planning skips changes at or below the table version and re-delivered copy chunks, alone or planned together', (t) => {
   const change = (lsn: bigint, ordinal: number, id: string) => ({ op: 'insert' as const, relation: 0, version: { lsn, ordinal }, row: [id, 'x'] });
-  const batch: Batch = { pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [relation], changes: [change(10n, 1, '1'), change(10n, 2, '2'), change(11n, 1, '3')] };
+  const batch: Batch = {
+    pipeline: 'p',
+    partition: 0,
+    epoch: 1,
+    seq: 1,
+    relations: [relation],
+    changes: [change(10n, 1, '1'), change(10n, 2, '2'), change(11n, 1, '3')],
+  };
   const states = new Map([[16384, { copyLsn: 5n, copyChunk: 0, copyDone: true, applied: { lsn: 10n, ordinal: 1 } }]]);
   const plan = planBatch(batch, states);
-  t.deepEqual(plan.steps.flatMap((step) => (step.kind === 'changes' ? step.changes.map((c) => c.row![0]) : [])), ['2', '3']);
+  t.deepEqual(
+    plan.steps.flatMap((step) => (step.kind === 'changes' ? step.changes.map((c) => c.row![0]) : [])),
+    ['2', '3'],
+  );
   t.deepEqual(plan.states.get(16384)!.applied, { lsn: 11n, ordinal: 1 });
   t.deepEqual(planBatch(batch, new Map([[16384, { ...states.get(16384)!, applied: { lsn: 11n, ordinal: 1 } }]])).steps, []);
 
-  const copy = (chunk: number): Batch => ({ ...batch, changes: [], copy: { relation: 0, snapshotLsn: 20n, chunk, last: false, rows: 1, bytes: 4, id: `1.0.${chunk}`, csv: [Buffer.from('9,y\n')] } });
+  const copy = (chunk: number): Batch => ({
+    ...batch,
+    changes: [],
+    copy: { relation: 0, snapshotLsn: 20n, chunk, last: false, rows: 1, bytes: 4, id: `1.0.${chunk}`, csv: [Buffer.from('9,y\n')] },
+  });
   t.is(planBatch(copy(0), states).steps.length, 1, 'a new copy starts');
   const copying = new Map([[16384, { copyLsn: 20n, copyChunk: 1, copyDone: false, applied: { lsn: 20n, ordinal: 0 } }]]);
   t.is(planBatch(copy(1), copying).steps.length, 0, 'chunk 1 again is skipped');
@@ -166,10 +218,19 @@ test('a quarantined table takes no changes and no chunk of its copy or a resumed
   const change = (lsn: bigint, id: string) => ({ op: 'insert' as const, relation: 0, version: { lsn, ordinal: 1 }, row: [id, 'x'] });
   const quarantine = { error: 'refused', since: '2026-12-02T00:00:00Z' };
   const states = new Map([[16384, { copyLsn: 20n, copyChunk: 3, copyDone: false, applied: { lsn: 30n, ordinal: 1 }, quarantine }]]);
-  const changes: Batch = { pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [relation], changes: [change(31n, '1'), { op: 'truncate', relations: [0], version: { lsn: 32n, ordinal: 1 }, cascade: false, restartIdentity: false }] };
+  const changes: Batch = {
+    pipeline: 'p',
+    partition: 0,
+    epoch: 1,
+    seq: 1,
+    relations: [relation],
+    changes: [change(31n, '1'), { op: 'truncate', relations: [0], version: { lsn: 32n, ordinal: 1 }, cascade: false, restartIdentity: false }],
+  };
   t.deepEqual(planBatch(changes, states), { steps: [], states: new Map() }, 'changes and truncates are skipped');
   const copy = (snapshotLsn: bigint, chunk: number, merge = false): Batch => ({
-    ...changes, changes: [], copy: { relation: 0, snapshotLsn, chunk, last: false, rows: 1, bytes: 4, id: 'c', csv: [Buffer.from('9,y\n')], merge },
+    ...changes,
+    changes: [],
+    copy: { relation: 0, snapshotLsn, chunk, last: false, rows: 1, bytes: 4, id: 'c', csv: [Buffer.from('9,y\n')], merge },
   });
   t.deepEqual(planBatch(copy(20n, 4), states).steps, [], 'the rest of the copy it was quarantined in');
   t.deepEqual(planBatch(copy(40n, 2 ** 32, true), states).steps, [], 'a resumed copy (its rows would add to a table that missed changes)');
@@ -192,8 +253,34 @@ test('the ack tracker releases transactions only in commit order and only when e
       ['b', new Map(b.map(([partition, seq]) => [partition, { epoch: 7, seq }]))],
     ]);
   t.deepEqual(tracker.advance(marks([[1, 1]], [[1, 1]])), { ackLsn: undefined, copyConfirmed: false }, 'the later transaction alone is not enough');
-  t.deepEqual(tracker.advance(marks([[0, 1], [1, 1]], [[1, 1]])), { ackLsn: undefined, copyConfirmed: false }, 'one destination behind holds it');
-  t.deepEqual(tracker.advance(marks([[0, 1], [1, 1]], [[0, 1], [1, 1]])), { ackLsn: 200n, copyConfirmed: false });
+  t.deepEqual(
+    tracker.advance(
+      marks(
+        [
+          [0, 1],
+          [1, 1],
+        ],
+        [[1, 1]],
+      ),
+    ),
+    { ackLsn: undefined, copyConfirmed: false },
+    'one destination behind holds it',
+  );
+  t.deepEqual(
+    tracker.advance(
+      marks(
+        [
+          [0, 1],
+          [1, 1],
+        ],
+        [
+          [0, 1],
+          [1, 1],
+        ],
+      ),
+    ),
+    { ackLsn: 200n, copyConfirmed: false },
+  );
   t.true(tracker.isIdle);
   tracker.begin();
   tracker.touch(0, 2);
@@ -272,7 +359,11 @@ test('the replication stream reader gathers messages and headers split across re
       socket.emit('data', piece);
     }
     t.deepEqual(received, ['first', payloads[1], 'keepalive 25 true', '', 'last é'], `reads of ${size} bytes`);
-    t.deepEqual(Buffer.concat(handedBack), Buffer.concat([message('c', Buffer.alloc(0)), message('C', Buffer.from('COPY 0\0'))]), `pg gets CopyDone and what follows (reads of ${size} bytes)`);
+    t.deepEqual(
+      Buffer.concat(handedBack),
+      Buffer.concat([message('c', Buffer.alloc(0)), message('C', Buffer.from('COPY 0\0'))]),
+      `pg gets CopyDone and what follows (reads of ${size} bytes)`,
+    );
   }
 });
 
@@ -333,7 +424,13 @@ test('a run collapses straight from its images to the same final rows and delete
   const latin1 = Buffer.concat([Buffer.from('N'), Buffer.from([0, 2, 0x74, 0, 0, 0, 1, 0x31, 0x74, 0, 0, 0, 1, 0xe9])]);
   t.is(collapseImagesToCsv([0], 2, [{ op: 'insert', relation: 0, version: { lsn: 1n, ordinal: 1 }, images: latin1 }]), undefined, 'text that is not UTF-8');
   // A run of inserts only is written in order, without a lookup by key.
-  const insert = (row: Value[], ordinal: number): RowChange => ({ op: 'insert', relation: 0, version: { lsn: 1n, ordinal }, row, images: rowImages('insert', row, undefined) });
+  const insert = (row: Value[], ordinal: number): RowChange => ({
+    op: 'insert',
+    relation: 0,
+    version: { lsn: 1n, ordinal },
+    row,
+    images: rowImages('insert', row, undefined),
+  });
   const inserts = [insert(['1', 'say "hi"'], 1), insert(['2', null], 2), insert(['3', 'two\nlines'], 3)];
   t.deepEqual(parseCsvRows(collapseImagesToCsv([0], 2, inserts)!.csv.toString(), PLAIN_CSV), [...collapseByKey([0], inserts).rows.map((row) => [...row, 'f'])]);
 });

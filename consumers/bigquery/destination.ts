@@ -1,14 +1,23 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TableField } from '@google-cloud/bigquery';
-import { parseCopyRows } from '../../shared/csv.js';
 import { joinPieces } from '../../shared/chunks.js';
-import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
-import { UserError, errorMessage } from '../../shared/errors.js';
+import { parseCopyRows } from '../../shared/csv.js';
+import { errorMessage, UserError } from '../../shared/errors.js';
+import { type Column, qualifiedName, type Relation, type RowChange, UNCHANGED, type Value } from '../../shared/events.js';
 import { log } from '../../shared/log.js';
 import { collapseByKey, netRowCounts } from '../collapse.js';
+import {
+  type Destination,
+  PermanentError,
+  RefusedError,
+  type Step,
+  type StoredTable,
+  type TableListing,
+  type TableShape,
+  type TableState,
+} from '../destination.js';
 import { withDistinctColumnNamesIn } from '../names.js';
-import { type Destination, PermanentError, RefusedError, type Step, type StoredTable, type TableListing, type TableShape, type TableState } from '../destination.js';
 import { type BigQueryType, bigQueryName, bigQueryTableName, bigQueryType } from './types.js';
 import { type BigQueryOptions, Warehouse } from './warehouse.js';
 
@@ -16,7 +25,8 @@ const STATE_TABLE = '_pg_replicate_tables';
 const STAGE_PREFIX = '_pg_replicate_stage_';
 /** BigQuery loads JSON rows of at most 100 MB. */
 const MAX_ROW_BYTES = 100 * 1024 * 1024;
-const STATE_COLUMNS = 'table_oid, source_schema, source_table, table_name, columns, CAST(copy_lsn AS STRING) AS copy_lsn, copy_chunk, copy_done, CAST(applied_lsn AS STRING) AS applied_lsn, applied_ordinal, quarantine';
+const STATE_COLUMNS =
+  'table_oid, source_schema, source_table, table_name, columns, CAST(copy_lsn AS STRING) AS copy_lsn, copy_chunk, copy_done, CAST(applied_lsn AS STRING) AS applied_lsn, applied_ordinal, quarantine';
 /** The marker of the stale-state check, which the warehouse turns into a plain retry. */
 const STALE = 'pg-replicate: stale table state (another consumer process applied this batch meanwhile)';
 
@@ -86,7 +96,11 @@ export class BigQueryDestination implements Destination {
       } catch (error) {
         if (error instanceof PermanentError) throw new UserError(error.message);
         const delay = Math.min(30_000, 500 * 2 ** Math.min(attempt, 6));
-        (attempt === 1 ? log.warn : log.debug).call(log, { err: errorMessage(error), retryInMs: delay }, 'BigQuery is not available yet: retrying with backoff');
+        (attempt === 1 ? log.warn : log.debug).call(
+          log,
+          { err: errorMessage(error), retryInMs: delay },
+          'BigQuery is not available yet: retrying with backoff',
+        );
         await sleep(delay);
       }
     }
@@ -147,7 +161,8 @@ export class BigQueryDestination implements Destination {
     const script = new Script(this.dataset, stage, shapes);
     // A table a fresh copy replaces is created again in its new shape: no type change to make in place.
     const recreated = new Set(steps.flatMap((step) => (step.kind === 'copy' && step.replace && !step.merge ? [step.relation.oid] : [])));
-    for (const [oid, shape] of shapes) script.schemaChanges(recreated.has(oid) ? undefined : this.stored.get(oid)?.shape, shape, this.stored.get(oid)?.shape.table);
+    for (const [oid, shape] of shapes)
+      script.schemaChanges(recreated.has(oid) ? undefined : this.stored.get(oid)?.shape, shape, this.stored.get(oid)?.shape.table);
     script.begin(this.staleCheck(states));
     for (const segment of segmentsOf(steps)) script.segment(segment);
     script.writeStates(states, this.table(STATE_TABLE), shapes);
@@ -193,7 +208,13 @@ function finalShapes(steps: Step[]): Map<number, Shape> {
   const shapes = new Map<number, Shape>();
   for (const step of steps) {
     for (const relation of step.kind === 'truncate' ? step.relations : [step.relation]) {
-      shapes.set(relation.oid, { table: bigQueryTableName(relation), schema: relation.schema, name: relation.name, columns: relation.columns, replicaIdentity: relation.replicaIdentity });
+      shapes.set(relation.oid, {
+        table: bigQueryTableName(relation),
+        schema: relation.schema,
+        name: relation.name,
+        columns: relation.columns,
+        replicaIdentity: relation.replicaIdentity,
+      });
     }
   }
   return shapes;
@@ -214,8 +235,9 @@ function segmentsOf(steps: Step[]): Segment[] {
     byTable.set(segment.oid, list);
   };
   for (const step of steps) {
-    if (step.kind === 'truncate') step.relations.forEach((relation) => push({ kind: 'truncate', oid: relation.oid }));
-    else if (step.kind === 'copy') push({ kind: 'copy', oid: step.relation.oid, relation: step.relation, replace: step.replace, merge: step.merge, csv: step.csv });
+    if (step.kind === 'truncate') for (const relation of step.relations) push({ kind: 'truncate', oid: relation.oid });
+    else if (step.kind === 'copy')
+      push({ kind: 'copy', oid: step.relation.oid, relation: step.relation, replace: step.replace, merge: step.merge, csv: step.csv });
     else push({ kind: 'changes', oid: step.relation.oid, relation: step.relation, changes: [...step.changes] });
   }
   return [...byTable.values()].flat();
@@ -223,7 +245,9 @@ function segmentsOf(steps: Step[]): Segment[] {
 
 /** The one column of the final table a column of an earlier shape feeds (same attnum, else same name). */
 function counterpart(column: Column, columns: Column[]): Column | undefined {
-  return columns.find((candidate) => (column.attnum !== undefined && candidate.attnum !== undefined ? candidate.attnum === column.attnum : candidate.name === column.name));
+  return columns.find((candidate) =>
+    column.attnum !== undefined && candidate.attnum !== undefined ? candidate.attnum === column.attnum : candidate.name === column.name,
+  );
 }
 
 /** BigQuery changes a column's type in place only to a wider numeric type. */
@@ -260,7 +284,8 @@ class Script {
     if (!known) {
       if (storedAs && storedAs !== wanted.table) this.ddl.push(`DROP TABLE IF EXISTS ${this.table(storedAs)}`);
       // With REPLICA IDENTITY DEFAULT the key columns are the primary key (FULL marks every column, USING INDEX a unique index).
-      const keys = wanted.replicaIdentity === 'default' ? wanted.columns.filter((column) => column.isKey).map((column) => ident(bigQueryName(column.name))) : [];
+      const keys =
+        wanted.replicaIdentity === 'default' ? wanted.columns.filter((column) => column.isKey).map((column) => ident(bigQueryName(column.name))) : [];
       const primaryKey = keys.length > 0 ? `, PRIMARY KEY (${keys.join(', ')}) NOT ENFORCED` : '';
       this.ddl.push(`CREATE OR REPLACE TABLE ${target} (${wanted.columns.map(definition).join(', ')}${primaryKey})`);
       return;
@@ -279,7 +304,9 @@ class Script {
       const [from, to] = [bigQueryType(column).sql, bigQueryType(now).sql];
       if (from === to) continue;
       if (!widens(from, to)) {
-        throw new RefusedError(`column ${now.name} of ${wanted.table} changed type from ${from} to ${to}, which BigQuery cannot convert in place (a fresh copy creates the table again with the new type)`);
+        throw new RefusedError(
+          `column ${now.name} of ${wanted.table} changed type from ${from} to ${to}, which BigQuery cannot convert in place (a fresh copy creates the table again with the new type)`,
+        );
       }
       this.ddl.push(`ALTER TABLE ${target} ALTER COLUMN ${ident(bigQueryName(now.name))} SET DATA TYPE ${to}`);
     }
@@ -287,7 +314,8 @@ class Script {
       if (matched.has(column)) continue;
       this.ddl.push(`ALTER TABLE ${target} ADD COLUMN IF NOT EXISTS ${definition(column)}`);
       // Rows older than a column added with a default hold that default (Postgres did not rewrite them).
-      if (column.missingValue !== undefined) this.body.push(`UPDATE ${target} SET ${ident(bigQueryName(column.name))} = ${constant(column, column.missingValue)} WHERE TRUE`);
+      if (column.missingValue !== undefined)
+        this.body.push(`UPDATE ${target} SET ${ident(bigQueryName(column.name))} = ${constant(column, column.missingValue)} WHERE TRUE`);
     }
   }
 
@@ -329,23 +357,29 @@ class Script {
     for (const values of rows) this.addRow(step, columns, { values, lookup: lookups.get(values) });
     for (const key of deletedKeys) {
       const values: Value[] = new Array(columns.source.length).fill(null);
-      keyColumns.forEach((column, position) => (values[column] = key[position]));
+      for (const [position, column] of keyColumns.entries()) values[column] = key[position];
       this.addRow(step, columns, { values, deleted: true });
     }
     this.stageKeys = Math.max(this.stageKeys, keyColumns.length);
     const stage = this.table(this.stage);
     const keyMatch = (prefix: 'c' | 'k') =>
-      keyColumns.map((column, position) => `t.${columns.target(column)} = ${columns.cast(column, `s.${prefix}${prefix === 'c' ? column : position}`)}`).join(' AND ');
+      keyColumns
+        .map((column, position) => `t.${columns.target(column)} = ${columns.cast(column, `s.${prefix}${prefix === 'c' ? column : position}`)}`)
+        .join(' AND ');
     const keepsUnchanged = rows.some((row) => lookups.has(row) && row.includes(UNCHANGED));
     const keep = `_keep_${step}`;
     if (keepsUnchanged) {
-      this.body.push(`CREATE TEMP TABLE ${keep} AS SELECT s._row AS _pgr_row, t.* FROM ${stage} s JOIN ${target} t ON ${keyMatch('k')} WHERE s._step = ${step} AND s._unchanged IS NOT NULL`);
+      this.body.push(
+        `CREATE TEMP TABLE ${keep} AS SELECT s._row AS _pgr_row, t.* FROM ${stage} s JOIN ${target} t ON ${keyMatch('k')} WHERE s._step = ${step} AND s._unchanged IS NOT NULL`,
+      );
       this.body.push(
         `ASSERT (SELECT COUNT(*) FROM ${keep}) = (SELECT COUNT(*) FROM ${stage} s WHERE s._step = ${step} AND s._unchanged IS NOT NULL) AS ${literal(`an update of ${columns.tableName} kept unchanged TOASTed values, but the destination has no row with that key to take them from`)}`,
       );
     }
     this.body.push(`DELETE FROM ${target} t WHERE EXISTS (SELECT 1 FROM ${stage} s WHERE s._step = ${step} AND ${keyMatch('c')})`);
-    const values = keepsUnchanged ? columns.values((index, cast) => `IF(STRPOS(IFNULL(s._unchanged, ''), ',${index},') > 0, k.${columns.target(index)}, ${cast})`) : columns.values();
+    const values = keepsUnchanged
+      ? columns.values((index, cast) => `IF(STRPOS(IFNULL(s._unchanged, ''), ',${index},') > 0, k.${columns.target(index)}, ${cast})`)
+      : columns.values();
     const from = keepsUnchanged ? `${stage} s LEFT JOIN ${keep} k ON k._pgr_row = s._row` : `${stage} s`;
     this.body.push(`INSERT INTO ${target} (${columns.names()}) SELECT ${values} FROM ${from} WHERE s._step = ${step} AND s._deleted IS NOT TRUE`);
   }
@@ -375,10 +409,14 @@ class Script {
       })
       .join(' AND ');
     const hits = `_hits_${step}`;
-    this.body.push(`CREATE TEMP TABLE ${hits} AS SELECT t.*, s._row AS _pgr_row, s._count AS _pgr_count FROM ${target} t JOIN ${stage} s ON s._step = ${step} AND s._deleted AND ${match}`);
+    this.body.push(
+      `CREATE TEMP TABLE ${hits} AS SELECT t.*, s._row AS _pgr_row, s._count AS _pgr_count FROM ${target} t JOIN ${stage} s ON s._step = ${step} AND s._deleted AND ${match}`,
+    );
     this.body.push(`DELETE FROM ${target} t WHERE EXISTS (SELECT 1 FROM ${stage} s WHERE s._step = ${step} AND s._deleted AND ${match})`);
     const all = columns.allTargets();
-    this.body.push(`INSERT INTO ${target} (${all}) SELECT ${all} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY _pgr_row) AS _pgr_n FROM ${hits}) WHERE _pgr_n > _pgr_count`);
+    this.body.push(
+      `INSERT INTO ${target} (${all}) SELECT ${all} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY _pgr_row) AS _pgr_n FROM ${hits}) WHERE _pgr_n > _pgr_count`,
+    );
     this.body.push(`INSERT INTO ${target} (${columns.names()}) SELECT ${columns.values()} FROM ${stage} s WHERE s._step = ${step} AND s._deleted IS NOT TRUE`);
   }
 
@@ -440,9 +478,14 @@ class Script {
 
 function rowTooLarge(columns: Columns, values: Value[], bytes: number): RefusedError {
   const megabytes = (count: number) => `${(count / 1024 / 1024).toFixed(1)} MB`;
-  const sizes = columns.source.map((column, index) => ({ column: column.name, bytes: typeof values[index] === 'string' ? Buffer.byteLength(values[index] as string) : 0 }));
+  const sizes = columns.source.map((column, index) => ({
+    column: column.name,
+    bytes: typeof values[index] === 'string' ? Buffer.byteLength(values[index] as string) : 0,
+  }));
   const largest = sizes.reduce((a, b) => (b.bytes > a.bytes ? b : a));
-  return new RefusedError(`a row of ${columns.tableName} is ${megabytes(bytes)} as JSON (its column ${largest.column} holds ${megabytes(largest.bytes)}), and BigQuery loads rows of at most 100 MB`);
+  return new RefusedError(
+    `a row of ${columns.tableName} is ${megabytes(bytes)} as JSON (its column ${largest.column} holds ${megabytes(largest.bytes)}), and BigQuery loads rows of at most 100 MB`,
+  );
 }
 
 /** A value given as Postgres text, as a typed BigQuery constant. */
@@ -499,7 +542,10 @@ class Columns {
   }
 
   values(wrap: (index: number, cast: string) => string = (_, cast) => cast): string {
-    return [...this.mapped.map(({ index, type }) => wrap(index, type.cast(`s.c${index}`))), ...this.filled.map((column) => constant(column, column.missingValue!))].join(', ');
+    return [
+      ...this.mapped.map(({ index, type }) => wrap(index, type.cast(`s.c${index}`))),
+      ...this.filled.map((column) => constant(column, column.missingValue!)),
+    ].join(', ');
   }
 
   allTargets(): string {

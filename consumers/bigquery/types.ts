@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Column } from '../../shared/events.js';
-import { PgType, decimalHolding, numericPrecision, typeKind } from '../../shared/pgtypes.js';
+import { decimalHolding, numericPrecision, PgType, typeKind } from '../../shared/pgtypes.js';
 import { pgArrayToJson } from '../pgarray.js';
 
 /**
@@ -158,5 +158,9 @@ export function bigQueryTableName(relation: { schema: string; name: string }): s
   const ambiguous = relation.schema.includes('__') || relation.name.includes('__');
   if (relation.schema === 'public') return bigQueryName(relation.name, ambiguous);
   const joined = `${relation.schema}__${relation.name}`;
-  return ambiguous ? bigQueryName(`${relation.schema}.${relation.name}`) : bigQueryName(joined) === joined ? joined : `${bigQueryName(relation.schema)}__${bigQueryName(relation.name)}`;
+  return ambiguous
+    ? bigQueryName(`${relation.schema}.${relation.name}`)
+    : bigQueryName(joined) === joined
+      ? joined
+      : `${bigQueryName(relation.schema)}__${bigQueryName(relation.name)}`;
 }

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { BigQuery, type TableField } from '@google-cloud/bigquery';
 import { PassThroughClient } from 'google-auth-library';
-import { UserError, errorMessage } from '../../shared/errors.js';
+import { errorMessage, UserError } from '../../shared/errors.js';
 import { log } from '../../shared/log.js';
 import { PermanentError, RefusedError } from '../destination.js';
 
@@ -21,7 +21,16 @@ const MAX_UPLOAD_BYTES = 4 * 1024 * 1024;
 const STAGING_TTL_MS = 24 * 60 * 60 * 1000;
 
 /** Reasons BigQuery gives for failures that retrying cannot fix. */
-const PERMANENT_REASONS = new Set(['accessDenied', 'billingNotEnabled', 'invalid', 'invalidQuery', 'notFound', 'duplicate', 'responseTooLarge', 'resourcesExceeded']);
+const PERMANENT_REASONS = new Set([
+  'accessDenied',
+  'billingNotEnabled',
+  'invalid',
+  'invalidQuery',
+  'notFound',
+  'duplicate',
+  'responseTooLarge',
+  'resourcesExceeded',
+]);
 
 /**
  * The few BigQuery calls the destination makes, through @google-cloud/bigquery: run a SQL
@@ -33,7 +42,8 @@ export class Warehouse {
   readonly client: BigQuery;
 
   constructor(readonly options: BigQueryOptions) {
-    if (options.keyFile && !existsSync(options.keyFile)) throw new UserError(`--key-file ${options.keyFile} does not exist: give the path of a service account JSON key`);
+    if (options.keyFile && !existsSync(options.keyFile))
+      throw new UserError(`--key-file ${options.keyFile} does not exist: give the path of a service account JSON key`);
     const anonymous = options.apiEndpoint !== undefined && !options.keyFile && !process.env.GOOGLE_APPLICATION_CREDENTIALS;
     this.client = new BigQuery({
       projectId: options.project,
@@ -51,9 +61,10 @@ export class Warehouse {
     await this.call('open the dataset', async () => {
       const dataset = this.client.dataset(this.options.dataset, { location: this.options.location });
       const [exists] = await dataset.exists();
-      if (!exists) await dataset.create({ location: this.options.location }).catch((error) => {
-        if ((error as { code?: number }).code !== 409) throw error; // created meanwhile by another consumer
-      });
+      if (!exists)
+        await dataset.create({ location: this.options.location }).catch((error) => {
+          if ((error as { code?: number }).code !== 409) throw error; // created meanwhile by another consumer
+        });
     });
   }
 
@@ -77,13 +88,16 @@ export class Warehouse {
     let first = true;
     for (const upload of uploads(lines)) {
       await this.call('load a staging table', async () => {
-        const stream = this.client.dataset(this.options.dataset).table(table).createWriteStream({
-          sourceFormat: 'NEWLINE_DELIMITED_JSON',
-          schema: { fields },
-          createDisposition: 'CREATE_IF_NEEDED',
-          writeDisposition: first ? 'WRITE_TRUNCATE' : 'WRITE_APPEND',
-          destinationTableProperties: { expirationTime: String(Date.now() + STAGING_TTL_MS) },
-        } as never);
+        const stream = this.client
+          .dataset(this.options.dataset)
+          .table(table)
+          .createWriteStream({
+            sourceFormat: 'NEWLINE_DELIMITED_JSON',
+            schema: { fields },
+            createDisposition: 'CREATE_IF_NEEDED',
+            writeDisposition: first ? 'WRITE_TRUNCATE' : 'WRITE_APPEND',
+            destinationTableProperties: { expirationTime: String(Date.now() + STAGING_TTL_MS) },
+          } as never);
         const job = await new Promise<{ promise(): Promise<unknown> }>((resolve, reject) => {
           stream.on('job', resolve).on('error', reject);
           stream.end(upload);
@@ -95,7 +109,11 @@ export class Warehouse {
   }
 
   async dropTable(table: string): Promise<void> {
-    await this.client.dataset(this.options.dataset).table(table).delete({ ignoreNotFound: true } as never).catch(() => {});
+    await this.client
+      .dataset(this.options.dataset)
+      .table(table)
+      .delete({ ignoreNotFound: true } as never)
+      .catch(() => {});
   }
 
   private async call<T>(what: string, body: () => Promise<T>): Promise<T> {
@@ -135,7 +153,8 @@ function classify(error: unknown, context: string): Error {
   if (code === 403 || reasons.includes('accessDenied')) {
     return new PermanentError(`${message}. The service account needs roles/bigquery.dataEditor on the dataset and roles/bigquery.jobUser on the project.`);
   }
-  if (code === 429 || (code !== undefined && code >= 500) || reasons.some((reason) => /rateLimit|backendError|internalError/.test(reason))) return new Error(message);
+  if (code === 429 || (code !== undefined && code >= 500) || reasons.some((reason) => /rateLimit|backendError|internalError/.test(reason)))
+    return new Error(message);
   // A query or load BigQuery finds invalid for what the batch holds (a value it cannot cast, a row too large).
   if (reasons.includes('invalid') || reasons.includes('invalidQuery')) return new RefusedError(message);
   if ((code !== undefined && code >= 400) || reasons.some((reason) => PERMANENT_REASONS.has(reason))) return new PermanentError(message);

@@ -2,17 +2,25 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
-import { COPY_TEXT, PLAIN_CSV, parseCopyRows } from '../../shared/csv.js';
 import { joinPieces, piecesLength } from '../../shared/chunks.js';
-import { type Column, type Relation, type RowChange, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
-import { UserError, errorMessage } from '../../shared/errors.js';
+import { COPY_TEXT, PLAIN_CSV, parseCopyRows } from '../../shared/csv.js';
+import { errorMessage, UserError } from '../../shared/errors.js';
+import { type Column, qualifiedName, type Relation, type RowChange, UNCHANGED, type Value } from '../../shared/events.js';
 import { collapseByKey, netRowCounts } from '../collapse.js';
+import {
+  type Destination,
+  RefusedError,
+  type TableShape as SourceShape,
+  type Step,
+  type StoredTable,
+  type TableListing,
+  type TableState,
+} from '../destination.js';
 import { type CollapsedCsv, collapseImagesToCsv, collapseImagesToCsvAside, recycleCsvLines } from '../imagescsv.js';
-import { type Destination, RefusedError, type Step, type StoredTable, type TableListing, type TableShape as SourceShape, type TableState } from '../destination.js';
 import { withDistinctColumnNamesIn } from '../names.js';
-import { type TargetName, placeTable } from './places.js';
-import { type Shape, StateTable, ident, literal } from './statetable.js';
+import { placeTable, type TargetName } from './places.js';
 import { csvSource, rewriteFile, unescapedCopyText } from './staging.js';
+import { ident, literal, type Shape, StateTable } from './statetable.js';
 import { type DuckDbType, duckDbColumnSql, duckDbType } from './types.js';
 
 const STAGE_DELETED = '_pg_deleted';
@@ -23,7 +31,6 @@ const STAGE_DELETED = '_pg_deleted';
 const REFUSALS = /^(Conversion|Invalid Input|Out of Range|Constraint|Mismatch Type|Binder|Catalog|Dependency|Not implemented) Error/;
 /** A staged count (of a keyless row image), beside the row's values. */
 const COUNT: DuckDbType = { sql: 'BIGINT', cast: (value) => `CAST(${value} AS BIGINT)` };
-
 
 /**
  * The DuckDB destination: each source table mirrored as "schema"."table", and its state
@@ -65,7 +72,9 @@ export class DuckDbDestination implements Destination {
       instance = await DuckDBInstance.create(path, settings);
     } catch (error) {
       const check = Object.keys(settings).length > 0 ? 'Check --path and the --setting values' : 'Check --path';
-      throw new UserError(`Cannot open DuckDB database ${path} (${errorMessage(error)}). ${check}: the directory must exist and no other process may have the file open for writing.`);
+      throw new UserError(
+        `Cannot open DuckDB database ${path} (${errorMessage(error)}). ${check}: the directory must exist and no other process may have the file open for writing.`,
+      );
     }
     const connection = await instance.connect();
     const destination = new DuckDbDestination(path, settings, instance, connection, await mkdtemp(join(tmpdir(), 'pg-replicate-duckdb-')));
@@ -172,7 +181,11 @@ export class DuckDbDestination implements Destination {
           }
           // The chunks that follow for the same table are read by the same statement.
           const chunks = [step];
-          for (let next = steps[index + 1]; next?.kind === 'copy' && next.relation.oid === step.relation.oid && !next.replace && !next.merge; next = steps[index + 1]) {
+          for (
+            let next = steps[index + 1];
+            next?.kind === 'copy' && next.relation.oid === step.relation.oid && !next.replace && !next.merge;
+            next = steps[index + 1]
+          ) {
             await this.ensureTable(next.relation, shapes, replaced);
             chunks.push(next);
             index++;
@@ -196,7 +209,11 @@ export class DuckDbDestination implements Destination {
   }
 
   tables(): TableListing[] {
-    return [...this.stored.values()].map(({ shape, state }) => ({ source: qualifiedName(shape), place: `${shape.target.schema}.${shape.target.name}`, quarantine: state.quarantine }));
+    return [...this.stored.values()].map(({ shape, state }) => ({
+      source: qualifiedName(shape),
+      place: `${shape.target.schema}.${shape.target.name}`,
+      quarantine: state.quarantine,
+    }));
   }
 
   /**
@@ -239,7 +256,10 @@ export class DuckDbDestination implements Destination {
     const source = { schema: relation.schema, name: relation.name, columns: relation.columns };
     if (known && sameShape(known, source)) return;
     const moved = !known || known.schema !== relation.schema || known.name !== relation.name;
-    const placed = new Map([...[...this.stored].map(([oid, { shape }]) => [oid, { source: shape, target: shape.target }] as const), ...[...shapes].map(([oid, shape]) => [oid, { source: shape, target: shape.target }] as const)]);
+    const placed = new Map([
+      ...[...this.stored].map(([oid, { shape }]) => [oid, { source: shape, target: shape.target }] as const),
+      ...[...shapes].map(([oid, shape]) => [oid, { source: shape, target: shape.target }] as const),
+    ]);
     for (const oid of replaced) placed.delete(oid);
     const place = moved ? placeTable(relation.oid, relation, placed) : { target: known!.target };
     if (place.replaces !== undefined) replaced.add(place.replaces);
@@ -261,7 +281,9 @@ export class DuckDbDestination implements Destination {
     }
     const matched = new Set<Column>();
     const counterpart = (column: Column) =>
-      relation.columns.find((candidate) => (column.attnum !== undefined && candidate.attnum !== undefined ? candidate.attnum === column.attnum : candidate.name === column.name));
+      relation.columns.find((candidate) =>
+        column.attnum !== undefined && candidate.attnum !== undefined ? candidate.attnum === column.attnum : candidate.name === column.name,
+      );
     for (const column of known.columns) {
       const now = counterpart(column);
       if (!now) {
@@ -309,7 +331,9 @@ export class DuckDbDestination implements Destination {
       async (files) => {
         const names = relation.columns.map((column) => ident(column.name)).join(', ');
         const values = types.map((type, index) => type.cast(type.backslashFree ? `s.c${index}` : unescapedCopyText(`s.c${index}`))).join(', ');
-        await this.connection.run(`INSERT INTO ${this.tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow, { dialect: COPY_TEXT, wholeFilesOf: Math.max(...filled.map((chunk) => chunk.bytes)) })} s`);
+        await this.connection.run(
+          `INSERT INTO ${this.tableSql(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow, { dialect: COPY_TEXT, wholeFilesOf: Math.max(...filled.map((chunk) => chunk.bytes)) })} s`,
+        );
       },
     );
   }
@@ -357,12 +381,18 @@ export class DuckDbDestination implements Destination {
    */
   private async writeLines(relation: Relation, types: DuckDbType[], keyColumns: number[], lines: Buffer, longestLine: number): Promise<void> {
     const stage = `_pg_stage_l${this.stageCounter++ % 4}`;
-    await this.withFiles([[lines]], (files) => this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(files, types.length, longestLine, { dialect: PLAIN_CSV, flag: STAGE_DELETED })}`));
+    await this.withFiles([[lines]], (files) =>
+      this.connection.run(
+        `CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(files, types.length, longestLine, { dialect: PLAIN_CSV, flag: STAGE_DELETED })}`,
+      ),
+    );
     const target = this.tableSql(relation);
     const match = keyColumns.map((column) => `${target}.${ident(relation.columns[column].name)} = ${types[column].cast(`s.c${column}`)}`).join(' AND ');
     await this.connection.run(`DELETE FROM ${target} USING ${stage} s WHERE ${match}`);
     const names = relation.columns.map((column) => ident(column.name)).join(', ');
-    await this.connection.run(`INSERT INTO ${target} (${names}) SELECT ${types.map((type, index) => type.cast(`s.c${index}`)).join(', ')} FROM ${stage} s WHERE NOT s.${STAGE_DELETED}`);
+    await this.connection.run(
+      `INSERT INTO ${target} (${names}) SELECT ${types.map((type, index) => type.cast(`s.c${index}`)).join(', ')} FROM ${stage} s WHERE NOT s.${STAGE_DELETED}`,
+    );
   }
 
   /**
@@ -371,7 +401,13 @@ export class DuckDbDestination implements Destination {
    * casts. Values an update left unchanged (TOAST) are first copied, typed, from the stored row
    * under the row's old key, and put back in the INSERT: they never go through text again.
    */
-  private async writeRows(relation: Relation, keyColumns: number[], rows: Value[][], deletedKeys: Value[][] = [], lookups = new Map<Value[], Value[]>()): Promise<void> {
+  private async writeRows(
+    relation: Relation,
+    keyColumns: number[],
+    rows: Value[][],
+    deletedKeys: Value[][] = [],
+    lookups = new Map<Value[], Value[]>(),
+  ): Promise<void> {
     if (rows.length === 0 && deletedKeys.length === 0) return;
     const types = relation.columns.map(duckDbType);
     if (rows.some((row) => lookups.has(row) && row.includes(UNCHANGED))) {
@@ -389,7 +425,9 @@ export class DuckDbDestination implements Destination {
         ...(rowStage ? [`SELECT ${keyColumns.map((column, position) => `c${column} AS k${position}`).join(', ')} FROM ${rowStage}`] : []),
         ...(keyStage ? [`SELECT * FROM ${keyStage}`] : []),
       ].join(' UNION ALL ');
-      const match = keyColumns.map((column, position) => `${target}.${ident(relation.columns[column].name)} = ${keyTypes[position].cast(`s.k${position}`)}`).join(' AND ');
+      const match = keyColumns
+        .map((column, position) => `${target}.${ident(relation.columns[column].name)} = ${keyTypes[position].cast(`s.k${position}`)}`)
+        .join(' AND ');
       await this.connection.run(`DELETE FROM ${target} USING (${touched}) s WHERE ${match}`);
     }
     if (!rowStage) return;
@@ -421,7 +459,14 @@ export class DuckDbDestination implements Destination {
    * Rows that keep unchanged TOASTed values from the stored row under their old key: staged
    * with that key, a row number and which values to keep.
    */
-  private async writeRowsKeepingUnchanged(relation: Relation, types: DuckDbType[], keyColumns: number[], rows: Value[][], deletedKeys: Value[][], lookups: Map<Value[], Value[]>): Promise<void> {
+  private async writeRowsKeepingUnchanged(
+    relation: Relation,
+    types: DuckDbType[],
+    keyColumns: number[],
+    rows: Value[][],
+    deletedKeys: Value[][],
+    lookups: Map<Value[], Value[]>,
+  ): Promise<void> {
     const stage = `_pg_stage_${this.stageCounter++ % 4}`;
     const stageColumns = [
       ...relation.columns.map((_, index) => `c${index} VARCHAR`),
@@ -438,7 +483,7 @@ export class DuckDbDestination implements Destination {
     let rowNumber = 0;
     const append = (values: Value[], deleted: boolean, lookup?: Value[]) => {
       for (let index = 0; index < types.length; index++) appendText(values[index], types[index]);
-      keyColumns.forEach((column, position) => appendText(lookup?.[position], types[column]));
+      for (const [position, column] of keyColumns.entries()) appendText(lookup?.[position], types[column]);
       appender.appendBoolean(deleted);
       appender.appendInteger(rowNumber++);
       const unchanged = lookup ? values.flatMap((value, index) => (value === UNCHANGED ? [index] : [])) : [];
@@ -449,23 +494,38 @@ export class DuckDbDestination implements Destination {
     for (const row of rows) append(row, false, lookups.get(row));
     for (const key of deletedKeys) {
       const values: Value[] = new Array(relation.columns.length).fill(null);
-      keyColumns.forEach((column, position) => (values[column] = key[position]));
+      for (const [position, column] of keyColumns.entries()) values[column] = key[position];
       append(values, true);
     }
     appender.closeSync();
     const target = this.tableSql(relation);
     const keyMatch = (table: string, prefix: 'c' | 'k') =>
-      keyColumns.map((column, position) => `${table}.${ident(relation.columns[column].name)} = ${types[column].cast(`s.${prefix}${prefix === 'c' ? column : position}`)}`).join(' AND ');
+      keyColumns
+        .map(
+          (column, position) => `${table}.${ident(relation.columns[column].name)} = ${types[column].cast(`s.${prefix}${prefix === 'c' ? column : position}`)}`,
+        )
+        .join(' AND ');
     const keep = `${stage}_keep`;
-    await this.connection.run(`CREATE OR REPLACE TEMP TABLE ${keep} AS SELECT s._pg_row, t.* FROM ${stage} s JOIN ${target} t ON ${keyMatch('t', 'k')} WHERE s._pg_unchanged IS NOT NULL`);
-    const missing = (await this.connection.runAndReadAll(`SELECT count(*) FROM ${stage} s WHERE s._pg_unchanged IS NOT NULL AND s._pg_row NOT IN (SELECT _pg_row FROM ${keep})`)).getRows()[0][0];
-    if (Number(missing) > 0) throw new RefusedError(`an update of ${qualifiedName(relation)} kept unchanged TOASTed values, but the destination has no row with that key to take them from`);
+    await this.connection.run(
+      `CREATE OR REPLACE TEMP TABLE ${keep} AS SELECT s._pg_row, t.* FROM ${stage} s JOIN ${target} t ON ${keyMatch('t', 'k')} WHERE s._pg_unchanged IS NOT NULL`,
+    );
+    const missing = (
+      await this.connection.runAndReadAll(
+        `SELECT count(*) FROM ${stage} s WHERE s._pg_unchanged IS NOT NULL AND s._pg_row NOT IN (SELECT _pg_row FROM ${keep})`,
+      )
+    ).getRows()[0][0];
+    if (Number(missing) > 0)
+      throw new RefusedError(
+        `an update of ${qualifiedName(relation)} kept unchanged TOASTed values, but the destination has no row with that key to take them from`,
+      );
     if (keyColumns.length > 0) await this.connection.run(`DELETE FROM ${target} USING ${stage} s WHERE ${keyMatch(target, 'c')}`);
     const names = relation.columns.map((column) => ident(column.name)).join(', ');
     const values = relation.columns
       .map((column, index) => `CASE WHEN contains(s._pg_unchanged, ',${index},') THEN k.${ident(column.name)} ELSE ${types[index].cast(`s.c${index}`)} END`)
       .join(', ');
-    await this.connection.run(`INSERT INTO ${target} (${names}) SELECT ${values} FROM ${stage} s LEFT JOIN ${keep} k ON k._pg_row = s._pg_row WHERE NOT s.${STAGE_DELETED}`);
+    await this.connection.run(
+      `INSERT INTO ${target} (${names}) SELECT ${values} FROM ${stage} s LEFT JOIN ${keep} k ON k._pg_row = s._pg_row WHERE NOT s.${STAGE_DELETED}`,
+    );
   }
 
   /**
@@ -486,7 +546,11 @@ export class DuckDbDestination implements Destination {
     const target = this.tableSql(relation);
     const removed = counts.filter(({ count }) => count < 0);
     if (removed.length > 0) {
-      const stage = await this.stageText('c', removed.map(({ image, count }) => [...image, String(-count)]), [...types, COUNT]);
+      const stage = await this.stageText(
+        'c',
+        removed.map(({ image, count }) => [...image, String(-count)]),
+        [...types, COUNT],
+      );
       const count = COUNT.cast(`s.c${types.length}`);
       const match = relation.columns.map((column, index) => `t.${ident(column.name)} IS NOT DISTINCT FROM ${types[index].cast(`s.c${index}`)}`).join(' AND ');
       // Each image's first n matches (by rowid) go: a row matches one image only, as images differ.
@@ -507,7 +571,11 @@ export class DuckDbDestination implements Destination {
 }
 
 /** A keyed run's changes as CSV lines of final images by `collapse` (undefined: the run needs decoded values, or has no key). */
-async function collapsedLines(relation: Relation, changes: RowChange[], collapse: typeof collapseImagesToCsvAside | typeof collapseImagesToCsv): Promise<CollapsedCsv | undefined> {
+async function collapsedLines(
+  relation: Relation,
+  changes: RowChange[],
+  collapse: typeof collapseImagesToCsvAside | typeof collapseImagesToCsv,
+): Promise<CollapsedCsv | undefined> {
   const keyColumns = keyColumnsOf(relation);
   const types = relation.columns.map(duckDbType);
   if (relation.replicaIdentity === 'full' || keyColumns.length === 0 || types.some((type) => type.stage)) return undefined;

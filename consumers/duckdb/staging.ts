@@ -45,7 +45,8 @@ export function csvSource(files: string[], width: number, longestLine: number, o
   if (options.flag) columns.push(`'${options.flag}': 'BOOLEAN'`);
   const lineLimit = Math.max(CSV_LINE_LIMIT, longestLine + 1);
   const limit = longestLine >= CSV_LINE_LIMIT ? `, max_line_size = ${lineLimit}` : '';
-  const buffer = options.wholeFilesOf !== undefined && files.length > 1 ? `, buffer_size = ${Math.max(options.wholeFilesOf + 1, LINES_PER_BUFFER * lineLimit)}` : '';
+  const buffer =
+    options.wholeFilesOf !== undefined && files.length > 1 ? `, buffer_size = ${Math.max(options.wholeFilesOf + 1, LINES_PER_BUFFER * lineLimit)}` : '';
   return `read_csv([${files.map(literal).join(', ')}], header = false, delim = ${literal(options.dialect.delimiter)}, quote = ${literal(options.dialect.quote)}, escape = ${literal(options.dialect.quote)}, nullstr = ${literal(options.dialect.nullText)}, allow_quoted_nulls = false, auto_detect = false, new_line = '\\n'${limit}${buffer}, columns = {${columns.join(', ')}})`;
 }
 
@@ -56,7 +57,14 @@ export function csvSource(files: string[], width: number, longestLine: number, o
  */
 export function unescapedCopyText(value: string): string {
   const parts = `string_split(${value}, '\\\\')`;
-  const escapes: [string, number][] = [['n', 10], ['t', 9], ['r', 13], ['b', 8], ['f', 12], ['v', 11]];
+  const escapes: [string, number][] = [
+    ['n', 10],
+    ['t', 9],
+    ['r', 13],
+    ['b', 8],
+    ['f', 12],
+    ['v', 11],
+  ];
   const unescaped = escapes.reduce((part, [letter, code]) => `replace(${part}, '\\${letter}', chr(${code}))`, 'part');
   return `CASE WHEN contains(${value}, '\\') THEN array_to_string(list_transform(${parts}, part -> ${unescaped}), '\\') ELSE ${value} END`;
 }

@@ -40,7 +40,20 @@ export class StateTable {
               coalesce(target_schema, table_schema), coalesce(target_name, table_name), CAST(quarantine AS VARCHAR) FROM ${this.name}`,
     );
     const tables = new Map<number, StoredTable<Shape>>();
-    for (const [oid, schema, name, columns, copyLsn, copyChunk, copyDone, appliedLsn, appliedOrdinal, targetSchema, targetName, quarantine] of reader.getRows()) {
+    for (const [
+      oid,
+      schema,
+      name,
+      columns,
+      copyLsn,
+      copyChunk,
+      copyDone,
+      appliedLsn,
+      appliedOrdinal,
+      targetSchema,
+      targetName,
+      quarantine,
+    ] of reader.getRows()) {
       const state: TableState = {
         copyLsn: BigInt(copyLsn as bigint),
         copyChunk: Number(copyChunk),
@@ -49,7 +62,12 @@ export class StateTable {
       };
       if (quarantine !== null) state.quarantine = JSON.parse(String(quarantine));
       tables.set(Number(oid), {
-        shape: { schema: String(schema), name: String(name), columns: JSON.parse(String(columns)), target: { schema: String(targetSchema), name: String(targetName) } },
+        shape: {
+          schema: String(schema),
+          name: String(name),
+          columns: JSON.parse(String(columns)),
+          target: { schema: String(targetSchema), name: String(targetName) },
+        },
         state,
       });
     }

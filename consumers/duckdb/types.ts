@@ -1,5 +1,5 @@
 import type { Column } from '../../shared/events.js';
-import { PgType, decimalHolding, numericPrecision, typeKind } from '../../shared/pgtypes.js';
+import { decimalHolding, numericPrecision, PgType, typeKind } from '../../shared/pgtypes.js';
 import { pgArrayToJson } from '../pgarray.js';
 
 /**

@@ -1,8 +1,8 @@
 import type { Writable } from 'node:stream';
 import type { Redis } from 'ioredis';
-import { type Relation, UNCHANGED, type Value, qualifiedName } from '../../shared/events.js';
-import { parseCopyRows } from '../../shared/csv.js';
 import { joinPieces } from '../../shared/chunks.js';
+import { parseCopyRows } from '../../shared/csv.js';
+import { qualifiedName, type Relation, UNCHANGED, type Value } from '../../shared/events.js';
 import { keys } from '../../shared/keys.js';
 import { formatLsn } from '../../shared/lsn.js';
 import { jsonFragment } from '../../shared/pgtypes.js';
@@ -54,7 +54,7 @@ export class StdoutDestination implements Destination {
         }
       }
     }
-    if (lines.length > 0) await write(this.out, lines.join('\n') + '\n');
+    if (lines.length > 0) await write(this.out, `${lines.join('\n')}\n`);
     if (states.size === 0) return;
     const fields: Record<string, string> = {};
     for (const [oid, state] of states) {

@@ -12,7 +12,7 @@
  * scenario. BENCH_ROUNDS (default 7): rounds of the mixed-types backfill. Each target of the performance issue is printed with PASS or FAIL.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -23,7 +23,7 @@ import { JOIN_LIMITS } from '../../consumers/runner.js';
 import { Catalog, describeTable } from '../../producer/catalog.js';
 import { PRODUCER_DEFAULTS } from '../../producer/options.js';
 import { COPY_TEXT_OPTIONS } from '../../shared/csv.js';
-import { CliProcess, TestPipeline, currentWalLsn, waitFor, waitForSlotAt } from '../support/pipeline.js';
+import { type CliProcess, currentWalLsn, TestPipeline, waitFor, waitForSlotAt } from '../support/pipeline.js';
 import { startPostgres, startRedis } from '../support/services.js';
 
 const size = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
@@ -79,10 +79,18 @@ try {
   if (CHANGES > 0) {
     results.push(await benchCdc(CDC_SMALL, CHANGES, `CALL bench_write(${CHANGES}, 10)`));
   }
-  if (BIG_INSERT > 0) results.push(await benchCdc(CDC_BIG, BIG_INSERT, `INSERT INTO bench_changes SELECT g, 'n' || g, g / 100.0, now() FROM generate_series(1, ${BIG_INSERT}) g`));
+  if (BIG_INSERT > 0)
+    results.push(
+      await benchCdc(CDC_BIG, BIG_INSERT, `INSERT INTO bench_changes SELECT g, 'n' || g, g / 100.0, now() FROM generate_series(1, ${BIG_INSERT}) g`),
+    );
   if (BIG_UPDATE > 0) {
     results.push(
-      await benchCdc('CDC, one transaction updating every row', BIG_UPDATE, `UPDATE bench_changes SET amount = amount + 1, updated = now()`, `INSERT INTO bench_changes SELECT g, 'n' || g, g / 100.0, now() FROM generate_series(1, ${BIG_UPDATE}) g`),
+      await benchCdc(
+        'CDC, one transaction updating every row',
+        BIG_UPDATE,
+        `UPDATE bench_changes SET amount = amount + 1, updated = now()`,
+        `INSERT INTO bench_changes SELECT g, 'n' || g, g / 100.0, now() FROM generate_series(1, ${BIG_UPDATE}) g`,
+      ),
     );
   }
   if (HUGE_ROWS > 0) results.push(await benchBackfill('backfill, large table (memory)', HUGE_ROWS, 1));
@@ -196,7 +204,28 @@ async function benchCdc(name: string, count: number, write: string, prepare?: st
   const url = new URL(pgServer.url);
   const drained = spawnSync(
     'pg_recvlogical',
-    ['-h', url.hostname, '-p', url.port, '-U', url.username || 'postgres', '-d', url.pathname.slice(1), '-S', rawSlot, '--start', '--endpos', end, '-o', 'proto_version=1', '-o', `publication_names=${pipeline.publication}`, '-f', '/dev/null', '--no-loop'],
+    [
+      '-h',
+      url.hostname,
+      '-p',
+      url.port,
+      '-U',
+      url.username || 'postgres',
+      '-d',
+      url.pathname.slice(1),
+      '-S',
+      rawSlot,
+      '--start',
+      '--endpos',
+      end,
+      '-o',
+      'proto_version=1',
+      '-o',
+      `publication_names=${pipeline.publication}`,
+      '-f',
+      '/dev/null',
+      '--no-loop',
+    ],
     { stdio: 'inherit' },
   );
   if (drained.status !== 0) throw new Error('pg_recvlogical failed');
@@ -212,7 +241,17 @@ async function benchCdc(name: string, count: number, write: string, prepare?: st
   await waitForSlotAt(pgServer, pipeline.slot, end, { stallMs: 60 * 60_000, intervalMs: 10 });
   const seconds = (performance.now() - started) / 1000;
   const cpu = cpuSince(cpuFrom, await cpuNow(consumer), producerPeak);
-  const result = { name, count, seconds, rawSeconds, rawName: 'pg_recvlogical', producerPeakMb: producerPeak().mb, consumerPeakMb: consumerPeak().mb, ...redisPeak(PRODUCER_DEFAULTS.maxBacklogBytes), cpu };
+  const result = {
+    name,
+    count,
+    seconds,
+    rawSeconds,
+    rawName: 'pg_recvlogical',
+    producerPeakMb: producerPeak().mb,
+    consumerPeakMb: consumerPeak().mb,
+    ...redisPeak(PRODUCER_DEFAULTS.maxBacklogBytes),
+    cpu,
+  };
   await Promise.all([producer.stop(), consumer.stop()]);
   await pgServer.query(`DROP PUBLICATION ${pipeline.publication}; SELECT pg_drop_replication_slot('${pipeline.slot}')`);
   return result;
@@ -287,7 +326,9 @@ async function timeDuckdbAlone(table: string): Promise<number> {
     let end = first + 1;
     let bytes = chunks[first].length;
     while (end < chunks.length && end - first < JOIN_LIMITS.batches && bytes + chunks[end].length <= JOIN_LIMITS.bytes) bytes += chunks[end++].length;
-    const steps = chunks.slice(first, end).map((csv, index) => ({ kind: 'copy' as const, relation, replace: first + index === 0, merge: false, csv: [csv], rows: 0 }));
+    const steps = chunks
+      .slice(first, end)
+      .map((csv, index) => ({ kind: 'copy' as const, relation, replace: first + index === 0, merge: false, csv: [csv], rows: 0 }));
     const state = { copyLsn: 1n, copyChunk: end - 1, copyDone: end === chunks.length, applied: { lsn: 1n, ordinal: 0 } };
     await destination.apply(steps, new Map([[relation.oid, state]]));
     first = end;
@@ -392,7 +433,11 @@ function processTimes(pid: number): { own: number; reaped: number; parent: numbe
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15, cutime 16, cstime 17.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { parent: Number(fields[1]), own: (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS, reaped: (Number(fields[13]) + Number(fields[14])) / CLOCK_TICKS };
+  return {
+    parent: Number(fields[1]),
+    own: (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS,
+    reaped: (Number(fields[13]) + Number(fields[14])) / CLOCK_TICKS,
+  };
 }
 
 /**
@@ -449,15 +494,45 @@ function report(all: Result[]): void {
   const target = (what: string, measured: number | undefined, text: (value: number) => string, ok: (value: number) => boolean) => {
     if (measured !== undefined && !Number.isNaN(measured)) targets.push(`| ${what} | ${text(measured)} | ${verdict(ok(measured))} |`);
   };
-  target('backfill ≥ 0.5 × raw COPY (mixed types)', ratio('backfill, mixed types'), (value) => value.toFixed(2), (value) => value >= 0.5);
-  target('CDC, small transactions ≥ 0.8 × pg_recvlogical', ratio(CDC_SMALL), (value) => value.toFixed(2), (value) => value >= 0.8);
-  target('CDC, one large transaction ≥ 0.8 × pg_recvlogical', ratio(CDC_BIG), (value) => value.toFixed(2), (value) => value >= 0.8);
-  target(`CDC latency at ${LATENCY_RATE.toLocaleString('en-US')} changes/s, p99 ≤ 250 ms`, latency?.p99, (value) => `p50 ${latency!.p50} ms, p99 ${value} ms (${latency!.batches} batches)`, (value) => value <= 250);
+  target(
+    'backfill ≥ 0.5 × raw COPY (mixed types)',
+    ratio('backfill, mixed types'),
+    (value) => value.toFixed(2),
+    (value) => value >= 0.5,
+  );
+  target(
+    'CDC, small transactions ≥ 0.8 × pg_recvlogical',
+    ratio(CDC_SMALL),
+    (value) => value.toFixed(2),
+    (value) => value >= 0.8,
+  );
+  target(
+    'CDC, one large transaction ≥ 0.8 × pg_recvlogical',
+    ratio(CDC_BIG),
+    (value) => value.toFixed(2),
+    (value) => value >= 0.8,
+  );
+  target(
+    `CDC latency at ${LATENCY_RATE.toLocaleString('en-US')} changes/s, p99 ≤ 250 ms`,
+    latency?.p99,
+    (value) => `p50 ${latency!.p50} ms, p99 ${value} ms (${latency!.batches} batches)`,
+    (value) => value <= 250,
+  );
   const producerPeak = Math.max(0, ...all.filter((result) => result.name !== 'backfill, large table (memory)').map((result) => result.producerPeakMb));
-  target('producer peak RSS ≤ 200 MB (backfill and CDC runs)', all.length > 0 ? producerPeak : undefined, (value) => `${value} MB`, (value) => value <= 200);
+  target(
+    'producer peak RSS ≤ 200 MB (backfill and CDC runs)',
+    all.length > 0 ? producerPeak : undefined,
+    (value) => `${value} MB`,
+    (value) => value <= 200,
+  );
   const targeted = all.filter((result) => result.name !== 'backfill, large table (memory)');
   const worstRedis = targeted.reduce((worst, result) => Math.max(worst, result.redisPeakMb / result.redisBoundMb), 0);
-  target('Redis peak memory within the backlog bound (backfill and CDC runs)', targeted.length > 0 ? worstRedis : undefined, (value) => `at most ${Math.round(value * 100)} % of the bound`, (value) => value <= 1);
+  target(
+    'Redis peak memory within the backlog bound (backfill and CDC runs)',
+    targeted.length > 0 ? worstRedis : undefined,
+    (value) => `at most ${Math.round(value * 100)} % of the bound`,
+    (value) => value <= 1,
+  );
   const table = [
     `Measured ${new Date().toISOString().slice(0, 10)} on ${machine}.`,
     '',
@@ -468,7 +543,10 @@ function report(all: Result[]): void {
     ...all.flatMap(({ name, count, seconds, rawSeconds, launchedSeconds, duckdbAloneSeconds, roundRatios }) => [
       ...(roundRatios === undefined || roundRatios.length < 2
         ? []
-        : [`${name}: ${roundRatios.length} pairs, each a raw COPY then the pipeline, back to back (the machine's speed drifts); ratios ${roundRatios.map((value) => value.toFixed(2)).join(', ')}, the median pair reported.`, '']),
+        : [
+            `${name}: ${roundRatios.length} pairs, each a raw COPY then the pipeline, back to back (the machine's speed drifts); ratios ${roundRatios.map((value) => value.toFixed(2)).join(', ')}, the median pair reported.`,
+            '',
+          ]),
       ...(launchedSeconds === undefined
         ? []
         : [
@@ -501,7 +579,13 @@ function report(all: Result[]): void {
   process.stdout.write(`${table}\n`);
   // The whole report in docs/benchmarks.md; the main table in the README.
   writeBetweenMarkers(join(process.cwd(), 'docs', 'benchmarks.md'), table);
-  writeBetweenMarkers(join(process.cwd(), 'README.md'), table.split('\n').slice(0, rows.length + 4).join('\n'));
+  writeBetweenMarkers(
+    join(process.cwd(), 'README.md'),
+    table
+      .split('\n')
+      .slice(0, rows.length + 4)
+      .join('\n'),
+  );
 }
 
 /** Replaces what a file holds between `<!-- bench:start -->` and `<!-- bench:end -->`, when it has both. */

@@ -1,13 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import { rmSync, writeFileSync } from 'node:fs';
-import { type IncomingMessage, type ServerResponse, createServer } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { type DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import { rowsAsText, tempDir } from './pipeline.js';
 
 /** Starts one emulator for a test file (before its tests) and stops it after them. */
-export function useBigQueryEmulator(test: { before: (fn: () => Promise<void>) => void; after: { always: (fn: () => Promise<void>) => void } }): { emulator: BigQueryEmulator } {
+export function useBigQueryEmulator(test: { before: (fn: () => Promise<void>) => void; after: { always: (fn: () => Promise<void>) => void } }): {
+  emulator: BigQueryEmulator;
+} {
   const holder = {} as { emulator: BigQueryEmulator };
   test.before(async () => {
     holder.emulator = await BigQueryEmulator.start();
@@ -163,7 +165,11 @@ export class BigQueryEmulator {
       if ((match = /^GET \/bigquery\/v2\/projects\/([^/]+)\/datasets\/([^/]+)$/.exec(route))) {
         const exists = await this.query(`SELECT 1 FROM information_schema.schemata WHERE schema_name = '${match[2]}'`);
         if (exists.length === 0) return reply(response, 404, errorBody(404, 'notFound', `Not found: Dataset ${match[1]}:${match[2]}`));
-        return reply(response, 200, { kind: 'bigquery#dataset', id: `${match[1]}:${match[2]}`, datasetReference: { projectId: match[1], datasetId: match[2] } });
+        return reply(response, 200, {
+          kind: 'bigquery#dataset',
+          id: `${match[1]}:${match[2]}`,
+          datasetReference: { projectId: match[1], datasetId: match[2] },
+        });
       }
       if ((match = /^POST \/bigquery\/v2\/projects\/([^/]+)\/datasets$/.exec(route))) {
         const { datasetReference } = JSON.parse(body.toString());
@@ -189,7 +195,14 @@ export class BigQueryEmulator {
         const job = this.jobs.get(match[1]);
         if (!job) return reply(response, 404, errorBody(404, 'notFound', `Not found: Job ${match[1]}`));
         const result = (job.result as { schema: unknown; rows: unknown[] }) ?? { schema: { fields: [] }, rows: [] };
-        return reply(response, 200, { kind: 'bigquery#getQueryResultsResponse', jobReference: job.jobReference, jobComplete: true, schema: result.schema, rows: result.rows, totalRows: String(result.rows.length) });
+        return reply(response, 200, {
+          kind: 'bigquery#getQueryResultsResponse',
+          jobReference: job.jobReference,
+          jobComplete: true,
+          schema: result.schema,
+          rows: result.rows,
+          totalRows: String(result.rows.length),
+        });
       }
       return reply(response, 404, errorBody(404, 'notFound', `the emulator does not implement ${route}`));
     } catch (error) {
@@ -254,7 +267,10 @@ export class BigQueryEmulator {
     const primaryKey = /,\s*PRIMARY KEY \(([^)]*)\) NOT ENFORCED/i.exec(sql);
     if (primaryKey) {
       const table = /TABLE (?:IF NOT EXISTS )?"([^"]+)"\."([^"]+)"/i.exec(sql)!;
-      this.primaryKeys.set(`${table[1]}.${table[2]}`, primaryKey[1].split(',').map((name) => name.trim().replace(/"/g, '')));
+      this.primaryKeys.set(
+        `${table[1]}.${table[2]}`,
+        primaryKey[1].split(',').map((name) => name.trim().replace(/"/g, '')),
+      );
       sql = sql.replace(primaryKey[0], '');
     }
     const assertion = /^ASSERT\s+([\s\S]*)\s+AS\s+('(?:[^']|'')*')$/i.exec(sql);

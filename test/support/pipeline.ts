@@ -148,7 +148,8 @@ export async function waitForSlotAt(pg: PostgresServer, slot: string, target: st
   await waitFor(
     `slot ${slot} to confirm ${target}`,
     async () => {
-      const row = (await pg.query('SELECT confirmed_flush_lsn >= $2::pg_lsn AS reached FROM pg_replication_slots WHERE slot_name = $1', [slot, target])).rows[0];
+      const row = (await pg.query('SELECT confirmed_flush_lsn >= $2::pg_lsn AS reached FROM pg_replication_slots WHERE slot_name = $1', [slot, target]))
+        .rows[0];
       return row?.reached === true;
     },
     { progress: () => slotConfirmed(pg, slot), ...options },
@@ -208,7 +209,19 @@ export class TestPipeline {
 
   /** The producer's command line, for runCli (a run that is expected to end). */
   producerArgs(extra: string[] = []): string[] {
-    return ['producer', '--pg-url', this.pg.url, '--publication', this.publication, '--slot', this.slot, '--destinations', this.destinations.join(','), ...this.common, ...extra];
+    return [
+      'producer',
+      '--pg-url',
+      this.pg.url,
+      '--publication',
+      this.publication,
+      '--slot',
+      this.slot,
+      '--destinations',
+      this.destinations.join(','),
+      ...this.common,
+      ...extra,
+    ];
   }
 
   producer(extra: string[] = []): CliProcess {
@@ -230,7 +243,16 @@ export class TestPipeline {
 
   /** A destination the producer was not started with is new: its consumer registers it. */
   private consumerArgs(name: string): string[] {
-    return ['--name', name, '--lock-duration-ms', '3000', '--stalled-interval-ms', '1000', ...this.common, ...(this.destinations.includes(name) ? [] : ['--register'])];
+    return [
+      '--name',
+      name,
+      '--lock-duration-ms',
+      '3000',
+      '--stalled-interval-ms',
+      '1000',
+      ...this.common,
+      ...(this.destinations.includes(name) ? [] : ['--register']),
+    ];
   }
 
   duckdbPath(name: string): string {
@@ -243,10 +265,9 @@ export class TestPipeline {
 
   /** A BigQuery consumer writing dataset `dataset` through the emulator at `endpoint`. */
   bigquery(name: string, endpoint: string, dataset: string, env: Record<string, string> = {}, project = 'test-project'): CliProcess {
-    return this.track(new CliProcess(
-      ['consumer', 'bigquery', '--project', project, '--dataset', dataset, '--api-endpoint', endpoint, ...this.consumerArgs(name)],
-      env,
-    ));
+    return this.track(
+      new CliProcess(['consumer', 'bigquery', '--project', project, '--dataset', dataset, '--api-endpoint', endpoint, ...this.consumerArgs(name)], env),
+    );
   }
 
   stdout(name: string): CliProcess {
@@ -270,21 +291,29 @@ export class TestPipeline {
 
   /** Waits until every destination applied the initial copy; it progresses with the slot and the copy's ranges. */
   async waitForCopy(redis: Redis): Promise<void> {
-    await waitFor('the copy to be applied by every destination', async () => {
-      this.assertRunning();
-      return (await redis.hget(`pgr:{${this.pipeline}}:state`, 'copy')) === 'done';
-    }, {
-      progress: async () => [await redis.hgetall(`pgr:{${this.pipeline}}:copy-progress`), await redis.hgetall(`pgr:{${this.pipeline}}:state`)],
-    });
+    await waitFor(
+      'the copy to be applied by every destination',
+      async () => {
+        this.assertRunning();
+        return (await redis.hget(`pgr:{${this.pipeline}}:state`, 'copy')) === 'done';
+      },
+      {
+        progress: async () => [await redis.hgetall(`pgr:{${this.pipeline}}:copy-progress`), await redis.hgetall(`pgr:{${this.pipeline}}:state`)],
+      },
+    );
   }
 
   /** Waits until every destination applied everything written so far (the slot confirms the current WAL position). */
   async waitForCatchUp(options?: WaitOptions): Promise<void> {
     const target = await currentWalLsn(this.pg);
-    await waitFor(`slot ${this.slot} to confirm ${target}`, async () => {
-      this.assertRunning();
-      return lsnNotAfter(this.pg, target, (await slotConfirmed(this.pg, this.slot)) ?? '0/0');
-    }, { progress: () => slotConfirmed(this.pg, this.slot), ...options });
+    await waitFor(
+      `slot ${this.slot} to confirm ${target}`,
+      async () => {
+        this.assertRunning();
+        return lsnNotAfter(this.pg, target, (await slotConfirmed(this.pg, this.slot)) ?? '0/0');
+      },
+      { progress: () => slotConfirmed(this.pg, this.slot), ...options },
+    );
   }
 }
 
@@ -302,7 +331,9 @@ export async function writeLoad(pg: PostgresServer, rounds: number, pauseMs = 5,
   for (let round = 1; round <= rounds; round++) {
     const id = 1 + (round % 200);
     if (round % 5 === 0) {
-      await pg.query(`BEGIN; UPDATE ${schema}.accounts SET balance = balance + 1 WHERE id = ${id}; COMMIT; BEGIN; INSERT INTO ${schema}.ledger (account, amount) VALUES (${id}, ${round}); COMMIT;`);
+      await pg.query(
+        `BEGIN; UPDATE ${schema}.accounts SET balance = balance + 1 WHERE id = ${id}; COMMIT; BEGIN; INSERT INTO ${schema}.ledger (account, amount) VALUES (${id}, ${round}); COMMIT;`,
+      );
     } else if (round % 7 === 0) {
       await pg.query(`DELETE FROM ${schema}.ledger WHERE id = (SELECT min(id) FROM ${schema}.ledger)`);
     } else {
@@ -316,7 +347,11 @@ export async function writeLoad(pg: PostgresServer, rounds: number, pauseMs = 5,
  * Transactions `statement(1)`, `statement(2)`, … until stopped; one that fails (Postgres is
  * away: a restart, a terminated connection) is let go. Says how many committed and failed.
  */
-export function loadUntilStopped(pg: PostgresServer, statement: (n: number) => string, pauseMs = 4): { stop: () => Promise<{ committed: number; failed: number }> } {
+export function loadUntilStopped(
+  pg: PostgresServer,
+  statement: (n: number) => string,
+  pauseMs = 4,
+): { stop: () => Promise<{ committed: number; failed: number }> } {
   let running = true;
   const counts = { committed: 0, failed: 0 };
   const done = (async () => {
@@ -358,7 +393,11 @@ export const LOAD_SCHEMA = (publication: string, schema = 'public') => `
 `;
 
 /** The load's tables as DuckDB holds them and as Postgres does, ready for deepEqual. */
-export async function loadTablesIn(pg: PostgresServer, duckdbPath: string, schema = 'public'): Promise<{ duckdb: Record<string, string[]>; postgres: Record<string, string[]> }> {
+export async function loadTablesIn(
+  pg: PostgresServer,
+  duckdbPath: string,
+  schema = 'public',
+): Promise<{ duckdb: Record<string, string[]>; postgres: Record<string, string[]> }> {
   const duckdb: Record<string, string[]> = {};
   const postgres: Record<string, string[]> = {};
   for (const [table, columns] of LOAD_TABLES) {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { connectRedis } from '../../shared/redis.js';
 import { waitFor } from './pipeline.js';
-import { type RedisServer, freePort, spawnRedis } from './services.js';
+import { freePort, type RedisServer, spawnRedis } from './services.js';
 
 /**
  * A master, a replica of it and one sentinel watching them (quorum 1), each on a free port,
@@ -45,7 +45,16 @@ export async function startSentinelSet(): Promise<SentinelSet> {
   };
   await onPort(secondPort, (client) => client.replicaof('127.0.0.1', firstPort));
   const config = join(dir, 'sentinel.conf');
-  writeFileSync(config, [`dir ${dir}`, `sentinel monitor ${MASTER} 127.0.0.1 ${firstPort} 1`, `sentinel down-after-milliseconds ${MASTER} 2000`, `sentinel failover-timeout ${MASTER} 10000`, ''].join('\n'));
+  writeFileSync(
+    config,
+    [
+      `dir ${dir}`,
+      `sentinel monitor ${MASTER} 127.0.0.1 ${firstPort} 1`,
+      `sentinel down-after-milliseconds ${MASTER} 2000`,
+      `sentinel failover-timeout ${MASTER} 10000`,
+      '',
+    ].join('\n'),
+  );
   const sentinelServer = await spawnRedis(sentinelPort, [config, '--sentinel']);
   const sentinel = direct(sentinelPort);
   const masterPort = async () => Number(((await sentinel.call('SENTINEL', 'get-master-addr-by-name', MASTER)) as string[])[1]);
@@ -57,7 +66,8 @@ export async function startSentinelSet(): Promise<SentinelSet> {
   const url = `redis-sentinel://127.0.0.1:${sentinelPort}/${MASTER}`;
   const client = connectRedis(url);
   client.on('error', () => {});
-  const exited = (server: ChildProcess) => new Promise((resolve) => (server.exitCode !== null || server.signalCode !== null ? resolve(null) : server.once('exit', resolve)));
+  const exited = (server: ChildProcess) =>
+    new Promise((resolve) => (server.exitCode !== null || server.signalCode !== null ? resolve(null) : server.once('exit', resolve)));
   return {
     url,
     client,

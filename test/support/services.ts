@@ -4,8 +4,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import pg from 'pg';
 import { Redis } from 'ioredis';
+import pg from 'pg';
 import { killStrayProcesses } from './pipeline.js';
 
 /**
@@ -57,7 +57,9 @@ export async function startPostgres(options: { walLevel?: 'logical' | 'replica' 
   const postgresGroup = asPostgres ? Number(execFileSync('id', ['-g', 'postgres']).toString().trim()) : undefined;
   if (postgresUser !== undefined) chownSync(dir, postgresUser, postgresGroup!);
   const run = (command: string, args: string[]) =>
-    asPostgres ? execFileSync('runuser', ['-u', 'postgres', '--', join(bin, command), ...args], { stdio: 'pipe' }) : execFileSync(join(bin, command), args, { stdio: 'pipe' });
+    asPostgres
+      ? execFileSync('runuser', ['-u', 'postgres', '--', join(bin, command), ...args], { stdio: 'pipe' })
+      : execFileSync(join(bin, command), args, { stdio: 'pipe' });
   const data = join(dir, 'data');
   run('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync', '-E', 'UTF8', '--locale', 'C']);
   const port = await freePort();
@@ -138,7 +140,10 @@ export interface RedisServer {
 /** A redis-server (or, with `--sentinel` among the arguments, a sentinel) on the port, once it answers PING. */
 export async function spawnRedis(port: number, args: string[]): Promise<ChildProcess> {
   // In a directory of its own: a replica's full sync writes the master's RDB file where it runs.
-  const server = spawn('redis-server', [...args, '--port', String(port), '--bind', '127.0.0.1'], { stdio: 'ignore', cwd: mkdtempSync(join(tmpdir(), 'pgr-redis-run-')) });
+  const server = spawn('redis-server', [...args, '--port', String(port), '--bind', '127.0.0.1'], {
+    stdio: 'ignore',
+    cwd: mkdtempSync(join(tmpdir(), 'pgr-redis-run-')),
+  });
   for (let i = 0; i < 100; i++) {
     const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null });
     probe.on('error', () => {});
@@ -204,7 +209,10 @@ export async function startRedis(): Promise<RedisServer> {
 }
 
 /** Starts a Postgres and a Redis for one test file, and stops them after it. */
-export function useServices(test: { before: (fn: () => Promise<void>) => void; after: { always: (fn: () => Promise<void>) => void } }): { pg: PostgresServer; redis: RedisServer } {
+export function useServices(test: { before: (fn: () => Promise<void>) => void; after: { always: (fn: () => Promise<void>) => void } }): {
+  pg: PostgresServer;
+  redis: RedisServer;
+} {
   const services = {} as { pg: PostgresServer; redis: RedisServer };
   test.before(async () => {
     [services.pg, services.redis] = await Promise.all([startPostgres(), startRedis()]);
