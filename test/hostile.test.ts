@@ -1,4 +1,3 @@
-import { readFileSync, writeFileSync } from 'node:fs';
 import test from 'ava';
 import { duckdbRows, postgresRows, runCli, TestPipeline } from './support/pipeline.js';
 import { startPostgres, useServices } from './support/services.js';
@@ -95,13 +94,11 @@ test('a login Postgres refuses (an expired password, a wrong one) exits 2 with t
   // A cluster of its own (even with PG_URL given: its pg_hba.conf is changed), whose two roles log in with passwords.
   const own = await startPostgres({ walLevel: 'logical' });
   try {
-    const [{ hba_file: hba }] = (await own.query('SHOW hba_file')).rows;
     await own.query(`
       CREATE ROLE expired_user LOGIN REPLICATION PASSWORD 'expired-secret-1' VALID UNTIL '2001-01-01';
       CREATE ROLE checked_user LOGIN REPLICATION PASSWORD 'right-secret-2';`);
     const checked = ['all', 'replication'].map((database) => `host ${database} expired_user,checked_user 127.0.0.1/32 scram-sha-256\n`).join('');
-    writeFileSync(hba, checked + readFileSync(hba, 'utf8'));
-    await own.query('SELECT pg_reload_conf()');
+    await own.control!.prependHba(checked);
     const url = (user: string, password: string) => {
       const parsed = new URL(own.url);
       parsed.username = user;

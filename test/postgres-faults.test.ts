@@ -45,10 +45,10 @@ serial(
       await env.pg.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'pg-replicate%' AND pid <> pg_backend_pid()");
       pid = await reconnected(pipeline, pid);
       await sleep(500);
-      env.pg.control!.restart('fast');
+      await env.pg.control!.restart('fast');
       pid = await reconnected(pipeline, pid);
       await sleep(500);
-      env.pg.control!.restart('immediate');
+      await env.pg.control!.restart('immediate');
       await reconnected(pipeline, pid);
       await sleep(500);
       await load.stop();
@@ -78,14 +78,14 @@ serial('Postgres down for a minute: the producer says so once, status and the me
     await pipeline.waitForCopy(env.redis.client);
     await walsender(pipeline);
     t.is((await scrape(port)).get('pg_replicate_postgres_connected'), 1);
-    env.pg.control!.shutdown();
+    await env.pg.control!.shutdown();
     try {
       await waitFor('status to show the outage', async () => /producer: reconnecting to Postgres since \S+ \(.+\)/.test(await status()));
       t.is((await scrape(port)).get('pg_replicate_postgres_connected'), 0);
       // A minute down: a dozen reconnection attempts fail meanwhile (every 5 s), none logged above debug.
       await sleep(60_000);
     } finally {
-      env.pg.control!.start();
+      await env.pg.control!.start();
     }
     await env.pg.query("INSERT INTO down.events VALUES (-1, 'after the outage')");
     await pipeline.waitForCatchUp();

@@ -51,11 +51,11 @@ test.serial('a producer waiting for a Postgres that is down stops within 10 s of
   const consumer = pipeline.duckdb('main');
   try {
     await pipeline.waitForCopy(env.redis.client);
-    env.pg.control!.shutdown();
+    await env.pg.control!.shutdown();
     await waitFor('the producer to notice', async () => /lost Postgres|Postgres unavailable|reconnect/i.test(producer.stderr), { stallMs: 30_000 });
     t.log(`producer: ${await stopsWithin(producer, 'SIGTERM', 10_000)} ms`);
   } finally {
-    env.pg.control!.start();
+    await env.pg.control!.start();
     await Promise.all([producer.stop(), consumer.stop()]);
   }
   t.pass();

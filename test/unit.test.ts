@@ -14,6 +14,7 @@ import { partitionOf } from '../shared/keys.js';
 import { compareVersions, formatLsn, parseLsn } from '../shared/lsn.js';
 import { jsonFragment, numericPrecision, PgType } from '../shared/pgtypes.js';
 import { ByteReader, readRowImages, rowImages } from '../shared/tupledata.js';
+import { chooseSource } from './support/sources.js';
 
 const relation: Relation = {
   oid: 16384,
@@ -433,4 +434,19 @@ test('a run collapses straight from its images to the same final rows and delete
   });
   const inserts = [insert(['1', 'say "hi"'], 1), insert(['2', null], 2), insert(['3', 'two\nlines'], 3)];
   t.deepEqual(parseCsvRows(collapseImagesToCsv([0], 2, inserts)!.csv.toString(), PLAIN_CSV), [...collapseByKey([0], inserts).rows.map((row) => [...row, 'f'])]);
+});
+
+test('the tests take Postgres and Redis from the URL given, else from containers when Docker answers, else from local binaries, else say what to install', (t) => {
+  const none = { dockerAnswers: false };
+  t.deepEqual(chooseSource('postgres', { ...none, url: 'postgres://x/y', dockerAnswers: true, binaries: '/bin' }), { kind: 'url', url: 'postgres://x/y' });
+  t.deepEqual(chooseSource('redis', { dockerAnswers: true, binaries: '/usr/bin/redis-server' }), { kind: 'containers' });
+  t.deepEqual(chooseSource('postgres', { dockerAnswers: false, binaries: '/usr/lib/postgresql/17/bin' }), {
+    kind: 'binaries',
+    path: '/usr/lib/postgresql/17/bin',
+  });
+  t.deepEqual(chooseSource('postgres', { dockerAnswers: true, binaries: '/opt/pg/bin', forced: 'binaries' }), { kind: 'binaries', path: '/opt/pg/bin' });
+  t.throws(() => chooseSource('postgres', { ...none, forced: 'containers', binaries: '/opt/pg/bin' }), { message: /no Docker engine answers/ });
+  t.throws(() => chooseSource('redis', { ...none, forced: 'vm' }), { message: /PGR_TEST_SERVICES=vm: give containers or binaries/ });
+  t.throws(() => chooseSource('postgres', none), { message: /set PG_URL, start a Docker engine .* or install Postgres server binaries/ });
+  t.throws(() => chooseSource('redis', none), { message: /set REDIS_URL, start a Docker engine .* or install redis-server/ });
 });

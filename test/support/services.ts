@@ -1,12 +1,14 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import pg from 'pg';
+import { startPostgresContainer, startRedisContainer } from './containers.js';
 import { killStrayProcesses } from './pipeline.js';
+import { machineFindings, sourceOf } from './sources.js';
 
 /**
  * Real services for the tests: our own Postgres cluster (wal_level=logical) and our own
@@ -24,13 +26,6 @@ export async function freePort(): Promise<number> {
   });
 }
 
-function postgresBinDir(): string {
-  const base = '/usr/lib/postgresql';
-  if (!existsSync(base)) throw new Error('no Postgres server binaries in /usr/lib/postgresql: install postgresql (see .ci/run) or set PG_URL');
-  const version = readdirSync(base).sort((a, b) => Number(b) - Number(a))[0];
-  return join(base, version, 'bin');
-}
-
 export interface PostgresServer {
   url: string;
   query: (sql: string, params?: unknown[]) => Promise<pg.QueryResult>;
@@ -41,15 +36,49 @@ export interface PostgresServer {
 
 export interface PostgresControl {
   /** pg_ctl restart: `fast` disconnects clients cleanly, `immediate` is a crash (recovery on start). */
-  restart: (mode: 'fast' | 'immediate') => void;
+  restart: (mode: 'fast' | 'immediate') => Promise<void>;
   /** The server down (`fast` shutdown) until start(). */
-  shutdown: () => void;
-  start: () => void;
+  shutdown: () => Promise<void>;
+  start: () => Promise<void>;
+  /** Puts lines at the top of pg_hba.conf and reloads it. */
+  prependHba: (lines: string) => Promise<void>;
 }
 
 export async function startPostgres(options: { walLevel?: 'logical' | 'replica' } = {}): Promise<PostgresServer> {
-  if (process.env.PG_URL && !options.walLevel) return useDatabase(process.env.PG_URL);
-  const bin = postgresBinDir();
+  const source = await sourceOf('postgres', options.walLevel ? undefined : process.env.PG_URL);
+  if (source.kind === 'url') return useDatabase(source.url);
+  const port = await freePort();
+  const settings = [
+    '-c listen_addresses=127.0.0.1',
+    `-c wal_level=${options.walLevel ?? 'logical'}`,
+    '-c max_replication_slots=20',
+    '-c max_wal_senders=20',
+    '-c fsync=off',
+    '-c synchronous_commit=off',
+    '-c full_page_writes=off',
+    '-c shared_buffers=128MB',
+    '-c max_connections=200',
+  ];
+  const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  const { control, stop } =
+    source.kind === 'containers' ? await postgresInContainer(port, settings, url) : await postgresFromBinaries(source.path, port, settings);
+  const server = await useDatabase(url, false);
+  const reload = async (lines: string) => {
+    await control.prependHba(lines);
+    await server.query('SELECT pg_reload_conf()');
+  };
+  return {
+    ...server,
+    control: { ...control, prependHba: reload },
+    stop: async () => {
+      await server.stop();
+      await stop();
+    },
+  };
+}
+
+/** A cluster of our own from the machine's binaries (initdb into a temporary directory), run as `postgres` when we are root. */
+async function postgresFromBinaries(bin: string, port: number, settings: string[]): Promise<{ control: PostgresControl; stop: () => Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), 'pgr-pg-'));
   chmodSync(dir, 0o755);
   const asPostgres = process.getuid?.() === 0;
@@ -62,33 +91,17 @@ export async function startPostgres(options: { walLevel?: 'logical' | 'replica' 
       : execFileSync(join(bin, command), args, { stdio: 'pipe' });
   const data = join(dir, 'data');
   run('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync', '-E', 'UTF8', '--locale', 'C']);
-  const port = await freePort();
-  const settings = [
-    `-p ${port}`,
-    '-c listen_addresses=127.0.0.1',
-    `-c unix_socket_directories=${dir}`,
-    `-c wal_level=${options.walLevel ?? 'logical'}`,
-    '-c max_replication_slots=20',
-    '-c max_wal_senders=20',
-    '-c fsync=off',
-    '-c synchronous_commit=off',
-    '-c full_page_writes=off',
-    '-c shared_buffers=128MB',
-    '-c max_connections=200',
-  ].join(' ');
-  const start = () => run('pg_ctl', ['-D', data, '-o', settings, '-l', join(dir, 'log'), '-w', 'start']);
+  const options = [`-p ${port}`, `-c unix_socket_directories=${dir}`, ...settings].join(' ');
+  const start = () => run('pg_ctl', ['-D', data, '-o', options, '-l', join(dir, 'log'), '-w', 'start']);
   start();
-  const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
-  const server = await useDatabase(url, false);
   return {
-    ...server,
     control: {
-      restart: (mode) => run('pg_ctl', ['-D', data, '-o', settings, '-l', join(dir, 'log'), '-m', mode, '-w', 'restart']),
-      shutdown: () => run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']),
-      start,
+      restart: async (mode) => void run('pg_ctl', ['-D', data, '-o', options, '-l', join(dir, 'log'), '-m', mode, '-w', 'restart']),
+      shutdown: async () => void run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']),
+      start: async () => void start(),
+      prependHba: async (lines) => writeFileSync(join(data, 'pg_hba.conf'), lines + readFileSync(join(data, 'pg_hba.conf'), 'utf8')),
     },
     stop: async () => {
-      await server.stop();
       try {
         run('pg_ctl', ['-D', data, '-m', 'immediate', 'stop']);
       } finally {
@@ -96,6 +109,42 @@ export async function startPostgres(options: { walLevel?: 'logical' | 'replica' 
       }
     },
   };
+}
+
+/** A cluster in a container: restarts and starts return once it accepts connections again, as pg_ctl -w does. */
+async function postgresInContainer(port: number, settings: string[], url: string): Promise<{ control: PostgresControl; stop: () => Promise<void> }> {
+  const container = await startPostgresContainer(port, settings);
+  const accepting = () => waitUntilAccepting(url);
+  return {
+    control: {
+      restart: async (mode) => {
+        await container.restart(mode);
+        await accepting();
+      },
+      shutdown: container.shutdown,
+      start: async () => {
+        await container.start();
+        await accepting();
+      },
+      prependHba: container.prependHba,
+    },
+    stop: container.stop,
+  };
+}
+
+async function waitUntilAccepting(url: string): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    const client = new pg.Client({ connectionString: url });
+    try {
+      await client.connect();
+      await client.end();
+      return;
+    } catch (error) {
+      await client.end().catch(() => {});
+      if (attempt > 600) throw error;
+      await sleep(100);
+    }
+  }
 }
 
 /** With an external server, each test file gets a database of its own. */
@@ -139,8 +188,13 @@ export interface RedisServer {
 
 /** A redis-server (or, with `--sentinel` among the arguments, a sentinel) on the port, once it answers PING. */
 export async function spawnRedis(port: number, args: string[]): Promise<ChildProcess> {
+  const binary = (await machineFindings()).redisServer;
+  if (!binary)
+    throw new Error(
+      'this test runs redis-server processes of its own (replicas, a sentinel, other settings): install redis-server (Debian/Ubuntu redis-server, Homebrew redis)',
+    );
   // In a directory of its own: a replica's full sync writes the master's RDB file where it runs.
-  const server = spawn('redis-server', [...args, '--port', String(port), '--bind', '127.0.0.1'], {
+  const server = spawn(binary, [...args, '--port', String(port), '--bind', '127.0.0.1'], {
     stdio: 'ignore',
     cwd: mkdtempSync(join(tmpdir(), 'pgr-redis-run-')),
   });
@@ -162,10 +216,11 @@ export async function spawnRedis(port: number, args: string[]): Promise<ChildPro
 }
 
 export async function startRedis(): Promise<RedisServer> {
-  if (process.env.REDIS_URL) {
-    const client = new Redis(process.env.REDIS_URL);
+  const source = await sourceOf('redis', process.env.REDIS_URL);
+  if (source.kind === 'url') {
+    const client = new Redis(source.url);
     return {
-      url: process.env.REDIS_URL,
+      url: source.url,
       client,
       restart: async () => {
         throw new Error('cannot restart an external Redis (REDIS_URL)');
@@ -177,6 +232,7 @@ export async function startRedis(): Promise<RedisServer> {
     };
   }
   const port = await freePort();
+  if (source.kind === 'containers') return redisInContainer(port);
   const dir = mkdtempSync(join(tmpdir(), 'pgr-redis-'));
   let server: ChildProcess;
   const launch = async () => {
@@ -204,6 +260,29 @@ export async function startRedis(): Promise<RedisServer> {
       server.kill('SIGKILL');
       await exited();
       rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+async function redisInContainer(port: number): Promise<RedisServer> {
+  const container = await startRedisContainer(port, ['--save', '', '--appendonly', 'no']);
+  const url = `redis://127.0.0.1:${port}`;
+  const client = new Redis(url, { maxRetriesPerRequest: null });
+  client.on('error', () => {});
+  return {
+    url,
+    client,
+    restart: async ({ fromSnapshot = false } = {}) => {
+      await container.restart(fromSnapshot);
+      // Back once it answers again (the container's loop starts it at once).
+      for (let attempt = 0; attempt < 600 && (await client.ping().catch(() => undefined)) !== 'PONG'; attempt++) await sleep(50);
+    },
+    snapshot: async () => {
+      await client.save();
+    },
+    stop: async () => {
+      client.disconnect();
+      await container.stop();
     },
   };
 }
