@@ -131,7 +131,7 @@ test('status, destinations and resync with Redis unreachable, or refusing the pa
     t.regex(refused.stderr, /Check the user and password in --redis-url/);
     t.false(refused.stderr.includes('pw-secret'));
   } finally {
-    guarded.kill('SIGKILL');
+    await guarded.kill();
   }
 });
 

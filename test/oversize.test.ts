@@ -7,19 +7,19 @@ import { freePort, type PostgresServer, spawnRedis, startPostgres } from './supp
 let pg: PostgresServer;
 let redis: Redis;
 let redisUrl: string;
-let stopRedis: () => void;
+let stopRedis: () => Promise<void>;
 test.before(async () => {
   pg = await startPostgres();
   const port = await freePort();
   const server = await spawnRedis(port, ['--save', '', '--appendonly', 'no', '--proto-max-bulk-len', '1mb']);
-  stopRedis = () => server.kill('SIGKILL');
+  stopRedis = server.kill;
   redisUrl = `redis://127.0.0.1:${port}`;
   redis = new Redis(redisUrl);
 });
 test.after.always(async () => {
   await killStrayProcesses();
   redis?.disconnect();
-  stopRedis?.();
+  await stopRedis?.();
   await pg?.stop();
 });
 

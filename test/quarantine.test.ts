@@ -38,8 +38,7 @@ test('a table whose rows the destination refuses is quarantined; the other table
   await env.pg.query("INSERT INTO picky SELECT g, 'n' || g FROM generate_series(1, 50) g");
   await env.pg.query(`ALTER PUBLICATION ${pipeline.publication} ADD TABLE picky`);
   const path = pipeline.duckdbPath('main');
-  const status = async () =>
-    JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations[0];
+  const status = async () => (await pipeline.status()).destinations[0];
   const metricsPort = await freePort();
   // One partition: every table's batches queue behind one another.
   const producer = pipeline.producer(['--partitions', '1']);
@@ -79,19 +78,7 @@ test('a table whose rows the destination refuses is quarantined; the other table
     await alterDuckdb(path, 'ALTER TABLE public.picky ALTER COLUMN note DROP NOT NULL');
     consumer = pipeline.duckdb('main', {}, [], ['--metrics-port', String(metricsPort)]);
     await waitFor('the consumer to report the quarantine again after its restart', async () => (await status()).quarantined['public.picky']);
-    const resync = await runCli([
-      'resync',
-      '--table',
-      'public.picky',
-      '--destination',
-      'main',
-      '--pipeline',
-      pipeline.pipeline,
-      '--redis-url',
-      env.redis.url,
-      '--pg-url',
-      env.pg.url,
-    ]);
+    const resync = await pipeline.resync('public.picky', 'main');
     t.is(resync.code, 0, resync.stderr);
     await waitFor('picky to be released', async () => Object.keys((await status()).quarantined).length === 0);
     await env.pg.query("UPDATE picky SET note = 'after release' WHERE id = 52");
@@ -114,10 +101,7 @@ test('a row BigQuery cannot load (over 100 MB as JSON) quarantines its table the
     INSERT INTO small SELECT g, g FROM generate_series(1, 10) g;
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE huge, small;`);
   const dataset = 'quarantine_test';
-  const status = async () =>
-    JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations.find(
-      (each: { name: string }) => each.name === 'warehouse',
-    );
+  const status = async () => (await pipeline.status()).destinations.find((each) => each.name === 'warehouse')!;
   const producer = pipeline.producer(['--partitions', '1']);
   const warehouse = pipeline.bigquery('warehouse', bq.emulator.url, dataset);
   const duckdb = pipeline.duckdb('main');
@@ -132,19 +116,7 @@ test('a row BigQuery cannot load (over 100 MB as JSON) quarantines its table the
     t.deepEqual(await bq.emulator.tableRows(dataset, 'small', ['id', 'n']), await postgresRows(env.pg, 'small', ['id', 'n']));
     // The fix: the row goes, and a fresh copy releases the table.
     await env.pg.query('DELETE FROM huge WHERE id = 2');
-    const resync = await runCli([
-      'resync',
-      '--table',
-      'public.huge',
-      '--destination',
-      'warehouse',
-      '--pipeline',
-      pipeline.pipeline,
-      '--redis-url',
-      env.redis.url,
-      '--pg-url',
-      env.pg.url,
-    ]);
+    const resync = await pipeline.resync('public.huge', 'warehouse');
     t.is(resync.code, 0, resync.stderr);
     await waitFor('huge to be released', async () => Object.keys((await status()).quarantined).length === 0);
     await pipeline.waitForCatchUp();
@@ -163,8 +135,7 @@ test('an array with more dimensions than its column declares quarantines its tab
     CREATE TABLE notes (id int PRIMARY KEY, body text);
     INSERT INTO grids VALUES (1, '{1,2}');
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE grids, notes;`);
-  const status = async () =>
-    JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations[0];
+  const status = async () => (await pipeline.status()).destinations[0];
   const producer = pipeline.producer(['--partitions', '1']);
   const consumer = pipeline.duckdb('main');
   try {
@@ -190,8 +161,7 @@ test('a column retyped in a way BigQuery cannot convert in place quarantines its
     INSERT INTO prices SELECT g, g * 1.5 FROM generate_series(1, 5) g;
     CREATE PUBLICATION ${pipeline.publication} FOR TABLE prices, other;`);
   const dataset = 'retype_test';
-  const status = async () =>
-    JSON.parse((await runCli(['status', '--json', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout).destinations[0];
+  const status = async () => (await pipeline.status()).destinations[0];
   const producer = pipeline.producer(['--partitions', '1']);
   const warehouse = pipeline.bigquery('warehouse', bq.emulator.url, dataset);
   try {
@@ -203,19 +173,7 @@ test('a column retyped in a way BigQuery cannot convert in place quarantines its
     await env.pg.query('INSERT INTO other VALUES (2, 2)');
     await pipeline.waitForCatchUp();
     t.deepEqual(await bq.emulator.tableRows(dataset, 'other', ['id', 'n']), await postgresRows(env.pg, 'other', ['id', 'n']));
-    const resync = await runCli([
-      'resync',
-      '--table',
-      'public.prices',
-      '--destination',
-      'warehouse',
-      '--pipeline',
-      pipeline.pipeline,
-      '--redis-url',
-      env.redis.url,
-      '--pg-url',
-      env.pg.url,
-    ]);
+    const resync = await pipeline.resync('public.prices', 'warehouse');
     t.is(resync.code, 0, resync.stderr);
     await waitFor('prices to be released', async () => Object.keys((await status()).quarantined).length === 0);
     await env.pg.query("UPDATE prices SET amount = 'seven' WHERE id = 1");

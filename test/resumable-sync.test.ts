@@ -18,17 +18,7 @@ async function syncsInProgress(pipeline: string): Promise<Record<string, { done:
 
 /** Asks for a resync of `table` and waits until at least three of its ranges are in the queues. */
 async function resyncPartWay(t: ExecutionContext, pipeline: TestPipeline, table: string): Promise<void> {
-  const requested = await runCli([
-    'resync',
-    '--table',
-    `public.${table}`,
-    '--pipeline',
-    pipeline.pipeline,
-    '--redis-url',
-    env.redis.url,
-    '--pg-url',
-    env.pg.url,
-  ]);
+  const requested = await pipeline.resync(`public.${table}`);
   t.is(requested.code, 0, requested.stderr);
   await waitFor('the resync to be part-way', async () => (await syncsInProgress(pipeline.pipeline))[table]?.done >= 3, {
     progress: () => progressOf(pipeline),

@@ -14,17 +14,7 @@ test('resync recopies one table consistently while everything streams under a wr
     // A rewrite with USING changes every row without streaming anything: DuckDB now disagrees.
     await env.pg.query('ALTER TABLE accounts ALTER COLUMN note TYPE varchar(100) USING upper(note)');
     await sleep(300);
-    const requested = await runCli([
-      'resync',
-      '--table',
-      'public.accounts',
-      '--pipeline',
-      pipeline.pipeline,
-      '--redis-url',
-      env.redis.url,
-      '--pg-url',
-      env.pg.url,
-    ]);
+    const requested = await pipeline.resync('public.accounts');
     t.is(requested.code, 0, requested.stderr);
     t.regex(requested.stdout, /resync of public.accounts requested/);
     await waitFor('the resync to be enqueued', async () => producer.stderr.includes('table sync: copy enqueued'));

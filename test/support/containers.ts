@@ -1,10 +1,12 @@
+import { existsSync, statSync } from 'node:fs';
+import { dirname, isAbsolute } from 'node:path';
 import type { StartedTestContainer } from 'testcontainers';
 
 /**
  * Postgres and Redis in containers (testcontainers), for machines with a Docker engine and no
  * server binaries. They run on the host's network, on the free port they are given, exactly as
- * the local binaries would; inside, the server runs in a loop so that stopping it (a fault a
- * test injects) does not end the container: it comes back unless held.
+ * the local binaries would. Postgres runs in a loop inside its container, so that stopping it (a
+ * fault a test injects) does not end the container: it comes back unless held.
  */
 const PGDATA = '/var/lib/postgresql/data';
 
@@ -52,28 +54,26 @@ export async function startPostgresContainer(port: number, settings: string[]): 
   };
 }
 
-export interface RedisContainer {
-  /** kill -9 of the server; the loop starts it again, from its RDB file if `fromSnapshot`, else empty. */
-  restart: (fromSnapshot: boolean) => Promise<void>;
-  stop: () => Promise<void>;
-}
-
-export async function startRedisContainer(port: number, args: string[]): Promise<RedisContainer> {
+/**
+ * One redis-server (or sentinel) with these arguments, on the host's network: the paths among
+ * its arguments (a config file, a --dir) are mounted at the same place, so that it reads and
+ * writes them as a local process would. kill() ends it at once.
+ */
+export async function startRedisProcessContainer(port: number, args: string[]): Promise<{ kill: () => Promise<void> }> {
   const { GenericContainer, Wait } = await import('testcontainers');
-  const quoted = args.map((arg) => `'${arg.replace(/'/g, `'\\''`)}'`).join(' ');
-  const server = `redis-server ${quoted} --port ${port} --bind 127.0.0.1 --dir /data`;
+  const mounts = new Set<string>();
+  for (const arg of args) if (isAbsolute(arg) && existsSync(arg)) mounts.add(statSync(arg).isDirectory() ? arg : dirname(arg));
   const container = await new GenericContainer('redis:7')
     .withNetworkMode('host')
-    .withEntrypoint(['sh', '-c', `while true; do ${server}; sleep 0.1; done`])
-    .withWaitStrategy(Wait.forLogMessage(/Ready to accept connections/))
+    .withBindMounts([...mounts].map((path) => ({ source: path, target: path })))
+    .withEntrypoint(['redis-server'])
+    .withCommand([...args, '--port', String(port), '--bind', '127.0.0.1'])
+    .withWaitStrategy(Wait.forLogMessage(/Ready to accept connections|Sentinel ID is/))
     .withStartupTimeout(120_000)
     .start();
   return {
-    restart: async (fromSnapshot) => {
-      await run(container, ['sh', '-c', `${fromSnapshot ? '' : 'rm -f /data/dump.rdb; '}kill -9 $(pidof redis-server)`]);
-    },
-    stop: async () => {
-      await container.stop();
+    kill: async () => {
+      await container.stop({ timeout: 0 });
     },
   };
 }

@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { DuckDBInstance } from '@duckdb/node-api';
 import type { Redis } from 'ioredis';
+import type { PipelineStatus } from '../../cli/status.js';
 import type { PostgresServer } from './services.js';
 
 export const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'cli', 'index.js');
@@ -287,6 +288,16 @@ export class TestPipeline {
       await Promise.all([processes.producer.stop(), processes.consumer.stop()]);
     }
     return processes;
+  }
+
+  /** `pg-replicate resync --table` of this pipeline (for one destination, or all). */
+  resync(table: string, destination?: string): ReturnType<typeof runCli> {
+    return runCli(['resync', '--table', table, ...(destination ? ['--destination', destination] : []), ...this.common, '--pg-url', this.pg.url]);
+  }
+
+  /** `pg-replicate status --json` of this pipeline. */
+  async status(): Promise<PipelineStatus> {
+    return JSON.parse((await runCli(['status', '--json', ...this.common])).stdout);
   }
 
   /** Waits until every destination applied the initial copy; it progresses with the slot and the copy's ranges. */

@@ -1,11 +1,10 @@
-import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { connectRedis } from '../../shared/redis.js';
 import { waitFor } from './pipeline.js';
-import { freePort, type RedisServer, spawnRedis } from './services.js';
+import { freePort, type RedisProcess, type RedisServer, spawnRedis } from './services.js';
 
 /**
  * A master, a replica of it and one sentinel watching them (quorum 1), each on a free port,
@@ -25,7 +24,7 @@ export async function startSentinelSet(): Promise<SentinelSet> {
   const [firstPort, secondPort, sentinelPort] = [await freePort(), await freePort(), await freePort()];
   // Each server starts as a master and is made a replica by command, so that one restarted
   // from its snapshot comes back as it was before a failover, and the sentinel decides the rest.
-  const servers = new Map<number, ChildProcess>();
+  const servers = new Map<number, RedisProcess>();
   const launch = async (port: number) => {
     servers.set(port, await spawnRedis(port, ['--save', '', '--appendonly', 'no', '--dir', dir, '--dbfilename', `${port}.rdb`]));
   };
@@ -66,8 +65,6 @@ export async function startSentinelSet(): Promise<SentinelSet> {
   const url = `redis-sentinel://127.0.0.1:${sentinelPort}/${MASTER}`;
   const client = connectRedis(url);
   client.on('error', () => {});
-  const exited = (server: ChildProcess) =>
-    new Promise((resolve) => (server.exitCode !== null || server.signalCode !== null ? resolve(null) : server.once('exit', resolve)));
   return {
     url,
     client,
@@ -84,9 +81,7 @@ export async function startSentinelSet(): Promise<SentinelSet> {
     },
     restart: async ({ fromSnapshot = false } = {}) => {
       const port = await masterPort();
-      const server = servers.get(port)!;
-      server.kill('SIGKILL');
-      await exited(server);
+      await servers.get(port)!.kill();
       if (!fromSnapshot) rmSync(join(dir, `${port}.rdb`), { force: true });
       await launch(port);
       // The replica syncs again from the master, whose data is now older than its own.
@@ -96,10 +91,7 @@ export async function startSentinelSet(): Promise<SentinelSet> {
     stop: async () => {
       client.disconnect();
       sentinel.disconnect();
-      for (const server of [...servers.values(), sentinelServer]) {
-        server.kill('SIGKILL');
-        await exited(server);
-      }
+      for (const server of [...servers.values(), sentinelServer]) await server.kill();
       rmSync(dir, { recursive: true, force: true });
     },
   };

@@ -1,4 +1,4 @@
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import pg from 'pg';
-import { startPostgresContainer, startRedisContainer } from './containers.js';
+import { startPostgresContainer, startRedisProcessContainer } from './containers.js';
 import { killStrayProcesses } from './pipeline.js';
-import { machineFindings, sourceOf } from './sources.js';
+import { sourceOf } from './sources.js';
 
 /**
  * Real services for the tests: our own Postgres cluster (wal_level=logical) and our own
@@ -186,18 +186,31 @@ export interface RedisServer {
   stop: () => Promise<void>;
 }
 
-/** A redis-server (or, with `--sentinel` among the arguments, a sentinel) on the port, once it answers PING. */
-export async function spawnRedis(port: number, args: string[]): Promise<ChildProcess> {
-  const binary = (await machineFindings()).redisServer;
-  if (!binary)
-    throw new Error(
-      'this test runs redis-server processes of its own (replicas, a sentinel, other settings): install redis-server (Debian/Ubuntu redis-server, Homebrew redis)',
-    );
+/** A Redis server of a test's own, apart from the one useServices starts. */
+export interface RedisProcess {
+  /** Ends it at once, as kill -9 does; resolves once it is gone. */
+  kill: () => Promise<void>;
+}
+
+/**
+ * A redis-server (or, with `--sentinel` among the arguments, a sentinel) with these arguments on
+ * the port, once it answers PING: a container when the tests' Redis comes from containers,
+ * else the machine's binary.
+ */
+export async function spawnRedis(port: number, args: string[]): Promise<RedisProcess> {
+  const source = await sourceOf('redis', undefined);
+  if (source.kind === 'containers') return startRedisProcessContainer(port, args);
   // In a directory of its own: a replica's full sync writes the master's RDB file where it runs.
-  const server = spawn(binary, [...args, '--port', String(port), '--bind', '127.0.0.1'], {
+  const server = spawn(source.kind === 'binaries' ? source.path : 'redis-server', [...args, '--port', String(port), '--bind', '127.0.0.1'], {
     stdio: 'ignore',
     cwd: mkdtempSync(join(tmpdir(), 'pgr-redis-run-')),
   });
+  const kill = async () => {
+    if (server.exitCode !== null || server.signalCode !== null) return;
+    const exited = new Promise((resolve) => server.once('exit', resolve));
+    server.kill('SIGKILL');
+    await exited;
+  };
   for (let i = 0; i < 100; i++) {
     const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null });
     probe.on('error', () => {});
@@ -205,13 +218,13 @@ export async function spawnRedis(port: number, args: string[]): Promise<ChildPro
       await probe.connect();
       await probe.ping();
       probe.disconnect();
-      return server;
+      return { kill };
     } catch {
       probe.disconnect();
       await sleep(50);
     }
   }
-  server.kill('SIGKILL');
+  await kill();
   throw new Error(`redis-server ${args.join(' ')} did not start`);
 }
 
@@ -232,57 +245,26 @@ export async function startRedis(): Promise<RedisServer> {
     };
   }
   const port = await freePort();
-  if (source.kind === 'containers') return redisInContainer(port);
   const dir = mkdtempSync(join(tmpdir(), 'pgr-redis-'));
-  let server: ChildProcess;
-  const launch = async () => {
-    server = await spawnRedis(port, ['--save', '', '--appendonly', 'no', '--dir', dir]);
-  };
-  await launch();
+  let server = await spawnRedis(port, ['--save', '', '--appendonly', 'no', '--dir', dir]);
   const url = `redis://127.0.0.1:${port}`;
   const client = new Redis(url, { maxRetriesPerRequest: null });
   client.on('error', () => {});
-  const exited = () => new Promise((resolve) => (server.exitCode !== null ? resolve(null) : server.once('exit', resolve)));
   return {
     url,
     client,
     restart: async ({ fromSnapshot = false } = {}) => {
-      server.kill('SIGKILL');
-      await exited();
+      await server.kill();
       if (!fromSnapshot) rmSync(join(dir, 'dump.rdb'), { force: true });
-      await launch();
+      server = await spawnRedis(port, ['--save', '', '--appendonly', 'no', '--dir', dir]);
     },
     snapshot: async () => {
       await client.save();
     },
     stop: async () => {
       client.disconnect();
-      server.kill('SIGKILL');
-      await exited();
+      await server.kill();
       rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
-
-async function redisInContainer(port: number): Promise<RedisServer> {
-  const container = await startRedisContainer(port, ['--save', '', '--appendonly', 'no']);
-  const url = `redis://127.0.0.1:${port}`;
-  const client = new Redis(url, { maxRetriesPerRequest: null });
-  client.on('error', () => {});
-  return {
-    url,
-    client,
-    restart: async ({ fromSnapshot = false } = {}) => {
-      await container.restart(fromSnapshot);
-      // Back once it answers again (the container's loop starts it at once).
-      for (let attempt = 0; attempt < 600 && (await client.ping().catch(() => undefined)) !== 'PONG'; attempt++) await sleep(50);
-    },
-    snapshot: async () => {
-      await client.save();
-    },
-    stop: async () => {
-      client.disconnect();
-      await container.stop();
     },
   };
 }
