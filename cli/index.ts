@@ -1,11 +1,12 @@
 #!/usr/bin/env node
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { z } from 'zod';
-import type { DestinationConfig } from '../consumers/index.js';
 import { RUNNER_DEFAULTS } from '../consumers/options.js';
+import type { DestinationPlugin } from '../consumers/plugin.js';
+import { builtInDestinations } from '../consumers/plugins.js';
 import { PRODUCER_DEFAULTS, PRODUCER_HEAP_MB } from '../producer/options.js';
 import { runProducerThread } from '../producer/thread.js';
-import { bigQueryConfig, destinationName, heapMb, metricsPort, pgUrl, pipelineId, producerConfig, redisUrl, runnerConfig, validate } from '../shared/config.js';
+import { destinationName, heapMb, metricsPort, pgUrl, pipelineId, producerConfig, redisUrl, runnerConfig, validate } from '../shared/config.js';
 import { UserError } from '../shared/errors.js';
 import { exitWithError, runUntilStopped } from './lifecycle.js';
 
@@ -119,13 +120,6 @@ program
 
 const consumer = program.command('consumer').description("Apply one destination's batches: consumer <type> --name NAME …");
 
-/** `--setting name=value`, collected into one object over repeats. */
-function duckdbSetting(text: string, settings: Record<string, string>): Record<string, string> {
-  const match = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/s.exec(text);
-  if (!match) throw new InvalidArgumentError(`expected name=value, e.g. memory_limit=4GB (got "${text}")`);
-  return { ...settings, [match[1]]: match[2] };
-}
-
 const consumerCommand = (type: string, description: string) =>
   consumer
     .command(type)
@@ -154,37 +148,19 @@ const consumerCommand = (type: string, description: string) =>
     )
     .addOption(metricsOption());
 
-consumerCommand('duckdb', 'Mirror the tables into a DuckDB file (or MotherDuck with --path md:DB).')
-  .addOption(new Option('--path <file>', 'DuckDB database file, or md:DB for MotherDuck (needs motherduck_token)').env('DUCKDB_PATH'))
-  .addOption(new Option('--setting <name=value>', 'a DuckDB setting for the database, e.g. memory_limit=4GB (repeatable)').argParser(duckdbSetting).default({}))
-  .action(async (flags) => {
-    if (!flags.path) throw new UserError('--path (DUCKDB_PATH) is required: the DuckDB file to write, e.g. --path analytics.duckdb');
-    await runConsumer(flags, { type: 'duckdb', path: flags.path, settings: flags.setting });
+// One `consumer <type>` per destination type, with the flags its folder declares.
+const destinationTypes = await builtInDestinations();
+for (const plugin of destinationTypes) {
+  const command = consumerCommand(plugin.type, plugin.description);
+  for (const option of plugin.flags()) command.addOption(option);
+  command.action(async (flags) => {
+    await runConsumer(flags, plugin, validate(plugin.options, plugin.fromFlags?.(flags) ?? flags));
   });
+}
 
-consumerCommand('bigquery', 'Mirror the tables into a BigQuery dataset (exactly once; several processes may share the work).')
-  .addOption(new Option('--project <id>', 'Google Cloud project that runs the jobs and holds the dataset').env('BIGQUERY_PROJECT'))
-  .addOption(new Option('--dataset <name>', 'dataset for the tables (created if missing)').env('BIGQUERY_DATASET'))
-  .addOption(new Option('--key-file <file>', 'service account JSON key (default: Application Default Credentials, e.g. GOOGLE_APPLICATION_CREDENTIALS)'))
-  .addOption(new Option('--location <location>', 'dataset location, e.g. US or europe-west1').env('BIGQUERY_LOCATION'))
-  .addOption(
-    new Option('--api-endpoint <url>', 'another BigQuery endpoint, e.g. an emulator (unauthenticated unless credentials are given)').env(
-      'BIGQUERY_API_ENDPOINT',
-    ),
-  )
-  .action(async (flags) => {
-    const options = validate(bigQueryConfig, flags);
-    await runConsumer(flags, { type: 'bigquery', ...options });
-  });
-
-consumerCommand('stdout', 'Print one JSON line per change to stdout.').action(async (flags) => {
-  await runConsumer(flags, { type: 'stdout' });
-});
-
-async function runConsumer(flags: Record<string, unknown>, destinationConfig: DestinationConfig): Promise<void> {
+async function runConsumer(flags: Record<string, unknown>, plugin: DestinationPlugin, options: Record<string, unknown>): Promise<void> {
   const { metricsPort: port, ...config } = validate(runnerConfig.extend({ metricsPort }), flags);
-  const [{ openDestination }, { ConsumerRunner }, { connectRedis }, { connectRedisOnce }] = await Promise.all([
-    import('../consumers/index.js'),
+  const [{ ConsumerRunner }, { connectRedis }, { connectRedisOnce }] = await Promise.all([
     import('../consumers/runner.js'),
     import('../shared/redis.js'),
     import('../shared/redistarget.js'),
@@ -194,7 +170,7 @@ async function runConsumer(flags: Record<string, unknown>, destinationConfig: De
   const stopMetrics = await startMetrics(port);
   const redis = connectRedis(config.redisUrl);
   redis.on('error', () => {});
-  const destination = await openDestination(destinationConfig, { redis, pipeline: config.pipeline, name: config.name });
+  const destination = await plugin.open(options, { redis, pipeline: config.pipeline, name: config.name });
   const runner = new ConsumerRunner(config, destination);
   await runUntilStopped(
     (signal) => runner.run(signal),
@@ -213,11 +189,10 @@ program
   .description("Run the producer and every destination's consumer in one process, from a YAML file (${ENV_VAR} is expanded).")
   .requiredOption('--config <file>', 'YAML file: pipeline, pgUrl, redisUrl, publication, slot, destinations')
   .action(async (flags) => {
-    const file = await (await import('./runfile.js')).readRunFile(flags.config);
+    const file = await (await import('./runfile.js')).readRunFile(flags.config, destinationTypes);
     const stopMetrics = await startMetrics(file.metricsPort);
-    const [{ Producer }, { openDestination }, { ConsumerRunner }, { connectRedis }] = await Promise.all([
+    const [{ Producer }, { ConsumerRunner }, { connectRedis }] = await Promise.all([
       import('../producer/producer.js'),
-      import('../consumers/index.js'),
       import('../consumers/runner.js'),
       import('../shared/redis.js'),
     ]);
@@ -227,12 +202,10 @@ program
     const redis = connectRedis(file.redisUrl);
     redis.on('error', () => {});
     const consumers = await Promise.all(
-      file.destinations.map(async (destination) => {
-        const opened = await openDestination(destination, { redis, pipeline: file.pipeline, name: destination.name });
-        const runner = new ConsumerRunner(
-          validate(runnerConfig, { ...RUNNER_DEFAULTS, redisUrl: file.redisUrl, pipeline: file.pipeline, name: destination.name }),
-          opened,
-        );
+      file.destinations.map(async ({ type, name, ...options }) => {
+        const plugin = destinationTypes.find((each) => each.type === type)!;
+        const opened = await plugin.open(options, { redis, pipeline: file.pipeline, name });
+        const runner = new ConsumerRunner(validate(runnerConfig, { ...RUNNER_DEFAULTS, redisUrl: file.redisUrl, pipeline: file.pipeline, name }), opened);
         return { opened, runner };
       }),
     );

@@ -1,33 +1,40 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import type { DestinationPlugin } from '../consumers/plugin.js';
 import { PRODUCER_DEFAULTS } from '../producer/options.js';
-import { bigQueryConfig, destinationName, metricsPort, pgUrl, pipelineId, redisUrl } from '../shared/config.js';
+import { destinationName, metricsPort, pgUrl, pipelineId, redisUrl } from '../shared/config.js';
 import { errorMessage, UserError } from '../shared/errors.js';
 
 /** `run --config FILE`: the producer's settings and every destination, strictly (an unknown key is an error). */
-const duckdbSettings = z.record(z.string(), z.union([z.string(), z.number(), z.boolean()]).transform(String));
-const destination = z.discriminatedUnion('type', [
-  z.strictObject({ type: z.literal('duckdb'), name: destinationName, path: z.string().min(1), settings: duckdbSettings.optional() }),
-  z.strictObject({ type: z.literal('stdout'), name: destinationName }),
-  bigQueryConfig.extend({ type: z.literal('bigquery'), name: destinationName }).strict(),
-]);
-const runFileSchema = z.strictObject({
-  pipeline: pipelineId,
-  pgUrl,
-  redisUrl,
-  publication: z.string().min(1),
-  slot: z.string(),
-  mode: z.enum(['both', 'copy', 'cdc']).default('both'),
-  partitions: z.number().int().positive().default(PRODUCER_DEFAULTS.partitions),
-  maxDestinationLagBytes: z.number().int().nonnegative().default(PRODUCER_DEFAULTS.maxDestinationLagBytes),
-  metricsPort,
-  destinations: z.array(destination).min(1, 'at least one destination is needed'),
-});
+function runFileSchema(plugins: DestinationPlugin[]) {
+  const destination = z.discriminatedUnion(
+    'type',
+    plugins.map((plugin) => plugin.options.extend({ type: z.literal(plugin.type), name: destinationName }).strict()) as unknown as [
+      z.ZodObject,
+      ...z.ZodObject[],
+    ],
+  );
+  return z.strictObject({
+    pipeline: pipelineId,
+    pgUrl,
+    redisUrl,
+    publication: z.string().min(1),
+    slot: z.string(),
+    mode: z.enum(['both', 'copy', 'cdc']).default('both'),
+    partitions: z.number().int().positive().default(PRODUCER_DEFAULTS.partitions),
+    maxDestinationLagBytes: z.number().int().nonnegative().default(PRODUCER_DEFAULTS.maxDestinationLagBytes),
+    metricsPort,
+    destinations: z.array(destination).min(1, 'at least one destination is needed'),
+  });
+}
 
-export type RunFile = z.infer<typeof runFileSchema>;
+/** A run file's settings; each destination is its type, its name and its type's options. */
+export type RunFile = Omit<z.infer<ReturnType<typeof runFileSchema>>, 'destinations'> & {
+  destinations: ({ type: string; name: string } & Record<string, unknown>)[];
+};
 
 /** Every key the file may use, for "did you mean" suggestions. */
-const KNOWN_KEYS = [
+const keysOf = (plugins: DestinationPlugin[]) => [
   'pipeline',
   'pgUrl',
   'redisUrl',
@@ -40,12 +47,10 @@ const KNOWN_KEYS = [
   'destinations',
   'type',
   'name',
-  'path',
-  'settings',
-  ...Object.keys(bigQueryConfig.shape),
+  ...plugins.flatMap((plugin) => Object.keys(plugin.options.shape)),
 ];
 
-export async function readRunFile(path: string): Promise<RunFile> {
+export async function readRunFile(path: string, plugins: DestinationPlugin[]): Promise<RunFile> {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -60,9 +65,10 @@ export async function readRunFile(path: string): Promise<RunFile> {
     if (error instanceof UserError) throw error;
     throw new UserError(`--config ${path} is not valid YAML: ${errorMessage(error)}`);
   }
-  const result = runFileSchema.safeParse(raw);
-  if (result.success) return result.data;
-  const problems = result.error.issues.flatMap(describe);
+  const result = runFileSchema(plugins).safeParse(raw);
+  if (result.success) return result.data as RunFile;
+  const known = keysOf(plugins);
+  const problems = result.error.issues.flatMap((issue) => describe(issue, known));
   throw new UserError(`--config ${path} is not valid:\n${[...new Set(problems)].map((problem) => `  ${problem}`).join('\n')}`);
 }
 
@@ -89,10 +95,10 @@ function expandVariables(text: string, path: string): string {
 }
 
 /** One issue as "key.path: what is wrong", without the CLI flag names the shared messages carry. */
-function describe(issue: z.core.$ZodIssue): string[] {
+function describe(issue: z.core.$ZodIssue, known: string[]): string[] {
   if (issue.code === 'unrecognized_keys') {
     return issue.keys.map((key) => {
-      const near = closest(key);
+      const near = closest(key, known);
       return `${keyPath([...issue.path, key])}: unknown key${near ? ` (did you mean "${near}"?)` : ''}`;
     });
   }
@@ -107,11 +113,11 @@ function keyPath(path: PropertyKey[]): string {
 }
 
 /** The known key nearest to `key` (by edit distance, case-insensitive), if it is near enough to be a typo. */
-function closest(key: string): string | undefined {
+function closest(key: string, known: string[]): string | undefined {
   let best: { key: string; distance: number } | undefined;
-  for (const known of KNOWN_KEYS) {
-    const distance = editDistance(key.toLowerCase(), known.toLowerCase());
-    if (!best || distance < best.distance) best = { key: known, distance };
+  for (const candidate of known) {
+    const distance = editDistance(key.toLowerCase(), candidate.toLowerCase());
+    if (!best || distance < best.distance) best = { key: candidate, distance };
   }
   return best && best.distance <= Math.max(2, Math.floor(key.length / 3)) ? best.key : undefined;
 }

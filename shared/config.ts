@@ -5,7 +5,8 @@ import { parseRedisUrl, REDIS_URL_FORMS } from './redistarget.js';
 
 /** Validation of everything a user passes, with messages that name the flag and say what is expected. */
 const name = (what: string) => z.string({ error: `${what} is required` }).regex(NAME_PATTERN, `${what} may use only letters, digits, _ and - (at most 64)`);
-const url = (what: string, protocols: string[]) =>
+/** A URL of one of these protocols; messages name `what` (the flag). */
+export const url = (what: string, protocols: string[]) =>
   z.string({ error: `${what} is required` }).refine(
     (text) => {
       try {
@@ -78,18 +79,6 @@ export const runnerConfig = z.object({
   stalledIntervalMs: positive,
   attemptsBeforePark: positive,
   register: z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((text) => text === 'true' || text === '1')]).optional(),
-});
-
-export const bigQueryConfig = z.object({
-  project: z
-    .string({ error: '--project (BIGQUERY_PROJECT) is required: the Google Cloud project id' })
-    .regex(/^[a-z0-9.:-]{1,100}$/, '--project must be a Google Cloud project id, e.g. my-project-123'),
-  dataset: z
-    .string({ error: '--dataset (BIGQUERY_DATASET) is required: the dataset to write the tables to' })
-    .regex(/^[A-Za-z0-9_]{1,1024}$/, '--dataset may use only letters, digits and _'),
-  keyFile: z.string().optional(),
-  location: z.string().optional(),
-  apiEndpoint: url('--api-endpoint (BIGQUERY_API_ENDPOINT)', ['http:', 'https:']).optional(),
 });
 
 /** Parses with a schema, turning every problem into one UserError that lists them all. */
