@@ -45,22 +45,51 @@ export interface StoredTable<Shape extends TableShape = TableShape> {
   shape: Shape;
 }
 
-/** One step of a batch, after the runner removed everything the destination already has. */
+/**
+ * One step of a batch, after the runner removed everything the destination already has. A copy
+ * step's rows are Postgres' text COPY format (parseCopyRows reads them); a change's values are
+ * Postgres text, NULL, or UNCHANGED (a TOASTed value an update did not touch: keep the stored one).
+ */
 export type Step =
   /** replace: the table's old rows go first; merge: rows replace stored rows with their key (a resumed copy). */
-  | { kind: 'copy'; relation: Relation; replace: boolean; merge: boolean; csv: Buffer[]; rows: number; longestRow?: number }
+  | { kind: 'copy'; relation: Relation; replace: boolean; merge: boolean; copyText: Buffer[]; rows: number; longestRow?: number }
   | { kind: 'changes'; relation: Relation; changes: RowChange[] }
   | { kind: 'truncate'; relations: Relation[]; version: Version };
 
 /**
- * A destination: the small interface a new one implements (see consumers/duckdb for the
- * reference). The runner does ordering, retries, de-duplication and watermarks; the
- * destination only reads its table states and applies steps atomically with new states.
+ * A destination: the small interface a new one implements (consumers/duckdb is the reference;
+ * examples/jsonl-destination.ts is one in 50 lines). The runner does ordering, retries,
+ * de-duplication and watermarks; the destination reads its table states and applies steps
+ * together with new states.
+ *
+ * The contract:
+ * - **Concurrency.** The runner works on several partitions at once, so tableStates() and
+ *   apply() may be called while another apply() runs — but never for the same table: a table's
+ *   batches come one at a time, in order. A destination that cannot take concurrent applies
+ *   serialises them itself (DuckDB queues them on its one connection).
+ * - **Atomicity.** apply() stores the steps' rows and the new states all or nothing, states in
+ *   the same transaction as the rows: that is what makes delivery exactly once (a batch applied
+ *   again after a crash finds its states and is skipped). A destination without transactions
+ *   writes the rows first and the states after, and is at least once: say so in its docs
+ *   (stdout does), or make the pair atomic another way (examples/jsonl-destination.ts cuts
+ *   what was written after the last saved state).
+ * - **Caching.** A destination with one writer may keep the states in memory after reading them
+ *   once (DuckDB does). One that several processes write (BigQuery) reads them afresh in
+ *   tableStates() and makes apply() fail if they changed meanwhile (another process applied the
+ *   batch): the runner then retries it, and it is skipped.
+ * - **Errors.** Any error is retried in place with backoff, the partition shown as retrying, then
+ *   parked. Throw PermanentError for what a human must fix (credentials, permissions): the
+ *   partition is parked at once, still retried slowly. Throw RefusedError when what the batch
+ *   holds is refused (a value, a constraint): its table is quarantined, and the rest goes on.
  */
 export interface Destination {
   /** The stored state of these tables, by table OID; absent for a table never written. */
   tableStates(relations: Relation[]): Promise<Map<number, TableState>>;
-  /** Applies the steps in order and stores the new table states (by OID), all or nothing. */
+  /**
+   * Applies the steps in order and stores the new table states (by OID), all or nothing. A
+   * table in `states` may have no step (a state to store alone, e.g. a quarantine); a table the
+   * destination has never held then comes with an empty `changes` step, to be created empty.
+   */
   apply(steps: Step[], states: Map<number, TableState>): Promise<void>;
   /**
    * Optional: does ahead the part of applying `steps` that needs nothing of the destination's
@@ -73,6 +102,7 @@ export interface Destination {
    * are placed apart where the destination would make them collide.
    */
   tables?(): TableListing[];
+  /** Called once, after the last apply. */
   close(): Promise<void>;
 }
 

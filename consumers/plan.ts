@@ -39,7 +39,7 @@ function planCopy(batch: Batch, states: Map<number, TableState>) {
   const state = states.get(relation.oid);
   const updated = new Map<number, TableState>();
   if (!copyIsNew(copy, state)) return { steps: [], states: updated };
-  if (copy.rows > 0 && !copy.csv) throw new Error(`copy chunk ${copy.id} of ${qualifiedName(relation)} was planned before its rows were read`);
+  if (copy.rows > 0 && !copy.copyText) throw new Error(`copy chunk ${copy.id} of ${qualifiedName(relation)} was planned before its rows were read`);
   // Chunks of one copy reach a table's partition queue in increasing order, so the first one
   // seen of a copy is its first: it replaces the table.
   const first = !state || state.copyLsn !== copy.snapshotLsn;
@@ -49,7 +49,7 @@ function planCopy(batch: Batch, states: Map<number, TableState>) {
     copyDone: copy.last,
     applied: { lsn: copy.snapshotLsn, ordinal: 0 },
   });
-  const step: Step = { kind: 'copy', relation, replace: first, merge: copy.merge ?? false, csv: copy.csv ?? [], rows: copy.rows };
+  const step: Step = { kind: 'copy', relation, replace: first, merge: copy.merge ?? false, copyText: copy.copyText ?? [], rows: copy.rows };
   if (copy.longestRow !== undefined) step.longestRow = copy.longestRow;
   return { steps: [step], states: updated };
 }

@@ -208,8 +208,8 @@ export class ConsumerRunner {
         const states = await this.destination.tableStates(batch.relations);
         const batches = [batch];
         if (batch.copy?.id && copyIsNew(batch.copy, states.get(batch.relations[batch.copy.relation].oid))) {
-          batch.copy.csv ??= await this.readChunk(batch.copy.id);
-          if (!batch.copy.csv) {
+          batch.copy.copyText ??= await this.readChunk(batch.copy.id);
+          if (!batch.copy.copyText) {
             // A copy of an earlier producer run whose rows went with Redis' data: the running
             // run, having found Redis without its record, copies the table again from the start.
             if (await this.fromEarlierRun(encoded)) {
@@ -258,7 +258,7 @@ export class ConsumerRunner {
           for (const next of batches.slice(1)) if (next.copy?.id) this.appliedAhead.add(next.copy.id);
         }
         // The destination is done with the rows, and with the records the changes pointed into.
-        for (const applied of batches) if (applied.copy?.csv) this.chunks.recycle(applied.copy.csv);
+        for (const applied of batches) if (applied.copy?.copyText) this.chunks.recycle(applied.copy.copyText);
         if (records) this.chunks.recycle(records);
         break;
       } catch (failure) {
@@ -269,7 +269,7 @@ export class ConsumerRunner {
           try {
             await this.quarantines.applyTableByTable(batch);
             applied = [batch];
-            if (batch.copy?.csv) this.chunks.recycle(batch.copy.csv);
+            if (batch.copy?.copyText) this.chunks.recycle(batch.copy.copyText);
             if (records) this.chunks.recycle(records);
             break;
           } catch (again) {
@@ -394,9 +394,9 @@ export class ConsumerRunner {
       joined.push(next);
     }
     const rows = await Promise.all(joined.map((next) => (next.copy!.id ? this.readChunk(next.copy!.id) : [])));
-    const missing = rows.findIndex((csv) => !csv);
+    const missing = rows.findIndex((text) => !text);
     if (missing >= 0) joined.length = missing;
-    for (const [index, next] of joined.entries()) next.copy!.csv = rows[index];
+    for (const [index, next] of joined.entries()) next.copy!.copyText = rows[index];
     return joined;
   }
 

@@ -81,7 +81,7 @@ export interface CopyChunk {
    */
   id?: string;
   /** The rows, once read from Redis, in the pieces they were stored in: set by the consumer only when it applies the chunk. */
-  csv?: Buffer[];
+  copyText?: Buffer[];
   rows: number;
   bytes: number;
   /** The snapshot LSN the copy was read at: its rows have version (snapshotLsn, 0). */

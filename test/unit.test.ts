@@ -74,7 +74,7 @@ test('the batch codec round-trips changes, truncates, copies and unchanged TOAST
     copy: { relation: 0, snapshotLsn: 77n, chunk: 2, last: true, rows: 1, bytes: 3, id: '1700000000000.3.9', merge: true, longestRow: 3 },
   };
   t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(copy)))), copy, 'a copy batch carries the id of its rows in Redis');
-  const withRows: Batch = { ...copy, copy: { ...copy.copy!, csv: [Buffer.from('1,\n')] } };
+  const withRows: Batch = { ...copy, copy: { ...copy.copy!, copyText: [Buffer.from('1,\n')] } };
   t.false('csv' in decodeBatch(JSON.parse(JSON.stringify(encodeBatch(withRows)))).copy!, 'the rows themselves never travel in the job');
   const empty: Batch = { ...batch, changes: [], copy: { relation: 0, snapshotLsn: 77n, chunk: 3, last: true, rows: 0, bytes: 0 } };
   t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(empty)))), empty, 'a chunk without rows has no id');
@@ -191,7 +191,7 @@ test('planning skips changes at or below the table version and re-delivered copy
   const copy = (chunk: number): Batch => ({
     ...batch,
     changes: [],
-    copy: { relation: 0, snapshotLsn: 20n, chunk, last: false, rows: 1, bytes: 4, id: `1.0.${chunk}`, csv: [Buffer.from('9,y\n')] },
+    copy: { relation: 0, snapshotLsn: 20n, chunk, last: false, rows: 1, bytes: 4, id: `1.0.${chunk}`, copyText: [Buffer.from('9,y\n')] },
   });
   t.is(planBatch(copy(0), states).steps.length, 1, 'a new copy starts');
   const copying = new Map([[16384, { copyLsn: 20n, copyChunk: 1, copyDone: false, applied: { lsn: 20n, ordinal: 0 } }]]);
@@ -231,7 +231,7 @@ test('a quarantined table takes no changes and no chunk of its copy or a resumed
   const copy = (snapshotLsn: bigint, chunk: number, merge = false): Batch => ({
     ...changes,
     changes: [],
-    copy: { relation: 0, snapshotLsn, chunk, last: false, rows: 1, bytes: 4, id: 'c', csv: [Buffer.from('9,y\n')], merge },
+    copy: { relation: 0, snapshotLsn, chunk, last: false, rows: 1, bytes: 4, id: 'c', copyText: [Buffer.from('9,y\n')], merge },
   });
   t.deepEqual(planBatch(copy(20n, 4), states).steps, [], 'the rest of the copy it was quarantined in');
   t.deepEqual(planBatch(copy(40n, 2 ** 32, true), states).steps, [], 'a resumed copy (its rows would add to a table that missed changes)');

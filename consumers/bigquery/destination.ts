@@ -43,7 +43,7 @@ interface Shape extends TableShape {
 /** A run of one table's work within a batch: the batch's steps regrouped per table. */
 type Segment =
   | { kind: 'truncate'; oid: number }
-  | { kind: 'copy'; oid: number; relation: Relation; replace: boolean; merge: boolean; csv: Buffer[] }
+  | { kind: 'copy'; oid: number; relation: Relation; replace: boolean; merge: boolean; copyText: Buffer[] }
   | { kind: 'changes'; oid: number; relation: Relation; changes: RowChange[] };
 
 /** One staged row: which segment it belongs to, its values, and how to apply it. */
@@ -237,7 +237,7 @@ function segmentsOf(steps: Step[]): Segment[] {
   for (const step of steps) {
     if (step.kind === 'truncate') for (const relation of step.relations) push({ kind: 'truncate', oid: relation.oid });
     else if (step.kind === 'copy')
-      push({ kind: 'copy', oid: step.relation.oid, relation: step.relation, replace: step.replace, merge: step.merge, csv: step.csv });
+      push({ kind: 'copy', oid: step.relation.oid, relation: step.relation, replace: step.replace, merge: step.merge, copyText: step.copyText });
     else push({ kind: 'changes', oid: step.relation.oid, relation: step.relation, changes: [...step.changes] });
   }
   return [...byTable.values()].flat();
@@ -335,7 +335,7 @@ class Script {
     const keyColumns = segment.relation.columns.flatMap((column, index) => (column.isKey ? [index] : []));
     if (segment.kind === 'copy') {
       if (segment.replace) this.body.push(`DELETE FROM ${target} WHERE TRUE`);
-      const rows = parseCopyRows(joinPieces(segment.csv).toString());
+      const rows = parseCopyRows(joinPieces(segment.copyText).toString());
       if (rows.length === 0) return;
       if (segment.merge) {
         // A resumed copy's rows may be stored already: they replace rows with their key.

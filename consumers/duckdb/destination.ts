@@ -176,7 +176,7 @@ export class DuckDbDestination implements Destination {
         } else if (step.kind === 'copy') {
           if (step.replace) await this.connection.run(`DELETE FROM ${this.tableSql(step.relation)}`);
           if (step.merge) {
-            await this.writeRows(step.relation, keyColumnsOf(step.relation), parseCopyRows(joinPieces(step.csv).toString()));
+            await this.writeRows(step.relation, keyColumnsOf(step.relation), parseCopyRows(joinPieces(step.copyText).toString()));
             continue;
           }
           // The chunks that follow for the same table are read by the same statement.
@@ -317,17 +317,17 @@ export class DuckDbDestination implements Destination {
    * in JS. Tables with array columns, whose text needs a rewrite first, take the appender path
    * instead.
    */
-  private async copyRows(relation: Relation, chunks: { csv: Buffer[]; longestRow?: number }[]): Promise<void> {
-    const filled = chunks.map((chunk) => ({ ...chunk, bytes: piecesLength(chunk.csv) })).filter((chunk) => chunk.bytes > 0);
+  private async copyRows(relation: Relation, chunks: { copyText: Buffer[]; longestRow?: number }[]): Promise<void> {
+    const filled = chunks.map((chunk) => ({ ...chunk, bytes: piecesLength(chunk.copyText) })).filter((chunk) => chunk.bytes > 0);
     if (filled.length === 0) return;
     const types = relation.columns.map(duckDbType);
     if (types.some((type) => type.stage)) {
-      for (const { csv } of filled) await this.writeRows(relation, [], parseCopyRows(joinPieces(csv).toString()));
+      for (const { copyText } of filled) await this.writeRows(relation, [], parseCopyRows(joinPieces(copyText).toString()));
       return;
     }
     const longestRow = Math.max(...filled.map((chunk) => chunk.longestRow ?? chunk.bytes));
     await this.withFiles(
-      filled.map((chunk) => chunk.csv),
+      filled.map((chunk) => chunk.copyText),
       async (files) => {
         const names = relation.columns.map((column) => ident(column.name)).join(', ');
         const values = types.map((type, index) => type.cast(type.backslashFree ? `s.c${index}` : unescapedCopyText(`s.c${index}`))).join(', ');

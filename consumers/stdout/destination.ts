@@ -45,7 +45,7 @@ export class StdoutDestination implements Destination {
     for (const step of steps) {
       if (step.kind === 'copy') {
         const lsn = formatLsn(states.get(step.relation.oid)!.copyLsn);
-        for (const row of parseCopyRows(joinPieces(step.csv).toString())) lines.push(line(step.relation, 'insert', lsn, { row }, true));
+        for (const row of parseCopyRows(joinPieces(step.copyText).toString())) lines.push(line(step.relation, 'insert', lsn, { row }, true));
       } else if (step.kind === 'truncate') {
         for (const relation of step.relations) lines.push(line(relation, 'truncate', formatLsn(step.version.lsn)));
       } else {

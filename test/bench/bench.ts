@@ -328,7 +328,7 @@ async function timeDuckdbAlone(table: string): Promise<number> {
     while (end < chunks.length && end - first < JOIN_LIMITS.batches && bytes + chunks[end].length <= JOIN_LIMITS.bytes) bytes += chunks[end++].length;
     const steps = chunks
       .slice(first, end)
-      .map((csv, index) => ({ kind: 'copy' as const, relation, replace: first + index === 0, merge: false, csv: [csv], rows: 0 }));
+      .map((text, index) => ({ kind: 'copy' as const, relation, replace: first + index === 0, merge: false, copyText: [text], rows: 0 }));
     const state = { copyLsn: 1n, copyChunk: end - 1, copyDone: end === chunks.length, applied: { lsn: 1n, ordinal: 0 } };
     await destination.apply(steps, new Map([[relation.oid, state]]));
     first = end;

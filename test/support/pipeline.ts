@@ -31,12 +31,15 @@ export class CliProcess {
   /** The CLI command run, e.g. "consumer duckdb". */
   private readonly command: string;
 
-  /** `wrapper` runs the CLI through a command that then execs it (e.g. `prlimit --fsize=N --`). */
-  constructor(args: string[], env: Record<string, string> = {}, wrapper: string[] = []) {
+  /**
+   * `wrapper` runs the CLI through a command that then execs it (e.g. `prlimit --fsize=N --`);
+   * `script` runs another Node program in its place (a program of the user's).
+   */
+  constructor(args: string[], env: Record<string, string> = {}, wrapper: string[] = [], script = CLI) {
     // PGR_CPU_PROF=DIR writes a V8 CPU profile of every CLI process there (npm run bench -- profiles).
     const profile = process.env.PGR_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PGR_CPU_PROF}`] : [];
     this.command = args.slice(0, 2).join(' ');
-    const [command, ...rest] = [...wrapper, process.execPath, ...profile, CLI, ...args];
+    const [command, ...rest] = [...wrapper, process.execPath, ...profile, script, ...args];
     this.child = spawn(command, rest, {
       env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'info', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
