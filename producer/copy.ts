@@ -12,9 +12,10 @@ import { Catalog, describeTable, type PublishedTable, publicationTables } from '
 import { ChunkWriter } from './chunkwriter.js';
 import { CopyOut } from './copyout.js';
 import { tally } from './metrics.js';
-import { POLL_MS, type Session } from './options.js';
+import { POLL_MS } from './options.js';
 import { oversizedCopyRow } from './oversize.js';
 import { quoteIdent } from './replication.js';
+import type { Session } from './session.js';
 import { inPlaceSocket } from './wire.js';
 
 /** A resumed run numbers its chunks above every earlier run's: chunk = run × 2³² + n. */

@@ -1,6 +1,7 @@
 import { log } from '../shared/log.js';
 import type { Lsn } from '../shared/lsn.js';
-import { LAG_CHECK_MS, type Session } from './options.js';
+import { LAG_CHECK_MS } from './options.js';
+import type { Session } from './session.js';
 
 /**
  * The primary comes first (design invariant 7): a destination that leaves more than

@@ -1,6 +1,6 @@
 import { Counter, Gauge } from 'prom-client';
 import type { Lsn } from '../shared/lsn.js';
-import type { AckPosition, Session } from './options.js';
+import type { AckPosition, Session } from './session.js';
 
 /**
  * The producer's Prometheus metrics, on this thread's default registry (served by

@@ -1,10 +1,3 @@
-import type { Redis } from 'ioredis';
-import type { Lsn } from '../shared/lsn.js';
-import type { AckTracker } from './acks.js';
-import type { Sequencer } from './batcher.js';
-import type { BatchQueues } from './queues.js';
-import type { AppliedWatcher } from './watcher.js';
-
 export interface ProducerOptions {
   pgUrl: string;
   redisUrl: string;
@@ -70,20 +63,6 @@ export const PRODUCER_DEFAULTS = {
  */
 export const PRODUCER_HEAP_MB = 128;
 
-/** What one producer session (a run from the slot's confirmed position) shares between its copy and its stream. */
-export interface Session {
-  options: ProducerOptions;
-  redis: Redis;
-  epoch: number;
-  sequencer: Sequencer;
-  tracker: AckTracker;
-  queues: BatchQueues;
-  watcher: AppliedWatcher;
-  signal: AbortSignal;
-  /** The largest row Redis takes in one value (producer/oversize). */
-  largestRowBytes: number;
-}
-
 /** How often the producer reads the destinations' applied marks. */
 export const POLL_MS = 100;
 /** How often `--mode copy` looks whether the destinations have applied the whole copy: it exits as soon as they have. */
@@ -93,8 +72,3 @@ export const MAX_PENDING_ADDS = 8;
 export const MAX_PENDING_BYTES = 8 * 1024 * 1024;
 /** How often the producer measures each destination's lag against the server's WAL position. */
 export const LAG_CHECK_MS = 5_000;
-
-/** The LSN last acknowledged to Postgres, shared by a producer's successive sessions. */
-export interface AckPosition {
-  lsn: Lsn;
-}

@@ -7,10 +7,10 @@ import { Batcher } from './batcher.js';
 import { Heartbeat } from './heartbeat.js';
 import type { LagGuard } from './lagguard.js';
 import { showSession, tally } from './metrics.js';
-import type { AckPosition, Session } from './options.js';
 import { oversizedChange } from './oversize.js';
 import { decodePgoutput, type PgoutputMessage, rowOp } from './pgoutput.js';
 import { PG_EPOCH_MS, type ReplicationConnection } from './replication.js';
+import type { AckPosition, Session } from './session.js';
 import type { TableSync } from './tablesync.js';
 
 /** What arrives from the walsender, in order: a decoded pgoutput message, or a keepalive's WAL end. */

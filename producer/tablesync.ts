@@ -8,8 +8,9 @@ import { parseRequest } from '../shared/requests.js';
 import type { PendingEntry } from './acks.js';
 import { Catalog, describeTable, publicationTables } from './catalog.js';
 import { copyInRanges, mendsByKey, openSnapshotConnections, planRanges, scansCtidRanges, TableCopy, withExportedSnapshot } from './copy.js';
-import { POLL_MS, type Session } from './options.js';
+import { POLL_MS } from './options.js';
 import { checkPublishedTables } from './preflight.js';
+import type { Session } from './session.js';
 
 /**
  * Copies tables beside the running stream, at one exact LSN: a temporary slot's exported

@@ -19,7 +19,7 @@ import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import copyStreams from 'pg-copy-streams';
 import { DuckDbDestination } from '../../consumers/duckdb/destination.js';
-import { JOIN_LIMITS } from '../../consumers/runner.js';
+import { JOIN_LIMITS } from '../../consumers/lookahead.js';
 import { Catalog, describeTable } from '../../producer/catalog.js';
 import { PRODUCER_DEFAULTS } from '../../producer/options.js';
 import { COPY_TEXT_OPTIONS } from '../../shared/csv.js';
