@@ -274,6 +274,11 @@ export class TestPipeline {
     );
   }
 
+  /** A Postgres destination writing the database at `url`. */
+  postgres(name: string, url: string, extra: string[] = []): CliProcess {
+    return this.track(new CliProcess(['consumer', 'postgres', '--url', url, ...this.consumerArgs(name), ...extra]));
+  }
+
   stdout(name: string): CliProcess {
     return this.track(new CliProcess(['consumer', 'stdout', ...this.consumerArgs(name)]));
   }
