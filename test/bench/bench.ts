@@ -9,7 +9,8 @@
  * 1,000,000), BENCH_BIG_INSERT (one transaction, default 5,000,000), BENCH_BIG_UPDATE (one
  * transaction, default 1,000,000), BENCH_HUGE_ROWS (memory-flatness backfill, default
  * 10,000,000), BENCH_LATENCY_SECONDS (steady 5 k changes/s, default 30). A size of 0 skips that
- * scenario. BENCH_ROUNDS (default 7): rounds of the mixed-types backfill. Each target of the performance issue is printed with PASS or FAIL.
+ * scenario. BENCH_ROUNDS (default 7): rounds of the mixed-types backfill. BENCH_PG_ROWS and
+ * BENCH_PG_CHANGES (defaults as above): the same backfill and small transactions into Postgres. Each target of the performance issue is printed with PASS or FAIL.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -34,6 +35,9 @@ const BIG_UPDATE = size('BENCH_BIG_UPDATE', 1_000_000);
 const HUGE_ROWS = size('BENCH_HUGE_ROWS', 10_000_000);
 const LATENCY_SECONDS = size('BENCH_LATENCY_SECONDS', 30);
 const ROUNDS = size('BENCH_ROUNDS', 7);
+/** The Postgres destination: a backfill of the mixed rows (median of 3 rounds) and the small transactions, into a second database. */
+const PG_ROWS = size('BENCH_PG_ROWS', 2_000_000);
+const PG_CHANGES = size('BENCH_PG_CHANGES', 1_000_000);
 const LATENCY_RATE = 5_000;
 /** Linux's USER_HZ: the unit of the CPU times in /proc/<pid>/stat. */
 const CLOCK_TICKS = 100;
@@ -71,6 +75,23 @@ interface CpuSeconds {
 
 const pgServer = await startPostgres();
 const redis = await startRedis();
+/** Where a scenario's consumer writes: DuckDB, or a second database of the same server. */
+type Sink = 'duckdb' | 'postgres';
+const targetUrl = await (async () => {
+  await pgServer.query('CREATE DATABASE bench_target');
+  const url = new URL(pgServer.url);
+  url.pathname = '/bench_target';
+  return url.toString();
+})();
+const consumerFor = (pipeline: TestPipeline, sink: Sink, env: Record<string, string> = {}) =>
+  sink === 'duckdb' ? pipeline.duckdb('bench', env) : pipeline.postgres('bench', targetUrl);
+/** Empties the target database between runs into it. */
+async function resetTarget(): Promise<void> {
+  const target = new pg.Client({ connectionString: targetUrl });
+  await target.connect();
+  await target.query('DROP SCHEMA IF EXISTS public CASCADE; DROP SCHEMA IF EXISTS _pg_replicate CASCADE; CREATE SCHEMA public');
+  await target.end();
+}
 const results: Result[] = [];
 let scenario = 0;
 let latency: { p50: number; p99: number; batches: number } | undefined;
@@ -94,13 +115,15 @@ try {
     );
   }
   if (HUGE_ROWS > 0) results.push(await benchBackfill('backfill, large table (memory)', HUGE_ROWS, 1));
+  if (PG_ROWS > 0) results.push(await benchBackfill('backfill, mixed types → Postgres', PG_ROWS, 3, 'postgres'));
+  if (PG_CHANGES > 0) results.push(await benchCdc(`${CDC_SMALL} → Postgres`, PG_CHANGES, `CALL bench_write(${PG_CHANGES}, 10)`, undefined, 'postgres'));
   if (LATENCY_SECONDS > 0) latency = await benchLatency();
 } finally {
   await Promise.all([pgServer.stop(), redis.stop()]);
 }
 report(results);
 
-async function benchBackfill(name: string, rows: number, rounds: number): Promise<Result> {
+async function benchBackfill(name: string, rows: number, rounds: number, sink: Sink = 'duckdb'): Promise<Result> {
   const table = `bench_rows_${++scenario}`;
   process.stderr.write(`${name}: loading ${rows} rows…\n`);
   await pgServer.query(`
@@ -110,7 +133,7 @@ async function benchBackfill(name: string, rows: number, rounds: number): Promis
   `);
   await pgServer.query(`VACUUM ANALYZE ${table}`);
   await quiesce();
-  const duckdbAloneSeconds = rows <= ROWS ? await timeDuckdbAlone(table) : undefined;
+  const duckdbAloneSeconds = sink === 'duckdb' && rows <= ROWS ? await timeDuckdbAlone(table) : undefined;
   // The machine's speed drifts from one minute to the next (shared cores): each round times
   // the raw COPY and the pipeline back to back, and the round with the median ratio is reported.
   const measured: Result[] = [];
@@ -118,7 +141,7 @@ async function benchBackfill(name: string, rows: number, rounds: number): Promis
     await quiesce();
     const rawSeconds = await timeRawCopy(table);
     await quiesce();
-    measured.push({ ...(await backfillOnce(table, rows)), name, count: rows, rawSeconds, rawName: 'binary COPY … TO STDOUT, median of 3', duckdbAloneSeconds });
+    measured.push({ ...(await backfillOnce(table, rows, sink)), name, count: rows, rawSeconds, rawName: 'binary COPY … TO STDOUT, median of 3', duckdbAloneSeconds });
   }
   await pgServer.query(`DROP TABLE ${table}`);
   const ratio = (result: Result) => result.rawSeconds / result.seconds;
@@ -127,10 +150,11 @@ async function benchBackfill(name: string, rows: number, rounds: number): Promis
 }
 
 /** One backfill of `table` by a new pipeline, its consumer started first. */
-async function backfillOnce(table: string, rows: number) {
+async function backfillOnce(table: string, rows: number, sink: Sink) {
   const pipeline = new TestPipeline(pgServer, redis.url, `benchcopy${++scenario}`, ['bench']);
   await pgServer.query(`CREATE PUBLICATION ${pipeline.publication} FOR TABLE ${table}`);
-  const consumer = pipeline.duckdb('bench');
+  if (sink === 'postgres') await resetTarget();
+  const consumer = consumerFor(pipeline, sink);
   // A consumer is a service that is up before a copy starts: its own start-up is not the copy's.
   await waitFor('the consumer to start', async () => consumer.stderr.includes('waiting for the producer'));
   const consumerPeak = sampleRss(consumer);
@@ -157,7 +181,7 @@ async function backfillOnce(table: string, rows: number) {
 }
 
 /** Streams the WAL that `write` produces, after `prepare` has run and been applied. */
-async function benchCdc(name: string, count: number, write: string, prepare?: string): Promise<Result> {
+async function benchCdc(name: string, count: number, write: string, prepare?: string, sink: Sink = 'duckdb'): Promise<Result> {
   const pipeline = new TestPipeline(pgServer, redis.url, `benchcdc${++scenario}`, ['bench']);
   // Autovacuum off for the bench's tables: a vacuum of a million rewritten rows landing in one
   // run and not the other would be measured as replication.
@@ -184,8 +208,9 @@ async function benchCdc(name: string, count: number, write: string, prepare?: st
     END $$;
   `);
   // Create the pipeline's slot and copy, apply the preparation, then stop the producer so the WAL piles up.
+  if (sink === 'postgres') await resetTarget();
   let producer = pipeline.producer();
-  const consumer = pipeline.duckdb('bench');
+  const consumer = consumerFor(pipeline, sink);
   await pipeline.waitForCopy(redis.client);
   if (prepare) {
     process.stderr.write(`${name}: preparing…\n`);
@@ -536,7 +561,7 @@ function report(all: Result[]): void {
   const table = [
     `Measured ${new Date().toISOString().slice(0, 10)} on ${machine}.`,
     '',
-    '| scenario | rows or changes | pg-replicate → DuckDB | raw Postgres, same data | ratio | producer peak RSS | consumer peak RSS | Redis peak |',
+    '| scenario | rows or changes | pg-replicate | raw Postgres, same data | ratio | producer peak RSS | consumer peak RSS | Redis peak |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...rows,
     '',
@@ -566,7 +591,7 @@ function report(all: Result[]): void {
     '',
     `CPU seconds each part used during each run (user + system, all threads; the machine has ${cpus().length} cores, so a run of w seconds has ${cpus().length}·w to share):`,
     '',
-    '| scenario | wall | Postgres | producer | Redis | consumer (DuckDB) | all | share of the cores |',
+    '| scenario | wall | Postgres | producer | Redis | consumer (with its destination) | all | share of the cores |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...all.map(({ name, seconds: copySeconds, launchedSeconds, cpu }) => {
       // CPU is counted over the whole run, the producer's start-up included.
