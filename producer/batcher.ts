@@ -1,5 +1,5 @@
 import { ChangeRecords } from '../shared/codec.js';
-import type { Batch, Relation, TruncateChange } from '../shared/events.js';
+import type { OutgoingBatch, Relation, TruncateChange } from '../shared/events.js';
 import { partitionOf } from '../shared/keys.js';
 import type { Lsn } from '../shared/lsn.js';
 import type { RowOp } from '../shared/tupledata.js';
@@ -63,7 +63,7 @@ export class Batcher {
     private readonly partitions: number,
     private readonly limits: BatchLimits,
     private readonly sequencer: Sequencer,
-    private readonly send: (batch: Batch, bytes: number) => void,
+    private readonly send: (batch: OutgoingBatch, bytes: number) => void,
   ) {
     sequencer.beforeTake = (partition) => this.flush(partition);
   }
@@ -159,7 +159,6 @@ export class Batcher {
         epoch: this.epoch,
         seq: batch.seq,
         relations: batch.relations,
-        changes: [],
         records,
         ...(batch.committedAt !== undefined ? { committedAt: batch.committedAt } : {}),
       },

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import pg from 'pg';
 import { COPY_TEXT_OPTIONS } from '../shared/csv.js';
-import { type Batch, qualifiedName, type Relation } from '../shared/events.js';
+import { type OutgoingBatch, qualifiedName, type Relation } from '../shared/events.js';
 import { keys, partitionOf } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { formatLsn, type Lsn, parseLsn } from '../shared/lsn.js';
@@ -301,13 +301,13 @@ export class TableCopy {
     const chunk = this.options.run * RUN_STRIDE + this.chunks++;
     const rows = ready?.rows ?? 0;
     const bytes = ready?.bytes ?? 0;
-    const batch: Batch = {
+    const batch: OutgoingBatch = {
       pipeline: options.pipeline,
       partition,
       epoch,
       seq,
       relations: [this.relation],
-      changes: [],
+      records: Buffer.alloc(0),
       copy: {
         relation: 0,
         snapshotLsn: this.snapshotLsn,

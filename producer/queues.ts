@@ -1,8 +1,8 @@
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { chunkKeys, dropUnheldChunks, heldChunks, newChunkId, parseChunkId, releaseChunk } from '../shared/chunks.js';
-import { changeRecords, encodeBatch } from '../shared/codec.js';
-import type { Batch } from '../shared/events.js';
+import { encodeBatch } from '../shared/codec.js';
+import type { OutgoingBatch } from '../shared/events.js';
 import { QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { storeChunk } from './chunkwriter.js';
@@ -112,11 +112,11 @@ export class BatchQueues {
    * surface on the next call or on settle(). Its size, for the backlog bound, is what Redis
    * stores for it: the encoded changes, or a copy chunk's rows (already in Redis).
    */
-  enqueue(batch: Batch, only?: string[]): void {
+  enqueue(batch: OutgoingBatch, only?: string[]): void {
     if (this.failure) throw this.failure;
     tally.batches++;
     const targets = [...this.queues.keys()].filter((destination) => !only || only.includes(destination));
-    const records = batch.copy ? undefined : changeRecords(batch);
+    const records = batch.copy ? undefined : batch.records;
     // Large change records are stored as a chunk beside the job (no base64, no JSON), before it.
     const stored = records && records.length > INLINE_RECORDS_BYTES && targets.length > 0 ? newChunkId(batch.epoch, batch.partition) : undefined;
     const written = stored ? storeChunk(this.redis, this.pipeline, stored, records!, targets) : undefined;

@@ -1,4 +1,4 @@
-import type { Batch, Change, Relation, RowChange, Value } from './events.js';
+import type { Batch, Change, OutgoingBatch, Relation, RowChange, Value } from './events.js';
 import { formatLsn, type Lsn, parseLsn, type Version } from './lsn.js';
 import { ByteReader, type RowOp, readRowImages, rowImages } from './tupledata.js';
 
@@ -43,7 +43,7 @@ const TRUNCATE_CASCADE = 1;
 const TRUNCATE_RESTART_IDENTITY = 2;
 
 /** `recordsChunk`: the batch's change records are stored as this chunk (shared/chunks) rather than inline. */
-export function encodeBatch(batch: Batch, recordsChunk?: string): EncodedBatch {
+export function encodeBatch(batch: OutgoingBatch, recordsChunk?: string): EncodedBatch {
   const encoded: EncodedBatch = {
     v: CODEC_VERSION,
     p: batch.pipeline,
@@ -51,7 +51,7 @@ export function encodeBatch(batch: Batch, recordsChunk?: string): EncodedBatch {
     e: batch.epoch,
     s: batch.seq,
     r: batch.relations.map(encodeRelation),
-    c: recordsChunk ? '' : changeRecords(batch).toString('base64'),
+    c: recordsChunk ? '' : batch.records.toString('base64'),
   };
   if (recordsChunk) encoded.b = recordsChunk;
   if (batch.committedAt !== undefined) encoded.t = batch.committedAt;
@@ -65,9 +65,14 @@ export function encodeBatch(batch: Batch, recordsChunk?: string): EncodedBatch {
   return encoded;
 }
 
-/** The batch's changes as codec records. */
-export function changeRecords(batch: Batch): Buffer {
-  return batch.records ?? encodeChanges(batch.changes);
+/** A consumer-side batch (decoded changes) as the producer would send it: for tests and tools. */
+export function outgoing({ changes, copy, ...header }: Batch): OutgoingBatch {
+  const batch: OutgoingBatch = { ...header, records: encodeChanges(changes) };
+  if (copy) {
+    const { copyText: _, ...chunk } = copy;
+    batch.copy = chunk;
+  }
+  return batch;
 }
 
 /** Refuses a batch of another codec version: before anything of it (its chunk, say) is read. */

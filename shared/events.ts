@@ -80,8 +80,6 @@ export interface CopyChunk {
    * work on the way.
    */
   id?: string;
-  /** The rows, once read from Redis, in the pieces they were stored in: set by the consumer only when it applies the chunk. */
-  copyText?: Buffer[];
   rows: number;
   bytes: number;
   /** The snapshot LSN the copy was read at: its rows have version (snapshotLsn, 0). */
@@ -106,7 +104,8 @@ export interface CopyChunk {
   longestRow?: number;
 }
 
-export interface Batch {
+/** What a batch says of itself, on either side of the queue. */
+export interface BatchHeader {
   pipeline: string;
   partition: number;
   /** Producer run that made the batch, and the batch's number within its partition in that run. */
@@ -115,14 +114,26 @@ export interface Batch {
   relations: Relation[];
   /** When the oldest transaction in the batch committed (ms since the Unix epoch): for replication lag. */
   committedAt?: number;
+}
+
+/** A batch as the producer sends it: its streamed changes already written as codec records (shared/codec), or a copy chunk. */
+export interface OutgoingBatch extends BatchHeader {
+  /** The change records; empty on copy batches. */
+  records: Buffer;
+  copy?: CopyChunk;
+}
+
+/** A batch as a consumer applies it: its changes decoded, and a copy chunk's rows once read from Redis. */
+export interface Batch extends BatchHeader {
   /** Streamed changes, in commit order; empty on copy batches. */
   changes: Change[];
-  /**
-   * On the producer side, instead of changes: the changes already written as codec records
-   * (shared/codec ChangeRecords), as the batcher receives them.
-   */
-  records?: Buffer;
-  copy?: CopyChunk;
+  copy?: ReceivedCopyChunk;
+}
+
+/** A copy chunk on the consumer's side: its rows, once read from Redis for applying. */
+export interface ReceivedCopyChunk extends CopyChunk {
+  /** The rows in the pieces they were stored in. */
+  copyText?: Buffer[];
 }
 
 export function qualifiedName(relation: { schema: string; name: string }): string {

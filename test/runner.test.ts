@@ -6,7 +6,7 @@ import { pipelineStatus } from '../cli/status.js';
 import type { Destination, Step, TableState } from '../consumers/destination.js';
 import { ConsumerRunner } from '../consumers/runner.js';
 import { BatchQueues } from '../producer/queues.js';
-import { encodeBatch } from '../shared/codec.js';
+import { encodeBatch, outgoing } from '../shared/codec.js';
 import type { Batch, Relation } from '../shared/events.js';
 import { keys, QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { readApplied, recordApplied, writePipelineState } from '../shared/redis.js';
@@ -66,7 +66,7 @@ async function setup(pipeline: string, destination: string) {
   await writePipelineState(redis.client, pipeline, { slot: 's', publication: 'p', partitions: 2, destinations: [destination], epoch: 1 });
   const queues = new BatchQueues(redis.client, pipeline, [destination], 2);
   await queues.limitToOneWorker();
-  for (let seq = 1; seq <= 10; seq++) for (const partition of [0, 1]) queues.enqueue(batch(pipeline, partition, seq));
+  for (let seq = 1; seq <= 10; seq++) for (const partition of [0, 1]) queues.enqueue(outgoing(batch(pipeline, partition, seq)));
   await queues.settle();
   return queues;
 }
@@ -170,7 +170,7 @@ test('a large batch travels as a chunk beside its job: applied whole, then relea
       row: [`row ${i} ${'x'.repeat(20)}`],
     })),
   };
-  queues.enqueue(big);
+  queues.enqueue(outgoing(big));
   await queues.settle();
   const [job] = await redis.client.keys('pgr:{large}:chunk:*');
   t.truthy(job, 'the records are a chunk in Redis');
@@ -185,7 +185,7 @@ test('a large batch travels as a chunk beside its job: applied whole, then relea
     // batch again, its records gone. The applied mark shows it done; it is skipped, not parked.
     const id = job.slice('pgr:{large}:chunk:'.length);
     const queue = new Queue(queueName('large', 'd', 0), { connection: redis.client, prefix: QUEUE_PREFIX });
-    await queue.add('batch', encodeBatch(big, id), { jobId: `${id}-again`, removeOnComplete: true });
+    await queue.add('batch', encodeBatch(outgoing(big), id), { jobId: `${id}-again`, removeOnComplete: true });
     await waitFor('the re-delivered batch to be completed', async () => {
       const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'failed');
       return Object.values(counts).every((count) => count === 0);
@@ -244,7 +244,7 @@ test('the next batch of a large transaction is planned and prepared while one is
       row: [`${seq}:${i} ${'x'.repeat(20)}`],
     })),
   });
-  for (let seq = 1; seq <= 6; seq++) queues.enqueue(large(seq));
+  for (let seq = 1; seq <= 6; seq++) queues.enqueue(outgoing(large(seq)));
   await queues.settle();
   const destination = new PreparingDestination();
   // After batch 3, the table's version is batch 4's last change (as if batch 4 were applied
@@ -304,11 +304,11 @@ test('a copy chunk Redis lost waits while its run is current, and is dropped onc
     changes: [],
     copy: { relation: 0, id: '1.0.1', rows: 10, bytes: 100, snapshotLsn: 5n, chunk: 1, last: false },
   };
-  queues.enqueue(lostCopy);
+  queues.enqueue(outgoing(lostCopy));
   await queues.settle();
   // The next producer run's first batch, as that run sends it (its own numbering).
   const nextRun = new BatchQueues(redis.client, 'lostcopy', ['d'], 1);
-  nextRun.enqueue({ ...batch('lostcopy', 0, 1), epoch: 2 });
+  nextRun.enqueue(outgoing({ ...batch('lostcopy', 0, 1), epoch: 2 }));
   await nextRun.settle();
   await nextRun.close();
   const destination = new FlakyDestination('none', 0);
@@ -359,11 +359,13 @@ test("a gap in a partition's batches (Redis lost some) is never applied past: it
     await writePipelineState(redis.client, 'gap', { epoch: 2 });
     const nextRun = new BatchQueues(redis.client, 'gap', ['d'], 2);
     for (const seq of [1, 2])
-      nextRun.enqueue({
-        ...batch('gap', 0, seq),
-        epoch: 2,
-        changes: [{ op: 'insert', relation: 0, version: { lsn: BigInt(seq), ordinal: 2 }, row: [`0-new${seq}`] }],
-      });
+      nextRun.enqueue(
+        outgoing({
+          ...batch('gap', 0, seq),
+          epoch: 2,
+          changes: [{ op: 'insert', relation: 0, version: { lsn: BigInt(seq), ordinal: 2 }, row: [`0-new${seq}`] }],
+        }),
+      );
     await nextRun.settle();
     await nextRun.close();
     await waitFor("the new run's batches to be applied", async () => destination.applied.includes('0-new2'));

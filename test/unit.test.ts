@@ -6,10 +6,10 @@ import { planBatch, planBatches } from '../consumers/plan.js';
 import { AckTracker } from '../producer/acks.js';
 import { decodePgoutput } from '../producer/pgoutput.js';
 import { CopyBothReader } from '../producer/replication.js';
-import { ChangeRecords, decodeBatch, encodeBatch } from '../shared/codec.js';
+import { ChangeRecords, decodeBatch, encodeBatch, outgoing } from '../shared/codec.js';
 import { PLAIN_CSV, parseCopyRows, parseCsvRows } from '../shared/csv.js';
 import { redact } from '../shared/errors.js';
-import { type Batch, type Change, type Relation, type RowChange, UNCHANGED, type Value } from '../shared/events.js';
+import { type Batch, type Change, type OutgoingBatch, type Relation, type RowChange, UNCHANGED, type Value } from '../shared/events.js';
 import { partitionOf } from '../shared/keys.js';
 import { compareVersions, formatLsn, parseLsn } from '../shared/lsn.js';
 import { jsonFragment, numericPrecision, PgType } from '../shared/pgtypes.js';
@@ -66,19 +66,19 @@ test('the batch codec round-trips changes, truncates, copies and unchanged TOAST
       { op: 'truncate', relations: [0], version: { lsn: 0x2_0000_0000n, ordinal: 1 }, cascade: true, restartIdentity: false },
     ],
   };
-  const decoded = decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch))));
+  const decoded = decodeBatch(JSON.parse(JSON.stringify(encodeBatch(outgoing(batch)))));
   t.deepEqual({ ...decoded, changes: valuesOf(decoded.changes) }, batch);
   const copy: Batch = {
     ...batch,
     changes: [],
     copy: { relation: 0, snapshotLsn: 77n, chunk: 2, last: true, rows: 1, bytes: 3, id: '1700000000000.3.9', merge: true, longestRow: 3 },
   };
-  t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(copy)))), copy, 'a copy batch carries the id of its rows in Redis');
+  t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(outgoing(copy))))), copy, 'a copy batch carries the id of its rows in Redis');
   const withRows: Batch = { ...copy, copy: { ...copy.copy!, copyText: [Buffer.from('1,\n')] } };
-  t.false('csv' in decodeBatch(JSON.parse(JSON.stringify(encodeBatch(withRows)))).copy!, 'the rows themselves never travel in the job');
+  t.false('csv' in decodeBatch(JSON.parse(JSON.stringify(encodeBatch(outgoing(withRows))))).copy!, 'the rows themselves never travel in the job');
   const empty: Batch = { ...batch, changes: [], copy: { relation: 0, snapshotLsn: 77n, chunk: 3, last: true, rows: 0, bytes: 0 } };
-  t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(empty)))), empty, 'a chunk without rows has no id');
-  t.throws(() => decodeBatch({ ...encodeBatch(batch), v: 99 }), { message: /codec version 99 is not supported/ });
+  t.deepEqual(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(outgoing(empty))))), empty, 'a chunk without rows has no id');
+  t.throws(() => decodeBatch({ ...encodeBatch(outgoing(batch)), v: 99 }), { message: /codec version 99 is not supported/ });
   // Records written one by one, as the producer's batcher does, across many buffer growths.
   const records = new ChangeRecords();
   const many: Batch['changes'] = [];
@@ -90,7 +90,7 @@ test('the batch codec round-trips changes, truncates, copies and unchanged TOAST
   }
   records.truncate([0], { lsn: 0x8_0000_0000n, ordinal: 1 }, false, true);
   many.push({ op: 'truncate', relations: [0], version: { lsn: 0x8_0000_0000n, ordinal: 1 }, cascade: false, restartIdentity: true });
-  const written: Batch = { ...batch, changes: [], records: records.bytes() };
+  const written: OutgoingBatch = { ...outgoing(batch), records: records.bytes() };
   t.deepEqual(valuesOf(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(written)))).changes), many);
 });
 
@@ -159,7 +159,7 @@ test('pgoutput messages decode; row images travel undecoded to the consumer, whi
     changes: [{ op: 'update', relation: 0, version: { lsn: 0x5_0000_0010n, ordinal: 3 }, images }],
   };
   t.deepEqual(
-    valuesOf(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))).changes),
+    valuesOf(decodeBatch(JSON.parse(JSON.stringify(encodeBatch(outgoing(batch))))).changes),
     [{ op: 'update', relation: 0, version: { lsn: 0x5_0000_0010n, ordinal: 3 }, old: ['1', null], row: ['2 é', UNCHANGED] }],
     'the consumer decodes them',
   );
@@ -410,7 +410,7 @@ test('a run collapses straight from its images to the same final rows and delete
     t.deepEqual((await collapseImagesToCsvAside(keyColumns, 3, changes, 3))?.csv, csv);
     // The same run as a consumer reads it from a batch: images read in place in the records.
     const batch: Batch = { pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [relation], changes };
-    t.deepEqual(collapseImagesToCsv(keyColumns, 3, decodeBatch(JSON.parse(JSON.stringify(encodeBatch(batch)))).changes as RowChange[])?.csv, csv);
+    t.deepEqual(collapseImagesToCsv(keyColumns, 3, decodeBatch(JSON.parse(JSON.stringify(encodeBatch(outgoing(batch))))).changes as RowChange[])?.csv, csv);
     const lines = parseCsvRows(csv.toString(), PLAIN_CSV);
     const sorted = (rows: Value[][]) => rows.map((row) => JSON.stringify(row)).sort();
     t.deepEqual(sorted(lines.filter((line) => line[3] === 'f').map((line) => line.slice(0, 3))), sorted(expected.rows));

@@ -141,7 +141,14 @@ async function benchBackfill(name: string, rows: number, rounds: number, sink: S
     await quiesce();
     const rawSeconds = await timeRawCopy(table);
     await quiesce();
-    measured.push({ ...(await backfillOnce(table, rows, sink)), name, count: rows, rawSeconds, rawName: 'binary COPY … TO STDOUT, median of 3', duckdbAloneSeconds });
+    measured.push({
+      ...(await backfillOnce(table, rows, sink)),
+      name,
+      count: rows,
+      rawSeconds,
+      rawName: 'binary COPY … TO STDOUT, median of 3',
+      duckdbAloneSeconds,
+    });
   }
   await pgServer.query(`DROP TABLE ${table}`);
   const ratio = (result: Result) => result.rawSeconds / result.seconds;
