@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-import { Command, CommanderError, Option } from 'commander';
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { z } from 'zod';
 import { RUNNER_DEFAULTS } from '../consumers/options.js';
 import type { DestinationPlugin } from '../consumers/plugin.js';
@@ -14,21 +15,50 @@ import { exitWithError, runUntilStopped } from './lifecycle.js';
 // them: the producer command's main thread stays small (the producer runs on a worker thread).
 
 const program = new Command('pg-replicate')
+  .version(JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version, '-V, --version', 'print the version')
+  .addOption(
+    new Option('--log-format <format>', 'logs as JSON lines, or pretty for people (default: pretty on a terminal, else json)')
+      .choices(['json', 'pretty'])
+      .env('LOG_FORMAT'),
+  )
   .description('Replicate PostgreSQL tables (copy, then every change) through Redis into DuckDB, stdout and more, exactly once.')
   .exitOverride()
   .showHelpAfterError('(run with --help for usage)');
 
-const redisOption = () => new Option('--redis-url <url>', 'Redis URL').env('REDIS_URL');
-const pipelineOption = () => new Option('--pipeline <id>', 'pipeline id: names its queues and state in Redis').env('PIPELINE_ID');
+const redisOption = () => new Option('--redis-url <url>', 'Redis URL (required)').env('REDIS_URL');
+const pipelineOption = () => new Option('--pipeline <id>', 'pipeline id: names its queues and state in Redis (required)').env('PIPELINE_ID');
 const integer = (value: string) => Number(value);
+const UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 1024,
+  kb: 1000,
+  kib: 1024,
+  m: 1024 ** 2,
+  mb: 1000 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gb: 1000 ** 3,
+  gib: 1024 ** 3,
+};
+/** A size in bytes: a number, or one with a unit (`64MiB`, `8 MB`, `1.5GiB`). */
+const bytes = (value: string) => {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$/.exec(value);
+  const unit = match ? UNITS[match[2].toLowerCase()] : undefined;
+  if (!match || unit === undefined) throw new InvalidArgumentError(`expected a size in bytes, e.g. 8388608, 8MiB or 8MB (got "${value}")`);
+  return Math.round(Number(match[1]) * unit);
+};
+/** Bytes as people write them: 8 MiB, 256 MiB. */
+const sizeText = (value: number) =>
+  value % 1024 ** 3 === 0 ? `${value / 1024 ** 3} GiB` : value % 1024 ** 2 === 0 ? `${value / 1024 ** 2} MiB` : `${value} bytes`;
 const metricsOption = () => new Option('--metrics-port <port>', 'serve Prometheus metrics on this port at /metrics (default: not served)').env('METRICS_PORT');
 
 program
   .command('producer')
   .description('Read the replication slot (after copying the tables) and enqueue batches for every destination.')
-  .addOption(new Option('--pg-url <url>', 'Postgres URL (a user with REPLICATION)').env('PG_URL'))
-  .addOption(new Option('--publication <name>', 'publication whose tables are replicated').env('PUBLICATION'))
-  .addOption(new Option('--slot <name>', 'logical replication slot (created if missing)').env('SLOT'))
+  .addOption(new Option('--pg-url <url>', 'Postgres URL, of a user with REPLICATION (required)').env('PG_URL'))
+  .addOption(new Option('--publication <name>', 'publication whose tables are replicated (required)').env('PUBLICATION'))
+  .addOption(new Option('--slot <name>', 'logical replication slot, created if missing (required)').env('SLOT'))
   .addOption(pipelineOption())
   .addOption(redisOption())
   .addOption(
@@ -44,7 +74,11 @@ program
   )
   .addOption(new Option('--partitions <n>', 'partition queues per destination').default(PRODUCER_DEFAULTS.partitions).argParser(integer).env('PARTITIONS'))
   .addOption(new Option('--max-batch-changes <n>', 'changes per batch at most').default(PRODUCER_DEFAULTS.maxBatchChanges).argParser(integer))
-  .addOption(new Option('--max-batch-bytes <n>', 'approximate bytes per batch at most').default(PRODUCER_DEFAULTS.maxBatchBytes).argParser(integer))
+  .addOption(
+    new Option('--max-batch-bytes <size>', 'approximate bytes per batch at most')
+      .default(PRODUCER_DEFAULTS.maxBatchBytes, sizeText(PRODUCER_DEFAULTS.maxBatchBytes))
+      .argParser(bytes),
+  )
   .addOption(new Option('--flush-interval-ms <n>', 'longest a change waits in an open batch').default(PRODUCER_DEFAULTS.flushIntervalMs).argParser(integer))
   .addOption(
     new Option('--max-backlog-batches <n>', 'unapplied batches at which reading the slot pauses')
@@ -52,9 +86,9 @@ program
       .argParser(integer),
   )
   .addOption(
-    new Option('--max-backlog-bytes <n>', 'unapplied bytes (approximate) at which reading the slot pauses')
-      .default(PRODUCER_DEFAULTS.maxBacklogBytes)
-      .argParser(integer),
+    new Option('--max-backlog-bytes <size>', 'unapplied bytes (approximate) at which reading the slot pauses')
+      .default(PRODUCER_DEFAULTS.maxBacklogBytes, sizeText(PRODUCER_DEFAULTS.maxBacklogBytes))
+      .argParser(bytes),
   )
   .addOption(
     new Option(
@@ -66,11 +100,11 @@ program
   )
   .addOption(
     new Option(
-      '--max-destination-lag-bytes <n>',
-      'WAL a destination may leave unapplied before it is detached: it stops holding the slot, and gets a fresh copy when its consumer comes back (default: no bound)',
+      '--max-destination-lag-bytes <size>',
+      'WAL a destination may leave unapplied before it is detached: it stops holding the slot, and gets a fresh copy when its consumer comes back, e.g. 50GiB',
     )
-      .default(PRODUCER_DEFAULTS.maxDestinationLagBytes)
-      .argParser(integer)
+      .default(PRODUCER_DEFAULTS.maxDestinationLagBytes, 'no bound')
+      .argParser(bytes)
       .env('MAX_DESTINATION_LAG_BYTES'),
   )
   .addOption(
@@ -90,9 +124,9 @@ program
       .argParser(integer),
   )
   .addOption(
-    new Option('--copy-chunk-bytes <n>', "bytes per copy batch at most (chunks stream through Redis, not through the producer's memory)")
-      .default(PRODUCER_DEFAULTS.copyChunkBytes)
-      .argParser(integer),
+    new Option('--copy-chunk-bytes <size>', "bytes per copy batch at most (chunks stream through Redis, not through the producer's memory)")
+      .default(PRODUCER_DEFAULTS.copyChunkBytes, sizeText(PRODUCER_DEFAULTS.copyChunkBytes))
+      .argParser(bytes),
   )
   .addOption(
     new Option('--copy-range-blocks <n>', 'heap blocks (8 kB) per CTID range of a table copy: ranges are copied in parallel and resumed after a restart')
@@ -124,7 +158,7 @@ const consumerCommand = (type: string, description: string) =>
   consumer
     .command(type)
     .description(description)
-    .addOption(new Option('--name <name>', "destination name (as given to the producer's --destinations)").env('DESTINATION_NAME'))
+    .addOption(new Option('--name <name>', "destination name, as given to the producer's --destinations (required)").env('DESTINATION_NAME'))
     .addOption(pipelineOption())
     .addOption(redisOption())
     .addOption(

@@ -1,7 +1,8 @@
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import test from 'ava';
 import { Redis } from 'ioredis';
-import { killStrayProcesses, names, runCli } from './support/pipeline.js';
+import { CliProcess, killStrayProcesses, names, runCli, waitFor } from './support/pipeline.js';
 import { freePort, type PostgresServer, type RedisServer, spawnRedis, startPostgres, startRedis } from './support/services.js';
 
 let pg: PostgresServer;
@@ -37,11 +38,39 @@ const producer = (pgUrl: string, extra: string[] = []) => {
 };
 
 test('--help works on every command', async (t) => {
-  for (const command of [[], ['producer'], ['consumer'], ['consumer', 'duckdb'], ['consumer', 'stdout'], ['run'], ['status']]) {
+  for (const command of [[], ['producer'], ['consumer'], ['consumer', 'duckdb'], ['consumer', 'bigquery'], ['consumer', 'postgres'], ['consumer', 'stdout'], ['run'], ['status']]) {
     const result = await runCli([...command, '--help']);
     t.is(result.code, 0, command.join(' '));
     t.regex(result.stdout, /Usage: pg-replicate/, command.join(' '));
   }
+});
+
+test('--version prints the version; help marks required flags and shows sizes as people write them; sizes are read with units', async (t) => {
+  const version = await runCli(['--version']);
+  t.is(version.code, 0);
+  t.is(version.stdout.trim(), JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version);
+  const producer = (await runCli(['producer', '--help'])).stdout.replace(/\s+/g, ' ');
+  for (const flag of ['--pg-url', '--publication', '--slot', '--pipeline', '--redis-url'])
+    t.regex(producer, new RegExp(`${flag} <\\w+> [^-]*\\(required\\)`), flag);
+  t.regex(producer, /--max-batch-bytes <size> .*\(default: 8 MiB\)/);
+  t.regex(producer, /--max-backlog-bytes <size> .*\(default: 256 MiB\)/);
+  t.regex((await runCli(['consumer', 'duckdb', '--help'])).stdout.replace(/\s+/g, ' '), /--path <file> [^-]*\(required\)/);
+  const bad = await runCli(['producer', '--max-batch-bytes', 'lots']);
+  t.is(bad.code, 2);
+  t.regex(bad.stderr, /expected a size in bytes, e\.g\. 8388608, 8MiB or 8MB \(got "lots"\)/);
+});
+
+test('logs are JSON lines with ISO times off a terminal, and readable lines with --log-format pretty', async (t) => {
+  const waiting = async (format: string) => {
+    const consumer = new CliProcess(['consumer', 'stdout', '--name', 'x', '--pipeline', 'not-started', '--redis-url', redis.url, '--log-format', format]);
+    await waitFor('the consumer to log that it waits', async () => consumer.stderr.includes('waiting for the producer'));
+    await consumer.stop();
+    return consumer.stderr;
+  };
+  const json = (await waiting('json')).split('\n').filter((line) => line.startsWith('{'));
+  t.true(json.length > 0);
+  for (const line of json) t.regex(JSON.parse(line).time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+  t.regex(await waiting('pretty'), /^\[\d\d:\d\d:\d\d\.\d{3}\] INFO[^:]*: waiting for the producer of this pipeline to start/m);
 });
 
 test('after npm run build the CLI runs as npx pg-replicate', async (t) => {

@@ -79,7 +79,7 @@ destinations:
     /^ {2}partitons: unknown key \(did you mean "partitions"\?\)$/m,
     /^ {2}destinations\[0\]\.pth: unknown key \(did you mean "path"\?\)$/m,
     /^ {2}destinations\[0\]\.path: is required$/m,
-    /^ {2}destinations\[1\]\.type: .*'bigquery' \| 'duckdb' \| 'stdout'/m,
+    /^ {2}destinations\[1\]\.type: .*'bigquery' \| 'duckdb' \| 'postgres' \| 'stdout'/m,
     /^ {2}destinations\[2\]\.datset: unknown key \(did you mean "dataset"\?\)$/m,
   ]) {
     t.regex(typos.stderr, problem);

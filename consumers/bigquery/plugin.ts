@@ -20,8 +20,8 @@ export const plugin: DestinationPlugin<typeof options> = {
   description: 'Mirror the tables into a BigQuery dataset (exactly once; several processes may share the work).',
   options,
   flags: () => [
-    new Option('--project <id>', 'Google Cloud project that runs the jobs and holds the dataset').env('BIGQUERY_PROJECT'),
-    new Option('--dataset <name>', 'dataset for the tables (created if missing)').env('BIGQUERY_DATASET'),
+    new Option('--project <id>', 'Google Cloud project that runs the jobs and holds the dataset (required)').env('BIGQUERY_PROJECT'),
+    new Option('--dataset <name>', 'dataset for the tables, created if missing (required)').env('BIGQUERY_DATASET'),
     new Option('--key-file <file>', 'service account JSON key (default: Application Default Credentials, e.g. GOOGLE_APPLICATION_CREDENTIALS)'),
     new Option('--location <location>', 'dataset location, e.g. US or europe-west1').env('BIGQUERY_LOCATION'),
     new Option('--api-endpoint <url>', 'another BigQuery endpoint, e.g. an emulator (unauthenticated unless credentials are given)').env(

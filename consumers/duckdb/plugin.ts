@@ -22,7 +22,7 @@ export const plugin: DestinationPlugin<typeof options> = {
   description: 'Mirror the tables into a DuckDB file (or MotherDuck with --path md:DB).',
   options,
   flags: () => [
-    new Option('--path <file>', 'DuckDB database file, or md:DB for MotherDuck (needs motherduck_token)').env('DUCKDB_PATH'),
+    new Option('--path <file>', 'DuckDB database file, or md:DB for MotherDuck with motherduck_token set (required)').env('DUCKDB_PATH'),
     new Option('--setting <name=value>', 'a DuckDB setting for the database, e.g. memory_limit=4GB (repeatable)').argParser(setting).default({}),
   ],
   fromFlags: (flags) => ({ path: flags.path, settings: flags.setting }),

@@ -16,7 +16,7 @@ export const plugin: DestinationPlugin<typeof options> = {
   description: 'Mirror the tables into another Postgres database, with the same column types (exactly once).',
   options,
   flags: () => [
-    new Option('--url <url>', 'the target database: postgres://user:password@host:port/database').env('TARGET_PG_URL'),
+    new Option('--url <url>', 'the target database: postgres://user:password@host:port/database (required)').env('TARGET_PG_URL'),
     new Option('--schema-prefix <prefix>', 'put before each source schema name at the target (public → <prefix>public)').env('TARGET_SCHEMA_PREFIX'),
   ],
   open: async (options) => (await import('./destination.js')).PostgresDestination.open(options),

@@ -375,8 +375,8 @@ async function timeDuckdbAlone(table: string): Promise<number> {
 function loggedAt(logs: string, msg: string): number {
   for (const line of logs.split('\n')) {
     if (!line.startsWith('{')) continue;
-    const entry = JSON.parse(line) as { time?: number; msg?: string };
-    if (entry.msg === msg && entry.time !== undefined) return entry.time;
+    const entry = JSON.parse(line) as { time?: string; msg?: string };
+    if (entry.msg === msg && entry.time !== undefined) return Date.parse(entry.time);
   }
   throw new Error(`the producer never logged "${msg}"`);
 }
