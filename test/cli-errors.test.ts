@@ -38,7 +38,17 @@ const producer = (pgUrl: string, extra: string[] = []) => {
 };
 
 test('--help works on every command', async (t) => {
-  for (const command of [[], ['producer'], ['consumer'], ['consumer', 'duckdb'], ['consumer', 'bigquery'], ['consumer', 'postgres'], ['consumer', 'stdout'], ['run'], ['status']]) {
+  for (const command of [
+    [],
+    ['producer'],
+    ['consumer'],
+    ['consumer', 'duckdb'],
+    ['consumer', 'bigquery'],
+    ['consumer', 'postgres'],
+    ['consumer', 'stdout'],
+    ['run'],
+    ['status'],
+  ]) {
     const result = await runCli([...command, '--help']);
     t.is(result.code, 0, command.join(' '));
     t.regex(result.stdout, /Usage: pg-replicate/, command.join(' '));
