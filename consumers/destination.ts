@@ -124,3 +124,19 @@ export class PermanentError extends Error {
 export class RefusedError extends PermanentError {
   override name = 'RefusedError';
 }
+
+/**
+ * A table state from a row of a destination's state table, whose columns are named alike in
+ * every destination: copy_lsn, copy_chunk, copy_done, applied_lsn, applied_ordinal (LSNs as
+ * text or numbers) and quarantine (JSON, as text or parsed).
+ */
+export function stateFromRow(row: Record<string, unknown>): TableState {
+  const state: TableState = {
+    copyLsn: BigInt(row.copy_lsn as string),
+    copyChunk: Number(row.copy_chunk),
+    copyDone: Boolean(row.copy_done),
+    applied: { lsn: BigInt(row.applied_lsn as string), ordinal: Number(row.applied_ordinal) },
+  };
+  if (row.quarantine) state.quarantine = typeof row.quarantine === 'string' ? JSON.parse(row.quarantine) : (row.quarantine as TableState['quarantine']);
+  return state;
+}

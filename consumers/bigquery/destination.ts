@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage, UserError } from '../../shared/errors.js';
 import { qualifiedName, type Relation } from '../../shared/events.js';
 import { log } from '../../shared/log.js';
-import { type Destination, PermanentError, type Step, type StoredTable, type TableListing, type TableState } from '../destination.js';
+import { type Destination, PermanentError, type Step, type StoredTable, stateFromRow, type TableListing, type TableState } from '../destination.js';
 import { withDistinctColumnNamesIn } from '../names.js';
 import { ident, literal, Script, type Shape, segmentsOf } from './script.js';
 import { bigQueryTableName } from './types.js';
@@ -95,13 +95,7 @@ export class BigQueryDestination implements Destination {
   /** Keeps state rows as read: the basis the next batch of their tables is planned on. */
   private remember(rows: Record<string, unknown>[]): void {
     for (const row of rows) {
-      const state: TableState = {
-        copyLsn: BigInt(row.copy_lsn as string),
-        copyChunk: Number(row.copy_chunk),
-        copyDone: Boolean(row.copy_done),
-        applied: { lsn: BigInt(row.applied_lsn as string), ordinal: Number(row.applied_ordinal) },
-      };
-      if (row.quarantine) state.quarantine = JSON.parse(String(row.quarantine));
+      const state = stateFromRow(row);
       this.stored.set(Number(row.table_oid), {
         state,
         shape: { table: String(row.table_name), schema: String(row.source_schema), name: String(row.source_table), columns: JSON.parse(String(row.columns)) },

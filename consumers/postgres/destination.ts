@@ -3,7 +3,16 @@ import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { errorMessage, redact, UserError } from '../../shared/errors.js';
 import { qualifiedName, type Relation } from '../../shared/events.js';
-import { type Destination, PermanentError, RefusedError, type Step, type StoredTable, type TableListing, type TableState } from '../destination.js';
+import {
+  type Destination,
+  PermanentError,
+  RefusedError,
+  type Step,
+  type StoredTable,
+  stateFromRow,
+  type TableListing,
+  type TableState,
+} from '../destination.js';
 import { type Shape, Tables } from './tables.js';
 import { ident } from './types.js';
 import { writeChanges, writeMergedCopy } from './writes.js';
@@ -70,13 +79,7 @@ export class PostgresDestination implements Destination {
 
   private remember(rows: Record<string, unknown>[]): void {
     for (const row of rows) {
-      const state: TableState = {
-        copyLsn: BigInt(row.copy_lsn as string),
-        copyChunk: Number(row.copy_chunk),
-        copyDone: Boolean(row.copy_done),
-        applied: { lsn: BigInt(row.applied_lsn as string), ordinal: Number(row.applied_ordinal) },
-      };
-      if (row.quarantine) state.quarantine = row.quarantine as TableState['quarantine'];
+      const state = stateFromRow(row);
       const shape = { schema: String(row.table_schema), name: String(row.table_name), columns: row.columns as Relation['columns'] };
       this.stored.set(Number(row.table_oid), { state, shape: { ...shape, target: { schema: String(row.target_schema), name: String(row.target_name) } } });
     }
