@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { z } from 'zod';
 import { RUNNER_DEFAULTS } from '../consumers/options.js';
@@ -345,11 +346,29 @@ program
   .addOption(redisOption())
   .addOption(new Option('--pg-url <url>', "Postgres URL, to show the slot's confirmed flush LSN").env('PG_URL'))
   .option('--json', 'print JSON')
+  .option('--watch', 'show it again every second until stopped (Ctrl-C)')
   .action(async (flags) => {
     const options = validate(z.object({ pipeline: pipelineId, redisUrl, pgUrl: pgUrl.optional() }), flags);
     const { formatStatus, pipelineStatus } = await import('./status.js');
-    const status = await pipelineStatus(options);
-    process.stdout.write(flags.json ? `${JSON.stringify(status, null, 2)}\n` : `${formatStatus(status)}\n`);
+    const show = async () => {
+      const status = await pipelineStatus(options);
+      return flags.json ? `${JSON.stringify(status, null, 2)}\n` : `${formatStatus(status)}\n`;
+    };
+    if (!flags.watch) {
+      process.stdout.write(await show());
+      return;
+    }
+    await runUntilStopped(
+      async (signal) => {
+        while (!signal.aborted) {
+          const text = await show();
+          // On a terminal the screen is redrawn; piped, each status follows the one before.
+          process.stdout.write(process.stdout.isTTY ? `\x1b[H\x1b[2J${new Date().toLocaleTimeString()}  ${text}` : `${text}\n`);
+          await sleep(1000, undefined, { signal }).catch(() => {});
+        }
+      },
+      async () => {},
+    );
   });
 
 /** Serves this process' metrics when a port is given; returns how to stop. */
