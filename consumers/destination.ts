@@ -140,3 +140,13 @@ export function stateFromRow(row: Record<string, unknown>): TableState {
   if (row.quarantine) state.quarantine = typeof row.quarantine === 'string' ? JSON.parse(row.quarantine) : (row.quarantine as TableState['quarantine']);
   return state;
 }
+
+/** The states of these tables among those a destination keeps (tables it never held are absent). */
+export function statesOf(stored: Map<number, StoredTable<TableShape>>, oids: Iterable<number>): Map<number, TableState> {
+  const states = new Map<number, TableState>();
+  for (const oid of oids) {
+    const table = stored.get(oid);
+    if (table) states.set(oid, table.state);
+  }
+  return states;
+}

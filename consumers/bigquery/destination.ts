@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage, UserError } from '../../shared/errors.js';
 import { qualifiedName, type Relation } from '../../shared/events.js';
 import { log } from '../../shared/log.js';
-import { type Destination, PermanentError, type Step, type StoredTable, stateFromRow, type TableListing, type TableState } from '../destination.js';
+import { type Destination, PermanentError, type Step, type StoredTable, stateFromRow, statesOf, type TableListing, type TableState } from '../destination.js';
 import { withDistinctColumnNamesIn } from '../names.js';
 import { ident, literal, Script, type Shape, segmentsOf } from './script.js';
 import { bigQueryTableName } from './types.js';
@@ -80,16 +80,11 @@ export class BigQueryDestination implements Destination {
 
   async tableStates(relations: Relation[]): Promise<Map<number, TableState>> {
     const oids = [...new Set(relations.map((relation) => relation.oid))];
-    const states = new Map<number, TableState>();
-    if (oids.length === 0) return states;
+    if (oids.length === 0) return new Map();
     const rows = await this.warehouse.query(`SELECT ${STATE_COLUMNS} FROM ${this.table(STATE_TABLE)} WHERE table_oid IN (${oids.join(', ')})`);
     for (const oid of oids) this.stored.delete(oid);
     this.remember(rows);
-    for (const oid of oids) {
-      const stored = this.stored.get(oid);
-      if (stored) states.set(oid, stored.state);
-    }
-    return states;
+    return statesOf(this.stored, oids);
   }
 
   /** Keeps state rows as read: the basis the next batch of their tables is planned on. */

@@ -12,6 +12,7 @@ import {
   type TableShape as SourceShape,
   type Step,
   type StoredTable,
+  statesOf,
   type TableListing,
   type TableState,
 } from '../destination.js';
@@ -121,12 +122,10 @@ export class DuckDbDestination implements Destination {
   }
 
   async tableStates(relations: Relation[]): Promise<Map<number, TableState>> {
-    const states = new Map<number, TableState>();
-    for (const { oid } of relations) {
-      const stored = this.stored.get(oid);
-      if (stored) states.set(oid, stored.state);
-    }
-    return states;
+    return statesOf(
+      this.stored,
+      relations.map((relation) => relation.oid),
+    );
   }
 
   /**

@@ -10,6 +10,7 @@ import {
   type Step,
   type StoredTable,
   stateFromRow,
+  statesOf,
   type TableListing,
   type TableState,
 } from '../destination.js';
@@ -66,15 +67,11 @@ export class PostgresDestination implements Destination {
 
   async tableStates(relations: Relation[]): Promise<Map<number, TableState>> {
     const oids = [...new Set(relations.map((relation) => relation.oid))];
+    if (oids.length === 0) return new Map();
     const { rows } = await this.pool.query(`SELECT * FROM ${STATE_SCHEMA}.tables WHERE table_oid = ANY($1)`, [oids]);
     for (const oid of oids) this.stored.delete(oid);
     this.remember(rows);
-    const states = new Map<number, TableState>();
-    for (const oid of oids) {
-      const stored = this.stored.get(oid);
-      if (stored) states.set(oid, stored.state);
-    }
-    return states;
+    return statesOf(this.stored, oids);
   }
 
   private remember(rows: Record<string, unknown>[]): void {
@@ -101,8 +98,10 @@ export class PostgresDestination implements Destination {
           continue;
         }
         const target = this.targets.sql(shapes.get(step.relation.oid)!);
-        if (step.kind === 'changes') await writeChanges(client, target, step.relation, step.changes);
-        else if (step.merge) await writeMergedCopy(client, target, step.relation, step.copyText);
+        // The column types the table was just ensured with (known already: no catalog query).
+        const table = { sql: target, relation: step.relation, types: await this.targets.typesOf(client, step.relation) };
+        if (step.kind === 'changes') await writeChanges(client, table, step.changes);
+        else if (step.merge) await writeMergedCopy(client, table, step.copyText);
         else {
           if (step.replace) await client.query(`TRUNCATE ${target}`);
           const columns = step.relation.columns.map((column) => ident(column.name)).join(', ');

@@ -16,7 +16,15 @@ import { copyField, ident } from './types.js';
  * one statement each applies them. Column names at the target are never used for staging
  * columns (c0, c1, …): no source name can collide with them.
  */
-export async function writeChanges(client: pg.PoolClient, target: string, relation: Relation, changes: RowChange[]): Promise<void> {
+/** A table at the target as a write sees it: where it is, the relation its rows follow, and its columns' types there. */
+export interface TargetTable {
+  sql: string;
+  relation: Relation;
+  types: string[];
+}
+
+export async function writeChanges(client: pg.PoolClient, table: TargetTable, changes: RowChange[]): Promise<void> {
+  const { sql: target, relation } = table;
   const keys = keyColumnsOf(relation);
   if (relation.replicaIdentity === 'full' || keys.length === 0) {
     let counts: ReturnType<typeof netRowCounts>;
@@ -25,7 +33,7 @@ export async function writeChanges(client: pg.PoolClient, target: string, relati
     } catch (error) {
       throw new RefusedError(`${qualifiedName(relation)}: ${(error as Error).message}`);
     }
-    await writeCounts(client, target, relation, counts);
+    await writeCounts(client, table, counts);
     return;
   }
   const { rows, deletedKeys, lookups } = collapseByKey(keys, changes);
@@ -36,7 +44,7 @@ export async function writeChanges(client: pg.PoolClient, target: string, relati
     for (const [position, column] of keys.entries()) values[column] = key[position];
     staged.push([...values, 't', ...key, null]);
   }
-  const stage = await stageRows(client, target, relation, staged, ['d boolean', ...keys.map((_, position) => `k${position} text`), 'u int[]']);
+  const stage = await stageRows(client, table, staged, ['d boolean', ...keys.map((_, position) => `k${position} text`), 'u int[]']);
   const columns = relation.columns.map((column) => ident(column.name));
   // Unchanged TOASTed values come from the stored row (under its old key when the key changed).
   const unchanged = new Set(rows.flatMap((row) => row.flatMap((value, index) => (value === UNCHANGED ? [index] : []))));
@@ -59,20 +67,20 @@ export async function writeChanges(client: pg.PoolClient, target: string, relati
 }
 
 /** A resumed copy's chunk: its rows replace stored rows with their key. */
-export async function writeMergedCopy(client: pg.PoolClient, target: string, relation: Relation, copyText: Buffer[]): Promise<void> {
+export async function writeMergedCopy(client: pg.PoolClient, table: TargetTable, copyText: Buffer[]): Promise<void> {
   const inserts = parseCopyRows(joinPieces(copyText).toString()).map(
     (row): RowChange => ({ op: 'insert', relation: 0, version: { lsn: 0n, ordinal: 0 }, row }),
   );
-  await writeChanges(client, target, relation, inserts);
+  await writeChanges(client, table, inserts);
 }
 
 /** Keyless runs: n copies of an image added, or n of the stored rows equal to it removed. */
-async function writeCounts(client: pg.PoolClient, target: string, relation: Relation, counts: { image: Value[]; count: number }[]): Promise<void> {
+async function writeCounts(client: pg.PoolClient, table: TargetTable, counts: { image: Value[]; count: number }[]): Promise<void> {
   if (counts.length === 0) return;
+  const { sql: target, relation } = table;
   const stage = await stageRows(
     client,
-    target,
-    relation,
+    table,
     counts.map(({ image, count }, row) => [...image, String(count), String(row)]),
     ['n int', 'r int'],
   );
@@ -90,16 +98,10 @@ async function writeCounts(client: pg.PoolClient, target: string, relation: Rela
   await client.query(`DROP TABLE ${stage}`);
 }
 
-/** A temporary table c0… of the target's column types plus `extra`, filled by COPY with `rows` (values, then the extras). */
-async function stageRows(client: pg.PoolClient, target: string, relation: Relation, rows: Value[][], extra: string[]): Promise<string> {
-  const stage = `pgr_stage_${relation.oid}`;
-  const byName = new Map<string, string>();
-  const named = await client.query(
-    'SELECT attname, format_type(atttypid, atttypmod) AS type FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped',
-    [target],
-  );
-  for (const row of named.rows) byName.set(row.attname, row.type);
-  const columns = [...relation.columns.map((column, index) => `c${index} ${byName.get(column.name)}`), ...extra];
+/** A temporary table c0… of the table's column types at the target plus `extra`, filled by COPY with `rows` (values, then the extras). */
+async function stageRows(client: pg.PoolClient, table: TargetTable, rows: Value[][], extra: string[]): Promise<string> {
+  const stage = `pgr_stage_${table.relation.oid}`;
+  const columns = [...table.types.map((type, index) => `c${index} ${type}`), ...extra];
   await client.query(`CREATE TEMP TABLE ${stage} (${columns.join(', ')}) ON COMMIT DROP`);
   const text = rows.map((row) => `${row.map(copyField).join('\t')}\n`).join('');
   await pipeline(Readable.from([Buffer.from(text)]), client.query(copyFrom(`COPY ${stage} FROM STDIN`)));
