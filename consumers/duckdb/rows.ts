@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import type { DuckDBConnection } from '@duckdb/node-api';
-import { joinPieces, piecesLength } from '../../shared/chunks.js';
-import { COPY_TEXT, PLAIN_CSV, parseCopyRows } from '../../shared/csv.js';
+import { piecesLength } from '../../shared/chunks.js';
+import { COPY_TEXT, PLAIN_CSV } from '../../shared/csv.js';
 import { errorMessage } from '../../shared/errors.js';
 import { qualifiedName, type Relation, type RowChange, UNCHANGED, type Value } from '../../shared/events.js';
 import { collapseByKey, netRowCounts } from '../collapse.js';
@@ -43,17 +43,12 @@ export class RowWriter {
    * Copy chunks arrive in Postgres' text COPY format: DuckDB reads them itself (read_csv over
    * private temp files, one per chunk, in one statement: its threads each take their own files),
    * unescapes the values that need it and casts in one INSERT … SELECT, with no per-value work
-   * in JS. Tables with array columns, whose text needs a rewrite first, take the appender path
-   * instead.
+   * in JS, arrays included.
    */
   async copyRows(relation: Relation, chunks: { copyText: Buffer[]; longestRow?: number }[]): Promise<void> {
     const filled = chunks.map((chunk) => ({ ...chunk, bytes: piecesLength(chunk.copyText) })).filter((chunk) => chunk.bytes > 0);
     if (filled.length === 0) return;
     const types = relation.columns.map(duckDbType);
-    if (types.some((type) => type.stage)) {
-      for (const { copyText } of filled) await this.writeRows(relation, [], parseCopyRows(joinPieces(copyText).toString()));
-      return;
-    }
     const longestRow = Math.max(...filled.map((chunk) => chunk.longestRow ?? chunk.bytes));
     await this.withFiles(
       filled.map((chunk) => chunk.copyText),
@@ -125,9 +120,8 @@ export class RowWriter {
   }
 
   /**
-   * Bulk path: rows go through the appender into a VARCHAR staging table (after the JS rewrite
-   * some types need), then one DELETE of every key touched and one INSERT … SELECT with the
-   * casts. Values an update left unchanged (TOAST) are first copied, typed, from the stored row
+   * Bulk path: rows go through the appender into a VARCHAR staging table, then one DELETE of
+   * every key touched and one INSERT … SELECT with the casts. Values an update left unchanged (TOAST) are first copied, typed, from the stored row
    * under the row's old key, and put back in the INSERT: they never go through text again.
    */
   async writeRows(
@@ -164,7 +158,7 @@ export class RowWriter {
     await this.connection.run(`INSERT INTO ${target} (${names}) SELECT ${types.map((type, index) => type.cast(`s.c${index}`)).join(', ')} FROM ${rowStage} s`);
   }
 
-  /** A fresh temporary table of text columns prefix0, prefix1, … holding the rows (after the rewrite some types need). */
+  /** A fresh temporary table of text columns prefix0, prefix1, … holding the rows. */
   private async stageText(prefix: 'c' | 'k', rows: Value[][], types: DuckDbType[]): Promise<string> {
     const stage = `_pg_stage_${prefix}${this.stageCounter++ % 4}`;
     await this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} (${types.map((_, index) => `${prefix}${index} VARCHAR`).join(', ')})`);
@@ -172,9 +166,7 @@ export class RowWriter {
     const width = types.length;
     for (const row of rows) {
       for (let index = 0; index < width; index++) {
-        const value = row[index];
-        const rewrite = types[index].stage;
-        const text = typeof value === 'string' && rewrite ? rewrite(value) : value;
+        const text = row[index];
         if (typeof text === 'string') appender.appendVarchar(text);
         else appender.appendNull();
       }
@@ -204,15 +196,14 @@ export class RowWriter {
     ].join(', ');
     await this.connection.run(`CREATE OR REPLACE TEMP TABLE ${stage} (${stageColumns})`);
     const appender = await this.connection.createAppender(stage, 'main', 'temp');
-    const appendText = (value: Value | undefined, type: DuckDbType | undefined) => {
-      const staged = typeof value === 'string' && type?.stage ? type.stage(value) : value;
-      if (typeof staged === 'string') appender.appendVarchar(staged);
+    const appendText = (value: Value | undefined) => {
+      if (typeof value === 'string') appender.appendVarchar(value);
       else appender.appendNull();
     };
     let rowNumber = 0;
     const append = (values: Value[], deleted: boolean, lookup?: Value[]) => {
-      for (let index = 0; index < types.length; index++) appendText(values[index], types[index]);
-      for (const [position, column] of keyColumns.entries()) appendText(lookup?.[position], types[column]);
+      for (let index = 0; index < types.length; index++) appendText(values[index]);
+      for (let position = 0; position < keyColumns.length; position++) appendText(lookup?.[position]);
       appender.appendBoolean(deleted);
       appender.appendInteger(rowNumber++);
       const unchanged = lookup ? values.flatMap((value, index) => (value === UNCHANGED ? [index] : [])) : [];
@@ -300,6 +291,6 @@ export async function collapsedLines(
 ): Promise<CollapsedCsv | undefined> {
   const keyColumns = keyColumnsOf(relation);
   const types = relation.columns.map(duckDbType);
-  if (relation.replicaIdentity === 'full' || keyColumns.length === 0 || types.some((type) => type.stage)) return undefined;
+  if (relation.replicaIdentity === 'full' || keyColumns.length === 0) return undefined;
   return collapse(keyColumns, types.length, changes);
 }

@@ -1,15 +1,13 @@
 import type { Column } from '../../shared/events.js';
 import { decimalHolding, numericPrecision, PgType, typeKind } from '../../shared/pgtypes.js';
-import { pgArrayToJson } from '../pgarray.js';
+import { pgArrayListSql } from './arrays.js';
 
 /**
  * How one Postgres column lands in DuckDB: the column type and the SQL that turns Postgres'
- * text (staged as VARCHAR) into it. Arrays also need a rewrite in JS before staging.
+ * text (staged as VARCHAR) into it.
  */
 export interface DuckDbType {
   sql: string;
-  /** Rewrites Postgres' text into what `cast` reads (arrays only). */
-  stage?: (text: string) => string | null;
   /** Expression converting `value` (the staged VARCHAR) to the column type. */
   cast: (value: string) => string;
   /** Postgres' text output of the type never holds a backslash: a copied value needs no unescaping. */
@@ -92,10 +90,9 @@ function scalarType(typeOid: number, typeModifier: number): DuckDbType {
 
 /**
  * Arrays become DuckDB lists nested as deep as the column's declared dimensions, their elements
- * mapped like scalars; the text is rewritten to JSON in JS, then each element is cast in SQL.
+ * mapped like scalars: DuckDB reads the array text and casts each element.
  */
 function listType(element: DuckDbType, dimensions: number): DuckDbType {
-  const varcharList = `VARCHAR${'[]'.repeat(dimensions)}`;
   const transform = (value: string, depth: number): string => {
     const variable = `e${depth}`;
     const inner = depth === dimensions ? element.cast(variable) : transform(variable, depth + 1);
@@ -103,8 +100,7 @@ function listType(element: DuckDbType, dimensions: number): DuckDbType {
   };
   return {
     sql: `${element.sql}${'[]'.repeat(dimensions)}`,
-    stage: (text) => pgArrayToJson(text, dimensions),
-    cast: (value) => transform(`CAST(CAST(${value} AS JSON) AS ${varcharList})`, 1),
+    cast: (value) => transform(pgArrayListSql(value, dimensions), 1),
   };
 }
 

@@ -95,9 +95,10 @@ export const ZOO: { name: string; type: string; values: string[]; compare: Compa
   { name: 'c_domain', type: 'zoo_positive', values: ['42'], compare: TEXT },
   { name: 'c_domain_numeric', type: 'zoo_price', values: ['19.99'], compare: TEXT },
   { name: 'c_composite', type: 'zoo_pair', values: ["ROW(1, 'a b')"], compare: TEXT },
-  { name: 'c_int_array', type: 'integer[]', values: ["'{1,NULL,3}'", "'{}'"], compare: ARRAY },
-  { name: 'c_text_array', type: 'text[]', values: [`'{"a b","c\\"d",NULL,"NULL",""}'`], compare: ARRAY },
+  { name: 'c_int_array', type: 'integer[]', values: ["'{1,NULL,3}'", "'{}'", "'[0:1]={5,6}'"], compare: ARRAY },
+  { name: 'c_text_array', type: 'text[]', values: [`'{"a b","c\\"d",NULL,"NULL",""}'`, `'{"{x}",",","back\\\\slash","} ,{",plain}'`], compare: ARRAY },
   { name: 'c_matrix', type: 'integer[][]', values: ["'{{1,2},{3,NULL}}'", "'{}'"], compare: ARRAY },
+  { name: 'c_cube', type: 'integer[][][]', values: ["'{{{1,2}},{{3,NULL}}}'", "'{}'"], compare: ARRAY },
   { name: 'c_numeric_array', type: 'numeric(5,2)[]', values: ["'{1.50,-2.25}'"], compare: ARRAY },
   { name: 'c_date_array', type: 'date[]', values: ["'{2024-01-01,NULL}'"], compare: ARRAY },
   { name: 'c_enum_array', type: 'zoo_mood[]', values: ["'{happy,sad}'"], compare: ARRAY },
@@ -105,7 +106,7 @@ export const ZOO: { name: string; type: string; values: string[]; compare: Compa
 ];
 
 export const ROWS = 6;
-/** The same zoo without arrays: its copy and its changes reach DuckDB as CSV, the zoo with arrays through the appender. */
+/** The same zoo without arrays (whose text DuckDB parses itself). */
 const FLAT = ZOO.filter((column) => column.compare !== ARRAY);
 export const TABLES: [string, typeof ZOO][] = [
   ['zoo', ZOO],
