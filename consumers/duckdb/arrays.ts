@@ -6,7 +6,11 @@
  * Postgres quotes an element when it is empty, NULL as text, or holds a quote, a backslash, a
  * brace, a comma or white space; inside quotes only `"` and `\` are escaped, by a backslash.
  * An unquoted element is therefore a run of anything but `,{}"`, and arrays are rectangular:
- * the first element's depth is the array's.
+ * the first element's depth is the array's. Elements of numbers, times, booleans or UUIDs hold
+ * none of these, nor anything DuckDB's own cast of a list literal reads specially (a quote
+ * mark, brackets): their arrays are cast by DuckDB with the braces made brackets, half the work
+ * of parsing them with regular expressions (measured). Strings, which may hold anything, are
+ * parsed by the expressions.
  */
 
 const literal = (text: string) => `'${text.replace(/'/g, "''")}'`;
@@ -36,15 +40,17 @@ function nestedSql(value: string, depth: number): string {
 }
 
 /**
- * SQL reading the Postgres array text `value` as a VARCHAR list nested `dimensions` deep. An
- * array of another depth than the column declares (Postgres does not hold columns to it) is an
- * error naming the fix, which the destination takes as a refusal of the rows.
+ * SQL reading the Postgres array text `value` as a VARCHAR list nested `dimensions` deep, its
+ * elements `strings` (which may hold any character) or not. An array of another depth than the
+ * column declares (Postgres does not hold columns to it) is an error naming the fix, which the
+ * destination takes as a refusal of the rows.
  */
-export function pgArrayListSql(value: string, dimensions: number): string {
+export function pgArrayListSql(value: string, dimensions: number, strings: boolean): string {
   // An explicit lower bound ("[0:1]=") is not kept: DuckDB lists start at 1.
   const body = `CASE WHEN starts_with(${value}, '[') THEN substr(${value}, strpos(${value}, '=') + 1) ELSE ${value} END`;
   const opening = '{'.repeat(dimensions);
   const wrongDepth = (more: 'more' | 'fewer') =>
     `error(${literal(`an array with ${more} dimensions than the column declares (${dimensions}): declare the column with its dimensions (e.g. int[][]) on the source`)})`;
-  return `CASE WHEN ${value} IS NULL THEN NULL WHEN ${body} = '{}' THEN ${nestedSql("'{}'", dimensions)} WHEN starts_with(${body}, '${opening}{') THEN ${wrongDepth('more')} WHEN NOT starts_with(${body}, '${opening}') THEN ${wrongDepth('fewer')} ELSE ${nestedSql(body, dimensions)} END`;
+  const list = strings ? nestedSql(body, dimensions) : `CAST(translate(${body}, '{}', '[]') AS VARCHAR${'[]'.repeat(dimensions)})`;
+  return `CASE WHEN ${value} IS NULL THEN NULL WHEN ${body} = '{}' THEN ${nestedSql("'{}'", dimensions)} WHEN starts_with(${body}, '${opening}{') THEN ${wrongDepth('more')} WHEN NOT starts_with(${body}, '${opening}') THEN ${wrongDepth('fewer')} ELSE ${list} END`;
 }

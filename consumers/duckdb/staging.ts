@@ -51,9 +51,12 @@ export function csvSource(files: string[], width: number, longestLine: number, o
 }
 
 /**
- * A value of Postgres' text COPY format (the SQL `value`) as it was before escaping: cut at
- * each escaped backslash, the escapes of each part replaced, the parts joined by backslashes.
- * Values without a backslash, nearly all, are only searched for one.
+ * A value of Postgres' text COPY format (the SQL `value`) as it was before escaping. COPY TO
+ * escapes a backslash as `\\` and a few control characters as `\n`, `\t`, `\r`, `\b`, `\f`,
+ * `\v`, nothing else. Values without a backslash, nearly all, are only searched for one; those
+ * whose every escape is a backslash (JSON or arrays with quotes in them) have them halved in one
+ * replace; the rest are cut at each escaped backslash, the escapes of each part replaced, and
+ * the parts joined by backslashes.
  */
 export function unescapedCopyText(value: string): string {
   const parts = `string_split(${value}, '\\\\')`;
@@ -66,5 +69,5 @@ export function unescapedCopyText(value: string): string {
     ['v', 11],
   ];
   const unescaped = escapes.reduce((part, [letter, code]) => `replace(${part}, '\\${letter}', chr(${code}))`, 'part');
-  return `CASE WHEN contains(${value}, '\\') THEN array_to_string(list_transform(${parts}, part -> ${unescaped}), '\\') ELSE ${value} END`;
+  return `CASE WHEN NOT contains(${value}, '\\') THEN ${value} WHEN NOT regexp_matches(${value}, '\\\\[nrtbfv]') THEN replace(${value}, '\\\\', '\\') ELSE array_to_string(list_transform(${parts}, part -> ${unescaped}), '\\') END`;
 }

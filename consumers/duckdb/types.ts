@@ -100,7 +100,7 @@ function listType(element: DuckDbType, dimensions: number): DuckDbType {
   };
   return {
     sql: `${element.sql}${'[]'.repeat(dimensions)}`,
-    cast: (value) => transform(pgArrayListSql(value, dimensions), 1),
+    cast: (value) => transform(pgArrayListSql(value, dimensions, element.strings === true), 1),
   };
 }
 
