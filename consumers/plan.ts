@@ -69,20 +69,31 @@ function planChanges(batch: Batch, states: Map<number, TableState>) {
     else updated.set(relation.oid, { ...current(relation), applied: change.version });
   };
 
+  // Each table's changes go into one step, in their order, up to a TRUNCATE: transactions that
+  // touch several tables of a partition (pgbench's do) would otherwise make a step, with its
+  // staging and statements, of every change. Order across tables is not kept: tables of
+  // different partitions are applied independently anyway.
+  const open = new Map<number, Extract<Step, { kind: 'changes' }>>();
   for (const change of batch.changes) {
     if (change.op === 'truncate') {
       const relations = change.relations.map((index) => batch.relations[index]).filter((relation) => isNew(relation, change));
       if (relations.length === 0) continue;
       for (const relation of relations) advance(relation, change);
       steps.push({ kind: 'truncate', relations, version: change.version });
+      open.clear();
       continue;
     }
     const relation = batch.relations[change.relation];
     if (!isNew(relation, change)) continue;
     advance(relation, change);
-    const last = steps[steps.length - 1];
-    if (last?.kind === 'changes' && last.relation === relation) last.changes.push(change);
-    else steps.push({ kind: 'changes', relation, changes: [change] });
+    const step = open.get(relation.oid);
+    // A table's new shape (a schema change) starts a step of its own, after its earlier ones.
+    if (step?.relation === relation) step.changes.push(change);
+    else {
+      const started: Step = { kind: 'changes', relation, changes: [change] };
+      steps.push(started);
+      open.set(relation.oid, started);
+    }
   }
   return { steps, states: updated };
 }

@@ -169,6 +169,35 @@ test('pgoutput messages decode; row images travel undecoded to the consumer, whi
   t.deepEqual(decodePgoutput(commit), { tag: 'commit', commitLsn: 0x10n, endLsn: 0x48n, commitTime: 5n });
 });
 
+test('planning gives each table one step of its changes in order, whatever the interleaving, up to a TRUNCATE; a new shape starts a step', (t) => {
+  const other: Relation = { ...relation, oid: 16385, name: 'lines' };
+  const reshaped: Relation = { ...relation, columns: [...relation.columns, { name: 'note', typeOid: PgType.text, typeModifier: -1, isKey: false }] };
+  let ordinal = 0;
+  const change = (index: number, id: string): Change => ({ op: 'insert', relation: index, version: { lsn: 10n, ordinal: ++ordinal }, row: [id, 'x'] });
+  const batch: Batch = {
+    pipeline: 'p',
+    partition: 0,
+    epoch: 1,
+    seq: 1,
+    relations: [relation, other, reshaped],
+    changes: [
+      change(0, 'a1'),
+      change(1, 'b1'),
+      change(0, 'a2'),
+      change(1, 'b2'),
+      { op: 'truncate', relations: [1], version: { lsn: 10n, ordinal: ++ordinal } },
+      change(1, 'b3'),
+      change(0, 'a3'),
+      change(1, 'b4'),
+      change(2, 'a4'),
+    ],
+  };
+  const steps = planBatch(batch, new Map()).steps.map((step) =>
+    step.kind === 'changes' ? `${step.relation === reshaped ? 'orders v2' : step.relation.name}: ${step.changes.map((c) => c.row![0]).join(' ')}` : step.kind,
+  );
+  t.deepEqual(steps, ['orders: a1 a2', 'lines: b1 b2', 'truncate', 'lines: b3 b4', 'orders: a3', 'orders v2: a4']);
+});
+
 test('planning skips changes at or below the table version and re-delivered copy chunks, alone or planned together', (t) => {
   const change = (lsn: bigint, ordinal: number, id: string) => ({ op: 'insert' as const, relation: 0, version: { lsn, ordinal }, row: [id, 'x'] });
   const batch: Batch = {

@@ -17,8 +17,8 @@
  */
 import { startPostgres, startRedis } from '../support/services.js';
 import { benchBackfill } from './backfill.js';
-import { benchCdc, benchLatency, type Latency, PGBENCH_TABLES } from './cdc.js';
-import { Bench, size } from './context.js';
+import { benchCdc, benchLatency, type CdcWorkload, type Latency, PGBENCH_TABLES } from './cdc.js';
+import { Bench, type Result, type Sink, size } from './context.js';
 import { report, targetsOf } from './report.js';
 import { ARRAYS, JSON_DOCUMENTS, NARROW, type Shape, WIDE_TEXT } from './shapes.js';
 
@@ -44,39 +44,57 @@ const insertRows = (count: number) => `INSERT INTO bench_changes SELECT g, 'n' |
 
 const bench = await Bench.start(startPostgres, startRedis);
 const latencies: Latency[] = [];
+const failures: string[] = [];
+/** Runs a scenario; one that fails is reported as failed, and the others still run. */
+async function scenario<T>(name: string, run: () => Promise<T>, keep: (result: T) => void): Promise<void> {
+  try {
+    keep(await run());
+  } catch (error) {
+    process.stderr.write(`${name} failed: ${(error as Error).stack}\n`);
+    failures.push(`${name}: ${(error as Error).message.split('\n')[0]}`);
+  }
+}
+const keep = (result: Result) => bench.results.push(result);
 try {
   if (ROWS > 0) {
     for (const shape of chosenShapes) {
-      bench.results.push(await benchBackfill(bench, shape, { rows: ROWS, rounds: ROUNDS, manual: true, duckdbAlone: shape === NARROW }));
+      await scenario(
+        `backfill, ${shape.name}`,
+        () => benchBackfill(bench, shape, { rows: ROWS, rounds: ROUNDS, manual: true, duckdbAlone: shape === NARROW }),
+        keep,
+      );
     }
   }
-  if (CHANGES > 0) bench.results.push(await benchCdc(bench, { name: CDC_SMALL, count: CHANGES, write: `CALL bench_write(${CHANGES}, 10)` }));
-  if (BIG_INSERT > 0)
-    bench.results.push(await benchCdc(bench, { name: 'CDC, one transaction inserting every row', count: BIG_INSERT, write: insertRows(BIG_INSERT) }));
-  if (BIG_UPDATE > 0) {
-    const write = 'UPDATE bench_changes SET amount = amount + 1, updated = now()';
-    bench.results.push(await benchCdc(bench, { name: 'CDC, one transaction updating every row', count: BIG_UPDATE, write, prepare: insertRows(BIG_UPDATE) }));
-  }
-  if (PGBENCH > 0) {
-    bench.results.push(
-      await benchCdc(bench, {
-        name: 'CDC, pgbench-like transactions over four tables (3 updates, 1 insert, 1 delete)',
-        count: 5 * PGBENCH,
-        write: `CALL bench_pgbench(${PGBENCH})`,
-        tables: PGBENCH_TABLES,
-        published: ['bench_accounts', 'bench_tellers', 'bench_branches', 'bench_history'],
-      }),
-    );
-  }
-  if (HUGE_ROWS > 0) bench.results.push(await benchBackfill(bench, NARROW, { rows: HUGE_ROWS, rounds: 1, name: MEMORY_RUN }));
-  if (PG_ROWS > 0) bench.results.push(await benchBackfill(bench, NARROW, { rows: PG_ROWS, rounds: 3, sink: 'postgres' }));
-  if (PG_CHANGES > 0) {
-    bench.results.push(await benchCdc(bench, { name: `${CDC_SMALL} → Postgres`, count: PG_CHANGES, write: `CALL bench_write(${PG_CHANGES}, 10)` }, 'postgres'));
-  }
+  const cdc = (workload: CdcWorkload, sink?: Sink) => (workload.count > 0 ? scenario(workload.name, () => benchCdc(bench, workload, sink), keep) : undefined);
+  await cdc({ name: CDC_SMALL, count: CHANGES, write: `CALL bench_write(${CHANGES}, 10)` });
+  await cdc({ name: 'CDC, one transaction inserting every row', count: BIG_INSERT, write: insertRows(BIG_INSERT) });
+  await cdc({
+    name: 'CDC, one transaction updating every row',
+    count: BIG_UPDATE,
+    write: 'UPDATE bench_changes SET amount = amount + 1, updated = now()',
+    prepare: insertRows(BIG_UPDATE),
+  });
+  await cdc({
+    name: 'CDC, pgbench-like transactions over four tables (3 updates, 1 insert, 1 delete)',
+    count: 5 * PGBENCH,
+    write: `CALL bench_pgbench(${PGBENCH})`,
+    tables: PGBENCH_TABLES,
+    published: ['bench_accounts', 'bench_tellers', 'bench_branches', 'bench_history'],
+  });
+  if (HUGE_ROWS > 0) await scenario(MEMORY_RUN, () => benchBackfill(bench, NARROW, { rows: HUGE_ROWS, rounds: 1, name: MEMORY_RUN }), keep);
+  if (PG_ROWS > 0) await scenario('backfill → Postgres', () => benchBackfill(bench, NARROW, { rows: PG_ROWS, rounds: 3, sink: 'postgres' }), keep);
+  await cdc({ name: `${CDC_SMALL} → Postgres`, count: PG_CHANGES, write: `CALL bench_write(${PG_CHANGES}, 10)` }, 'postgres');
   if (LATENCY_SECONDS > 0) {
-    for (const rate of [5_000, 20_000]) latencies.push(await benchLatency(bench, rate, LATENCY_SECONDS));
+    for (const rate of [5_000, 20_000]) {
+      await scenario(
+        `latency at ${rate} changes/s`,
+        () => benchLatency(bench, rate, LATENCY_SECONDS),
+        (latency) => latencies.push(latency),
+      );
+    }
   }
 } finally {
   await bench.stop();
 }
-report(bench.results, targetsOf(bench.results, latencies, { memoryRun: MEMORY_RUN }));
+const failed = failures.map((failure) => ({ what: failure, measured: 'the scenario failed (its error is on stderr)', ok: false }));
+report(bench.results, [...failed, ...targetsOf(bench.results, latencies, { memoryRun: MEMORY_RUN })]);

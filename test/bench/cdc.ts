@@ -66,14 +66,14 @@ export const PGBENCH_TABLES = `
   CREATE TABLE bench_accounts (aid int PRIMARY KEY, bid int, abalance bigint, filler char(84)) WITH (autovacuum_enabled = false);
   CREATE TABLE bench_history (hid bigint PRIMARY KEY, tid int, bid int, aid int, delta int, mtime timestamptz, filler char(22)) WITH (autovacuum_enabled = false);
   CREATE OR REPLACE PROCEDURE bench_pgbench(transactions int) LANGUAGE plpgsql AS $$
-  DECLARE aid int; tid int; bid int; delta int;
+  DECLARE account int; teller int; branch int; delta int;
   BEGIN
     FOR i IN 1..transactions LOOP
-      aid := 1 + (i * 7919) % 100000; tid := 1 + i % 100; bid := 1 + i % 10; delta := (i % 10001) - 5000;
-      UPDATE bench_accounts SET abalance = abalance + delta WHERE bench_accounts.aid = bench_pgbench.aid;
-      UPDATE bench_tellers SET tbalance = tbalance + delta WHERE bench_tellers.tid = bench_pgbench.tid;
-      UPDATE bench_branches SET bbalance = bbalance + delta WHERE bench_branches.bid = bench_pgbench.bid;
-      INSERT INTO bench_history VALUES (1000000 + i, tid, bid, aid, delta, now(), '');
+      account := 1 + (i * 7919) % 100000; teller := 1 + i % 100; branch := 1 + i % 10; delta := (i % 10001) - 5000;
+      UPDATE bench_accounts SET abalance = abalance + delta WHERE aid = account;
+      UPDATE bench_tellers SET tbalance = tbalance + delta WHERE tid = teller;
+      UPDATE bench_branches SET bbalance = bbalance + delta WHERE bid = branch;
+      INSERT INTO bench_history VALUES (1000000 + i, teller, branch, account, delta, now(), '');
       DELETE FROM bench_history WHERE hid = i;
       COMMIT;
     END LOOP;
