@@ -185,7 +185,7 @@ test('planning gives each table one step of its changes in order, whatever the i
       change(1, 'b1'),
       change(0, 'a2'),
       change(1, 'b2'),
-      { op: 'truncate', relations: [1], version: { lsn: 10n, ordinal: ++ordinal } },
+      { op: 'truncate', relations: [1], cascade: false, restartIdentity: false, version: { lsn: 10n, ordinal: ++ordinal } },
       change(1, 'b3'),
       change(0, 'a3'),
       change(1, 'b4'),

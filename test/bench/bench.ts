@@ -13,13 +13,15 @@
  * 1,000,000); BENCH_PGBENCH (pgbench-like transactions over four tables, default 200,000);
  * BENCH_HUGE_ROWS (memory-flatness backfill, default 10,000,000); BENCH_LATENCY_SECONDS (each
  * steady rate, default 60); BENCH_PG_ROWS and BENCH_PG_CHANGES (into Postgres, defaults
- * 2,000,000 and 1,000,000).
+ * 2,000,000 and 1,000,000); BENCH_SCALE_CHANGES (scale-out into the BigQuery emulator with
+ * 1, 2, 4 and 8 consumer processes, default 100,000).
  */
 import { startPostgres, startRedis } from '../support/services.js';
 import { benchBackfill } from './backfill.js';
 import { benchCdc, benchLatency, type CdcWorkload, type Latency, PGBENCH_TABLES } from './cdc.js';
 import { Bench, type Result, type Sink, size } from './context.js';
 import { report, targetsOf } from './report.js';
+import { benchScaleOut, type ScalePoint } from './scaleout.js';
 import { ARRAYS, JSON_DOCUMENTS, NARROW, type Shape, WIDE_TEXT } from './shapes.js';
 
 const ROWS = size('BENCH_ROWS', 2_000_000);
@@ -32,6 +34,7 @@ const HUGE_ROWS = size('BENCH_HUGE_ROWS', 10_000_000);
 const LATENCY_SECONDS = size('BENCH_LATENCY_SECONDS', 60);
 const PG_ROWS = size('BENCH_PG_ROWS', 2_000_000);
 const PG_CHANGES = size('BENCH_PG_CHANGES', 1_000_000);
+const SCALE_CHANGES = size('BENCH_SCALE_CHANGES', 100_000);
 const SHAPES: Record<string, Shape> = { narrow: NARROW, wide: WIDE_TEXT, json: JSON_DOCUMENTS, arrays: ARRAYS };
 const chosenShapes = (process.env.BENCH_SHAPES ?? Object.keys(SHAPES).join(',')).split(',').map((key) => {
   const shape = SHAPES[key.trim()];
@@ -45,6 +48,7 @@ const insertRows = (count: number) => `INSERT INTO bench_changes SELECT g, 'n' |
 const bench = await Bench.start(startPostgres, startRedis);
 const latencies: Latency[] = [];
 const failures: string[] = [];
+const scale: ScalePoint[] = [];
 /** Runs a scenario; one that fails is reported as failed, and the others still run. */
 async function scenario<T>(name: string, run: () => Promise<T>, keep: (result: T) => void): Promise<void> {
   try {
@@ -84,6 +88,12 @@ try {
   if (HUGE_ROWS > 0) await scenario(MEMORY_RUN, () => benchBackfill(bench, NARROW, { rows: HUGE_ROWS, rounds: 1, name: MEMORY_RUN }), keep);
   if (PG_ROWS > 0) await scenario('backfill → Postgres', () => benchBackfill(bench, NARROW, { rows: PG_ROWS, rounds: 3, sink: 'postgres' }), keep);
   await cdc({ name: `${CDC_SMALL} → Postgres`, count: PG_CHANGES, write: `CALL bench_write(${PG_CHANGES}, 10)` }, 'postgres');
+  if (SCALE_CHANGES > 0)
+    await scenario(
+      'scale-out',
+      () => benchScaleOut(bench, SCALE_CHANGES),
+      (points) => scale.push(...points),
+    );
   if (LATENCY_SECONDS > 0) {
     for (const rate of [5_000, 20_000]) {
       await scenario(
@@ -97,4 +107,4 @@ try {
   await bench.stop();
 }
 const failed = failures.map((failure) => ({ what: failure, measured: 'the scenario failed (its error is on stderr)', ok: false }));
-report(bench.results, [...failed, ...targetsOf(bench.results, latencies, { memoryRun: MEMORY_RUN })]);
+report(bench.results, [...failed, ...targetsOf(bench.results, latencies, scale, { memoryRun: MEMORY_RUN })], scale);

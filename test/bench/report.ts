@@ -7,6 +7,7 @@ import { JOIN_LIMITS } from '../../consumers/lookahead.js';
 import { PRODUCER_DEFAULTS } from '../../producer/options.js';
 import type { Latency } from './cdc.js';
 import type { Result } from './context.js';
+import { SCALE_JOB_DELAY_MS, type ScalePoint } from './scaleout.js';
 
 export interface Target {
   what: string;
@@ -20,8 +21,22 @@ const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floo
 const spread = (values: number[]) => `${Math.min(...values).toFixed(2)}–${Math.max(...values).toFixed(2)}`;
 
 /** The targets of the performance issue that these results speak to, each PASS or FAIL. */
-export function targetsOf(all: Result[], latencies: Latency[], limits: { memoryRun: string }): Target[] {
+export function targetsOf(all: Result[], latencies: Latency[], scale: ScalePoint[], limits: { memoryRun: string }): Target[] {
   const targets: Target[] = [];
+  const one = scale.find((point) => point.processes === 1);
+  for (const [processes, wanted] of [
+    [4, 3.5],
+    [8, 6],
+  ]) {
+    const point = scale.find((candidate) => candidate.processes === processes);
+    if (!one || !point) continue;
+    const ratio = point.changesPerSecond / one.changesPerSecond;
+    targets.push({
+      what: `scale-out: ${processes} consumer processes ≥ ${wanted} × the changes/s of 1`,
+      measured: `${ratio.toFixed(2)} ×`,
+      ok: ratio >= wanted,
+    });
+  }
   for (const result of all.filter((candidate) => candidate.manualRatios)) {
     const ratio = median(result.manualRatios!);
     targets.push({
@@ -65,7 +80,7 @@ export function targetsOf(all: Result[], latencies: Latency[], limits: { memoryR
   return targets;
 }
 
-export function report(all: Result[], targets: Target[], extra: string[] = []): void {
+export function report(all: Result[], targets: Target[], scale: ScalePoint[]): void {
   const machine = `${cpus().length} × ${cpus()[0]?.model.trim()}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}, PostgreSQL ${postgresVersion()}`;
   const main = [
     `Measured ${new Date().toISOString().slice(0, 10)} on ${machine}.`,
@@ -101,7 +116,18 @@ export function report(all: Result[], targets: Target[], extra: string[] = []): 
         (result) =>
           `${result.name}: the DuckDB destination alone, applying the same rows as COPY text chunks of ${format(PRODUCER_DEFAULTS.copyChunkRows)} rows (as many to a transaction as the consumer joins when they wait queued: up to ${JOIN_LIMITS.batches}, ${JOIN_LIMITS.bytes / 2 ** 20} MiB) with nothing else running, loads ${format(result.count / result.duckdbAloneSeconds!)} rows/s (${(result.rawSeconds / result.duckdbAloneSeconds!).toFixed(2)} × raw COPY).\n`,
       ),
-    ...extra,
+    ...(scale.length === 0
+      ? []
+      : [
+          `Scale-out into the BigQuery emulator (each job answered ${SCALE_JOB_DELAY_MS} ms after it arrives), 8 partitions, 16 tables, batches of at most 1 000 changes, the same backlog of small transactions drained by each number of consumer processes of one destination:`,
+          '',
+          '| consumer processes | changes/s | × one process |',
+          '| ---: | ---: | ---: |',
+          ...scale.map(
+            (point) => `| ${point.processes} | ${format(point.changesPerSecond)} | ${(point.changesPerSecond / scale[0].changesPerSecond).toFixed(2)} |`,
+          ),
+          '',
+        ]),
     `CPU seconds each part used during each run (user + system, all threads; the machine has ${cpus().length} cores, so a run of w seconds has ${cpus().length}·w to share):`,
     '',
     '| scenario | wall | Postgres | producer | Redis | consumer (with its destination) | all | share of the cores |',

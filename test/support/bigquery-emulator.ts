@@ -48,11 +48,13 @@ export class BigQueryEmulator {
   private constructor(
     private readonly server: ReturnType<typeof createServer>,
     private readonly instance: DuckDBInstance,
+    /** Each job answers this long after it arrives, the wait not holding the queue of jobs (BigQuery's own round trip and scheduling). */
+    private readonly jobDelayMs: number,
   ) {
     this.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   }
 
-  static async start(): Promise<BigQueryEmulator> {
+  static async start(options: { jobDelayMs?: number } = {}): Promise<BigQueryEmulator> {
     const instance = await DuckDBInstance.create(':memory:');
     const setup = await instance.connect();
     // BigQuery functions DuckDB lacks or names differently.
@@ -72,7 +74,7 @@ export class BigQueryEmulator {
       const server = createServer((request, response) => void emulator.handle(request, response).catch(() => response.destroy()));
       let emulator: BigQueryEmulator;
       server.listen(0, '127.0.0.1', () => {
-        emulator = new BigQueryEmulator(server, instance);
+        emulator = new BigQueryEmulator(server, instance, options.jobDelayMs ?? 0);
         resolve(emulator);
       });
     });
@@ -220,6 +222,7 @@ export class BigQueryEmulator {
       configuration: request.configuration,
       status: { state: 'DONE' },
     };
+    if (this.jobDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.jobDelayMs));
     try {
       if (request.configuration.query) job.result = await this.serially(() => this.runScript(request.configuration.query.query));
       else if (request.configuration.load) await this.serially(() => this.load(request.configuration.load, data ?? Buffer.alloc(0)));
