@@ -1,25 +1,30 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { type CliProcess, duckdbRows, LOAD_SCHEMA, loadTablesIn, postgresRows, scrape, storedChunks, TestPipeline, waitFor } from './support/pipeline.js';
 import { freePort, useServices } from './support/services.js';
 
 const env = useServices(test);
 
-test('a copy to a destination that is not running stops at the backlog bound, then completes when it starts (applying queued chunks together, and killed once)', async (t) => {
-  const pipeline = new TestPipeline(env.pg, env.redis.url, 'backlog', ['late']);
+/**
+ * A copy to a destination that is not running, of a table of about 300 bytes a row, under a
+ * backlog bound of 1 MB: chunks of `chunkRows` rows, ranges of `rangeBlocks` heap blocks.
+ */
+const copyStopsAtTheBound = (chunkRows: number, rangeBlocks: number) => async (t: ExecutionContext) => {
+  const table = `wide_${chunkRows}`;
+  const pipeline = new TestPipeline(env.pg, env.redis.url, `backlog${chunkRows}`, ['late']);
   await env.pg.query(`
-    CREATE TABLE wide (id bigint PRIMARY KEY, body text);
-    INSERT INTO wide SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 60000) g;
-    CREATE PUBLICATION ${pipeline.publication} FOR TABLE wide;`);
-  // About 300 bytes a row: chunks of 1000 rows are about 300 kB, the bound 1 MB.
+    CREATE TABLE ${table} (id bigint PRIMARY KEY, body text);
+    INSERT INTO ${table} SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 60000) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE ${table};`);
   const connections = 2;
   const bound = 1024 * 1024;
-  const chunk = 1000 * 300;
+  // A chunk ends at its rows or at the end of its range, whichever comes first.
+  const chunk = Math.min(chunkRows * 300, rangeBlocks * 8192);
   const producer = pipeline.producer([
     '--copy-chunk-rows',
-    '1000',
+    String(chunkRows),
     '--copy-range-blocks',
-    '100',
+    String(rangeBlocks),
     '--copy-connections',
     String(connections),
     '--max-backlog-bytes',
@@ -55,8 +60,15 @@ test('a copy to a destination that is not running stops at the backlog bound, th
   } finally {
     await Promise.all([producer.stop(), consumer?.stop()]);
   }
-  t.deepEqual(await duckdbRows(pipeline.duckdbPath('late'), 'public.wide', ['id', 'body']), await postgresRows(env.pg, 'wide', ['id', 'body']));
-});
+  t.deepEqual(await duckdbRows(pipeline.duckdbPath('late'), `public.${table}`, ['id', 'body']), await postgresRows(env.pg, table, ['id', 'body']));
+};
+
+test(
+  'a copy to a destination that is not running stops at the backlog bound, then completes when it starts (applying queued chunks together, and killed once)',
+  copyStopsAtTheBound(1000, 100),
+);
+
+test('a copy whose ranges end before a chunk fills (wide rows) stops at the backlog bound too', copyStopsAtTheBound(100_000, 20));
 
 test('transactions waiting for a destination that is not running are bounded: reading pauses at --max-pending-transactions, the running destination waits, and both catch up when it starts', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'pending', ['printed', 'late']);
