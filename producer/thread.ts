@@ -1,40 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import { UserError } from '../shared/errors.js';
-import { PRODUCER_HEAP_MB, type ProducerOptions } from './options.js';
-
-/** A thread started ahead (prestartProducerThread), loading the producer's modules, with its heap cap and any error it met meanwhile. */
-let prestarted: { worker: Worker; heapMb: number; failure?: Error } | undefined;
-
-function startThread(heapMb: number): Worker {
-  return new Worker(new URL('./worker.js', import.meta.url), {
-    resourceLimits: { maxOldGenerationSizeMb: heapMb, maxYoungGenerationSizeMb: Math.max(8, Math.round(heapMb / 8)) },
-  });
-}
-
-/**
- * Starts the producer's thread, with the default heap cap, before the command line is read:
- * it loads its modules meanwhile and waits for its options. Unreferenced until used, so that
- * a command that ends without running the producer (help, a bad flag) is not kept alive by it.
- */
-export function prestartProducerThread(): void {
-  const worker = startThread(PRODUCER_HEAP_MB);
-  const thread: NonNullable<typeof prestarted> = { worker, heapMb: PRODUCER_HEAP_MB };
-  worker.on('error', (error) => (thread.failure ??= error));
-  worker.unref();
-  prestarted = thread;
-}
-
-/** The thread started ahead when it has the cap wanted and is well, or a new one. */
-function producerThread(heapMb: number): { worker: Worker; failure?: Error } {
-  const ahead = prestarted;
-  prestarted = undefined;
-  if (ahead && ahead.heapMb === heapMb) {
-    ahead.worker.ref();
-    return ahead;
-  }
-  void ahead?.worker.terminate();
-  return { worker: startThread(heapMb) };
-}
+import type { ProducerOptions } from './options.js';
 
 /**
  * Runs the producer on a worker thread with a capped heap. What the producer holds is bounded
@@ -50,14 +16,11 @@ export async function runProducerThread(
   { heapMb, metricsPort }: { heapMb: number; metricsPort?: number },
   signal: AbortSignal,
 ): Promise<void> {
-  const thread = producerThread(heapMb);
-  const { worker } = thread;
-  if (thread.failure) {
-    void worker.terminate();
-    throw thread.failure;
-  }
   // The metrics are served from the thread: they live there.
-  worker.postMessage({ start: { producerOptions: options, metricsPort } });
+  const worker = new Worker(new URL('./worker.js', import.meta.url), {
+    workerData: { producerOptions: options, metricsPort },
+    resourceLimits: { maxOldGenerationSizeMb: heapMb, maxYoungGenerationSizeMb: Math.max(8, Math.round(heapMb / 8)) },
+  });
   const stop = () => worker.postMessage('stop');
   signal.addEventListener('abort', stop);
   let failure: Error | undefined;

@@ -1,25 +1,15 @@
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { errorMessage, UserError } from '../shared/errors.js';
 import { serveMetrics } from '../shared/metrics.js';
 import type { ProducerOptions } from './options.js';
 import { Producer } from './producer.js';
 
-/** What the main thread sends: the options to start with (once), then perhaps a stop. */
-type Message = { start: { producerOptions: ProducerOptions; metricsPort?: number } } | 'stop';
-
-/**
- * The producer thread (producer/thread.ts): waits for its options (it may be started before
- * they are known), runs until the main thread says stop, then reports how it ended.
- */
-async function run(): Promise<void> {
+/** The producer thread (producer/thread.ts): runs until the main thread says stop, then reports how it ended. */
+async function run(options: ProducerOptions, metricsPort: number | undefined): Promise<void> {
   const controller = new AbortController();
-  const started = new Promise<{ producerOptions: ProducerOptions; metricsPort?: number }>((resolve) =>
-    parentPort!.on('message', (message: Message) => {
-      if (message === 'stop') controller.abort();
-      else resolve(message.start);
-    }),
-  );
-  const { producerOptions: options, metricsPort } = await started;
+  parentPort!.on('message', (message) => {
+    if (message === 'stop') controller.abort();
+  });
   const producer = new Producer(options);
   let outcome: { error?: string; userError?: boolean } = {};
   let stopMetrics: (() => Promise<void>) | undefined;
@@ -36,4 +26,4 @@ async function run(): Promise<void> {
   parentPort!.postMessage({ done: true, ...outcome });
 }
 
-await run();
+await run(workerData.producerOptions, workerData.metricsPort);
