@@ -10,10 +10,17 @@ import { PRODUCER_DEFAULTS, PRODUCER_HEAP_MB } from '../producer/options.js';
 import { runProducerThread } from '../producer/thread.js';
 import { destinationName, heapMb, metricsPort, pgUrl, pipelineId, producerConfig, redisUrl, runnerConfig, validate } from '../shared/config.js';
 import { UserError } from '../shared/errors.js';
+import { writeLogLine } from '../shared/log.js';
 import { exitWithError, runUntilStopped } from './lifecycle.js';
 
 // Modules that talk to Postgres, Redis or a destination are imported by the commands that use
 // them: the producer command's main thread stays small (the producer runs on a worker thread).
+
+/** On a terminal with readable logs: progress bars for the copy, then a line about the stream (cli/progress.ts). Off a terminal, nothing. */
+async function terminalProgress(redisUrl: string, pipeline: string, streams: boolean) {
+  if (!process.stderr.isTTY || process.env.LOG_FORMAT !== 'pretty') return undefined;
+  return (await import('./progress.js')).TerminalProgress.start(redisUrl, pipeline, streams);
+}
 
 const program = new Command('pg-replicate')
   .version(JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version, '-V, --version', 'print the version')
@@ -147,9 +154,10 @@ program
       metricsPort: port,
       ...config
     } = validate(producerConfig.extend({ heapMb, metricsPort }), { ...flags, destinations: splitList(flags.destinations) });
+    const view = await terminalProgress(config.redisUrl, config.pipeline, config.mode !== 'copy');
     await runUntilStopped(
-      (signal) => runProducerThread(config, { heapMb: cap, metricsPort: port }, signal),
-      async () => {},
+      (signal) => runProducerThread(config, { heapMb: cap, metricsPort: port, ...(view ? { logLines: writeLogLine } : {}) }, signal),
+      async () => view?.stop(),
     );
   });
 
@@ -236,6 +244,7 @@ program
     );
     const redis = connectRedis(file.redisUrl);
     redis.on('error', () => {});
+    const view = await terminalProgress(file.redisUrl, file.pipeline, (file.mode ?? 'both') !== 'copy');
     const consumers = await Promise.all(
       file.destinations.map(async ({ type, name, ...options }) => {
         const plugin = destinationTypes.find((each) => each.type === type)!;
@@ -247,6 +256,7 @@ program
     await runUntilStopped(
       (signal) => Promise.all([producer.run(signal), ...consumers.map(({ runner }) => runner.run(signal))]).then(() => {}),
       async () => {
+        await view?.stop();
         await stopMetrics();
         await producer.close();
         for (const { opened, runner } of consumers) {

@@ -5,7 +5,7 @@ import { aliveConsumers } from '../consumers/registration.js';
 import { connectPostgresOnce } from '../producer/preflight.js';
 import { UserError } from '../shared/errors.js';
 import { keys, QUEUE_PREFIX, queueName } from '../shared/keys.js';
-import { readApplied, readCopyProgress, readPipelineState, readTableSyncs } from '../shared/redis.js';
+import { readApplied, readCopyApplied, readCopyProgress, readPipelineState, readTableSyncs } from '../shared/redis.js';
 import { connectRedisOnce } from '../shared/redistarget.js';
 
 export interface PipelineStatus {
@@ -14,7 +14,16 @@ export interface PipelineStatus {
   publication: string;
   copy: string;
   /** The initial copy, per table: CTID ranges in the queues out of all, rows, and rows per second so far. */
-  copyProgress: { table: string; rangesDone: number; rangesTotal: number; rows: number; rowsPerSecond: number }[];
+  copyProgress: {
+    table: string;
+    rangesDone: number;
+    rangesTotal: number;
+    rows: number;
+    rowsPerSecond: number;
+    /** Postgres' estimate of the table's rows, and those applied by the slowest destination. */
+    estimatedRows?: number;
+    appliedRows: number;
+  }[];
   /** Copies beside the stream in progress (added tables, resyncs, new destinations), per table. */
   tableSyncs: { table: string; destinations: string[] | 'all'; reason: string; rangesDone: number; rangesTotal: number | null; rows: number }[];
   slotConfirmedFlushLsn?: string | null;
@@ -64,7 +73,8 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
     status.refusedRequests = (await redis.lrange(keys.refusedRequests(options.pipeline), -10, -1)).map((text) => JSON.parse(text));
     const postgres = await redis.hget(keys.state(options.pipeline), 'postgres');
     if (postgres) status.postgres = JSON.parse(postgres);
-    for (const progress of (await readCopyProgress(redis, options.pipeline)).values()) {
+    const copyApplied = await readCopyApplied(redis, options.pipeline);
+    for (const [oid, progress] of await readCopyProgress(redis, options.pipeline)) {
       const seconds = ((progress.updatedAt ?? Date.now()) - progress.startedAt) / 1000;
       status.copyProgress.push({
         table: `${progress.schema}.${progress.name}`,
@@ -72,6 +82,8 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
         rangesTotal: progress.ranges,
         rows: progress.rows,
         rowsPerSecond: seconds > 0 ? Math.round(progress.rows / seconds) : 0,
+        ...(progress.estimatedRows === undefined ? {} : { estimatedRows: progress.estimatedRows }),
+        appliedRows: copyApplied.get(oid) ?? 0,
       });
     }
     for (const [oid, record] of await readTableSyncs(redis, options.pipeline)) {
@@ -159,7 +171,10 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
 export function formatStatus(status: PipelineStatus): string {
   const lines = [`pipeline ${status.pipeline}: slot ${status.slot}, publication ${status.publication}, copy ${status.copy}`];
   for (const table of status.copyProgress) {
-    lines.push(`copy ${table.table}: ${table.rangesDone}/${table.rangesTotal} ranges, ${table.rows} rows, ${table.rowsPerSecond} rows/s`);
+    const estimate = table.estimatedRows === undefined ? '' : ` of about ${table.estimatedRows}`;
+    lines.push(
+      `copy ${table.table}: ${table.rangesDone}/${table.rangesTotal} ranges, ${table.rows} rows enqueued, ${table.appliedRows}${estimate} applied everywhere, ${table.rowsPerSecond} rows/s`,
+    );
   }
   for (const sync of status.tableSyncs) {
     const ranges = sync.rangesTotal === null ? 'starting' : `${sync.rangesDone}/${sync.rangesTotal} ranges, ${sync.rows} rows`;

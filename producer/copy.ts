@@ -134,7 +134,25 @@ export async function planRanges(
   rangeScans: boolean,
 ): Promise<TableCopyProgress> {
   const ranges = rangeScans && table.kind === 'r' ? Math.max(1, Math.ceil((await heapBlocks(client, table.oid)) / rangeBlocks)) : 1;
-  return { schema: table.schema, name: table.name, snapshotLsn: formatLsn(snapshotLsn), ranges, rangeBlocks, done: [], rows: 0, startedAt: Date.now() };
+  const estimatedRows = await estimatedRowsOf(client, table.oid);
+  return {
+    schema: table.schema,
+    name: table.name,
+    snapshotLsn: formatLsn(snapshotLsn),
+    ranges,
+    rangeBlocks,
+    done: [],
+    rows: 0,
+    ...(estimatedRows === undefined ? {} : { estimatedRows }),
+    startedAt: Date.now(),
+  };
+}
+
+/** pg_class.reltuples, when Postgres has an estimate (-1 before the first VACUUM or ANALYZE, since Postgres 14). */
+async function estimatedRowsOf(client: pg.Client, tableOid: number): Promise<number | undefined> {
+  const { rows } = await client.query('SELECT reltuples::float8 AS rows FROM pg_class WHERE oid = $1', [tableOid]);
+  const estimate = Number(rows[0]?.rows);
+  return estimate >= 0 ? Math.round(estimate) : undefined;
 }
 
 /**

@@ -341,7 +341,7 @@ export class Producer {
         this.copyApplied = false;
         if (slot) await dropSlot(options.pgUrl, options.slot);
         // The copy covers every table for every destination: copies beside an earlier stream are moot.
-        await this.redis.del(keys.copyProgress(options.pipeline), keys.tableSyncs(options.pipeline));
+        await this.redis.del(keys.copyProgress(options.pipeline), keys.copyApplied(options.pipeline), keys.tableSyncs(options.pipeline));
         this.tableSyncs.clear();
         await writePipelineState(this.redis, options.pipeline, { copy: 'started' });
         const created = await replication.createSlot(options.slot, true);

@@ -13,6 +13,8 @@ interface Enqueued {
   seq: number;
   bytes: number;
   only?: string[];
+  /** A copy chunk: its table and rows. */
+  copy?: { oid: number; rows: number };
 }
 
 /** How much Redis memory a stored batch takes, for the backlog bound (measured: `npm run bench` samples Redis' used memory). */
@@ -41,6 +43,8 @@ export class BatchQueues {
    * never applies past it.
    */
   private readonly lastSent = new Map<string, number[]>();
+  /** Per table OID, the rows of copy chunks enqueued in this run, and of those not yet applied everywhere they went (as of unapplied()). */
+  private readonly copyRows = new Map<number, { enqueued: number; unapplied: number }>();
 
   constructor(
     private readonly redis: Redis,
@@ -126,7 +130,14 @@ export class BatchQueues {
     const bytes = Math.ceil((records ? records.length : batch.copy!.bytes) * STORED_OVERHEAD) + JOB_BYTES;
     let enqueued = this.enqueued.get(batch.partition);
     if (!enqueued) this.enqueued.set(batch.partition, (enqueued = []));
-    enqueued.push({ seq: batch.seq, bytes, ...(targets.length < this.queues.size ? { only: targets } : {}) });
+    const copy = batch.copy && batch.copy.rows > 0 ? { oid: batch.relations[batch.copy.relation].oid, rows: batch.copy.rows } : undefined;
+    enqueued.push({ seq: batch.seq, bytes, ...(targets.length < this.queues.size ? { only: targets } : {}), ...(copy ? { copy } : {}) });
+    if (copy) {
+      const rows = this.copyRows.get(copy.oid) ?? { enqueued: 0, unapplied: 0 };
+      rows.enqueued += copy.rows;
+      rows.unapplied += copy.rows;
+      this.copyRows.set(copy.oid, rows);
+    }
     // A batch whose payload is a chunk (its rows, or its records) is named after the chunk.
     const jobId = batch.copy?.id ?? stored;
     const addedBytes = batch.copy ? 0 : bytes;
@@ -184,6 +195,7 @@ export class BatchQueues {
   unapplied(appliedSeq: Map<string, (partition: number) => number>): { batches: number; bytes: number } {
     const waiting = new Map([...appliedSeq.keys()].map((destination) => [destination, 0]));
     let bytes = 0;
+    for (const rows of this.copyRows.values()) rows.unapplied = 0;
     for (const [partition, enqueued] of this.enqueued) {
       const marks = [...appliedSeq].map(([destination, seqOf]) => ({ destination, seq: seqOf(partition) }));
       const waitingFor = (batch: Enqueued) => marks.filter(({ destination, seq }) => seq < batch.seq && (!batch.only || batch.only.includes(destination)));
@@ -194,9 +206,15 @@ export class BatchQueues {
         const behind = waitingFor(batch);
         for (const { destination } of behind) waiting.set(destination, waiting.get(destination)! + 1);
         if (behind.length > 0) bytes += batch.bytes;
+        if (behind.length > 0 && batch.copy) this.copyRows.get(batch.copy.oid)!.unapplied += batch.copy.rows;
       }
     }
     return { batches: Math.max(0, ...waiting.values()), bytes };
+  }
+
+  /** Per table OID, the rows of this run's copy chunks that every destination they went to has applied (as of unapplied()). */
+  copyRowsApplied(): Map<number, number> {
+    return new Map([...this.copyRows].map(([oid, rows]) => [oid, rows.enqueued - rows.unapplied]));
   }
 
   /** Adds made but not yet acknowledged by Redis, and their approximate bytes: what the producer holds in memory. */

@@ -13,13 +13,15 @@ import type { ProducerOptions } from './options.js';
  */
 export async function runProducerThread(
   options: ProducerOptions,
-  { heapMb, metricsPort }: { heapMb: number; metricsPort?: number },
+  { heapMb, metricsPort, logLines }: { heapMb: number; metricsPort?: number; logLines?: (line: string) => void },
   signal: AbortSignal,
 ): Promise<void> {
   // The metrics are served from the thread: they live there.
   const worker = new Worker(new URL('./worker.js', import.meta.url), {
     workerData: { producerOptions: options, metricsPort },
     resourceLimits: { maxOldGenerationSizeMb: heapMb, maxYoungGenerationSizeMb: Math.max(8, Math.round(heapMb / 8)) },
+    // With `logLines`, the thread sends its log lines here instead of writing them (shared/log.ts).
+    ...(logLines ? { env: { ...process.env, PGR_LOG_TO_PARENT: '1' } } : {}),
   });
   const stop = () => worker.postMessage('stop');
   signal.addEventListener('abort', stop);
@@ -29,7 +31,8 @@ export async function runProducerThread(
     await new Promise<void>((resolve, reject) => {
       // The thread reports how it ended once its clients are closed, and is then terminated
       // (timers of closed clients may still be pending there).
-      worker.on('message', (message: { done: true; error?: string; userError?: boolean }) => {
+      worker.on('message', (message: { log: string } | { done: true; error?: string; userError?: boolean }) => {
+        if ('log' in message) return logLines?.(message.log);
         reported = true;
         if (message.error) failure = message.userError ? new UserError(message.error) : new Error(message.error);
         void worker.terminate();

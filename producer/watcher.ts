@@ -3,11 +3,14 @@ import { keys } from '../shared/keys.js';
 import { formatLsn, type Lsn } from '../shared/lsn.js';
 import { readApplied, writePipelineState } from '../shared/redis.js';
 import type { AckTracker, AppliedMark } from './acks.js';
+import { tally } from './metrics.js';
 import { MAX_PENDING_ADDS, MAX_PENDING_BYTES, type ProducerOptions } from './options.js';
 import type { BatchQueues } from './queues.js';
 
 /** How often queues are checked for batches Redis lost (empty while a mark is behind). */
 const QUEUE_CHECK_MS = 3_000;
+/** How often the rows a copy has applied are published. */
+const COPY_PUBLISH_MS = 500;
 
 /** Redis no longer holds what this run enqueued (FLUSHALL, a restart without persistence). */
 export class RedisLostError extends Error {}
@@ -28,6 +31,11 @@ export class AppliedWatcher {
   /** The destinations' marks as last read: for copies beside the stream, which stay recorded until applied. */
   marks = new Map<string, Map<number, AppliedMark>>();
   private lastQueueCheck = Date.now();
+  private lastCopyPublish = 0;
+  private lastChangesPublish = 0;
+  private changesRead = 0;
+  /** Copied rows applied everywhere, by table OID, as last published. */
+  private readonly copyApplied = new Map<number, number>();
 
   constructor(
     private readonly redis: Redis,
@@ -57,8 +65,11 @@ export class AppliedWatcher {
     await this.checkQueuesHoldUnapplied(applied);
     this.measureBacklog(applied);
     await this.publishAppliedLsns(applied);
+    await this.publishCopyApplied();
+    await this.publishChangesRead();
     const { ackLsn, copyConfirmed } = this.tracker.advance(applied);
     if (copyConfirmed) {
+      await this.publishCopyApplied(true);
       this.onCopyApplied();
       await writePipelineState(this.redis, this.options.pipeline, { copy: 'done' });
     }
@@ -73,6 +84,16 @@ export class AppliedWatcher {
    */
   async measure(): Promise<void> {
     this.measureBacklog(await this.readMarks());
+    await this.publishCopyApplied();
+  }
+
+  /** For the live summary: the changes read from the slot so far in this run (at most twice a second). */
+  private async publishChangesRead(): Promise<void> {
+    const read = tally.changes.insert + tally.changes.update + tally.changes.delete + tally.changes.truncate;
+    if (read === this.changesRead || Date.now() - this.lastChangesPublish < COPY_PUBLISH_MS) return;
+    this.lastChangesPublish = Date.now();
+    this.changesRead = read;
+    await this.redis.hset(keys.state(this.options.pipeline), 'changesRead', String(read));
   }
 
   private async readMarks(): Promise<Map<string, Map<number, AppliedMark>>> {
@@ -105,6 +126,18 @@ export class AppliedWatcher {
         );
       }
     }
+  }
+
+  /** For progress bars and status: each copied table's rows applied by the slowest destination, when they changed (at most twice a second). */
+  private async publishCopyApplied(now = false): Promise<void> {
+    if (!now && Date.now() - this.lastCopyPublish < COPY_PUBLISH_MS) return;
+    this.lastCopyPublish = Date.now();
+    const fields: Record<string, string> = {};
+    for (const [oid, rows] of this.queues.copyRowsApplied()) {
+      if (this.copyApplied.get(oid) !== rows) fields[String(oid)] = String(rows);
+      this.copyApplied.set(oid, rows);
+    }
+    if (Object.keys(fields).length > 0) await this.redis.hset(keys.copyApplied(this.options.pipeline), fields);
   }
 
   /** For status: each destination's applied LSN (what the slot could confirm if it were the only one). */

@@ -19,6 +19,8 @@ export const keys = {
   refusedRequests: (pipeline: string) => `pgr:{${pipeline}}:refused-requests`,
   /** Hash table OID → JSON progress of the table's initial copy (ranges done, rows): what a restarted producer continues. */
   copyProgress: (pipeline: string) => `pgr:{${pipeline}}:copy-progress`,
+  /** Hash table OID → rows of the initial copy applied by the slowest destination, as the producer last measured them. */
+  copyApplied: (pipeline: string) => `pgr:{${pipeline}}:copy-applied`,
   /** Hash table OID → JSON record of a copy beside the stream in progress (TableSyncRecord): what a restarted producer continues. */
   tableSyncs: (pipeline: string) => `pgr:{${pipeline}}:table-syncs`,
   /** String (with a TTL, renewed): JSON {token, host, pid, since} of the one producer running the pipeline. */

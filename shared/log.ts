@@ -1,4 +1,4 @@
-import { isMainThread } from 'node:worker_threads';
+import { isMainThread, parentPort } from 'node:worker_threads';
 import { pino } from 'pino';
 
 /**
@@ -17,18 +17,25 @@ const format = logFormat();
 // The producer's worker thread has no terminal and no arguments of its own: it inherits the choice.
 if (isMainThread) process.env.LOG_FORMAT = format;
 
-const stream =
-  format === 'pretty'
+const prettyOptions = { colorize: process.stderr.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' };
+
+/**
+ * The producer's thread while its parent draws progress on the terminal: each JSON line goes
+ * to the parent (producer/thread.ts), which writes it above the progress. Posted on the port
+ * that later carries the thread's end: no line is lost when the thread is ended.
+ */
+const toParent = !isMainThread && process.env.PGR_LOG_TO_PARENT === '1';
+
+const stream = toParent
+  ? { write: (line: string) => parentPort!.postMessage({ log: line }) }
+  : format === 'pretty'
     ? // Loaded only for people reading a terminal: services and tests never pay for it.
-      (await import('pino-pretty')).default({
-        destination: 2,
-        sync: true,
-        colorize: process.stderr.isTTY,
-        translateTime: 'SYS:HH:MM:ss.l',
-        ignore: 'pid,hostname',
-      })
+      (await import('pino-pretty')).default({ ...prettyOptions, destination: 2, sync: true })
     : // Synchronous on a worker thread (the producer's): its last lines must not be lost when it ends.
       pino.destination({ fd: 2, sync: !isMainThread });
+
+/** Takes every log line instead of stderr while set (a terminal view that writes lines above itself). */
+let sink: ((line: string) => void) | undefined;
 
 export const log = pino(
   {
@@ -37,7 +44,25 @@ export const log = pino(
     timestamp: pino.stdTimeFunctions.isoTime,
     redact: { paths: ['*.password', '*.pgUrl', '*.redisUrl', 'pgUrl', 'redisUrl'], censor: '***' },
   },
-  stream,
+  { write: (line: string) => (sink ? sink(line) : stream.write(line)) },
 );
 
 export type Logger = typeof log;
+
+/**
+ * Hands every log line of this thread, and those `writeLogLine` is given, to `take` as the text
+ * to print (readable on a terminal, JSON otherwise), until the returned function is called.
+ */
+export async function takeLogLines(take: (text: string) => void): Promise<() => void> {
+  const prettify = format === 'pretty' ? (await import('pino-pretty')).prettyFactory(prettyOptions) : (line: string) => line;
+  sink = (line) => take(prettify(line));
+  return () => {
+    sink = undefined;
+  };
+}
+
+/** Writes a JSON log line of another thread (the producer's) as this thread writes its own. */
+export function writeLogLine(line: string): void {
+  if (sink) sink(line);
+  else stream.write(line);
+}

@@ -54,6 +54,8 @@ export interface TableCopyProgress {
   /** Ranges whose every row is in the queues. */
   done: number[];
   rows: number;
+  /** Postgres' estimate of the table's rows when the copy was planned (pg_class.reltuples); absent when it has none. */
+  estimatedRows?: number;
   startedAt: number;
   /** When the last range was recorded. */
   updatedAt?: number;
@@ -75,6 +77,12 @@ export interface TableSyncRecord {
 export async function readTableSyncs(redis: Redis, pipeline: string): Promise<Map<number, TableSyncRecord>> {
   const raw = await redis.hgetall(keys.tableSyncs(pipeline));
   return new Map(Object.entries(raw).map(([oid, text]) => [Number(oid), JSON.parse(text) as TableSyncRecord]));
+}
+
+/** Rows of the initial copy applied by the slowest destination, by table OID (the producer measures them as it polls). */
+export async function readCopyApplied(redis: Redis, pipeline: string): Promise<Map<number, number>> {
+  const raw = await redis.hgetall(keys.copyApplied(pipeline));
+  return new Map(Object.entries(raw).map(([oid, rows]) => [Number(oid), Number(rows)]));
 }
 
 export async function readCopyProgress(redis: Redis, pipeline: string): Promise<Map<number, TableCopyProgress>> {
