@@ -122,7 +122,7 @@ export class TerminalProgress {
     const applied = Object.entries(state)
       .filter(([field]) => field.startsWith('applied:'))
       .map(([field, lsn]) => `${field.slice('applied:'.length)} applied up to ${lsn}`);
-    this.summary = `streaming: ${number(rate)} changes/s read, ${number(read)} in all${applied.length > 0 ? `; ${applied.join(', ')}` : ''}`;
+    this.summary = `streaming: ${number(rate)} changes/s read, ${number(read)} since the producer started${applied.length > 0 ? `; ${applied.join(', ')}` : ''}`;
     this.out.write(`\r\x1b[2K${this.summary}`);
   }
 }

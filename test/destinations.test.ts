@@ -39,10 +39,13 @@ test('a consumer started against a running pipeline registers itself, gets its o
     t.regex(listed.stdout, /^reporting\tok\tapplied [0-9A-F]+\/[0-9A-F]+\t0 pending\t1 consumers$/m);
 
     // A stopped destination holds the slot back, while the other one goes on; removing it
-    // lets the slot go on. The bound is the WAL position before the new writes: before them,
-    // heartbeats and other databases' WAL may still move the slot.
+    // lets the slot go on. The bound is the position of the first new change: up to it,
+    // heartbeats (written whenever the stream is idle) and other WAL may still move the slot.
     await reporting.stop();
-    const beforeLoad = await currentWalLsn(env.pg);
+    const [, , first] = (await env.pg.query(
+      "BEGIN; INSERT INTO events VALUES (-1, 'first'); SELECT pg_current_wal_insert_lsn() AS lsn; COMMIT;",
+    )) as unknown as { rows: { lsn: string }[] }[];
+    const beforeLoad = first.rows[0].lsn;
     await writeLoad(env.pg, 100, 0);
     const mainApplied = async () => /^main\tok\tapplied ([0-9A-F]+\/[0-9A-F]+)\t/m.exec((await cli('destinations', 'list')).stdout)?.[1];
     await waitFor('main to apply the new writes', async () => {
