@@ -1,4 +1,6 @@
 import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import test from 'ava';
 import { CLI, TestPipeline, waitFor } from './support/pipeline.js';
 import { useServices } from './support/services.js';
@@ -71,4 +73,41 @@ test('on a terminal the producer draws a bar per copied table up to every row ap
     copied.stderr,
   );
   t.false(copied.stderr.includes('rows/s'));
+});
+
+test("run --config on a terminal draws the same view, its consumers' log lines above it", async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'ttyrun', []);
+  await env.pg.query(`
+    CREATE TABLE tty_run (id int PRIMARY KEY, body text);
+    INSERT INTO tty_run SELECT g, md5(g::text) FROM generate_series(1, 3000) g;
+    ANALYZE tty_run;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE tty_run;`);
+  const config = join(pipeline.dir, 'pipeline.yaml');
+  writeFileSync(
+    config,
+    `pipeline: ${pipeline.pipeline}
+pgUrl: ${env.pg.url}
+redisUrl: ${env.redis.url}
+publication: ${pipeline.publication}
+slot: ${pipeline.slot}
+destinations:
+  - { type: duckdb, name: warehouse, path: ${join(pipeline.dir, 'run.duckdb')} }
+`,
+  );
+  const run = onTerminal(['run', '--config', config]);
+  try {
+    await waitFor('the line about the stream', async () => run.screen().includes('streaming:'));
+    await env.pg.query("INSERT INTO tty_run VALUES (0, 'zero')");
+    await waitFor('the stream line to count the change', async () =>
+      /streaming: [\d,]+ changes\/s read, 1 since the producer started; warehouse applied up to/.test(run.screen()),
+    );
+    run.interrupt();
+    t.is(await run.exited, 0, run.screen());
+  } finally {
+    run.interrupt();
+  }
+  const screen = run.screen();
+  t.regex(screen, /100% \| public\.tty_run \| 3,000\/3,000 rows/);
+  t.regex(screen, /INFO.*consumer running/);
+  t.false(screen.includes('{"level"'));
 });
