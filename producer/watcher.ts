@@ -31,6 +31,8 @@ export class AppliedWatcher {
   /** The destinations' marks as last read: for copies beside the stream, which stay recorded until applied. */
   marks = new Map<string, Map<number, AppliedMark>>();
   private lastQueueCheck = Date.now();
+  private publishing?: Promise<unknown>;
+  private publishAgain = false;
   private lastCopyPublish = 0;
   private lastChangesPublish = 0;
   private changesRead = 0;
@@ -65,11 +67,10 @@ export class AppliedWatcher {
     await this.checkQueuesHoldUnapplied(applied);
     this.measureBacklog(applied);
     await this.publishAppliedLsns(applied);
-    await this.publishCopyApplied();
-    await this.publishChangesRead();
+    this.publishProgress();
     const { ackLsn, copyConfirmed } = this.tracker.advance(applied);
     if (copyConfirmed) {
-      await this.publishCopyApplied(true);
+      this.publishProgress(true);
       this.onCopyApplied();
       await writePipelineState(this.redis, this.options.pipeline, { copy: 'done' });
     }
@@ -84,7 +85,28 @@ export class AppliedWatcher {
    */
   async measure(): Promise<void> {
     this.measureBacklog(await this.readMarks());
-    await this.publishCopyApplied();
+    this.publishProgress();
+  }
+
+  /**
+   * Publishes what the terminal view and status show of the copy and the stream, off the
+   * poll's path: nothing of the stream waits on it, and one publication runs at a time.
+   */
+  private publishProgress(now = false): void {
+    if (this.publishing) {
+      // The copy's last figures are published once the one in flight is done.
+      this.publishAgain ||= now;
+      return;
+    }
+    this.publishing = Promise.all([this.publishCopyApplied(now), this.publishChangesRead()])
+      .catch(() => {})
+      .finally(() => {
+        this.publishing = undefined;
+        if (this.publishAgain) {
+          this.publishAgain = false;
+          this.publishProgress(true);
+        }
+      });
   }
 
   /** For the live summary: the changes read from the slot so far in this run (at most twice a second). */

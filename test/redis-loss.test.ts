@@ -71,8 +71,11 @@ test.serial('a table added to the publication whose copy Redis lost before it wa
     await waitFor(
       'the loss to be found',
       async () => /Redis lost recent writes|producer session ended; restarting from the slot/.test(producer.stderr.slice(seen)),
-      { stallMs: 60_000 },
-    );
+      { stallMs: 90_000 },
+    ).catch((error) => {
+      // What the producer did meanwhile, for whoever finds this failing.
+      throw new Error(`${(error as Error).message}; the producer's last lines:\n${producer.stderr.slice(-4000)}`);
+    });
     consumer = pipeline.duckdb('main');
     await waitFor('the table to be copied again', async () => (producer.stderr.match(/table sync: copy enqueued/g)?.length ?? 0) >= 2);
     await pipeline.waitForCatchUp();
