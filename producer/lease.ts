@@ -86,8 +86,17 @@ export class ProducerLease {
     try {
       const result = await this.redis.eval(RENEW, 1, this.key, this.token, this.value(), LEASE_TTL_MS);
       if (result === 1) return;
+      const holder = JSON.parse(String(result)) as Holder;
+      if (holder.host === hostname() && !processExists(holder.pid)) {
+        // A Redis gone back in time (restored from a snapshot, or a failover that lost the
+        // newest writes) shows the lease of a producer of this host that has since died, the
+        // one this producer took over: it is ours again.
+        log.info({ holderPid: holder.pid }, 'Redis showed the lease of a producer on this host that is gone: taken back');
+        await this.redis.eval(RELEASE, 1, this.key, holder.token);
+        return;
+      }
       this.stopRenewing();
-      onLost(running(this.pipeline, JSON.parse(String(result)) as Holder, 'took over'));
+      onLost(running(this.pipeline, holder, 'took over'));
     } catch (error) {
       // Redis unreachable: the producer notices on its own; the next renewal tries again.
       log.debug({ err: errorMessage(error) }, 'producer lease renewal failed');
