@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { CLI, TestPipeline, waitFor } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
@@ -26,6 +26,23 @@ function onTerminal(args: string[]) {
   };
 }
 
+/**
+ * Waits for the view's line about the stream, writes `change`, waits for the line to count
+ * `count` changes read with `destination` applied, then stops the process with Ctrl-C.
+ */
+async function streamThenStop(t: ExecutionContext, view: ReturnType<typeof onTerminal>, change: string, count: number, destination: string): Promise<void> {
+  try {
+    await waitFor('the line about the stream', async () => view.screen().includes('streaming:'));
+    await env.pg.query(change);
+    const counted = new RegExp(`streaming: [\\d,]+ changes/s read, ${count} since the producer started; ${destination} applied up to`);
+    await waitFor('the stream line to count the changes', async () => counted.test(view.screen()));
+    view.interrupt();
+    t.is(await view.exited, 0, view.screen());
+  } finally {
+    view.interrupt();
+  }
+}
+
 test('on a terminal the producer draws a bar per copied table up to every row applied, then a line about the stream, logs above them; off a terminal only log lines', async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'tty', ['main']);
   await env.pg.query(`
@@ -38,15 +55,8 @@ test('on a terminal the producer draws a bar per copied table up to every row ap
   const consumer = pipeline.duckdb('main');
   const producer = onTerminal(pipeline.producerArgs(['--copy-chunk-rows', '5000']));
   try {
-    await waitFor('the line about the stream', async () => producer.screen().includes('streaming:'));
-    await env.pg.query('INSERT INTO tty_small SELECT generate_series(701, 900)');
-    await waitFor('the stream line to count the changes', async () =>
-      /streaming: [\d,]+ changes\/s read, 200 since the producer started; main applied up to/.test(producer.screen()),
-    );
-    producer.interrupt();
-    t.is(await producer.exited, 0, producer.screen());
+    await streamThenStop(t, producer, 'INSERT INTO tty_small SELECT generate_series(701, 900)', 200, 'main');
   } finally {
-    producer.interrupt();
     await consumer.stop();
   }
   const screen = producer.screen();
@@ -95,17 +105,7 @@ destinations:
 `,
   );
   const run = onTerminal(['run', '--config', config]);
-  try {
-    await waitFor('the line about the stream', async () => run.screen().includes('streaming:'));
-    await env.pg.query("INSERT INTO tty_run VALUES (0, 'zero')");
-    await waitFor('the stream line to count the change', async () =>
-      /streaming: [\d,]+ changes\/s read, 1 since the producer started; warehouse applied up to/.test(run.screen()),
-    );
-    run.interrupt();
-    t.is(await run.exited, 0, run.screen());
-  } finally {
-    run.interrupt();
-  }
+  await streamThenStop(t, run, "INSERT INTO tty_run VALUES (0, 'zero')", 1, 'warehouse');
   const screen = run.screen();
   t.regex(screen, /100% \| public\.tty_run \| 3,000\/3,000 rows/);
   t.regex(screen, /INFO.*consumer running/);
