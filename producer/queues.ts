@@ -117,7 +117,7 @@ export class BatchQueues {
    * stores for it: the encoded changes, or a copy chunk's rows (already in Redis).
    */
   enqueue(batch: OutgoingBatch, only?: string[]): void {
-    if (this.failure) throw this.failure;
+    this.throwIfFailed();
     tally.batches++;
     const targets = [...this.queues.keys()].filter((destination) => !only || only.includes(destination));
     const records = batch.copy ? undefined : batch.records;
@@ -224,6 +224,11 @@ export class BatchQueues {
 
   get pendingBytes(): number {
     return this.inFlightBytes;
+  }
+
+  /** An add that failed lost its batch: the session must end and re-read it from the slot. */
+  throwIfFailed(): void {
+    if (this.failure) throw this.failure;
   }
 
   /** Waits until every add made so far has reached Redis; throws the first add that failed. */

@@ -51,6 +51,8 @@ export class AppliedWatcher {
 
   /** Returns true when the acknowledgeable LSN moved. */
   async poll(onAck: (lsn: Lsn) => void): Promise<boolean> {
+    // On a quiet stream no next enqueue would surface it.
+    this.queues.throwIfFailed();
     const [epoch, copy, gap] = await this.redis.hmget(keys.state(this.options.pipeline), 'epoch', 'copy', 'gap');
     if (epoch !== String(this.epoch)) {
       throw new RedisLostError(`Redis no longer holds this producer run (epoch ${this.epoch}, found ${epoch ?? 'nothing'}): re-reading from the slot`);

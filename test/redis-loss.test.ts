@@ -65,9 +65,12 @@ test.serial('a table added to the publication whose copy Redis lost before it wa
     await waitFor("the new table's copy to be enqueued", async () => producer.stderr.includes('table sync: copy enqueued'));
     const seen = producer.stderr.length;
     await env.redis.restart({ fromSnapshot: true });
-    // The producer finds the loss (a queue empty behind its marks), or, when a command of its
-    // meets Redis mid-restart first, ends its session on that error: either way the new session
-    // finds Redis' record of the pipeline without the table, and copies it again.
+    // The consumer comes back with Redis, as it would in production. The producer finds the
+    // loss (a queue empty behind its marks), or the consumer does (an add the producer had in
+    // flight was resent to the restored Redis, so the queue holds a batch that names a missing
+    // one), or a command of the producer's meets Redis mid-restart and ends its session: either
+    // way the new session finds Redis' record of the pipeline without the table, and copies it again.
+    consumer = pipeline.duckdb('main');
     await waitFor(
       'the loss to be found',
       async () => /Redis lost recent writes|producer session ended; restarting from the slot/.test(producer.stderr.slice(seen)),
@@ -76,7 +79,6 @@ test.serial('a table added to the publication whose copy Redis lost before it wa
       // What the producer did meanwhile, for whoever finds this failing.
       throw new Error(`${(error as Error).message}; the producer's last lines:\n${producer.stderr.slice(-4000)}`);
     });
-    consumer = pipeline.duckdb('main');
     await waitFor('the table to be copied again', async () => (producer.stderr.match(/table sync: copy enqueued/g)?.length ?? 0) >= 2);
     await pipeline.waitForCatchUp();
     await waitFor('the copy to be applied and forgotten', async () => (await env.redis.client.hlen(`pgr:{${pipeline.pipeline}}:table-syncs`)) === 0);
