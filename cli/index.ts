@@ -234,37 +234,49 @@ program
   .action(async (flags) => {
     const file = await (await import('./runfile.js')).readRunFile(flags.config, destinationTypes);
     const stopMetrics = await startMetrics(file.metricsPort);
-    const [{ Producer }, { ConsumerRunner }, { connectRedis }] = await Promise.all([
-      import('../producer/producer.js'),
-      import('../consumers/runner.js'),
-      import('../shared/redis.js'),
-    ]);
-    const producer = new Producer(
-      validate(producerConfig, { ...PRODUCER_DEFAULTS, ...file, destinations: file.destinations.map((destination) => destination.name) }),
-    );
-    const redis = connectRedis(file.redisUrl);
-    redis.on('error', () => {});
+    const { startPipeline } = await import('./pipeline.js');
     const view = await terminalProgress(file.redisUrl, file.pipeline, (file.mode ?? 'both') !== 'copy');
-    const consumers = await Promise.all(
-      file.destinations.map(async ({ type, name, ...options }) => {
-        const plugin = destinationTypes.find((each) => each.type === type)!;
-        const opened = await plugin.open(options, { redis, pipeline: file.pipeline, name });
-        const runner = new ConsumerRunner(validate(runnerConfig, { ...RUNNER_DEFAULTS, redisUrl: file.redisUrl, pipeline: file.pipeline, name }), opened);
-        return { opened, runner };
-      }),
-    );
+    const pipeline = await startPipeline(file, destinationTypes);
     await runUntilStopped(
-      (signal) => Promise.all([producer.run(signal), ...consumers.map(({ runner }) => runner.run(signal))]).then(() => {}),
+      (signal) => Promise.race([pipeline.done, new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve()))]),
       async () => {
         await view?.stop();
         await stopMetrics();
-        await producer.close();
-        for (const { opened, runner } of consumers) {
-          await runner.close();
-          await opened.close();
-        }
-        redis.disconnect();
+        await pipeline.stop();
       },
+    );
+  });
+
+program
+  .command('serve')
+  .description(
+    'Serve the control API (/api, described at /openapi.json), the status page (/) and the queues (/queues); run the pipelines created through the API, and resume them when it restarts.',
+  )
+  .addOption(new Option('--host <host>', 'address to listen on; any but loopback needs --token').default('127.0.0.1').env('PGR_HOST'))
+  .addOption(new Option('--port <port>', 'port to listen on').default(8080).argParser(integer).env('PGR_PORT'))
+  .addOption(new Option('--token <token>', 'bearer token every request must carry (required off loopback)').env('PGR_API_TOKEN'))
+  .addOption(redisOption())
+  .addOption(new Option('--pg-url <url>', 'Postgres URL for the slots of pipelines this server does not run (their lag, resync, delete)').env('PG_URL'))
+  .option('--queues-admin', "let the queue board retry, promote and remove jobs (read-only without it: moving jobs by hand can break a partition's order)")
+  .addOption(new Option('--sample-seconds <n>', "how often the page's plots are sampled").default(5).argParser(integer))
+  .action(async (flags) => {
+    const options = validate(
+      z.object({
+        redisUrl,
+        pgUrl: pgUrl.optional(),
+        host: z.string().min(1),
+        port: z.number().int().min(0).max(65535, '--port must be 0–65535'),
+        token: z.string().min(16, '--token must be at least 16 characters').optional(),
+        queuesAdmin: z.boolean().default(false),
+        sampleSeconds: z.number().positive('--sample-seconds must be positive'),
+      }),
+      flags,
+    );
+    const { startServer } = await import('../serve/server.js');
+    const server = await startServer({ ...options, sampleMs: options.sampleSeconds * 1000, plugins: destinationTypes });
+    await runUntilStopped(
+      (signal) => new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve())),
+      () => server.close(),
     );
   });
 

@@ -65,11 +65,16 @@ export async function readRunFile(path: string, plugins: DestinationPlugin[]): P
     if (error instanceof UserError) throw error;
     throw new UserError(`--config ${path} is not valid YAML: ${errorMessage(error)}`);
   }
+  return parseRunConfig(raw, plugins, `--config ${path}`);
+}
+
+/** A run configuration (a run file's document, or the body of `serve`'s create request), strictly; `what` names it in the error. */
+export function parseRunConfig(raw: unknown, plugins: DestinationPlugin[], what: string): RunFile {
   const result = runFileSchema(plugins).safeParse(raw);
   if (result.success) return result.data as RunFile;
   const known = keysOf(plugins);
   const problems = result.error.issues.flatMap((issue) => describe(issue, known));
-  throw new UserError(`--config ${path} is not valid:\n${[...new Set(problems)].map((problem) => `  ${problem}`).join('\n')}`);
+  throw new UserError(`${what} is not valid:\n${[...new Set(problems)].map((problem) => `  ${problem}`).join('\n')}`);
 }
 
 /**

@@ -13,6 +13,9 @@ export interface PipelineStatus {
   slot: string;
   publication: string;
   copy: string;
+  partitions: number;
+  /** Reading the slot is paused by an operator (`serve`'s API): WAL is held until it is resumed. */
+  paused: boolean;
   /** The initial copy, per table: CTID ranges in the queues out of all, rows, and rows per second so far. */
   copyProgress: {
     table: string;
@@ -32,6 +35,11 @@ export interface PipelineStatus {
   slotWalStatus?: string | null;
   /** WAL the slot holds on the server: from its confirmed position to the current one. */
   slotLagBytes?: number | null;
+  /**
+   * How long the newest WAL flushed on the server waits for the slot to confirm it (the
+   * walsender's flush_lag): 0 when caught up, null with no producer connected.
+   */
+  slotLagSeconds?: number | null;
   /** Requests the producer refused and moved aside (malformed, or for a table not published), the newest last. */
   refusedRequests: { request: string; error: string; at: string }[];
   /** The producer's connection to Postgres, as it last recorded it. */
@@ -41,6 +49,9 @@ export interface PipelineStatus {
     /** Everything up to this LSN is durably applied at the destination. */
     appliedLsn: string | null;
     pendingBatches: number;
+    /** Changes and copied rows applied since the pipeline began (counted once per batch, however often it was delivered). */
+    appliedChanges: number;
+    appliedRows: number;
     state: 'ok' | 'retrying' | 'parked' | 'detached';
     /** Consumers of this destination alive now (heartbeats). */
     consumers: number;
@@ -65,6 +76,8 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
       slot: state.slot,
       publication: state.publication,
       copy: state.copy ?? 'none',
+      partitions: state.partitions,
+      paused: (await redis.hget(keys.state(options.pipeline), 'paused')) === '1',
       copyProgress: [],
       tableSyncs: [],
       refusedRequests: [],
@@ -103,8 +116,9 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
         const row = (
           await client.query(
             `SELECT confirmed_flush_lsn::text AS lsn, active, to_jsonb(s) ->> 'wal_status' AS wal_status,
-                    pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, confirmed_flush_lsn)::int8 AS lag
-               FROM pg_replication_slots s WHERE slot_name = $1`,
+                    pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, confirmed_flush_lsn)::int8 AS lag,
+                    CASE WHEN r.pid IS NULL THEN NULL ELSE COALESCE(EXTRACT(epoch FROM r.flush_lag), 0) END::float8 AS lag_seconds
+               FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE slot_name = $1`,
             [state.slot],
           )
         ).rows[0];
@@ -112,6 +126,7 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
         status.slotActive = row?.active ?? false;
         status.slotWalStatus = row?.wal_status ?? null;
         status.slotLagBytes = row?.lag === undefined || row.lag === null ? null : Number(row.lag);
+        status.slotLagSeconds = row?.lag_seconds ?? null;
       } finally {
         await client.end();
       }
@@ -132,6 +147,7 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
         entry.state === 'ok' ? [] : [{ partition: entry.partition, attempts: entry.attempts, error: entry.error, since: entry.since }],
       );
       const applied = await readApplied(redis, options.pipeline, name);
+      const totals = await redis.hmget(keys.totals(options.pipeline, name), 'changes', 'rows');
       status.destinations.push({
         name,
         consumers: await aliveConsumers(redis, options.pipeline, name),
@@ -141,6 +157,8 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
         ),
         appliedLsn: (await redis.hget(keys.state(options.pipeline), `applied:${name}`)) ?? null,
         pendingBatches: pending,
+        appliedChanges: Number(totals[0] ?? 0),
+        appliedRows: Number(totals[1] ?? 0),
         state: health.some((entry) => entry.state === 'parked') ? 'parked' : errors.length > 0 ? 'retrying' : 'ok',
         errors,
         appliedBatches: Object.fromEntries([...applied].map(([partition, mark]) => [String(partition), `${mark.epoch}:${mark.seq}`])),
@@ -156,6 +174,8 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
         quarantined: {},
         appliedLsn: null,
         pendingBatches: 0,
+        appliedChanges: 0,
+        appliedRows: 0,
         state: 'detached',
         detached: JSON.parse(text),
         errors: [],
@@ -170,6 +190,7 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
 
 export function formatStatus(status: PipelineStatus): string {
   const lines = [`pipeline ${status.pipeline}: slot ${status.slot}, publication ${status.publication}, copy ${status.copy}`];
+  if (status.paused) lines.push('reading the slot is paused by an operator: WAL is held until it is resumed');
   for (const table of status.copyProgress) {
     const estimate = table.estimatedRows === undefined ? '' : ` of about ${table.estimatedRows}`;
     lines.push(
@@ -183,7 +204,8 @@ export function formatStatus(status: PipelineStatus): string {
   for (const refused of status.refusedRequests) lines.push(`control request refused at ${refused.at}: ${refused.error} (${refused.request.slice(0, 200)})`);
   if (status.postgres?.state === 'reconnecting') lines.push(`producer: reconnecting to Postgres since ${status.postgres.since} (${status.postgres.error})`);
   if (status.slotConfirmedFlushLsn !== undefined) {
-    const held = status.slotLagBytes === null || status.slotLagBytes === undefined ? '' : `, holding ${status.slotLagBytes} bytes of WAL`;
+    const seconds = typeof status.slotLagSeconds === 'number' ? ` (${status.slotLagSeconds.toFixed(1)} s behind)` : '';
+    const held = status.slotLagBytes === null || status.slotLagBytes === undefined ? '' : `, holding ${status.slotLagBytes} bytes of WAL${seconds}`;
     const wal = status.slotWalStatus
       ? `, wal_status ${status.slotWalStatus}${status.slotWalStatus === 'lost' ? ' (invalidated: run pg-replicate resync --all)' : ''}`
       : '';

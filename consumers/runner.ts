@@ -212,6 +212,7 @@ export class ConsumerRunner {
             partition,
             last,
             batches.slice(1).map((next) => next.copy?.id),
+            batches,
           );
           for (const next of batches.slice(1)) if (next.copy?.id) this.appliedAhead.add(next.copy.id);
         }
@@ -257,7 +258,7 @@ export class ConsumerRunner {
     }
     // Its chunk was read ahead, but the batch needed none (applied with the one before it, or earlier).
     if (job.id) this.ahead.dropReadAhead(job.id);
-    await this.completeApplied(partition, { epoch: encoded.e, seq: encoded.s }, [batch?.copy?.id ?? encoded.b]);
+    await this.completeApplied(partition, { epoch: encoded.e, seq: encoded.s }, [batch?.copy?.id ?? encoded.b], applied);
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
     const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
     log.debug(
@@ -282,9 +283,14 @@ export class ConsumerRunner {
     this.publishedPlacements = text;
   }
 
-  /** Records the partition's applied mark (it only moves forward) and releases the chunks applied. */
-  private async completeApplied(partition: number, mark: { epoch: number; seq: number }, chunks: (string | undefined)[]): Promise<void> {
-    await recordApplied(this.redis, this.options.pipeline, this.options.name, partition, mark);
+  /** Records the partition's applied mark (it only moves forward), with what the batches held, and releases the chunks applied. */
+  private async completeApplied(partition: number, mark: { epoch: number; seq: number }, chunks: (string | undefined)[], batches: Batch[]): Promise<void> {
+    const counts = { changes: 0, rows: 0 };
+    for (const batch of batches) {
+      counts.changes += batch.changes.length;
+      counts.rows += batch.copy?.rows ?? 0;
+    }
+    await recordApplied(this.redis, this.options.pipeline, this.options.name, partition, mark, counts);
     await Promise.all(chunks.flatMap((chunk) => (chunk ? [releaseChunk(this.redis, this.options.pipeline, chunk, this.options.name)] : [])));
   }
 

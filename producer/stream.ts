@@ -47,7 +47,7 @@ export async function streamSlot(
   // Set per message, turned into a time by the loop below: Date.now() per row was half a
   // second of the producer's CPU in a 5 M-row transaction.
   let active = false;
-  const pauses = new Set<'inbox' | 'backlog' | 'held'>();
+  const pauses = new Set<'inbox' | 'backlog' | 'held' | 'operator'>();
   /** The newest WAL position the server reported (keepalives) or we read (commits): for the lag metric. */
   let serverLsn = position.lsn;
   showSession(session, position, { serverLsn: () => serverLsn, pauses: () => pauses });
@@ -56,7 +56,7 @@ export async function streamSlot(
     replication.sendStatus(position.lsn, replyRequested);
     lastStatus = Date.now();
   };
-  const setPaused = (reason: 'inbox' | 'backlog' | 'held', shouldPause: boolean) => {
+  const setPaused = (reason: 'inbox' | 'backlog' | 'held' | 'operator', shouldPause: boolean) => {
     const wasPaused = pauses.size > 0;
     if (shouldPause) pauses.add(reason);
     else pauses.delete(reason);
@@ -202,15 +202,20 @@ export async function streamSlot(
         position.lsn = maxLsn(position.lsn, ackLsn);
       });
       if (advanced || Date.now() - lastStatus >= options.statusIntervalMs) sendStatus();
+      if (watcher.paused !== pauses.has('operator')) {
+        setPaused('operator', watcher.paused);
+        log.info({ slot: options.slot }, watcher.paused ? 'reading the slot paused by an operator (it holds WAL until resumed)' : 'reading the slot resumed');
+      }
       setPaused('backlog', backlogFull());
       await tableSync.tick(publicationTables);
-      await lagGuard.check();
+      // Paused by an operator, every destination falls behind alike: none is detached for it.
+      if (!watcher.paused) await lagGuard.check();
       setPaused('held', tableSync.isFull);
       if (active) {
         lastActivity = Date.now();
         active = false;
       }
-      if (tracker.isIdle && inbox.length === 0 && Date.now() - lastActivity >= options.heartbeatIntervalMs) {
+      if (tracker.isIdle && inbox.length === 0 && !watcher.paused && Date.now() - lastActivity >= options.heartbeatIntervalMs) {
         lastActivity = Date.now();
         await heartbeat.beat();
       }

@@ -26,6 +26,8 @@ export class AppliedWatcher {
   /** Unapplied batches and bytes of the slowest destination. */
   backlog = 0;
   backlogBytes = 0;
+  /** An operator paused reading the slot (`serve`'s API): nothing is read or copied until resumed. */
+  paused = false;
   /** Per destination, the LSN before which it has applied everything (as last published for status). */
   readonly appliedLsns = new Map<string, Lsn>();
   /** The destinations' marks as last read: for copies beside the stream, which stay recorded until applied. */
@@ -53,7 +55,8 @@ export class AppliedWatcher {
   async poll(onAck: (lsn: Lsn) => void): Promise<boolean> {
     // On a quiet stream no next enqueue would surface it.
     this.queues.throwIfFailed();
-    const [epoch, copy, gap] = await this.redis.hmget(keys.state(this.options.pipeline), 'epoch', 'copy', 'gap');
+    const [epoch, copy, gap, paused] = await this.redis.hmget(keys.state(this.options.pipeline), 'epoch', 'copy', 'gap', 'paused');
+    this.paused = paused === '1';
     if (epoch !== String(this.epoch)) {
       throw new RedisLostError(`Redis no longer holds this producer run (epoch ${this.epoch}, found ${epoch ?? 'nothing'}): re-reading from the slot`);
     }
@@ -86,6 +89,7 @@ export class AppliedWatcher {
    * chunks of many megabytes between the stream's polls (or before the stream starts).
    */
   async measure(): Promise<void> {
+    this.paused = (await this.redis.hget(keys.state(this.options.pipeline), 'paused')) === '1';
     this.measureBacklog(await this.readMarks());
     this.publishProgress();
   }
@@ -175,9 +179,10 @@ export class AppliedWatcher {
     if (Object.keys(fields).length > 0) await this.redis.hset(keys.state(this.options.pipeline), fields);
   }
 
-  /** Whether reading must pause: too many batches (or bytes) unapplied by the slowest destination, or not yet in Redis. */
+  /** Whether reading must pause: paused by an operator, or too many batches (or bytes) unapplied by the slowest destination, or not yet in Redis. */
   get isFull(): boolean {
     return (
+      this.paused ||
       this.queues.pendingAdds > MAX_PENDING_ADDS ||
       this.queues.pendingBytes > MAX_PENDING_BYTES ||
       this.backlog > this.options.maxBacklogBatches ||

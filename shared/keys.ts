@@ -31,9 +31,14 @@ export const keys = {
   quarantined: (pipeline: string, destination: string) => `pgr:{${pipeline}}:quarantined:${destination}`,
   /** Sorted set "host:pid" → last heartbeat (ms): the destination's consumers, for status. */
   consumers: (pipeline: string, destination: string) => `pgr:{${pipeline}}:consumers:${destination}`,
+  /** Hash changes/rows → how many the destination has applied since the pipeline began (its throughput, for the status page). */
+  totals: (pipeline: string, destination: string) => `pgr:{${pipeline}}:totals:${destination}`,
   /** Hash table → JSON state, for destinations that have no store of their own (stdout). */
   tableStates: (pipeline: string, destination: string) => `pgr:{${pipeline}}:tables:${destination}`,
 };
+
+/** Hash pipeline id → the JSON run configuration of a pipeline that `pg-replicate serve` runs (and resumes when it restarts). */
+export const SERVED_PIPELINES = 'pgr:served-pipelines';
 
 export function queueName(pipeline: string, destination: string, partition: number): string {
   return `{${pipeline}.${destination}.${partition}}`;

@@ -101,17 +101,34 @@ if epoch then
   if epoch > newEpoch or (epoch == newEpoch and seq >= newSeq) then return 0 end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
+if ARGV[4] ~= '0' then redis.call('HINCRBY', KEYS[2], 'changes', ARGV[4]) end
+if ARGV[5] ~= '0' then redis.call('HINCRBY', KEYS[2], 'rows', ARGV[5]) end
 return 1`;
 
-/** Records that a destination has durably applied the partition's batches up to (epoch, seq), unless its mark is there already. */
+/**
+ * Records that a destination has durably applied the partition's batches up to (epoch, seq),
+ * unless its mark is there already; only then are the batches' changes and copied rows added
+ * to its totals (a batch delivered again is not counted twice).
+ */
 export async function recordApplied(
   redis: Redis,
   pipeline: string,
   destination: string,
   partition: number,
   mark: { epoch: number; seq: number },
+  counts: { changes: number; rows: number } = { changes: 0, rows: 0 },
 ): Promise<void> {
-  await redis.eval(RECORD_APPLIED, 1, keys.applied(pipeline, destination), String(partition), String(mark.epoch), String(mark.seq));
+  await redis.eval(
+    RECORD_APPLIED,
+    2,
+    keys.applied(pipeline, destination),
+    keys.totals(pipeline, destination),
+    String(partition),
+    String(mark.epoch),
+    String(mark.seq),
+    String(counts.changes),
+    String(counts.rows),
+  );
 }
 
 /** The applied marks of one destination: partition → last batch applied. */
