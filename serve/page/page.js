@@ -43,7 +43,7 @@ const duration = (seconds) => {
 const badge = (state) => element('span', { class: `state state-${state}` }, state);
 
 /** A plot of the history: x is time, one line per series; recreated when its series change. */
-function drawPlot(container, key, title, series, points) {
+function drawPlot(container, key, title, series, points, format = (value) => number.format(value)) {
   const data = [points.map((point) => point.t / 1000), ...series.map((each) => points.map(each.value))];
   const names = series.map((each) => each.label).join('\n');
   let plot = plots.get(key);
@@ -55,7 +55,13 @@ function drawPlot(container, key, title, series, points) {
         width: 500,
         height: 200,
         series: [{}, ...series.map((each, index) => ({ label: each.label, stroke: `hsl(${(index * 137) % 360} 65% 45%)`, scale: each.scale ?? 'y' }))],
-        axes: [{}, { scale: series[0]?.scale ?? 'y' }, ...(series.some((each) => each.scale === 's') ? [{ scale: 's', side: 1, grid: { show: false } }] : [])],
+        axes: [
+          {},
+          { scale: 'y', size: 80, values: (_, ticks) => ticks.map(format) },
+          ...(series.some((each) => each.scale === 's')
+            ? [{ scale: 's', side: 1, grid: { show: false }, values: (_, ticks) => ticks.map((tick) => `${tick} s`) }]
+            : []),
+        ],
       },
       data,
       container,
@@ -170,6 +176,7 @@ function renderPipeline(section, detail, points) {
       { label: 'seconds', value: (point) => point.lagSeconds, scale: 's' },
     ],
     points,
+    bytes,
   );
   const names = [...new Set(points.flatMap((point) => Object.keys(point.destinations)))].sort();
   drawPlot(
