@@ -8,6 +8,7 @@ COPY shared shared
 COPY producer producer
 COPY consumers consumers
 COPY cli cli
+COPY serve serve
 COPY test test
 COPY scripts scripts
 RUN npm run build && npm prune --omit=dev
@@ -21,6 +22,9 @@ COPY --from=build /app/dist/shared dist/shared
 COPY --from=build /app/dist/producer dist/producer
 COPY --from=build /app/dist/consumers dist/consumers
 COPY --from=build /app/dist/cli dist/cli
+COPY --from=build /app/dist/serve dist/serve
+# The status page's files, served as they are.
+COPY --from=build /app/serve/page serve/page
 # Not root: the image's own user, with /data (where the compose file keeps DuckDB files) its own.
 RUN mkdir -p /data && chown node:node /data
 USER node

@@ -257,6 +257,10 @@ program
   .addOption(new Option('--token <token>', 'bearer token every request must carry (required off loopback)').env('PGR_API_TOKEN'))
   .addOption(redisOption())
   .addOption(new Option('--pg-url <url>', 'Postgres URL for the slots of pipelines this server does not run (their lag, resync, delete)').env('PG_URL'))
+  .option(
+    '--trust-network',
+    "serve off loopback without a token: only where the network in front is trusted (a container whose port is published on the host's loopback)",
+  )
   .option('--queues-admin', "let the queue board retry, promote and remove jobs (read-only without it: moving jobs by hand can break a partition's order)")
   .addOption(new Option('--sample-seconds <n>', "how often the page's plots are sampled").default(5).argParser(integer))
   .action(async (flags) => {
@@ -268,6 +272,7 @@ program
         port: z.number().int().min(0).max(65535, '--port must be 0–65535'),
         token: z.string().min(16, '--token must be at least 16 characters').optional(),
         queuesAdmin: z.boolean().default(false),
+        trustNetwork: z.boolean().default(false),
         sampleSeconds: z.number().positive('--sample-seconds must be positive'),
       }),
       flags,

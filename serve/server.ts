@@ -22,6 +22,8 @@ export interface ServeOptions {
   host: string;
   port: number;
   token?: string;
+  /** Serve off loopback without a token: the network in front is trusted (a container whose port is published on the host's loopback). */
+  trustNetwork: boolean;
   queuesAdmin: boolean;
   sampleMs: number;
   plugins: DestinationPlugin[];
@@ -43,9 +45,9 @@ export interface ServeContext {
 
 /** `pg-replicate serve`: the control API, the status page and the queue board on one port. */
 export async function startServer(options: ServeOptions): Promise<{ url: string; close(): Promise<void> }> {
-  if (!LOOPBACK.has(options.host) && !options.token) {
+  if (!LOOPBACK.has(options.host) && !options.token && !options.trustNetwork) {
     throw new UserError(
-      `serve --host ${options.host} is reachable from other machines: give a bearer token with --token or PGR_API_TOKEN (or serve on 127.0.0.1).`,
+      `serve --host ${options.host} is reachable from other machines: give a bearer token with --token or PGR_API_TOKEN, or serve on 127.0.0.1 (in a container whose port is published only on the host's loopback, --trust-network).`,
     );
   }
   const redis = connectRedis(options.redisUrl);

@@ -14,13 +14,23 @@ const ROOT = join(process.cwd());
 const compose = parse(readFileSync(join(ROOT, 'docker-compose.yml'), 'utf8'));
 const services: Record<
   string,
-  { build?: string; image?: string; command: string[]; environment?: Record<string, string>; volumes?: string[]; depends_on?: unknown; profiles?: string[] }
+  {
+    build?: string;
+    image?: string;
+    command: string[];
+    environment?: Record<string, string>;
+    volumes?: string[];
+    depends_on?: unknown;
+    profiles?: string[];
+    ports?: string[];
+  }
 > = compose.services;
 
 const env = useServices(test);
 
 test('the compose file has Postgres with wal_level=logical, Redis, the producer and both consumers, and its references resolve', (t) => {
-  t.deepEqual(Object.keys(services).sort(), ['bigquery', 'demo-traffic', 'duckdb', 'postgres', 'producer', 'redis', 'stdout']);
+  t.deepEqual(Object.keys(services).sort(), ['bigquery', 'demo-traffic', 'duckdb', 'postgres', 'producer', 'redis', 'serve', 'stdout']);
+  t.deepEqual(services.serve.ports, ['127.0.0.1:8080:8080'], "the page and the API are published on the host's loopback only");
   t.deepEqual(services.bigquery.profiles, ['bigquery'], 'BigQuery (which needs credentials) starts only with --profile bigquery');
   t.deepEqual(services.bigquery.command.slice(0, 2), ['consumer', 'bigquery']);
   t.true(services.postgres.command.includes('wal_level=logical'));
@@ -54,13 +64,15 @@ test('the compose services, run as processes, replicate the demo data and traffi
       .replace(/^\/data\//, `${data}/`);
   // Each service's metrics port (one in every container) becomes a free port of this host.
   const metricsPorts: number[] = [];
+  let servePort = 0;
   const run = async (name: string) => {
     const service = services[name];
     const environment = Object.fromEntries(Object.entries(service.environment ?? {}).map(([key, value]) => [key, local(String(value))]));
     if (environment.METRICS_PORT) metricsPorts.push(Number((environment.METRICS_PORT = String(await freePort()))));
+    if (environment.PGR_PORT) environment.PGR_PORT = String((servePort = await freePort()));
     return new CliProcess(service.command.map(local), environment);
   };
-  const processes = [await run('producer'), await run('duckdb'), await run('stdout')];
+  const processes = [await run('producer'), await run('duckdb'), await run('stdout'), await run('serve')];
   const [, , stdout] = processes;
   try {
     const pipeline = services.producer.environment!.PIPELINE_ID;
@@ -72,6 +84,13 @@ test('the compose services, run as processes, replicate the demo data and traffi
     );
     t.regex(producerMetrics, /^pg_replicate_changes_total\{operation="insert"\} [1-9]/m, 'the producer serves its metrics');
     t.regex(duckdbMetrics, /^pg_replicate_changes_applied_total\{destination="analytics"\} [1-9]/m, 'the DuckDB consumer serves its metrics');
+    // The server shows the pipeline the other services run, with its slot's lag.
+    const shown = (await (await fetch(`http://127.0.0.1:${servePort}/api/pipelines/${pipeline}`)).json()) as {
+      status: { slotLagBytes: number; destinations: unknown[] };
+    };
+    t.is(typeof shown.status.slotLagBytes, 'number');
+    t.is(shown.status.destinations.length, 2);
+    t.is((await fetch(`http://127.0.0.1:${servePort}/`)).status, 200, 'the status page');
   } finally {
     await Promise.all(processes.map((process) => process.stop()));
   }

@@ -155,24 +155,33 @@ test.serial(
   },
 );
 
-test.serial('serve off loopback needs a token, checks it on every API request, and lets the page load without it', async (t) => {
-  const refused = await runCli(['serve', '--host', '0.0.0.0', '--port', String(await freePort()), '--redis-url', env.redis.url]);
-  t.is(refused.code, 2);
-  t.regex(refused.stderr, /reachable from other machines: give a bearer token with --token or PGR_API_TOKEN/);
-  const token = 'a-token-of-some-length';
-  const api = await serve(['--host', '0.0.0.0'], { PGR_API_TOKEN: token });
-  try {
-    const anonymous = await api.call('GET', '/api/pipelines');
-    t.is(anonymous.status, 401);
-    t.regex(anonymous.json.error, /bearer token is required/);
-    t.is((await api.call('GET', '/api/pipelines', undefined, { authorization: 'Bearer a-token-of-some-lengtH' })).status, 401);
-    t.is((await api.call('GET', '/api/pipelines', undefined, { authorization: `Bearer ${token}` })).status, 200);
-    t.is((await api.call('GET', '/queues/', undefined, { cookie: `pgr_token=${token}` })).status, 200, 'the queue board takes the page cookie');
-    t.is((await api.call('GET', '/queues/')).status, 401);
-    const page = await fetch(`${api.base}/`);
-    t.is(page.status, 200);
-    t.regex(await page.text(), /<title>pg-replicate<\/title>/);
-  } finally {
-    await api.server.stop();
-  }
-});
+test.serial(
+  'serve off loopback needs a token, checks it on every API request, and lets the page load without it; --queues-admin opens the queue board to changes',
+  async (t) => {
+    const refused = await runCli(['serve', '--host', '0.0.0.0', '--port', String(await freePort()), '--redis-url', env.redis.url]);
+    t.is(refused.code, 2);
+    t.regex(refused.stderr, /reachable from other machines: give a bearer token with --token or PGR_API_TOKEN/);
+    const token = 'a-token-of-some-length';
+    const api = await serve(['--host', '0.0.0.0', '--queues-admin'], { PGR_API_TOKEN: token });
+    try {
+      const anonymous = await api.call('GET', '/api/pipelines');
+      t.is(anonymous.status, 401);
+      t.regex(anonymous.json.error, /bearer token is required/);
+      t.is((await api.call('GET', '/api/pipelines', undefined, { authorization: 'Bearer a-token-of-some-lengtH' })).status, 401);
+      t.is((await api.call('GET', '/api/pipelines', undefined, { authorization: `Bearer ${token}` })).status, 200);
+      t.is((await api.call('GET', '/queues/', undefined, { cookie: `pgr_token=${token}` })).status, 200, 'the queue board takes the page cookie');
+      t.is((await api.call('GET', '/queues/')).status, 401);
+      // The pipeline of the test before, found in Redis: its queues, open to changes.
+      const board = await waitFor('the board to list the queues', async () => {
+        const { json } = await api.call('GET', '/queues/api/queues', undefined, { cookie: `pgr_token=${token}` });
+        return json.queues.length > 0 && (json.queues as { readOnlyMode: boolean }[]);
+      });
+      t.true(board.every((queue) => !queue.readOnlyMode));
+      const page = await fetch(`${api.base}/`);
+      t.is(page.status, 200);
+      t.regex(await page.text(), /<title>pg-replicate<\/title>/);
+    } finally {
+      await api.server.stop();
+    }
+  },
+);

@@ -58,10 +58,10 @@ test('the status page shows each pipeline live in Chromium: plots with points, a
     const section = page.locator(`section[data-pipeline="${pipeline.pipeline}"]`);
     const parked = section.locator('tr.partition[data-destination="mirror"]');
     await parked.waitFor({ timeout: 60_000 });
-    t.regex(await parked.innerText(), /permission denied for table items/);
-    t.is(await section.locator('tr[data-destination="mirror"] .state').first().innerText(), 'parked');
-    t.is(await section.locator('tr[data-destination="warehouse"] .state').innerText(), 'ok');
-    t.is(await section.locator('tr[data-table="public.items"] .percent').innerText(), '100 %');
+    t.regex((await parked.textContent()) ?? '', /permission denied for table items/);
+    t.is(await section.locator('tr[data-destination="mirror"] .state').first().textContent(), 'parked');
+    t.is(await section.locator('tr[data-destination="warehouse"] .state').textContent(), 'ok');
+    t.is(await section.locator('tr[data-table="public.items"] .percent').textContent(), '100 %');
     // Samples every second: the plots fill as the page refreshes.
     await page.waitForFunction(
       (id) => {
@@ -73,7 +73,7 @@ test('the status page shows each pipeline live in Chromium: plots with points, a
       { timeout: 30_000 },
     );
     t.is(await section.locator('[data-plot="lag"] canvas').count(), 1, 'uPlot drew the lag');
-    t.regex(await section.locator('[data-plot="throughput"]').innerText(), /warehouse changes\/s/);
+    t.regex((await section.locator('[data-plot="throughput"]').textContent()) ?? '', /warehouse changes\/s/);
 
     // The queues in bull-board, read-only: a change by hand is refused.
     const queues = (await (await fetch(`${base}/queues/api/queues`)).json()) as { queues: { name: string; readOnlyMode: boolean }[] };
