@@ -77,6 +77,7 @@ export async function startServer(options: ServeOptions): Promise<{ url: string;
     log.error({ err: errorMessage(error) }, 'API request failed');
     return reply.code(500).send({ error: errorMessage(error) });
   });
+  app.setNotFoundHandler((request, reply) => reply.code(404).send({ error: `no route ${request.method} ${request.url.split('?')[0]}: see /openapi.json` }));
   if (options.token) app.addHook('onRequest', requireToken(options.token));
   await app.register(swagger, {
     openapi: {
@@ -92,9 +93,10 @@ export async function startServer(options: ServeOptions): Promise<{ url: string;
   await app.register(board.plugin(), { prefix: '/queues' });
   servePage(app);
 
-  await supervisor.resume();
-  const sampler = startSampler(context, board);
   await app.listen({ host: options.host, port: options.port });
+  // Listening first: with Redis down, the page and the API say so while the pipelines wait for it.
+  void supervisor.resume().catch((error) => log.error({ err: errorMessage(error) }, 'could not resume the pipelines this server ran'));
+  const sampler = startSampler(context, board);
   const { address, family, port } = app.server.address() as AddressInfo;
   const url = `http://${family === 'IPv6' ? `[${address}]` : address}:${port}/`;
   log.info({ url }, 'serving the API and the status page');

@@ -73,6 +73,11 @@ test.serial(
       t.regex(invalid.json.error, /partitons: unknown key \(did you mean "partitions"\?\)/);
       t.regex(invalid.json.error, /destinations: at least one destination is needed/);
       t.is((await api.call('GET', '/api/pipelines/nothing-here')).status, 404);
+      t.deepEqual(await api.call('GET', '/api/nowhere'), {
+        status: 404,
+        text: JSON.stringify({ error: 'no route GET /api/nowhere: see /openapi.json' }),
+        json: { error: 'no route GET /api/nowhere: see /openapi.json' },
+      });
 
       const created = await api.call('POST', '/api/pipelines', config);
       t.is(created.status, 201, created.text);
