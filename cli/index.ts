@@ -233,6 +233,8 @@ program
   .requiredOption('--config <file>', 'YAML file: pipeline, pgUrl, redisUrl, publication, slot, destinations')
   .action(async (flags) => {
     const file = await (await import('./runfile.js')).readRunFile(flags.config, destinationTypes);
+    // The producer runs in this process: its metrics are served beside the consumers'.
+    if (file.metricsPort) await import('../producer/prometheus.js');
     const stopMetrics = await startMetrics(file.metricsPort);
     const { startPipeline } = await import('./pipeline.js');
     const view = await terminalProgress(file.redisUrl, file.pipeline, (file.mode ?? 'both') !== 'copy');

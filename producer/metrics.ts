@@ -1,12 +1,11 @@
-import { Counter, Gauge } from 'prom-client';
 import type { Lsn } from '../shared/lsn.js';
 import type { AckPosition, Session } from './session.js';
 
 /**
- * The producer's Prometheus metrics, on this thread's default registry (served by
- * shared/metrics). Counts are plain numbers bumped on the hot path (a labelled prom-client
- * increment per row change would cost more than the change) and published at each scrape;
- * gauges read the running session when scraped.
+ * What the producer's Prometheus metrics (producer/prometheus.ts) show. Counts are plain
+ * numbers bumped on the hot path (a labelled prom-client increment per row change would cost
+ * more than the change) and published at each scrape; gauges read the running session when
+ * scraped. Without a metrics port, prom-client is never loaded.
  */
 export const tally = {
   transactions: 0,
@@ -31,7 +30,13 @@ export interface StreamView {
   pauses(): Iterable<string>;
 }
 
-let shown: { session: Session; position: AckPosition; stream?: StreamView } | undefined;
+export type ShownSession = { session: Session; position: AckPosition; stream?: StreamView };
+let shown: ShownSession | undefined;
+
+/** The session the gauges show, if any. */
+export function shownSession(): ShownSession | undefined {
+  return shown;
+}
 
 /** The session the gauges show from now on: copying (no stream yet) or streaming. */
 export function showSession(session: Session, position: AckPosition, stream?: StreamView): void {
@@ -42,97 +47,3 @@ export function showSession(session: Session, position: AckPosition, stream?: St
 export function hideSession(): void {
   shown = undefined;
 }
-
-const PAUSE_REASONS = ['backlog', 'held', 'inbox'];
-
-const counter = (name: string, help: string, value: () => number) =>
-  new Counter({
-    name,
-    help,
-    collect() {
-      this.reset();
-      this.inc(value());
-    },
-  });
-const gauge = (name: string, help: string, value: (view: NonNullable<typeof shown>) => number) =>
-  new Gauge({
-    name,
-    help,
-    collect() {
-      if (shown) this.set(value(shown));
-      else this.reset();
-    },
-  });
-counter('pg_replicate_transactions_total', 'Transactions read from the slot (of the published tables).', () => tally.transactions);
-counter('pg_replicate_batches_enqueued_total', "Batches put into the destinations' queues (copy chunks and streamed changes).", () => tally.batches);
-counter('pg_replicate_producer_restarts_total', 'Producer sessions that ended in an error and were restarted from the slot.', () => tally.restarts);
-new Counter({
-  name: 'pg_replicate_changes_total',
-  help: 'Row changes and truncates read from the slot, by operation.',
-  labelNames: ['operation'],
-  collect() {
-    this.reset();
-    for (const [operation, count] of Object.entries(tally.changes)) this.inc({ operation }, count);
-  },
-});
-new Counter({
-  name: 'pg_replicate_copied_rows_total',
-  help: 'Rows enqueued by table copies (initial, added tables, new destinations, resyncs), by table.',
-  labelNames: ['table'],
-  collect() {
-    this.reset();
-    for (const [table, count] of tally.copiedRows) this.inc({ table }, count);
-  },
-});
-new Gauge({
-  name: 'pg_replicate_destination_detached',
-  help: 'Destinations detached by this producer for leaving more than --max-destination-lag-bytes of WAL unapplied (1 until their consumer registers again).',
-  labelNames: ['destination'],
-  collect() {
-    this.reset();
-    for (const destination of detachedDestinations) this.set({ destination }, 1);
-  },
-});
-new Gauge({
-  name: 'pg_replicate_postgres_connected',
-  help: 'Whether the producer reaches Postgres (0 while it reconnects after a lost connection, a restart or a failover).',
-  collect() {
-    this.set(source.connected ? 1 : 0);
-  },
-});
-// LSNs as numbers: exact up to 2^53 bytes of WAL (8 PiB).
-gauge('pg_replicate_slot_acknowledged_lsn', 'The LSN acknowledged to Postgres: every destination has applied everything before it.', ({ position }) =>
-  Number(position.lsn),
-);
-gauge('pg_replicate_slot_lag_bytes', 'WAL between the newest position the server reported and the acknowledged LSN.', ({ position, stream }) =>
-  stream ? Math.max(0, Number(stream.serverLsn() - position.lsn)) : 0,
-);
-gauge(
-  'pg_replicate_transactions_in_flight',
-  'Transactions (or table copies) read but not yet applied by every destination.',
-  ({ session }) => session.tracker.pendingEntries,
-);
-gauge('pg_replicate_backlog_batches', 'Batches the slowest destination has not applied yet.', ({ session }) => session.watcher.backlog);
-gauge(
-  'pg_replicate_backlog_bytes',
-  'Bytes (approximate, as stored in Redis) the slowest destination has not applied yet.',
-  ({ session }) => session.watcher.backlogBytes,
-);
-new Gauge({
-  name: 'pg_replicate_destination_applied_lsn',
-  help: 'Per destination, the LSN before which it has applied everything.',
-  labelNames: ['destination'],
-  collect() {
-    this.reset();
-    for (const [destination, lsn] of shown?.session.watcher.appliedLsns ?? []) this.set({ destination }, Number(lsn));
-  },
-});
-new Gauge({
-  name: 'pg_replicate_slot_read_paused',
-  help: 'Whether reading the slot is paused, by reason: backlog (destinations behind), held (a table copy holds its changes), inbox (catalog look-ups).',
-  labelNames: ['reason'],
-  collect() {
-    const paused = new Set(shown?.stream?.pauses() ?? []);
-    for (const reason of PAUSE_REASONS) this.set({ reason }, paused.has(reason) ? 1 : 0);
-  },
-});

@@ -191,7 +191,7 @@ export class TableSync {
     for (;;) {
       const text = await this.session.redis.lindex(requests, 0);
       if (!text) break;
-      const parsed = parseRequest(text);
+      const parsed = await parseRequest(text);
       if ('error' in parsed) {
         await this.refuse(text, parsed.error);
         continue;

@@ -1,6 +1,5 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { errorMessage, UserError } from '../shared/errors.js';
-import { serveMetrics } from '../shared/metrics.js';
 import type { ProducerOptions } from './options.js';
 import { Producer } from './producer.js';
 
@@ -14,7 +13,10 @@ async function run(options: ProducerOptions, metricsPort: number | undefined): P
   let outcome: { error?: string; userError?: boolean } = {};
   let stopMetrics: (() => Promise<void>) | undefined;
   try {
-    if (metricsPort) stopMetrics = await serveMetrics(metricsPort);
+    if (metricsPort) {
+      await import('./prometheus.js');
+      stopMetrics = await (await import('../shared/metrics.js')).serveMetrics(metricsPort);
+    }
     await producer.run(controller.signal);
   } catch (error) {
     outcome = { error: errorMessage(error), userError: error instanceof UserError };

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { UserError } from './errors.js';
 import { NAME_PATTERN } from './keys.js';
-import { parseRedisUrl, REDIS_URL_FORMS } from './redistarget.js';
+import { parseRedisUrl, REDIS_URL_FORMS } from './redisurl.js';
 
 /** Validation of everything a user passes, with messages that name the flag and say what is expected. */
 const name = (what: string) => z.string({ error: `${what} is required` }).regex(NAME_PATTERN, `${what} may use only letters, digits, _ and - (at most 64)`);
