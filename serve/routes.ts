@@ -234,6 +234,23 @@ export function apiRoutes(context: ServeContext): FastifyPluginAsyncZod {
       },
     );
 
+    app.post(
+      '/pipelines/:id/restart',
+      {
+        schema: {
+          summary: 'Start a pipeline this server runs again from its configuration (after it failed on something since fixed); it resumes from its slot',
+          params,
+          response: { 200: summary, 404: error },
+        },
+      },
+      async (request) => {
+        const { id } = request.params;
+        if (!supervisor.config(id)) throw new ApiError(404, `pipeline ${id} is not run by this server`);
+        await supervisor.restart(id);
+        return { id, served: true, run: supervisor.status(id) };
+      },
+    );
+
     for (const action of ['pause', 'resume'] as const) {
       app.post(
         `/pipelines/:id/${action}`,

@@ -73,6 +73,14 @@ export class Supervisor {
     await this.start(config);
   }
 
+  /** Starts a pipeline again from its stored configuration (after it failed on something since fixed). */
+  async restart(id: string): Promise<void> {
+    const config = this.config(id);
+    if (!config) throw new UserError(`pipeline ${id} is not run by this server`);
+    await this.stop(id);
+    await this.start(config);
+  }
+
   /** Stops a pipeline and forgets its configuration (its slot and keys stay until dropped). */
   async remove(id: string): Promise<void> {
     await this.stop(id);

@@ -190,3 +190,35 @@ test.serial(
     }
   },
 );
+
+test.serial('serve: a pipeline that fails on something to fix shows the error, and restarts once it is fixed', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'refixed', []);
+  await env.pg.query('CREATE TABLE fixed (id int PRIMARY KEY); INSERT INTO fixed VALUES (1), (2)');
+  const api = await serve();
+  try {
+    const created = await api.call('POST', '/api/pipelines', {
+      pipeline: pipeline.pipeline,
+      pgUrl: env.pg.url,
+      redisUrl: env.redis.url,
+      publication: pipeline.publication,
+      slot: pipeline.slot,
+      destinations: [{ type: 'duckdb', name: 'warehouse', path: join(pipeline.dir, 'fixed.duckdb') }],
+    });
+    t.is(created.status, 201, created.text);
+    // Its publication does not exist yet: the producer refuses to start, with the fix.
+    const failed = await waitFor('the pipeline to fail', async () => {
+      const { json } = await api.call('GET', `/api/pipelines/${pipeline.pipeline}`);
+      return json.run.state === 'failed' && json.run;
+    });
+    t.regex(failed.error, new RegExp(`Publication "${pipeline.publication}" does not exist in this database. Create it first`));
+    t.is((await api.call('POST', '/api/pipelines/nothing-here/restart')).status, 404);
+    await env.pg.query(`CREATE PUBLICATION ${pipeline.publication} FOR TABLE fixed`);
+    const restarted = await api.call('POST', `/api/pipelines/${pipeline.pipeline}/restart`);
+    t.is(restarted.status, 200, restarted.text);
+    t.is(restarted.json.run.state, 'running');
+    await pipeline.waitForCopy(env.redis.client);
+    t.is((await api.call('GET', `/api/pipelines/${pipeline.pipeline}`)).json.status.destinations[0].appliedRows, 2);
+  } finally {
+    await api.server.stop();
+  }
+});
