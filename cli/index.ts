@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { z } from 'zod';
 import { RUNNER_DEFAULTS } from '../consumers/options.js';
 import type { DestinationPlugin } from '../consumers/plugin.js';
@@ -12,6 +12,7 @@ import { destinationName, heapMb, metricsPort, pgUrl, pipelineId, producerConfig
 import { UserError } from '../shared/errors.js';
 import { writeLogLine } from '../shared/log.js';
 import { exitWithError, runUntilStopped } from './lifecycle.js';
+import { bytes, sizeText } from './sizes.js';
 
 // Modules that talk to Postgres, Redis or a destination are imported by the commands that use
 // them: the producer command's main thread stays small (the producer runs on a worker thread).
@@ -36,29 +37,6 @@ const program = new Command('pg-replicate')
 const redisOption = () => new Option('--redis-url <url>', 'Redis URL (required)').env('REDIS_URL');
 const pipelineOption = () => new Option('--pipeline <id>', 'pipeline id: names its queues and state in Redis (required)').env('PIPELINE_ID');
 const integer = (value: string) => Number(value);
-const UNITS: Record<string, number> = {
-  '': 1,
-  b: 1,
-  k: 1024,
-  kb: 1000,
-  kib: 1024,
-  m: 1024 ** 2,
-  mb: 1000 ** 2,
-  mib: 1024 ** 2,
-  g: 1024 ** 3,
-  gb: 1000 ** 3,
-  gib: 1024 ** 3,
-};
-/** A size in bytes: a number, or one with a unit (`64MiB`, `8 MB`, `1.5GiB`). */
-const bytes = (value: string) => {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$/.exec(value);
-  const unit = match ? UNITS[match[2].toLowerCase()] : undefined;
-  if (!match || unit === undefined) throw new InvalidArgumentError(`expected a size in bytes, e.g. 8388608, 8MiB or 8MB (got "${value}")`);
-  return Math.round(Number(match[1]) * unit);
-};
-/** Bytes as people write them: 8 MiB, 256 MiB. */
-const sizeText = (value: number) =>
-  value % 1024 ** 3 === 0 ? `${value / 1024 ** 3} GiB` : value % 1024 ** 2 === 0 ? `${value / 1024 ** 2} MiB` : `${value} bytes`;
 const metricsOption = () => new Option('--metrics-port <port>', 'serve Prometheus metrics on this port at /metrics (default: not served)').env('METRICS_PORT');
 
 program
