@@ -1,5 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors, jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
@@ -50,8 +52,11 @@ export async function startServer(options: ServeOptions): Promise<{ url: string;
       `serve --host ${options.host} is reachable from other machines: give a bearer token with --token or PGR_API_TOKEN, or serve on 127.0.0.1 (in a container whose port is published only on the host's loopback, --trust-network).`,
     );
   }
-  const redis = connectRedis(options.redisUrl);
+  // An HTTP request is answered while Redis is down (503), never held until it returns.
+  const redis = connectRedis(options.redisUrl, { failFast: true });
   redis.on('error', (error) => log.debug({ err: errorMessage(error) }, 'redis connection error'));
+  // Failing fast, the client refuses commands until it is connected: give it a moment first.
+  await Promise.race([once(redis, 'ready'), sleep(3_000)]);
   const supervisor = new Supervisor(redis, options.plugins);
   const context: ServeContext = {
     options,
@@ -71,6 +76,8 @@ export async function startServer(options: ServeOptions): Promise<{ url: string;
         .send({ error: `the request is not valid: ${error.validation.map((issue) => `${issue.instancePath || 'body'} ${issue.message}`).join('; ')}` });
     }
     if (error instanceof ApiError) return reply.code(error.statusCode).send({ error: errorMessage(error) });
+    if (isRedisUnreachable(error))
+      return reply.code(503).send({ error: `Redis is unreachable (${errorMessage(error)}): the pipelines wait for it; try again` });
     if (error instanceof UserError) return reply.code(400).send({ error: errorMessage(error) });
     const status = (error as { statusCode?: number }).statusCode;
     if (status && status < 500) return reply.code(status).send({ error: errorMessage(error) });
@@ -95,7 +102,8 @@ export async function startServer(options: ServeOptions): Promise<{ url: string;
 
   await app.listen({ host: options.host, port: options.port });
   // Listening first: with Redis down, the page and the API say so while the pipelines wait for it.
-  void supervisor.resume().catch((error) => log.error({ err: errorMessage(error) }, 'could not resume the pipelines this server ran'));
+  let closing = false;
+  void resumeWhenRedisAnswers(supervisor, () => closing);
   const sampler = startSampler(context, board);
   const { address, family, port } = app.server.address() as AddressInfo;
   const url = `http://${family === 'IPv6' ? `[${address}]` : address}:${port}/`;
@@ -103,6 +111,7 @@ export async function startServer(options: ServeOptions): Promise<{ url: string;
   return {
     url,
     close: async () => {
+      closing = true;
       sampler.stop();
       await app.close();
       await supervisor.close();
@@ -138,6 +147,12 @@ function cookie(header: string | undefined, name: string): string | undefined {
   return undefined;
 }
 
+/** ioredis refusing a command while it has no connection (failFast), or Redis unreachable for a one-off connection. */
+function isRedisUnreachable(error: unknown): boolean {
+  const message = error instanceof Error ? error.message : '';
+  return /Stream isn't writeable|enableOfflineQueue|Connection is closed|Cannot reach Redis|Reached the max retries/.test(message);
+}
+
 /** Pipeline ids of which Redis holds a state record (`pgr:{id}:state`). */
 async function pipelinesInRedis(redis: Redis): Promise<string[]> {
   const ids: string[] = [];
@@ -148,6 +163,19 @@ async function pipelinesInRedis(redis: Redis): Promise<string[]> {
     for (const key of found) ids.push(key.slice('pgr:{'.length, -'}:state'.length));
   } while (cursor !== '0');
   return ids;
+}
+
+/** Starts the pipelines this server ran, once Redis answers (it may be starting too). */
+async function resumeWhenRedisAnswers(supervisor: Supervisor, closing: () => boolean): Promise<void> {
+  for (let attempt = 1; !closing(); attempt++) {
+    try {
+      await supervisor.resume();
+      return;
+    } catch (error) {
+      if (attempt === 1) log.warn({ err: errorMessage(error) }, 'cannot read the pipelines this server ran from Redis yet: trying again every 2 s');
+      await sleep(2_000);
+    }
+  }
 }
 
 /** Samples every pipeline's status for the page's plots, and keeps the queue board's queues current. */

@@ -26,10 +26,14 @@ function clientOptions(target: RedisTarget): RedisOptions {
   };
 }
 
-/** An ioredis client for the URL (one server or Sentinel's master). */
-export function connectRedis(url: string): Redis {
+/**
+ * An ioredis client for the URL (one server or Sentinel's master). `failFast`: while Redis is
+ * unreachable a command fails at once instead of waiting for it (someone is waiting for an answer).
+ */
+export function connectRedis(url: string, { failFast = false } = {}): Redis {
   const target = parseRedisUrl(url);
-  return target.kind === 'server' ? new Redis(target.url, clientOptions(target)) : new Redis(clientOptions(target));
+  const options = { ...clientOptions(target), ...(failFast ? { maxRetriesPerRequest: 0, enableOfflineQueue: false } : {}) };
+  return target.kind === 'server' ? new Redis(target.url, options) : new Redis(options);
 }
 
 /** Where to open a connection of one's own (the consumers' chunk reader): the server, or Sentinel's master now. */

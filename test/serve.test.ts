@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import test from 'ava';
 import { CliProcess, duckdbRows, postgresRows, runCli, TestPipeline, waitFor } from './support/pipeline.js';
-import { freePort, useServices } from './support/services.js';
+import { freePort, spawnRedis, useServices } from './support/services.js';
 
 const env = useServices(test);
 
@@ -220,5 +220,28 @@ test.serial('serve: a pipeline that fails on something to fix shows the error, a
     t.is((await api.call('GET', `/api/pipelines/${pipeline.pipeline}`)).json.status.destinations[0].appliedRows, 2);
   } finally {
     await api.server.stop();
+  }
+});
+
+test.serial('serve answers 503 at once while its Redis is down, and serves again when it is back', async (t) => {
+  const port = await freePort();
+  let redis = await spawnRedis(port, []);
+  const server = new CliProcess(['serve', '--port', String(await freePort()), '--redis-url', `redis://127.0.0.1:${port}`]);
+  try {
+    await waitFor('the server to listen', async () => server.stderr.includes('serving the API'));
+    const url = JSON.parse(server.stderr.split('\n').find((line) => line.includes('serving the API'))!).url;
+    t.is((await fetch(`${url}api/pipelines`)).status, 200);
+    await redis.kill();
+    const started = Date.now();
+    const down = await fetch(`${url}api/pipelines`);
+    t.is(down.status, 503);
+    t.regex(((await down.json()) as { error: string }).error, /^Redis is unreachable/);
+    t.true(Date.now() - started < 5_000, 'answered, not held until Redis returns');
+    redis = await spawnRedis(port, []);
+    await waitFor('the server to answer again', async () => (await fetch(`${url}api/pipelines`)).status === 200);
+    t.pass();
+  } finally {
+    await server.stop();
+    await redis.kill();
   }
 });
