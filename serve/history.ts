@@ -19,9 +19,12 @@ const HOUR_MS = 3_600_000;
  */
 export class History {
   private readonly points = new Map<string, Point[]>();
+  /** Each pipeline's newest status sampled: what the page shows, so that its views cost Postgres and Redis nothing. */
+  private readonly latest = new Map<string, PipelineStatus>();
   private readonly lastTotals = new Map<string, { t: number; totals: Map<string, { changes: number; rows: number }> }>();
 
   add(status: PipelineStatus, t = Date.now()): void {
+    this.latest.set(status.pipeline, status);
     const previous = this.lastTotals.get(status.pipeline);
     const totals = new Map(status.destinations.map((each) => [each.name, { changes: each.appliedChanges, rows: each.appliedRows }]));
     this.lastTotals.set(status.pipeline, { t, totals });
@@ -47,8 +50,13 @@ export class History {
     return this.points.get(pipeline) ?? [];
   }
 
+  latestOf(pipeline: string): PipelineStatus | undefined {
+    return this.latest.get(pipeline);
+  }
+
   forget(pipeline: string): void {
     this.points.delete(pipeline);
+    this.latest.delete(pipeline);
     this.lastTotals.delete(pipeline);
   }
 }

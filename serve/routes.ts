@@ -124,14 +124,15 @@ export function apiRoutes(context: ServeContext): FastifyPluginAsyncZod {
       '/pipelines/:id/history',
       {
         schema: {
-          summary: 'The last hour of lag and throughput, as sampled by this server',
+          summary: 'The last hour of lag and throughput, and the newest status, as sampled by this server (every --sample-seconds): what the status page shows',
           params,
-          response: { 200: z.object({ points: z.array(point) }), 404: error },
+          response: { 200: z.object({ points: z.array(point), sampled: statusView.nullable() }), 404: error },
         },
       },
       async (request) => {
-        await mustExist(request.params.id);
-        return { points: context.history.of(request.params.id) };
+        const { id } = request.params;
+        await mustExist(id);
+        return { points: context.history.of(id), sampled: (context.history.latestOf(id) as z.infer<typeof statusView> | undefined) ?? null };
       },
     );
 

@@ -142,6 +142,7 @@ test.serial(
       t.is((await api.call('GET', `/api/pipelines/${pipeline.pipeline}`)).json.run.state, 'running');
       const history = await api.call('GET', `/api/pipelines/${pipeline.pipeline}/history`);
       t.true(history.json.points.length > 0);
+      t.is(history.json.sampled.pipeline, pipeline.pipeline, 'the newest status sampled, for the page');
 
       const unconfirmed = await api.call('DELETE', `/api/pipelines/${pipeline.pipeline}`);
       t.is(unconfirmed.status, 400);
