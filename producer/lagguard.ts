@@ -1,3 +1,4 @@
+import { keys } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import type { Lsn } from '../shared/lsn.js';
 import { LAG_CHECK_MS } from './options.js';
@@ -26,6 +27,10 @@ export class LagGuard {
     if (options.maxDestinationLagBytes <= 0 || Date.now() - this.lastCheck < LAG_CHECK_MS) return;
     this.lastCheck = Date.now();
     const end = await this.walEnd();
+    if (watcher.paused) {
+      await this.boundPause(end);
+      return;
+    }
     for (const [destination, applied] of watcher.appliedLsns) {
       const lag = end - applied;
       if (!queues.destinations.includes(destination) || lag <= BigInt(options.maxDestinationLagBytes)) continue;
@@ -36,5 +41,22 @@ export class LagGuard {
       );
       await this.detach(destination, reason);
     }
+  }
+
+  /**
+   * Paused by an operator, every destination falls behind alike and none is to blame: none is
+   * detached. The pause itself is bounded instead: once even the nearest destination is more
+   * than --max-destination-lag-bytes behind, reading resumes.
+   */
+  private async boundPause(end: Lsn): Promise<void> {
+    const { options, watcher, redis } = this.session;
+    const nearest = Math.min(...[...watcher.appliedLsns.values()].map((applied) => Number(end - applied)));
+    if (!Number.isFinite(nearest) || nearest <= options.maxDestinationLagBytes) return;
+    log.warn(
+      { lagBytes: nearest, maxDestinationLagBytes: options.maxDestinationLagBytes },
+      'pause lifted: while paused the slot held more WAL than --max-destination-lag-bytes; reading resumes',
+    );
+    await redis.hdel(keys.state(options.pipeline), 'paused');
+    watcher.paused = false;
   }
 }

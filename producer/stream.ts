@@ -208,8 +208,7 @@ export async function streamSlot(
       }
       setPaused('backlog', backlogFull());
       await tableSync.tick(publicationTables);
-      // Paused by an operator, every destination falls behind alike: none is detached for it.
-      if (!watcher.paused) await lagGuard.check();
+      await lagGuard.check();
       setPaused('held', tableSync.isFull);
       if (active) {
         lastActivity = Date.now();

@@ -48,3 +48,31 @@ test('a destination gone past --max-destination-lag-bytes is detached (the slot 
     t.deepEqual(duckdb, postgres, name);
   }
 });
+
+test('a pause past --max-destination-lag-bytes is lifted, not a reason to detach: the primary keeps no more WAL, and nothing is lost', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'pausebound', ['main']);
+  // A schema of its own: the test beside it runs at the same time.
+  await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'paused'));
+  await env.pg.query('CREATE TABLE paused.bulky (id int PRIMARY KEY, body text)');
+  await env.pg.query(`ALTER PUBLICATION ${pipeline.publication} ADD TABLE paused.bulky`);
+  const producer = pipeline.producer(['--max-destination-lag-bytes', String(2 * 1024 * 1024)]);
+  const main = pipeline.duckdb('main');
+  const status = async () => (await runCli(['status', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url])).stdout;
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    // What `serve`'s pause does.
+    await env.redis.client.hset(`pgr:{${pipeline.pipeline}}:state`, 'paused', '1');
+    await waitFor('the producer to pause', async () => producer.stderr.includes('reading the slot paused by an operator'));
+    for (let part = 0; part < 10; part++)
+      await env.pg.query(`INSERT INTO paused.bulky SELECT g, repeat(md5(g::text), 32) FROM generate_series(${part * 500 + 1}, ${part * 500 + 500}) g`);
+    await waitFor('the pause to be lifted at the bound', async () => producer.stderr.includes('pause lifted'));
+    t.is(await env.redis.client.hget(`pgr:{${pipeline.pipeline}}:state`, 'paused'), null);
+    await pipeline.waitForCatchUp();
+    t.regex(await status(), /destination main: ok/);
+  } finally {
+    await Promise.all([producer.stop(), main.stop()]);
+  }
+  t.notRegex(producer.stderr, /destination detached/);
+  const { duckdb, postgres } = await loadTablesIn(env.pg, pipeline.duckdbPath('main'), 'paused');
+  t.deepEqual(duckdb, postgres);
+});
