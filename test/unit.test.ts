@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import test from 'ava';
 import { collapseByKey } from '../consumers/collapse.js';
 import { collapseImagesToCsv, collapseImagesToCsvAside } from '../consumers/imagescsv.js';
+import { parseSize } from '../consumers/duckdb/memory.js';
 import { planBatch, planBatches } from '../consumers/plan.js';
 import { AckTracker } from '../producer/acks.js';
 import { decodePgoutput } from '../producer/pgoutput.js';
@@ -478,4 +479,12 @@ test('the tests take Postgres and Redis from the URL given, else from containers
   t.throws(() => chooseSource('redis', { ...none, forced: 'vm' }), { message: /PGR_TEST_SERVICES=vm: give containers or binaries/ });
   t.throws(() => chooseSource('postgres', none), { message: /set PG_URL, start a Docker engine .* or install Postgres server binaries/ });
   t.throws(() => chooseSource('redis', none), { message: /set REDIS_URL, start a Docker engine .* or install redis-server/ });
+});
+
+test("DuckDB's sizes are read in its units, binary and decimal", (t) => {
+  t.is(parseSize('18.8 GiB'), 18.8 * 2 ** 30);
+  t.is(parseSize('128.0 MiB'), 128 * 2 ** 20);
+  t.is(parseSize('1.5GB'), 1.5e9);
+  t.is(parseSize('512 B'), 512);
+  t.throws(() => parseSize('lots'), { message: /not a size/ });
 });

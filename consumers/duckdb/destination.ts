@@ -6,6 +6,7 @@ import { joinPieces } from '../../shared/chunks.js';
 import { parseCopyRows } from '../../shared/csv.js';
 import { errorMessage, UserError } from '../../shared/errors.js';
 import { qualifiedName, type Relation } from '../../shared/events.js';
+import { log } from '../../shared/log.js';
 import {
   type Destination,
   RefusedError,
@@ -19,6 +20,7 @@ import {
 import { collapseImagesToCsvAside } from '../imagescsv.js';
 import { withDistinctColumnNamesIn } from '../names.js';
 import { columnChanges, keyColumnsOf } from '../schema.js';
+import { MemoryLimit, OUT_OF_MEMORY } from './memory.js';
 import { placeTable, type TargetName } from './places.js';
 import { collapsedLines, RowWriter } from './rows.js';
 import { ident, literal, type Shape, StateTable } from './statetable.js';
@@ -49,6 +51,8 @@ export class DuckDbDestination implements Destination {
   /** DuckDB's own thread count (one per core), and the count set now. */
   private allThreads = 1;
   private threads = 1;
+  /** DuckDB's memory_limit, where the user set none. */
+  private memory?: MemoryLimit;
   /** Set when a fatal error invalidated the open database (see reopen): the error. */
   private invalidated: string | undefined;
 
@@ -105,6 +109,8 @@ export class DuckDbDestination implements Destination {
 
   private async load(): Promise<void> {
     this.allThreads = this.threads = Number((await this.connection.runAndReadAll("SELECT current_setting('threads')")).getRows()[0][0]);
+    if (this.memory) await this.memory.set(this.connection);
+    else this.memory = await MemoryLimit.start(this.connection, this.settings, this.path);
     // Staging files are rewritten in place under the same names (withFiles): never read them from a cache.
     await this.connection.run('SET enable_external_file_cache = false');
     // DuckDB hands a worker thread's freed memory back to the OS once the thread has idled for
@@ -146,9 +152,21 @@ export class DuckDbDestination implements Destination {
 
   apply(steps: Step[], states: Map<number, TableState>): Promise<void> {
     const named = withDistinctColumnNamesIn(steps);
-    const run = this.queue.then(() => this.applyNow(named, states).catch((error) => this.afterFailure(error)));
+    const run = this.queue.then(() => this.applyWithinMemory(named, states).catch((error) => this.afterFailure(error)));
     this.queue = run.catch(() => {});
     return run;
+  }
+
+  /** Applies the steps, again under a higher memory_limit each time DuckDB runs out of memory (see MemoryLimit). */
+  private async applyWithinMemory(steps: Step[], states: Map<number, TableState>): Promise<void> {
+    for (;;) {
+      try {
+        return await this.applyNow(steps, states);
+      } catch (error) {
+        if (!OUT_OF_MEMORY.test(errorMessage(error)) || !(await this.memory?.raise(this.connection))) throw error;
+        log.info({ memoryLimitMb: this.memory!.megabytes }, 'DuckDB ran out of memory for a batch: applying it again under a higher memory_limit');
+      }
+    }
   }
 
   private async applyNow(steps: Step[], states: Map<number, TableState>): Promise<void> {
