@@ -1,8 +1,8 @@
 import { EventEmitter } from 'node:events';
 import test from 'ava';
 import { collapseByKey } from '../consumers/collapse.js';
-import { collapseImagesToCsv, collapseImagesToCsvAside } from '../consumers/imagescsv.js';
 import { parseSize } from '../consumers/duckdb/memory.js';
+import { collapseImagesToCsv, collapseImagesToCsvAside } from '../consumers/imagescsv.js';
 import { planBatch, planBatches } from '../consumers/plan.js';
 import { AckTracker } from '../producer/acks.js';
 import { decodePgoutput } from '../producer/pgoutput.js';
