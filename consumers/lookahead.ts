@@ -9,15 +9,21 @@ import { planBatches } from './plan.js';
 
 /**
  * Copy batches applied together at most (the first and those queued behind it), and their rows'
- * bytes, once there are `least` of them. Everything joined is in memory and in staging files at
- * once, and as much again is read ahead: 24 MiB (two or three narrow chunks) loads a 2 M-row
- * backfill as fast as 64 MiB did (2.9 against 3.0 s, side by side) with the consumer's peak at
- * 317 MB rather than 390–410; 16 MiB cost a quarter more CPU. But a chunk applied on its own
- * is read by one of DuckDB's threads (each takes its own file): wider rows, whose chunk alone
- * is near the limit, are joined two at a time whatever their size (arrays alone: 17–20 s
- * against 14–17 s for 2 M rows).
+ * bytes. Everything joined is in memory and in staging files at once, and as much again is read
+ * ahead: 24 MiB (two or three narrow chunks) loads a 2 M-row backfill as fast as 64 MiB did
+ * (2.9 against 3.0 s, side by side) with the consumer's peak at 317 MB rather than 390–410;
+ * 16 MiB cost a quarter more CPU. But a chunk that fits one of DuckDB's CSV buffers
+ * (`oneBuffer`), applied on its own, is read by one of its threads: such chunks go at least
+ * `least` to a transaction whatever their bytes (arrays, 28 MB chunks, alone: 17–20 s against
+ * 14–17 s for 2 M rows); larger ones are split between the threads anyway.
  */
-export const JOIN_LIMITS = { batches: 8, bytes: 24 * 1024 * 1024, least: 2 };
+export const JOIN_LIMITS = { batches: 8, bytes: 24 * 1024 * 1024, least: 2, oneBuffer: 32 * 1000 * 1000 };
+
+/** Whether a transaction of `count` copy batches holding `bytes` is full before a chunk of `size` bytes joins. */
+function joinIsFull(count: number, bytes: number, size: number, stretch = 1): boolean {
+  if (count >= JOIN_LIMITS.batches * stretch) return true;
+  return bytes + size > JOIN_LIMITS.bytes * stretch && (count >= JOIN_LIMITS.least || size >= JOIN_LIMITS.oneBuffer);
+}
 /** While a transaction is applied, the queue is looked at this often for the chunks to read ahead for the next. */
 const READ_AHEAD_POLL_MS = 20;
 /** Chunks read ahead this long ago and not taken are dropped: their batches went to another process. */
@@ -129,9 +135,8 @@ export class LookAhead {
     const joined: Batch[] = [];
     let bytes = copy.bytes;
     for (const next of queued) {
+      if (joinIsFull(joined.length + 1, bytes, next.copy!.bytes, stretch)) break;
       bytes += next.copy!.bytes;
-      const count = joined.length + 1;
-      if (count >= JOIN_LIMITS.batches * stretch || (count >= JOIN_LIMITS.least && bytes > JOIN_LIMITS.bytes * stretch)) break;
       joined.push(next);
     }
     const rows = await Promise.all(joined.map((next) => (next.copy!.id ? this.readChunk(next.copy!.id) : [])));
@@ -170,8 +175,9 @@ export class LookAhead {
         for (const job of await queue.getJobs(['wait'], skip + listed, skip + count - 1, true)) {
           if (!applying || !job?.id || !isChunkId(job.id) || this.readAhead !== ahead) return;
           const encoded = job.data as EncodedBatch;
-          bytes += encoded.k ? decodeBatch(encoded).copy!.bytes : 0;
-          if (listed >= JOIN_LIMITS.least && bytes > JOIN_LIMITS.bytes) return;
+          const size = encoded.k ? decodeBatch(encoded).copy!.bytes : 0;
+          if (listed > 0 && joinIsFull(listed, bytes, size)) return;
+          bytes += size;
           const read = this.chunks.read(chunkKeys.data(this.pipeline, job.id)).catch(() => undefined);
           ahead.set(job.id, read);
           if (listed === 0 && prepareNext && encoded.b && !encoded.k) {

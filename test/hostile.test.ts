@@ -75,7 +75,7 @@ test("a table of 1 600 columns (Postgres' most) is copied and streamed exactly",
   t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.widest', all), await postgresRows(env.pg, 'widest', all));
 });
 
-test('a 100 MB value in a table copy arrives byte for byte (the consumer raises its DuckDB memory_limit for it, and only for it)', async (t) => {
+test("a 100 MB value in a table copy arrives byte for byte (DuckDB's memory_limit is raised for it, then set back)", async (t) => {
   const pipeline = new TestPipeline(env.pg, env.redis.url, 'hugecopy', ['main']);
   await env.pg.query(`
     CREATE TABLE hugecopy (id int PRIMARY KEY, body text);
@@ -86,9 +86,17 @@ test('a 100 MB value in a table copy arrives byte for byte (the consumer raises 
     await env.pg.query("UPDATE hugecopy SET body = body || 'x' WHERE id = 2");
     await pipeline.waitForCatchUp();
   });
-  // It starts at 128 MB, which a CSV buffer for a 100 MB line exceeds: raised, once or twice.
-  const raises = consumer.stderr.split('\n').filter((line) => line.includes('applying it again under a higher memory_limit'));
-  t.true(raises.length >= 1 && raises.length <= 2, consumer.stderr.slice(-3000));
+  // The update's 100 MB line needs more than the room made for its CSV buffer: the batch is
+  // applied again under a higher limit, which is then set back to 128 MB.
+  const lines = consumer.stderr.split('\n');
+  t.true(
+    lines.some((line) => line.includes('applying it again under a higher memory_limit')),
+    consumer.stderr.slice(-3000),
+  );
+  t.true(
+    lines.some((line) => line.includes('memory_limit set back after the batch') && line.includes('"memoryLimitMb":128')),
+    consumer.stderr.slice(-3000),
+  );
   const columns = ['id', 'length(body)', 'md5(body)'];
   t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.hugecopy', columns), await postgresRows(env.pg, 'hugecopy', columns));
 });

@@ -68,6 +68,8 @@ export class DuckDbDestination implements Destination {
       () => this.connection,
       (relation) => this.tableSql(relation),
       scratch,
+      // Each thread reads a buffer (DuckDB takes a buffer's whole size, however short the file), and the rows it inserts need room beside them.
+      (bufferBytes) => this.memory?.atLeast(this.connection, this.threads * bufferBytes + STATEMENT_ROOM_BYTES) ?? Promise.resolve(),
     );
   }
 
@@ -159,13 +161,20 @@ export class DuckDbDestination implements Destination {
 
   /** Applies the steps, again under a higher memory_limit each time DuckDB runs out of memory (see MemoryLimit). */
   private async applyWithinMemory(steps: Step[], states: Map<number, TableState>): Promise<void> {
-    for (;;) {
-      try {
-        return await this.applyNow(steps, states);
-      } catch (error) {
-        if (!OUT_OF_MEMORY.test(errorMessage(error)) || !(await this.memory?.raise(this.connection))) throw error;
-        log.info({ memoryLimitMb: this.memory!.megabytes }, 'DuckDB ran out of memory for a batch: applying it again under a higher memory_limit');
+    let raised = false;
+    try {
+      for (;;) {
+        try {
+          return await this.applyNow(steps, states);
+        } catch (error) {
+          if (!OUT_OF_MEMORY.test(errorMessage(error)) || !(await this.memory?.raise(this.connection))) throw error;
+          raised = true;
+          log.info({ memoryLimitMb: this.memory!.megabytes }, 'DuckDB ran out of memory for a batch: applying it again under a higher memory_limit');
+        }
       }
+    } finally {
+      await this.memory?.settle(this.connection).catch(() => {});
+      if (raised && !this.memory?.raised) log.info({ memoryLimitMb: this.memory!.baseMegabytes }, 'DuckDB memory_limit set back after the batch');
     }
   }
 
@@ -327,6 +336,9 @@ export class DuckDbDestination implements Destination {
     await rm(this.scratch, { recursive: true, force: true });
   }
 }
+
+/** Room a statement reading CSV buffers needs beside them (row groups being built and compressed). */
+const STATEMENT_ROOM_BYTES = 64 * 2 ** 20;
 
 /** Per-thread allocation peak above which DuckDB returns a thread's memory as soon as it idles (see load). */
 const ALLOCATOR_FLUSH_THRESHOLD = '16GB';

@@ -6,16 +6,23 @@ import type { DuckDBConnection } from '@duckdb/node-api';
  * DuckDB's own default is 80 % of the machine's memory, and it keeps every block it wrote
  * cached up to it: in a 10 M-row backfill the consumer held 120 MB of table blocks it would
  * never read again. A low limit makes DuckDB drop them (they are in the file), at the same
- * speed. But a limit that low cannot hold a single very large value (a 100 MB document, read
- * through a CSV buffer of many times its size): a batch that runs out of memory is applied
- * again under a limit four times higher, up to DuckDB's default, and the limit stays there.
+ * speed. A statement that reads large CSV buffers (chunks of wide rows, a very large value) is
+ * given the room they take; a batch that still runs out of memory is applied again under a
+ * limit four times higher (up to DuckDB's default) as often as it takes. After each apply the
+ * limit goes back down.
  */
 export class MemoryLimit {
+  /** The limit now: the base, or more while a statement that needs more runs (atLeast). */
+  private current: number;
+
   private constructor(
-    private bytes: number,
+    /** The limit between applies. */
+    private readonly base: number,
     /** DuckDB's default for this machine: never raised beyond. */
     private readonly ceiling: number,
-  ) {}
+  ) {
+    this.current = base;
+  }
 
   /**
    * For a database the user gave no memory_limit: the limit, set on `connection`. Undefined
@@ -31,19 +38,44 @@ export class MemoryLimit {
 
   /** Sets the limit on a database opened again. */
   async set(connection: DuckDBConnection): Promise<void> {
-    await connection.run(`SET memory_limit = '${Math.floor(this.bytes / 1024)}KiB'`);
+    await connection.run(`SET memory_limit = '${Math.floor(this.current / 1024)}KiB'`);
   }
 
-  /** After an out-of-memory error: a higher limit, or false when it is at DuckDB's default already. */
+  /** Before a statement known to need `bytes` (CSV buffers of a large chunk): at least that much, until settle(). */
+  async atLeast(connection: DuckDBConnection, bytes: number): Promise<void> {
+    if (bytes <= this.current || this.current >= this.ceiling) return;
+    this.current = Math.min(bytes, this.ceiling);
+    await this.set(connection);
+  }
+
+  /** After an apply: back to the base, which makes DuckDB drop the cached blocks above it. */
+  async settle(connection: DuckDBConnection): Promise<void> {
+    if (this.current === this.base) return;
+    const raised = this.current;
+    this.current = this.base;
+    // DuckDB refuses a limit below what it holds pinned: the next apply tries again.
+    await this.set(connection).catch(() => (this.current = raised));
+  }
+
+  /** After an out-of-memory error: four times the limit until settle(), or false when it is at DuckDB's default already. */
   async raise(connection: DuckDBConnection): Promise<boolean> {
-    if (this.bytes >= this.ceiling) return false;
-    this.bytes = Math.min(this.bytes * 4, this.ceiling);
+    if (this.current >= this.ceiling) return false;
+    this.current = Math.min(this.current * 4, this.ceiling);
     await this.set(connection);
     return true;
   }
 
+  /** Whether the limit is above the base now (a statement's room, a raise). */
+  get raised(): boolean {
+    return this.current > this.base;
+  }
+
+  get baseMegabytes(): number {
+    return Math.round(this.base / 2 ** 20);
+  }
+
   get megabytes(): number {
-    return Math.round(this.bytes / 2 ** 20);
+    return Math.round(this.current / 2 ** 20);
   }
 }
 

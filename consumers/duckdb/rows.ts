@@ -8,7 +8,7 @@ import { collapseByKey, netRowCounts } from '../collapse.js';
 import { RefusedError } from '../destination.js';
 import { type CollapsedCsv, collapseImagesToCsv, type collapseImagesToCsvAside, recycleCsvLines } from '../imagescsv.js';
 import { keyColumnsOf } from '../schema.js';
-import { csvSource, rewriteFile, unescapedCopyText } from './staging.js';
+import { csvBufferBytes, csvSource, rewriteFile, unescapedCopyText } from './staging.js';
 import { ident } from './statetable.js';
 import { type DuckDbType, duckDbType } from './types.js';
 
@@ -33,6 +33,8 @@ export class RowWriter {
     private readonly place: (relation: Relation) => string,
     /** This process's own directory for staging files. */
     private readonly scratch: string,
+    /** Called before DuckDB reads CSV buffers of `bufferBytes` each. */
+    private readonly makeRoom: (bufferBytes: number) => Promise<void>,
   ) {}
 
   private get connection(): DuckDBConnection {
@@ -50,13 +52,15 @@ export class RowWriter {
     if (filled.length === 0) return;
     const types = relation.columns.map(duckDbType);
     const longestRow = Math.max(...filled.map((chunk) => chunk.longestRow ?? chunk.bytes));
+    const largest = Math.max(...filled.map((chunk) => chunk.bytes));
+    await this.makeRoom(csvBufferBytes(filled.length, longestRow, largest));
     await this.withFiles(
       filled.map((chunk) => chunk.copyText),
       async (files) => {
         const names = relation.columns.map((column) => ident(column.name)).join(', ');
         const values = types.map((type, index) => type.cast(type.backslashFree ? `s.c${index}` : unescapedCopyText(`s.c${index}`))).join(', ');
         await this.connection.run(
-          `INSERT INTO ${this.place(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow, { dialect: COPY_TEXT, wholeFilesOf: Math.max(...filled.map((chunk) => chunk.bytes)) })} s`,
+          `INSERT INTO ${this.place(relation)} (${names}) SELECT ${values} FROM ${csvSource(files, types.length, longestRow, { dialect: COPY_TEXT, wholeFilesOf: largest })} s`,
         );
       },
     );
@@ -105,6 +109,7 @@ export class RowWriter {
    */
   private async writeLines(relation: Relation, types: DuckDbType[], keyColumns: number[], lines: Buffer, longestLine: number): Promise<void> {
     const stage = `_pg_stage_l${this.stageCounter++ % 4}`;
+    await this.makeRoom(csvBufferBytes(1, longestLine));
     await this.withFiles([[lines]], (files) =>
       this.connection.run(
         `CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(files, types.length, longestLine, { dialect: PLAIN_CSV, flag: STAGE_DELETED })}`,

@@ -46,8 +46,14 @@ export function csvSource(files: string[], width: number, longestLine: number, o
   const lineLimit = Math.max(CSV_LINE_LIMIT, longestLine + 1);
   const limit = longestLine >= CSV_LINE_LIMIT ? `, max_line_size = ${lineLimit}` : '';
   const buffer =
-    options.wholeFilesOf !== undefined && files.length > 1 ? `, buffer_size = ${Math.max(options.wholeFilesOf + 1, LINES_PER_BUFFER * lineLimit)}` : '';
+    options.wholeFilesOf !== undefined && files.length > 1 ? `, buffer_size = ${csvBufferBytes(files.length, longestLine, options.wholeFilesOf)}` : '';
   return `read_csv([${files.map(literal).join(', ')}], header = false, delim = ${literal(options.dialect.delimiter)}, quote = ${literal(options.dialect.quote)}, escape = ${literal(options.dialect.quote)}, nullstr = ${literal(options.dialect.nullText)}, allow_quoted_nulls = false, auto_detect = false, new_line = '\\n'${limit}${buffer}, columns = {${columns.join(', ')}})`;
+}
+
+/** The size of each buffer csvSource's reader takes (the same arguments). */
+export function csvBufferBytes(files: number, longestLine: number, wholeFilesOf?: number): number {
+  const lines = LINES_PER_BUFFER * Math.max(CSV_LINE_LIMIT, longestLine + 1);
+  return wholeFilesOf !== undefined && files > 1 ? Math.max(wholeFilesOf + 1, lines) : lines;
 }
 
 /**
