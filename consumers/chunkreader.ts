@@ -5,7 +5,7 @@ import { redisAddress } from '../shared/redistarget.js';
 
 /** How much one read off the connection takes, at most (Node's own reads take 64 kB). */
 const READ_BYTES = 256 * 1024;
-/** Pieces kept for reuse: two transactions' worth of chunks (JOIN_LIMITS, 24 MiB), one applied and one read ahead, and a few more. */
+/** Pieces kept for reuse: two transactions' worth of narrow chunks (JOIN_LIMITS, 24 MiB), one applied and one read ahead; wider chunks (two to a transaction) also take fresh ones. */
 const MAX_POOLED_PIECES = 56;
 /** Larger buffers (a large batch's change records, one piece of up to --max-batch-bytes) kept for reuse, and the largest kept. */
 const MAX_POOLED_LARGE = 4;
