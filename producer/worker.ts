@@ -1,4 +1,4 @@
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { errorMessage, UserError } from '../shared/errors.js';
 import type { ProducerOptions } from './options.js';
 import { Producer } from './producer.js';
@@ -28,4 +28,6 @@ async function run(options: ProducerOptions, metricsPort: number | undefined): P
   parentPort!.postMessage({ done: true, ...outcome });
 }
 
-await run(workerData.producerOptions, workerData.metricsPort);
+// Loaded before the command line is parsed (see thread.ts): the options come once it is.
+const { start } = await new Promise<{ start: { producerOptions: ProducerOptions; metricsPort?: number } }>((resolve) => parentPort!.once('message', resolve));
+await run(start.producerOptions, start.metricsPort);

@@ -20,19 +20,18 @@ if (isMainThread) process.env.LOG_FORMAT = format;
 const prettyOptions = { colorize: process.stderr.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' };
 
 /**
- * The producer's thread while its parent draws progress on the terminal: each JSON line goes
- * to the parent (producer/thread.ts), which writes it above the progress. Posted on the port
+ * The producer's thread hands each JSON line to the main thread (producer/thread.ts), which
+ * writes it as its own (above the progress, on a terminal that shows it). Posted on the port
  * that later carries the thread's end: no line is lost when the thread is ended.
  */
-const toParent = !isMainThread && process.env.PGR_LOG_TO_PARENT === '1';
+const toParent = !isMainThread;
 
 const stream = toParent
   ? { write: (line: string) => parentPort!.postMessage({ log: line }) }
   : format === 'pretty'
     ? // Loaded only for people reading a terminal: services and tests never pay for it.
       (await import('pino-pretty')).default({ ...prettyOptions, destination: 2, sync: true })
-    : // Synchronous on a worker thread (the producer's): its last lines must not be lost when it ends.
-      pino.destination({ fd: 2, sync: !isMainThread });
+    : pino.destination({ fd: 2, sync: false });
 
 /** Takes every log line instead of stderr while set (a terminal view that writes lines above itself). */
 let sink: ((line: string) => void) | undefined;

@@ -72,7 +72,8 @@ test('on a terminal the producer draws a bar per copied table up to every row ap
   const again = new TestPipeline(env.pg, env.redis.url, 'notty', ['main']);
   await env.pg.query(`CREATE PUBLICATION ${again.publication} FOR TABLE tty_big`);
   const plain = again.duckdb('main');
-  const copied = again.producer(['--mode', 'copy']);
+  // A heap other than the default: the thread started before parsing is replaced by one with it.
+  const copied = again.producer(['--mode', 'copy', '--heap-mb=64']);
   t.is(await copied.exited, 0, copied.stderr);
   await plain.stop();
   t.true(
