@@ -9,6 +9,7 @@ import { PRODUCER_DEFAULTS, PRODUCER_HEAP_MB } from '../producer/options.js';
 import { runProducerThread } from '../producer/thread.js';
 import { destinationName, heapMb, metricsPort, pgUrl, pipelineId, producerConfig, redisUrl, runnerConfig, validate } from '../shared/config.js';
 import { UserError } from '../shared/errors.js';
+import { limitHeapGrowth } from '../shared/heap.js';
 import { writeLogLine } from '../shared/log.js';
 import { exitWithError, runUntilStopped } from './lifecycle.js';
 import { bytes, sizeText } from './sizes.js';
@@ -180,6 +181,7 @@ for (const plugin of destinationTypes) {
 
 async function runConsumer(flags: Record<string, unknown>, plugin: DestinationPlugin, options: Record<string, unknown>): Promise<void> {
   const { metricsPort: port, ...config } = validate(runnerConfig.extend({ metricsPort }), flags);
+  limitHeapGrowth();
   const [{ ConsumerRunner }, { connectRedis }, { connectRedisOnce }] = await Promise.all([
     import('../consumers/runner.js'),
     import('../shared/redis.js'),
@@ -210,6 +212,7 @@ program
   .requiredOption('--config <file>', 'YAML file: pipeline, pgUrl, redisUrl, publication, slot, destinations')
   .action(async (flags) => {
     const file = await (await import('./runfile.js')).readRunFile(flags.config, destinationTypes);
+    limitHeapGrowth();
     // The producer runs in this process: its metrics are served beside the consumers'.
     if (file.metricsPort) await import('../producer/prometheus.js');
     const stopMetrics = await startMetrics(file.metricsPort);
@@ -257,6 +260,7 @@ program
       flags,
     );
     const { startServer } = await import('../serve/server.js');
+    limitHeapGrowth();
     const server = await startServer({ ...options, sampleMs: options.sampleSeconds * 1000, plugins: destinationTypes });
     await runUntilStopped(
       (signal) => new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve())),
