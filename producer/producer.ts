@@ -26,7 +26,7 @@ import { detachedDestinations, hideSession, showSession, source, tally } from '.
 import { COPY_DONE_POLL_MS, type ProducerOptions } from './options.js';
 import { largestRowBytes } from './oversize.js';
 import { checkRedis, checkSource, connectPostgres, connectPostgresOnce, isConnectionLoss, refusal, SLOT_RECOVERY, STARTUP_PATIENCE_MS } from './preflight.js';
-import { BatchQueues } from './queues.js';
+import { BatchQueues, loadQueues } from './queues.js';
 import { ReplicationConnection } from './replication.js';
 import type { AckPosition, Session } from './session.js';
 import { dropSlot, inactiveSlot, type SlotInfo } from './slots.js';
@@ -68,7 +68,10 @@ export class Producer {
 
   /** Runs until the signal aborts (or, in copy mode, until the copy is applied everywhere). */
   async run(signal: AbortSignal): Promise<void> {
-    const client = await connectPostgresOnce(this.options.pgUrl, 'pg-replicate producer', STARTUP_PATIENCE_MS);
+    const connecting = connectPostgresOnce(this.options.pgUrl, 'pg-replicate producer', STARTUP_PATIENCE_MS);
+    // Loaded while Postgres answers; a failure shows where the queues are opened.
+    loadQueues().catch(() => {});
+    const client = await connecting;
     try {
       await checkSource(client, this.options.publication);
       await checkRedis(this.redis);
@@ -279,7 +282,7 @@ export class Producer {
       await this.redis.rpush(keys.requests(options.pipeline), encodeRequest({ addDestination: name }));
     }
 
-    const queues = new BatchQueues(this.redis, options.pipeline, registered, options.partitions);
+    const queues = await BatchQueues.open(this.redis, options.pipeline, registered, options.partitions);
     const replication = await ReplicationConnection.open(options.pgUrl, `pg-replicate ${options.pipeline}`);
     await this.reachedPostgres();
     const ended = new AbortController();

@@ -64,7 +64,7 @@ function batch(pipeline: string, partition: number, seq: number): Batch {
 
 async function setup(pipeline: string, destination: string) {
   await writePipelineState(redis.client, pipeline, { slot: 's', publication: 'p', partitions: 2, destinations: [destination], epoch: 1 });
-  const queues = new BatchQueues(redis.client, pipeline, [destination], 2);
+  const queues = await BatchQueues.open(redis.client, pipeline, [destination], 2);
   await queues.limitToOneWorker();
   for (let seq = 1; seq <= 10; seq++) for (const partition of [0, 1]) queues.enqueue(outgoing(batch(pipeline, partition, seq)));
   await queues.settle();
@@ -159,7 +159,7 @@ test('stopping a consumer mid-retry puts the batch back at the front of its queu
 
 test('a large batch travels as a chunk beside its job: applied whole, then released; re-delivered after its release, it is skipped', async (t) => {
   await writePipelineState(redis.client, 'large', { slot: 's', publication: 'p', partitions: 1, destinations: ['d'], epoch: 1 });
-  const queues = new BatchQueues(redis.client, 'large', ['d'], 1);
+  const queues = await BatchQueues.open(redis.client, 'large', ['d'], 1);
   await queues.limitToOneWorker();
   const big: Batch = {
     ...batch('large', 0, 1),
@@ -232,7 +232,7 @@ class PreparingDestination implements Destination {
 
 test('the next batch of a large transaction is planned and prepared while one is applied; a plan made on states that did not come true is made again', async (t) => {
   await writePipelineState(redis.client, 'ahead', { slot: 's', publication: 'p', partitions: 1, destinations: ['d'], epoch: 1 });
-  const queues = new BatchQueues(redis.client, 'ahead', ['d'], 1);
+  const queues = await BatchQueues.open(redis.client, 'ahead', ['d'], 1);
   await queues.limitToOneWorker();
   // Six batches of 5,000 changes (records as chunks), batch k at LSN k.
   const large = (seq: number): Batch => ({
@@ -296,7 +296,7 @@ test('an applied mark only moves forward: batches applied together with an earli
 
 test('a copy chunk Redis lost waits while its run is current, and is dropped once a new producer run (which copies again) starts', async (t) => {
   await writePipelineState(redis.client, 'lostcopy', { slot: 's', publication: 'p', partitions: 1, destinations: ['d'], epoch: 1 });
-  const queues = new BatchQueues(redis.client, 'lostcopy', ['d'], 1);
+  const queues = await BatchQueues.open(redis.client, 'lostcopy', ['d'], 1);
   await queues.limitToOneWorker();
   // The job survived (a consumer held it) but its rows did not.
   const lostCopy: Batch = {
@@ -307,7 +307,7 @@ test('a copy chunk Redis lost waits while its run is current, and is dropped onc
   queues.enqueue(outgoing(lostCopy));
   await queues.settle();
   // The next producer run's first batch, as that run sends it (its own numbering).
-  const nextRun = new BatchQueues(redis.client, 'lostcopy', ['d'], 1);
+  const nextRun = await BatchQueues.open(redis.client, 'lostcopy', ['d'], 1);
   nextRun.enqueue(outgoing({ ...batch('lostcopy', 0, 1), epoch: 2 }));
   await nextRun.settle();
   await nextRun.close();
@@ -357,7 +357,7 @@ test("a gap in a partition's batches (Redis lost some) is never applied past: it
     });
     // The producer re-reads from the slot in a new run, whose batches replace the ones behind the gap.
     await writePipelineState(redis.client, 'gap', { epoch: 2 });
-    const nextRun = new BatchQueues(redis.client, 'gap', ['d'], 2);
+    const nextRun = await BatchQueues.open(redis.client, 'gap', ['d'], 2);
     for (const seq of [1, 2])
       nextRun.enqueue(
         outgoing({
