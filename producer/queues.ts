@@ -9,16 +9,12 @@ import { storeChunk } from './chunkwriter.js';
 import { tally } from './metrics.js';
 
 /**
- * bullmq, loaded once the producer's start is waiting on Postgres and Redis (Producer.run calls
+ * bullmq (the module cache keeps it), loaded once the producer's start is waiting on Postgres and Redis (Producer.run calls
  * this right after it starts connecting), rather than before the thread runs anything: its
  * modules are the largest part of the thread's start (0.15 s of 0.35), and they load while the
  * servers answer.
  */
-let bullmq: Promise<typeof import('bullmq')> | undefined;
-export function loadQueues(): Promise<typeof import('bullmq')> {
-  bullmq ??= import('bullmq');
-  return bullmq;
-}
+export const loadQueues = (): Promise<typeof import('bullmq')> => import('bullmq');
 
 /** A batch in the queues: its number, what Redis holds for it, and the destinations it went to when not all. */
 interface Enqueued {
