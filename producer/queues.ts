@@ -9,10 +9,9 @@ import { storeChunk } from './chunkwriter.js';
 import { tally } from './metrics.js';
 
 /**
- * bullmq (the module cache keeps it), loaded once the producer's start is waiting on Postgres and Redis (Producer.run calls
- * this right after it starts connecting), rather than before the thread runs anything: its
- * modules are the largest part of the thread's start (0.15 s of 0.35), and they load while the
- * servers answer.
+ * bullmq, loaded once the producer's start is waiting on Postgres and Redis (Producer.run calls
+ * this right after it starts connecting), not before the thread runs anything: its modules are
+ * the largest part of the thread's start (0.15 s of 0.35). The module cache keeps it.
  */
 export const loadQueues = (): Promise<typeof import('bullmq')> => import('bullmq');
 
