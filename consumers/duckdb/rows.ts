@@ -33,8 +33,8 @@ export class RowWriter {
     private readonly place: (relation: Relation) => string,
     /** This process's own directory for staging files. */
     private readonly scratch: string,
-    /** Called before DuckDB reads CSV buffers of `bufferBytes` each. */
-    private readonly makeRoom: (bufferBytes: number) => Promise<void>,
+    /** Called before DuckDB reads CSV buffers of `bufferBytes` each: for a copy's rows, or for changes. */
+    private readonly makeRoom: (bufferBytes: number, copy: boolean) => Promise<void>,
   ) {}
 
   private get connection(): DuckDBConnection {
@@ -53,7 +53,7 @@ export class RowWriter {
     const types = relation.columns.map(duckDbType);
     const longestRow = Math.max(...filled.map((chunk) => chunk.longestRow ?? chunk.bytes));
     const largest = Math.max(...filled.map((chunk) => chunk.bytes));
-    await this.makeRoom(csvBufferBytes(filled.length, longestRow, largest));
+    await this.makeRoom(csvBufferBytes(filled.length, longestRow, largest), true);
     await this.withFiles(
       filled.map((chunk) => chunk.copyText),
       async (files) => {
@@ -109,7 +109,7 @@ export class RowWriter {
    */
   private async writeLines(relation: Relation, types: DuckDbType[], keyColumns: number[], lines: Buffer, longestLine: number): Promise<void> {
     const stage = `_pg_stage_l${this.stageCounter++ % 4}`;
-    await this.makeRoom(csvBufferBytes(1, longestLine));
+    await this.makeRoom(csvBufferBytes(1, longestLine), false);
     await this.withFiles([[lines]], (files) =>
       this.connection.run(
         `CREATE OR REPLACE TEMP TABLE ${stage} AS SELECT * FROM ${csvSource(files, types.length, longestLine, { dialect: PLAIN_CSV, flag: STAGE_DELETED })}`,
