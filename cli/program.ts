@@ -163,6 +163,14 @@ const consumerCommand = (type: string, description: string) =>
     )
     .addOption(
       new Option(
+        '--concurrency <n>',
+        'batches this process applies at once, across partitions (default: one per partition); below the partition count, more processes apply more at once',
+      )
+        .env('CONSUMER_CONCURRENCY')
+        .argParser(integer),
+    )
+    .addOption(
+      new Option(
         '--register',
         'add this destination to the pipeline if it is new (it gets a copy of every table); without it, a name the pipeline does not know exits 2',
       ).env('REGISTER'),

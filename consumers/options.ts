@@ -9,6 +9,8 @@ export interface RunnerOptions {
   stalledIntervalMs: number;
   /** Failed attempts of one batch before its partition is reported as parked. */
   attemptsBeforePark: number;
+  /** Batches this process applies at once, across its partitions (undefined: one per partition). */
+  concurrency?: number;
   /** A name the pipeline does not know is added (with a copy of every table) rather than refused. */
   register?: boolean;
 }

@@ -17,6 +17,7 @@ import type { Health, RunnerOptions } from './options.js';
 import { copyIsNew, planBatches } from './plan.js';
 import { Quarantines } from './quarantine.js';
 import { Registration } from './registration.js';
+import { Slots, SlottedWorker } from './slots.js';
 
 const MAX_BACKOFF_MS = 60_000;
 const REGISTRATION_CHECK_MS = 3_000;
@@ -25,7 +26,8 @@ const PIPELINE_CHECK_MS = 50;
 
 /**
  * Runs one destination: a BullMQ worker per partition queue, each taking one batch at a time
- * (and, through the queue's global concurrency of 1, one at a time across all processes).
+ * (and, through the queue's global concurrency of 1, one at a time across all processes); with
+ * --concurrency below the partition count, at most that many across this process's partitions.
  * A batch that fails is retried in place with backoff, never skipped and never moved behind
  * the next one; after a few attempts the partition is reported parked until it succeeds.
  */
@@ -45,6 +47,8 @@ export class ConsumerRunner {
   private readonly quarantines: Quarantines;
   /** The placements last written for status. */
   private publishedPlacements = '';
+  /** With --concurrency below the partition count: the batches this process applies at once. */
+  private slots?: Slots;
 
   constructor(
     private readonly options: RunnerOptions,
@@ -62,13 +66,15 @@ export class ConsumerRunner {
   async run(signal: AbortSignal): Promise<void> {
     const partitions = await this.waitForPipeline(signal);
     if (signal.aborted) return;
+    const concurrency = this.options.concurrency;
+    if (concurrency !== undefined && concurrency < partitions) this.slots = new Slots(concurrency);
     // A name the pipeline does not know is refused (or registered) before anything runs.
     await this.registration.check();
     await this.quarantines.reportStored();
     for (let partition = 0; partition < partitions; partition++) {
       const name = queueName(this.options.pipeline, this.options.name, partition);
       this.queues.push(new Queue(name, { connection: this.redis, prefix: QUEUE_PREFIX }));
-      const worker = new Worker(name, (job, token) => this.process(job, token), {
+      const workerOptions = {
         connection: this.redis,
         prefix: QUEUE_PREFIX,
         concurrency: 1,
@@ -76,11 +82,13 @@ export class ConsumerRunner {
         stalledInterval: this.options.stalledIntervalMs,
         // A batch is never failed for stalling: it goes back to the front of its queue, however often.
         maxStalledCount: Number.MAX_SAFE_INTEGER,
-      });
+      };
+      const processor = (job: Job<EncodedBatch>, token?: string) => this.process(job, token);
+      const worker = this.slots ? new SlottedWorker(name, processor, workerOptions, this.slots, this.redis) : new Worker(name, processor, workerOptions);
       worker.on('error', (error) => log.debug({ err: errorMessage(error), partition }, 'worker error'));
       this.workers.push(worker);
     }
-    log.info({ destination: this.options.name, pipeline: this.options.pipeline, partitions }, 'consumer running');
+    log.info({ destination: this.options.name, pipeline: this.options.pipeline, partitions, concurrency: this.slots?.size ?? partitions }, 'consumer running');
     while (!signal.aborted) {
       await sleep(REGISTRATION_CHECK_MS, undefined, { signal }).catch(() => {});
       if (signal.aborted) break;
@@ -98,6 +106,7 @@ export class ConsumerRunner {
     this.closing = true;
     await this.registration.leave();
     await this.publishPlacements().catch(() => {});
+    this.slots?.close();
     await Promise.all(this.workers.map((worker) => worker.close()));
     await Promise.all(this.queues.map((queue) => queue.close()));
     this.chunks.close();

@@ -78,6 +78,7 @@ export const runnerConfig = z.object({
   lockDurationMs: positive,
   stalledIntervalMs: positive,
   attemptsBeforePark: positive,
+  concurrency: positive.optional(),
   register: z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((text) => text === 'true' || text === '1')]).optional(),
 });
 

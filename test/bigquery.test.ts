@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
-import { useBigQueryEmulator } from './support/bigquery-emulator.js';
+import { BigQueryEmulator, useBigQueryEmulator } from './support/bigquery-emulator.js';
 import { type CliProcess, LOAD_SCHEMA, LOAD_TABLES, postgresRows, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
@@ -56,4 +56,37 @@ test('backfill and CDC into BigQuery by two consumer processes, exact after kill
   );
   t.true(staging.length <= 2 * 8, `staging tables are dropped after use (${staging.length} left by killed consumers)`);
   for (const [table] of staging) t.true((bq.emulator.expirations.get(`${dataset}.${table}`) ?? Infinity) < Date.now() + 25 * 3600_000, `${table} expires`);
+});
+
+test('consumers with --concurrency 1 apply one batch at a time each, so two processes apply two at once, and the rows are exact', async (t) => {
+  // Jobs answered 100 ms late: the batches of the 8 partitions overlap unless something holds them back.
+  const emulator = await BigQueryEmulator.start({ jobDelayMs: 100 });
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'bqslots', ['warehouse']);
+  const dataset = 'slots_test';
+  await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'slots'));
+  const producer = pipeline.producer();
+  const consumer = () => pipeline.bigquery('warehouse', emulator.url, dataset, { CONSUMER_CONCURRENCY: '1', LOG_LEVEL: 'debug' });
+  const consumers = [consumer()];
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    await writeLoad(env.pg, 400, 0, 'slots');
+    await pipeline.waitForCatchUp();
+    t.is(emulator.mostJobsInFlight, 1, 'one process with --concurrency 1 has one job in flight at a time');
+    consumers.push(consumer());
+    await waitFor('the second process to start', async () => consumers[1].stderr.includes('"msg":"consumer running"'));
+    emulator.mostJobsInFlight = 0;
+    await writeLoad(env.pg, 1500, 0, 'slots');
+    await pipeline.waitForCatchUp();
+    t.true(
+      consumers.every((process) => process.stderr.includes('"msg":"batch applied"')),
+      'both processes applied batches',
+    );
+    t.is(emulator.mostJobsInFlight, 2, 'two processes with --concurrency 1 have two jobs in flight at most, and do reach two');
+    for (const [table, columns] of LOAD_TABLES) {
+      t.deepEqual(await emulator.tableRows(dataset, `slots__${table}`, columns), await postgresRows(env.pg, `slots.${table}`, columns), table);
+    }
+  } finally {
+    await Promise.all([producer.stop(), ...consumers.map((process) => process.stop())]);
+    await emulator.close();
+  }
 });

@@ -40,6 +40,9 @@ export class BigQueryEmulator {
   readonly expirations = new Map<string, number>();
   /** Requests answered with an injected fault so far. */
   faultsServed = 0;
+  /** Jobs between their arrival and their answer now, and the most there were at once. */
+  jobsInFlight = 0;
+  mostJobsInFlight = 0;
   private readonly jobs = new Map<string, Record<string, unknown>>();
   private readonly faults: { status: number; reason: string; times: number; match: RegExp }[] = [];
   private queue: Promise<unknown> = Promise.resolve();
@@ -50,11 +53,13 @@ export class BigQueryEmulator {
     private readonly instance: DuckDBInstance,
     /** Each job answers this long after it arrives, the wait not holding the queue of jobs (BigQuery's own round trip and scheduling). */
     private readonly jobDelayMs: number,
+    /** Jobs run at once, as BigQuery runs them, rather than one after another (see runJob). */
+    private readonly parallelJobs: boolean,
   ) {
     this.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   }
 
-  static async start(options: { jobDelayMs?: number } = {}): Promise<BigQueryEmulator> {
+  static async start(options: { jobDelayMs?: number; parallelJobs?: boolean } = {}): Promise<BigQueryEmulator> {
     const instance = await DuckDBInstance.create(':memory:');
     const setup = await instance.connect();
     // BigQuery functions DuckDB lacks or names differently.
@@ -74,7 +79,7 @@ export class BigQueryEmulator {
       const server = createServer((request, response) => void emulator.handle(request, response).catch(() => response.destroy()));
       let emulator: BigQueryEmulator;
       server.listen(0, '127.0.0.1', () => {
-        emulator = new BigQueryEmulator(server, instance, options.jobDelayMs ?? 0);
+        emulator = new BigQueryEmulator(server, instance, options.jobDelayMs ?? 0, options.parallelJobs ?? false);
         resolve(emulator);
       });
     });
@@ -125,6 +130,23 @@ export class BigQueryEmulator {
     await this.queue;
     this.instance.closeSync();
     rmSync(this.scratch, { recursive: true, force: true });
+  }
+
+  /**
+   * A job's work: one after another, or with parallelJobs at once, as BigQuery runs them. DuckDB
+   * then aborts a transaction that conflicts with another (two scripts writing one table's
+   * rows); BigQuery queues such DML instead, so the job runs again until it commits.
+   */
+  private async inTurn<T>(work: () => Promise<T>): Promise<T> {
+    if (!this.parallelJobs) return this.serially(work);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await work();
+      } catch (error) {
+        if (attempt >= 20 || !/conflict/i.test((error as Error).message)) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 5 * attempt));
+      }
+    }
   }
 
   private serially<T>(work: () => Promise<T>): Promise<T> {
@@ -222,14 +244,17 @@ export class BigQueryEmulator {
       configuration: request.configuration,
       status: { state: 'DONE' },
     };
-    if (this.jobDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.jobDelayMs));
+    this.mostJobsInFlight = Math.max(this.mostJobsInFlight, ++this.jobsInFlight);
     try {
-      if (request.configuration.query) job.result = await this.serially(() => this.runScript(request.configuration.query.query));
-      else if (request.configuration.load) await this.serially(() => this.load(request.configuration.load, data ?? Buffer.alloc(0)));
+      if (this.jobDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.jobDelayMs));
+      if (request.configuration.query) job.result = await this.inTurn(() => this.runScript(request.configuration.query.query));
+      else if (request.configuration.load) await this.inTurn(() => this.load(request.configuration.load, data ?? Buffer.alloc(0)));
       else throw new Error('the emulator runs query and load jobs only');
     } catch (error) {
       const failure = { reason: 'invalidQuery', message: (error as Error).message };
       job.status = { state: 'DONE', errorResult: failure, errors: [failure] };
+    } finally {
+      this.jobsInFlight--;
     }
     this.jobs.set(jobId, job);
     return job;
