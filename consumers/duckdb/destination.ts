@@ -71,7 +71,7 @@ export class DuckDbDestination implements Destination {
       // Each thread reads a buffer (DuckDB takes a buffer's whole size, however short the file), and the rows it inserts need room beside them.
       (bufferBytes, copy) =>
         (copy
-          ? this.memory?.forCopy(this.connection, this.threads * bufferBytes + COPY_ROOM_BYTES)
+          ? this.memory?.forCopy(this.connection, this.threads * bufferBytes + STATEMENT_ROOM_BYTES)
           : this.memory?.atLeast(this.connection, this.threads * bufferBytes + STATEMENT_ROOM_BYTES)) ?? Promise.resolve(),
     );
   }
@@ -342,8 +342,6 @@ export class DuckDbDestination implements Destination {
 
 /** Room a statement reading CSV buffers needs beside them (row groups being built and compressed). */
 const STATEMENT_ROOM_BYTES = 64 * 2 ** 20;
-/** The same for a copy's INSERT, which keeps none of the blocks it wrote (see MemoryLimit.forCopy). */
-const COPY_ROOM_BYTES = 32 * 2 ** 20;
 
 /** Per-thread allocation peak above which DuckDB returns a thread's memory as soon as it idles (see load). */
 const ALLOCATOR_FLUSH_THRESHOLD = '16GB';
