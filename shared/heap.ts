@@ -18,9 +18,11 @@ const HEAP_GROWING_PERCENT = 50;
  * The young generation stays at the size V8 starts it with (two semi-spaces of 1 MB) instead of
  * doubling up to 2 × 16 MB when much survives a scavenge: in a consumer that is mostly a batch's
  * change records, which live through its apply whatever the young generation's size. In the
- * 5 M-row transaction the consumer's peak RSS went from 308 to 277 MB, and in the 10 M-row
- * backfill from 364 to 336, with no more CPU in either (side by side). Like the flag above,
- * V8 reads it each time it would grow the space.
+ * 5 M-row transaction the consumer's peak RSS went from 302–313 to 265–270 MB, and in the
+ * 10 M-row backfill from 364 to 336. It costs CPU where changes stream in bulk: the 5 M-row
+ * transaction took 16.1–18.6 consumer CPU-seconds against 12.9–13.4 (1.18–1.27 ×
+ * pg_recvlogical against 1.40–1.57, side by side, runs alternated); a 1 M-row update and a
+ * backfill, none. Like the flag above, V8 reads it each time it would grow the space.
  */
 const SEMI_SPACE_GROWTH_FACTOR = 1;
 
