@@ -25,11 +25,8 @@ export class Slots {
 
   /** Waits for a free slot and takes it; false once closing (nothing more is taken). */
   take(): Promise<boolean> {
+    if (this.tryTake()) return Promise.resolve(true);
     if (this.closed) return Promise.resolve(false);
-    if (this.used < this.size) {
-      this.used++;
-      return Promise.resolve(true);
-    }
     return new Promise((resolve) => this.waiting.push(resolve));
   }
 

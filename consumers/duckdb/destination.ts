@@ -69,10 +69,10 @@ export class DuckDbDestination implements Destination {
       (relation) => this.tableSql(relation),
       scratch,
       // Each thread reads a buffer (DuckDB takes a buffer's whole size, however short the file), and the rows it inserts need room beside them.
-      (bufferBytes, copy) =>
-        (copy
-          ? this.memory?.forCopy(this.connection, this.threads * bufferBytes + STATEMENT_ROOM_BYTES)
-          : this.memory?.atLeast(this.connection, this.threads * bufferBytes + STATEMENT_ROOM_BYTES)) ?? Promise.resolve(),
+      async (bufferBytes, copy) => {
+        const needed = this.threads * bufferBytes + STATEMENT_ROOM_BYTES;
+        await (copy ? this.memory?.forCopy(this.connection, needed) : this.memory?.atLeast(this.connection, needed));
+      },
     );
   }
 
