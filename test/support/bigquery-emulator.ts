@@ -26,8 +26,9 @@ export function useBigQueryEmulator(test: { before: (fn: () => Promise<void>) =>
  * load uploads, table delete), answered from an in-memory DuckDB in which each dataset is a
  * schema. Query jobs run the SQL the destination sends, translated from BigQuery's dialect
  * where DuckDB's differs (types, string escapes, backtick names, ASSERT, PARSE_JSON, NOT
- * ENFORCED keys). Jobs run one at a time, each on its own connection (so TEMP tables are
- * per script), and a failing statement rolls its script's transaction back, as BigQuery does.
+ * ENFORCED keys). Jobs run one at a time (or at once, with parallelJobs), each on its own
+ * connection (so TEMP tables are per script), and a failing statement rolls its script's
+ * transaction back, as BigQuery does.
  *
  * It is deliberately not a general BigQuery: it covers our SQL and answers errors in
  * BigQuery's shapes, and it can be told to fail requests (rate limits, outages, denied access).
