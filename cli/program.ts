@@ -65,7 +65,11 @@ program
       .default(PRODUCER_DEFAULTS.maxBatchBytes, sizeText(PRODUCER_DEFAULTS.maxBatchBytes))
       .argParser(bytes),
   )
-  .addOption(new Option('--flush-interval-ms <n>', 'longest a change waits in an open batch').default(PRODUCER_DEFAULTS.flushIntervalMs).argParser(integer))
+  .addOption(
+    new Option('--flush-interval-ms <n>', 'longest a committed change waits in an open batch (a transaction still being read fills whole batches)')
+      .default(PRODUCER_DEFAULTS.flushIntervalMs)
+      .argParser(integer),
+  )
   .addOption(
     new Option('--max-backlog-batches <n>', 'unapplied batches at which reading the slot pauses')
       .default(PRODUCER_DEFAULTS.maxBacklogBatches)

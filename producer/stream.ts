@@ -97,6 +97,7 @@ export async function streamSlot(
         batcher.committedAt = Number(decoded.commitTime / 1000n) + PG_EPOCH_MS;
         ordinal = 0;
         tracker.begin();
+        batcher.beginTransaction();
         break;
       case 'insert':
       case 'update':
@@ -116,6 +117,7 @@ export async function streamSlot(
       }
       case 'commit':
         tracker.commit(decoded.endLsn);
+        batcher.endTransaction();
         tally.transactions++;
         serverLsn = maxLsn(serverLsn, decoded.endLsn);
         break;
@@ -197,7 +199,7 @@ export async function streamSlot(
   const heartbeat = new Heartbeat(options.pgUrl);
   try {
     while (!signal.aborted) {
-      if (!draining) batcher.flushAll();
+      if (!draining) batcher.flushCommitted();
       const advanced = await watcher.poll((ackLsn) => {
         position.lsn = maxLsn(position.lsn, ackLsn);
       });
