@@ -16,6 +16,8 @@ export interface PendingEntry {
   /** Changes of this transaction held back (their table is being copied) and not yet released into a batch. */
   held: number;
   isCopy: boolean;
+  /** The transactions it stands for: one, or more that committed into the same batches (see commit). */
+  transactions: number;
 }
 
 /**
@@ -28,12 +30,18 @@ export class AckTracker {
   private entries: PendingEntry[] = [];
   private head = 0;
   private open: PendingEntry | undefined;
+  /** Transactions in the pending entries. */
+  private pending = 0;
 
   constructor(private readonly epoch: number) {}
 
   /** A transaction began. */
   begin(): void {
-    this.open = { ackLsn: 0n, epoch: this.epoch, lastBatch: new Map(), held: 0, isCopy: false };
+    this.open = this.fresh();
+  }
+
+  private fresh(): PendingEntry {
+    return { ackLsn: 0n, epoch: this.epoch, lastBatch: new Map(), held: 0, isCopy: false, transactions: 1 };
   }
 
   /** The open transaction (or copy) put changes into this batch. */
@@ -54,21 +62,35 @@ export class AckTracker {
     if (batch) entry.lastBatch.set(batch.partition, Math.max(entry.lastBatch.get(batch.partition) ?? 0, batch.seq));
   }
 
-  /** The open transaction committed; its end LSN is what we acknowledge once it is applied. */
+  /**
+   * The open transaction committed; its end LSN is what we acknowledge once it is applied. A
+   * transaction that put changes only into batches the pending entry before it also waits for
+   * (the same open batches, in a stream of small transactions) is applied exactly when that
+   * entry is: it joins it, moving its LSN, instead of taking an entry (a Map) of its own. With
+   * 100 000 transactions waiting, the entries had been about 30 MB of the producer's heap.
+   */
   commit(endLsn: Lsn, isCopy = false): void {
-    const entry = this.open ?? { ackLsn: 0n, epoch: this.epoch, lastBatch: new Map(), held: 0, isCopy: false };
+    const entry = this.open ?? this.fresh();
+    this.open = undefined;
     entry.ackLsn = endLsn;
     entry.isCopy = isCopy;
-    this.entries.push(entry);
-    this.open = undefined;
+    this.pending++;
+    const last = this.entries.length > this.head ? this.entries[this.entries.length - 1] : undefined;
+    if (last && coveredBy(entry, last)) {
+      last.ackLsn = endLsn;
+      last.transactions++;
+    } else {
+      this.entries.push(entry);
+    }
   }
 
   get isIdle(): boolean {
-    return this.pendingEntries === 0 && this.open === undefined;
+    return this.entries.length === this.head && this.open === undefined;
   }
 
-  get pendingEntries(): number {
-    return this.entries.length - this.head;
+  /** Transactions (and table copies) read but not yet applied by every destination. */
+  get pendingTransactions(): number {
+    return this.pending;
   }
 
   /** The newest LSN one destination has applied everything up to, as far as the pending entries tell. */
@@ -88,6 +110,7 @@ export class AckTracker {
     let copyConfirmed = false;
     while (this.head < this.entries.length && isApplied(this.entries[this.head], applied)) {
       const entry = this.entries[this.head++];
+      this.pending -= entry.transactions;
       ackLsn = entry.ackLsn;
       copyConfirmed ||= entry.isCopy;
     }
@@ -98,6 +121,13 @@ export class AckTracker {
     }
     return { ackLsn, copyConfirmed };
   }
+}
+
+/** Whether `later` is applied once `earlier` is: a stream transaction whose every batch is one `earlier` waits for. */
+function coveredBy(later: PendingEntry, earlier: PendingEntry): boolean {
+  if (later.isCopy || earlier.isCopy || later.held > 0 || later.epoch !== earlier.epoch) return false;
+  for (const [partition, seq] of later.lastBatch) if (earlier.lastBatch.get(partition) !== seq) return false;
+  return true;
 }
 
 function isApplied(entry: PendingEntry, applied: Map<string, Map<number, AppliedMark>>): boolean {

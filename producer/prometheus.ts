@@ -73,7 +73,7 @@ gauge('pg_replicate_slot_lag_bytes', 'WAL between the newest position the server
 gauge(
   'pg_replicate_transactions_in_flight',
   'Transactions (or table copies) read but not yet applied by every destination.',
-  ({ session }) => session.tracker.pendingEntries,
+  ({ session }) => session.tracker.pendingTransactions,
 );
 gauge('pg_replicate_backlog_batches', 'Batches the slowest destination has not applied yet.', ({ session }) => session.watcher.backlog);
 gauge(

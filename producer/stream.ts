@@ -84,7 +84,7 @@ export async function streamSlot(
     }
   };
   /** Too much unapplied: in Redis, or in transactions waiting for their acknowledgement (one batch can hold thousands). */
-  const backlogFull = () => watcher.isFull || tracker.pendingEntries > options.maxPendingTransactions;
+  const backlogFull = () => watcher.isFull || tracker.pendingTransactions > options.maxPendingTransactions;
   const noteActivity = () => {
     active = true;
     if (backlogFull()) setPaused('backlog', true);

@@ -320,6 +320,48 @@ test('the ack tracker releases transactions only in commit order and only when e
   t.is(tracker.advance(stale).ackLsn, undefined, 'marks from an earlier producer run do not count');
 });
 
+test('transactions committed into batches the one before waits for share its entry; any other batch, a held change or a copy takes one of its own', (t) => {
+  const tracker = new AckTracker(1);
+  const transaction = (endLsn: bigint, batches: [number, number][]) => {
+    tracker.begin();
+    for (const [partition, seq] of batches) tracker.touch(partition, seq);
+    tracker.commit(endLsn);
+  };
+  const applied = (batches: [number, number][]) => new Map([['d', new Map(batches.map(([partition, seq]) => [partition, { epoch: 1, seq }]))]]);
+  transaction(100n, [
+    [0, 1],
+    [1, 1],
+  ]);
+  transaction(110n, [[1, 1]]);
+  transaction(120n, []);
+  transaction(130n, [[0, 2]]);
+  t.is(tracker.pendingTransactions, 4);
+  t.deepEqual(
+    tracker.advance(
+      applied([
+        [0, 1],
+        [1, 1],
+      ]),
+    ),
+    { ackLsn: 120n, copyConfirmed: false },
+    'the batches of the first hold the next two: acknowledged with it',
+  );
+  t.is(tracker.pendingTransactions, 1, 'the one in a later batch waits');
+  tracker.begin();
+  tracker.touch(0, 2);
+  const held = tracker.hold();
+  tracker.commit(140n);
+  t.is(tracker.advance(applied([[0, 2]])).ackLsn, 130n, 'a transaction with a held change is not joined');
+  tracker.begin();
+  tracker.touch(0, 2);
+  tracker.commit(150n, true);
+  t.is(tracker.pendingTransactions, 2);
+  tracker.release(held);
+  t.deepEqual(tracker.advance(applied([[0, 2]])), { ackLsn: 150n, copyConfirmed: true }, 'a copy is not joined either: it is confirmed');
+  t.true(tracker.isIdle);
+  t.is(tracker.pendingTransactions, 0);
+});
+
 test('partitioning is stable, JSON values are exact, numeric precision decodes, URLs are redacted', (t) => {
   t.is(partitionOf(16384, 8), partitionOf(16384, 8));
   t.true(partitionOf(16384, 8) < 8);
