@@ -48,7 +48,7 @@ export interface BatchLimits {
 
 /**
  * Groups streamed changes into one open batch per partition and hands a batch on when it is
- * full (or when flushCommitted is called on a timer). A batch's sequence number is fixed when its
+ * full (or when flushAll is called on a timer). A batch's sequence number is fixed when its
  * first change arrives, so a transaction knows which batches hold it before they are sent.
  */
 export class Batcher {
@@ -147,17 +147,18 @@ export class Batcher {
   }
 
   /**
-   * Sends every open batch that holds a committed change: the timer's flush, so that no
-   * committed change waits long. A batch opened inside the transaction being read waits until
-   * it is full or the transaction commits: sent early, it would be applied no sooner (nothing
-   * of a transaction is acknowledged before all of it is applied), and a large transaction
-   * would go out as a batch per tick instead of full ones (a 1 M-row update as 80 batches of
-   * about 12 000 changes at the walsender's pace, each a scan of the table in the
-   * destination). The walsender sends a transaction only once it has committed, from BEGIN to
-   * COMMIT without a pause, so that wait ends by itself.
+   * The timer's flush: sends every open batch, so that no committed change waits long, but
+   * while the transaction being read is still arriving (`arriving`), a batch opened inside it
+   * waits until it is full or the transaction commits. Sent early, it would be applied no
+   * sooner (nothing of a transaction is acknowledged before all of it is applied), and a large
+   * transaction went out as a batch per tick instead of full ones (a 1 M-row update as 80
+   * batches of 5 000–20 000 changes at the walsender's pace, each a scan of the table in the
+   * destination). The walsender sends a committed transaction from BEGIN to COMMIT without a
+   * pause, so the wait ends by itself; when reading pauses (a bound reached), the transaction
+   * stops arriving until destinations apply what is sent, so everything is sent.
    */
-  flushCommitted(): void {
-    for (const [partition, batch] of [...this.open]) if (this.reading === undefined || batch.openedIn !== this.reading) this.flush(partition);
+  flushAll(arriving: boolean): void {
+    for (const [partition, batch] of [...this.open]) if (!arriving || this.reading === undefined || batch.openedIn !== this.reading) this.flush(partition);
   }
 
   get isEmpty(): boolean {

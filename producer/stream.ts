@@ -199,7 +199,7 @@ export async function streamSlot(
   const heartbeat = new Heartbeat(options.pgUrl);
   try {
     while (!signal.aborted) {
-      if (!draining) batcher.flushCommitted();
+      if (!draining) batcher.flushAll(pauses.size === 0);
       const advanced = await watcher.poll((ackLsn) => {
         position.lsn = maxLsn(position.lsn, ackLsn);
       });

@@ -5,6 +5,7 @@ import { parseSize } from '../consumers/duckdb/memory.js';
 import { collapseImagesToCsv, collapseImagesToCsvAside } from '../consumers/imagescsv.js';
 import { planBatch, planBatches } from '../consumers/plan.js';
 import { AckTracker } from '../producer/acks.js';
+import { Batcher, Sequencer } from '../producer/batcher.js';
 import { decodePgoutput } from '../producer/pgoutput.js';
 import { CopyBothReader } from '../producer/replication.js';
 import { ChangeRecords, decodeBatch, encodeBatch, outgoing } from '../shared/codec.js';
@@ -360,6 +361,35 @@ test('transactions committed into batches the one before waits for share its ent
   t.deepEqual(tracker.advance(applied([[0, 2]])), { ackLsn: 150n, copyConfirmed: true }, 'a copy is not joined either: it is confirmed');
   t.true(tracker.isIdle);
   t.is(tracker.pendingTransactions, 0);
+});
+
+test('the timer sends every batch holding a committed change; a transaction still arriving fills whole batches, sent on its commit or once reading pauses', (t) => {
+  const sent: { seq: number; changes: number }[] = [];
+  const batcher = new Batcher('p', 1, 1, { maxChanges: 3, maxBytes: 1 << 20 }, new Sequencer(1), (batch) =>
+    sent.push({ seq: batch.seq, changes: decodeBatch(encodeBatch(batch)).changes.length }),
+  );
+  batcher.setRelation(relation);
+  const images = rowImages('insert', ['1', 'x'], undefined);
+  const transaction = (changes: number, commit: boolean) => {
+    batcher.beginTransaction();
+    for (let ordinal = 1; ordinal <= changes; ordinal++) batcher.addRow('insert', relation.oid, 10n, ordinal, images, 0, images.length);
+    if (commit) batcher.endTransaction();
+  };
+  transaction(1, true);
+  transaction(1, false);
+  batcher.flushAll(true);
+  t.deepEqual(sent, [{ seq: 1, changes: 2 }], 'the batch holding a committed change goes, with the start of the next transaction');
+  batcher.addRow('insert', relation.oid, 10n, 2, images, 0, images.length);
+  batcher.flushAll(true);
+  t.deepEqual(sent.slice(1), [], 'a batch opened in the transaction still arriving waits');
+  for (let ordinal = 3; ordinal <= 5; ordinal++) batcher.addRow('insert', relation.oid, 10n, ordinal, images, 0, images.length);
+  t.deepEqual(sent.slice(1), [{ seq: 2, changes: 3 }], 'until it is full');
+  batcher.flushAll(false);
+  t.deepEqual(sent.slice(2), [{ seq: 3, changes: 1 }], 'or reading pauses');
+  batcher.addRow('insert', relation.oid, 10n, 6, images, 0, images.length);
+  batcher.endTransaction();
+  batcher.flushAll(true);
+  t.deepEqual(sent.slice(3), [{ seq: 4, changes: 1 }], 'or it commits');
 });
 
 test('partitioning is stable, JSON values are exact, numeric precision decodes, URLs are redacted', (t) => {
