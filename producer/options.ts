@@ -35,7 +35,7 @@ export interface ProducerOptions {
 export const PRODUCER_DEFAULTS = {
   mode: 'both',
   partitions: 8,
-  // A large transaction arrives as batch after batch of this size (stream/batcher), each a
+  // A large transaction arrives as batch after batch of this size (Batcher.flushAll), each a
   // destination transaction with a fixed cost (a commit, a few statements, the queue's round
   // trips). 20 000, 30 000 and 60 000 apply a 5 M-row insert in the same time (42–44 s) and a
   // 1 M-row update about as fast, but 60 000 took the consumer's peak from 260 to 300–306 MB.
