@@ -74,7 +74,7 @@ function* collapsing(keyColumns: number[], width: number, changes: RowChange[], 
 
 /** Per key touched, the change that decides it: its index × 2, plus 1 when it leaves the key absent. */
 function decisiveChanges(keyColumns: number[], changes: RowChange[]): Iterable<number> | undefined {
-  const decisive = new Map<string, number>();
+  const decisive = new Map<string | number, number>();
   for (let index = 0; index < changes.length; index++) {
     const change = changes[index];
     const { op } = change;

@@ -250,8 +250,9 @@ function decodeChanges(buffer: Buffer): Change[] {
       low = nextLow;
       lsn = (BigInt(high) << 32n) | BigInt(low);
     }
-    const version = { lsn, ordinal: reader.uint32() };
+    const ordinal = reader.uint32();
     if (code === OP_CODES.truncate) {
+      const version = { lsn, ordinal };
       const relations: number[] = new Array(reader.uint16());
       for (let i = 0; i < relations.length; i++) relations[i] = reader.uint16();
       const flags = reader.byte();
@@ -268,7 +269,7 @@ function decodeChanges(buffer: Buffer): Change[] {
     if (!op) throw new Error(`batch codec: unknown change record ${code}`);
     const relation = reader.uint16();
     const length = reader.uint32();
-    changes.push(new RecordedRowChange(op, relation, version, buffer, reader.offset, reader.offset + length));
+    changes.push(new RecordedRowChange(op, relation, lsn, ordinal, buffer, reader.offset, reader.offset + length));
     reader.offset += length;
   }
   if (reader.offset !== buffer.length) throw new Error('batch codec: the last change record is cut short');
@@ -278,7 +279,9 @@ function decodeChanges(buffer: Buffer): Change[] {
 /**
  * A row change as the consumer reads it: its images lie in the batch's records (from
  * `imagesStart` to `imagesEnd`), decoded into values only when first asked for; a destination
- * may instead move the bytes on as they are, reading them in place.
+ * may instead move the bytes on as they are, reading them in place. Its version is made each
+ * time it is asked for: an object per change kept as long as its batch reached V8's old
+ * generation, where one made and dropped at once is collected young, at next to no cost.
  */
 export class RecordedRowChange implements RowChange {
   private decoded?: { row?: Value[]; old?: Value[] };
@@ -286,11 +289,17 @@ export class RecordedRowChange implements RowChange {
   constructor(
     readonly op: RowOp,
     readonly relation: number,
-    readonly version: Version,
+    private readonly lsn: Lsn,
+    private readonly ordinal: number,
     readonly records: Buffer,
     readonly imagesStart: number,
     readonly imagesEnd: number,
   ) {}
+
+  /** Made when asked for (see above). */
+  get version(): Version {
+    return { lsn: this.lsn, ordinal: this.ordinal };
+  }
 
   /** The images as a buffer of their own (a view: nothing is copied). */
   get images(): Buffer {

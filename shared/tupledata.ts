@@ -98,11 +98,14 @@ export function oldTupleAt(buffer: Buffer, op: RowOp, start = 0): number {
 }
 
 /**
- * The key columns' bytes in the tuple at `offset` as one string, equal exactly for equal keys
- * (latin1: one character per byte; NUL, which Postgres text never holds, between columns).
+ * The key columns' bytes in the tuple at `offset`, equal exactly for equal keys: as one string
+ * (latin1: one character per byte; NUL, which Postgres text never holds, between columns), or,
+ * for a key of one column written as an integer of up to 15 digits (an id), as that number,
+ * which costs no allocation. No two texts give the same key: a number is made only of digits
+ * without a leading zero (and no "-0"), so the text is the number's own.
  * Undefined when a key value is NULL or an unchanged TOASTed value, which bytes cannot stand for.
  */
-export function tupleKey(images: Buffer, offset: number, keyColumns: number[]): string | undefined {
+export function tupleKey(images: Buffer, offset: number, keyColumns: number[]): string | number | undefined {
   const count = images.readInt16BE(offset);
   let at = offset + 2;
   let key = '';
@@ -115,12 +118,35 @@ export function tupleKey(images: Buffer, offset: number, keyColumns: number[]): 
     }
     if (kind !== KIND_TEXT) return undefined;
     const length = images.readInt32BE(at);
+    if (keyColumns.length === 1) {
+      const id = integerAt(images, at + 4, length);
+      if (id !== undefined) return id;
+    }
     const text = images.toString('latin1', at + 4, at + 4 + length);
     key = next === 0 ? text : `${key}\u0000${text}`;
     at += 4 + length;
     next++;
   }
   return next === keyColumns.length ? key : undefined;
+}
+
+const MINUS = 0x2d;
+const ZERO = 0x30;
+const NINE = 0x39;
+
+/** The integer written in bytes [start, start + length), when it is up to 15 digits after an optional minus, without a leading zero ("0" itself, but not "-0"). */
+function integerAt(bytes: Buffer, start: number, length: number): number | undefined {
+  const negative = length > 1 && bytes[start] === MINUS;
+  const first = negative ? start + 1 : start;
+  const digits = start + length - first;
+  if (digits === 0 || digits > 15 || (bytes[first] === ZERO && (digits > 1 || negative))) return undefined;
+  let value = 0;
+  for (let at = first; at < first + digits; at++) {
+    const byte = bytes[at];
+    if (byte < ZERO || byte > NINE) return undefined;
+    value = value * 10 + (byte - ZERO);
+  }
+  return negative ? -value : value;
 }
 
 function hasOldTuple(buffer: Buffer, start: number): boolean {

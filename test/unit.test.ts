@@ -15,7 +15,7 @@ import { type Batch, type Change, type OutgoingBatch, type Relation, type RowCha
 import { partitionOf } from '../shared/keys.js';
 import { compareVersions, formatLsn, parseLsn } from '../shared/lsn.js';
 import { jsonFragment, numericPrecision, PgType } from '../shared/pgtypes.js';
-import { ByteReader, readRowImages, rowImages } from '../shared/tupledata.js';
+import { ByteReader, newTupleAt, readRowImages, rowImages, tupleKey } from '../shared/tupledata.js';
 import { chooseSource } from './support/sources.js';
 
 const relation: Relation = {
@@ -536,6 +536,38 @@ test('a run collapses straight from its images to the same final rows and delete
   });
   const inserts = [insert(['1', 'say "hi"'], 1), insert(['2', null], 2), insert(['3', 'two\nlines'], 3)];
   t.deepEqual(parseCsvRows(collapseImagesToCsv([0], 2, inserts)!.csv.toString(), PLAIN_CSV), [...collapseByKey([0], inserts).rows.map((row) => [...row, 'f'])]);
+});
+
+test('a one-column key written as an integer is compared as a number, and no two key texts are taken for one', (t) => {
+  const at = (text: string) => {
+    const images = rowImages('insert', [text, 'v'], undefined);
+    return tupleKey(images, newTupleAt(images, 'insert'), [0]);
+  };
+  t.is(at('42'), 42);
+  t.is(at('-42'), -42);
+  t.is(at('0'), 0);
+  t.is(at('123456789012345'), 123456789012345);
+  // Texts no number stands for exactly stay strings: a leading zero, "-0", 16 digits, not digits.
+  for (const text of ['042', '-0', '00', '1234567890123456', '4.2', '1e3', '-', '', ' 7', 'abc']) t.is(at(text), text, text);
+  // Keys that would meet if parsed loosely stay apart when a run is collapsed.
+  const version = { lsn: 1n, ordinal: 1 };
+  const texts = ['7', '07', '0', '-0', '9007199254740993', '9007199254740992'];
+  const changes: RowChange[] = texts.map((key) => ({
+    op: 'insert',
+    relation: 0,
+    version,
+    row: [key, key],
+    images: rowImages('insert', [key, key], undefined),
+  }));
+  const updated = ['7', 'seven'];
+  changes.push({ op: 'update', relation: 0, version, row: updated, images: rowImages('update', updated, undefined) });
+  changes.push({ op: 'delete', relation: 0, version, old: ['0', null], images: rowImages('delete', undefined, ['0', null]) });
+  const lines = parseCsvRows(collapseImagesToCsv([0], 2, changes)!.csv.toString(), PLAIN_CSV);
+  const expected = collapseByKey([0], changes);
+  const sorted = (rows: Value[][]) => rows.map((row) => JSON.stringify(row)).sort();
+  t.deepEqual(sorted(lines.filter((line) => line[2] === 'f').map((line) => line.slice(0, 2))), sorted(expected.rows));
+  t.deepEqual(sorted(lines.filter((line) => line[2] === 't').map((line) => [line[0]])), sorted(expected.deletedKeys));
+  t.is(expected.rows.length, 5);
 });
 
 test('the tests take Postgres and Redis from the URL given, else from containers when Docker answers, else from local binaries, else say what to install', (t) => {
