@@ -20,6 +20,7 @@ import {
 import { collapseImagesToCsvAside } from '../imagescsv.js';
 import { withDistinctColumnNamesIn } from '../names.js';
 import { columnChanges, keyColumnsOf } from '../schema.js';
+import { IdleCheckpoint } from './idle.js';
 import { MemoryLimit, OUT_OF_MEMORY } from './memory.js';
 import { placeTable, type TargetName } from './places.js';
 import { collapsedLines, RowWriter } from './rows.js';
@@ -55,6 +56,7 @@ export class DuckDbDestination implements Destination {
   private memory?: MemoryLimit;
   /** Set when a fatal error invalidated the open database (see reopen): the error. */
   private invalidated: string | undefined;
+  private readonly idle: IdleCheckpoint;
 
   private constructor(
     private readonly path: string,
@@ -64,6 +66,7 @@ export class DuckDbDestination implements Destination {
     /** This process's own directory for copy chunks on their way into DuckDB. */
     private readonly scratch: string,
   ) {
+    this.idle = new IdleCheckpoint(`${path}.wal`, () => this.inTurn(() => this.checkpoint()));
     this.rows = new RowWriter(
       () => this.connection,
       (relation) => this.tableSql(relation),
@@ -157,9 +160,27 @@ export class DuckDbDestination implements Destination {
 
   apply(steps: Step[], states: Map<number, TableState>): Promise<void> {
     const named = withDistinctColumnNamesIn(steps);
-    const run = this.queue.then(() => this.applyWithinMemory(named, states).catch((error) => this.afterFailure(error)));
+    this.idle.begin();
+    const run = this.inTurn(() => this.applyWithinMemory(named, states).catch((error) => this.afterFailure(error)));
+    run.finally(() => this.idle.end()).catch(() => {});
+    return run;
+  }
+
+  /** Runs `work` on the connection after everything queued before it. */
+  private inTurn<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(work);
     this.queue = run.catch(() => {});
     return run;
+  }
+
+  /** Writes the WAL into the database file (see IdleCheckpoint); a failure that invalidated the database has the next apply open it again. */
+  private async checkpoint(): Promise<void> {
+    try {
+      await this.connection.run('CHECKPOINT');
+    } catch (error) {
+      if (INVALIDATED.test(errorMessage(error))) this.invalidated = errorMessage(error);
+      throw error;
+    }
   }
 
   /** Applies the steps, again under a higher memory_limit each time DuckDB runs out of memory (see MemoryLimit). */
@@ -252,7 +273,7 @@ export class DuckDbDestination implements Destination {
    */
   private async afterFailure(error: unknown): Promise<never> {
     const message = errorMessage(error);
-    if (/FATAL Error|database has been invalidated/.test(message)) {
+    if (INVALIDATED.test(message)) {
       this.invalidated = message;
       await this.reopen().catch(() => {});
     }
@@ -333,12 +354,16 @@ export class DuckDbDestination implements Destination {
   }
 
   async close(): Promise<void> {
+    this.idle.close();
     await this.queue;
     this.connection.closeSync();
     this.instance.closeSync();
     await rm(this.scratch, { recursive: true, force: true });
   }
 }
+
+/** DuckDB's errors after which the open database refuses every statement until opened again. */
+const INVALIDATED = /FATAL Error|database has been invalidated/;
 
 /** Room a statement reading CSV buffers needs beside them (row groups being built and compressed). */
 const STATEMENT_ROOM_BYTES = 64 * 2 ** 20;
