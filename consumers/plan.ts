@@ -1,5 +1,5 @@
-import { type Batch, type CopyChunk, qualifiedName, type Relation, type RowChange } from '../shared/events.js';
-import { compareVersions } from '../shared/lsn.js';
+import { type Batch, type CopyChunk, qualifiedName, type Relation } from '../shared/events.js';
+import { compareVersions, type Version } from '../shared/lsn.js';
 import type { Step, TableState } from './destination.js';
 
 /**
@@ -60,13 +60,12 @@ function planChanges(batch: Batch, states: Map<number, TableState>) {
   const current = (relation: Relation): TableState =>
     updated.get(relation.oid) ?? states.get(relation.oid) ?? { copyLsn: 0n, copyChunk: -1, copyDone: false, applied: { lsn: 0n, ordinal: 0 } };
   // A quarantined table's changes are skipped: the copy that releases it brings them.
-  const isNew = (relation: Relation, change: { version: RowChange['version'] }) =>
-    !current(relation).quarantine && compareVersions(change.version, current(relation).applied) > 0;
-  const advance = (relation: Relation, change: { version: RowChange['version'] }) => {
+  const isNew = (relation: Relation, version: Version) => !current(relation).quarantine && compareVersions(version, current(relation).applied) > 0;
+  const advance = (relation: Relation, version: Version) => {
     // The batch's own copy of the state is updated in place: one object per table, not per change.
     const state = updated.get(relation.oid);
-    if (state) state.applied = change.version;
-    else updated.set(relation.oid, { ...current(relation), applied: change.version });
+    if (state) state.applied = version;
+    else updated.set(relation.oid, { ...current(relation), applied: version });
   };
 
   // Each table's changes go into one step, in their order, up to a TRUNCATE: transactions that
@@ -75,17 +74,19 @@ function planChanges(batch: Batch, states: Map<number, TableState>) {
   // different partitions are applied independently anyway.
   const open = new Map<number, Extract<Step, { kind: 'changes' }>>();
   for (const change of batch.changes) {
+    // Read once: a change read from a batch makes its version when asked (shared/codec.ts).
+    const version = change.version;
     if (change.op === 'truncate') {
-      const relations = change.relations.map((index) => batch.relations[index]).filter((relation) => isNew(relation, change));
+      const relations = change.relations.map((index) => batch.relations[index]).filter((relation) => isNew(relation, version));
       if (relations.length === 0) continue;
-      for (const relation of relations) advance(relation, change);
-      steps.push({ kind: 'truncate', relations, version: change.version });
+      for (const relation of relations) advance(relation, version);
+      steps.push({ kind: 'truncate', relations, version });
       open.clear();
       continue;
     }
     const relation = batch.relations[change.relation];
-    if (!isNew(relation, change)) continue;
-    advance(relation, change);
+    if (!isNew(relation, version)) continue;
+    advance(relation, version);
     const step = open.get(relation.oid);
     // A table's new shape (a schema change) starts a step of its own, after its earlier ones.
     if (step?.relation === relation) step.changes.push(change);
