@@ -26,6 +26,22 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * `start` on a port free a moment ago, again on another if it fails: a port is only reserved
+ * once the server binds it, and test files start their servers at the same time (a Redis of one
+ * file found its port taken once in CI).
+ */
+async function onFreePort<T>(start: (port: number) => Promise<T>, attempts = 3): Promise<{ port: number; server: T }> {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    try {
+      return { port, server: await start(port) };
+    } catch (error) {
+      if (attempt === attempts) throw error;
+    }
+  }
+}
+
 export interface PostgresServer {
   url: string;
   query: (sql: string, params?: unknown[]) => Promise<pg.QueryResult>;
@@ -212,20 +228,32 @@ export async function spawnRedis(port: number, args: string[]): Promise<RedisPro
     await exited;
   };
   for (let i = 0; i < 100; i++) {
-    const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null });
-    probe.on('error', () => {});
-    try {
-      await probe.connect();
-      await probe.ping();
-      probe.disconnect();
-      return { kill };
-    } catch {
-      probe.disconnect();
-      await sleep(50);
+    if (server.exitCode !== null || server.signalCode !== null) throw new Error(`redis-server ${args.join(' ')} exited at start: port ${port} taken?`);
+    // The Redis answering must be this one, not another test file's that took the port first.
+    const pid = await answeringRedisPid(port);
+    if (pid === server.pid) return { kill };
+    if (pid !== undefined) {
+      await kill();
+      throw new Error(`port ${port} answers for another Redis`);
     }
+    await sleep(50);
   }
   await kill();
   throw new Error(`redis-server ${args.join(' ')} did not start`);
+}
+
+/** The process id of the Redis answering on the port, if one does. */
+async function answeringRedisPid(port: number): Promise<number | undefined> {
+  const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null });
+  probe.on('error', () => {});
+  try {
+    await probe.connect();
+    return Number(/process_id:(\d+)/.exec(await probe.info('server'))?.[1]);
+  } catch {
+    return undefined;
+  } finally {
+    probe.disconnect();
+  }
 }
 
 export async function startRedis(): Promise<RedisServer> {
@@ -244,9 +272,9 @@ export async function startRedis(): Promise<RedisServer> {
       stop: async () => client.disconnect(),
     };
   }
-  const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'pgr-redis-'));
-  let server = await spawnRedis(port, ['--save', '', '--appendonly', 'no', '--dir', dir]);
+  const { port, server: first } = await onFreePort((port) => spawnRedis(port, ['--save', '', '--appendonly', 'no', '--dir', dir]));
+  let server = first;
   const url = `redis://127.0.0.1:${port}`;
   const client = new Redis(url, { maxRetriesPerRequest: null });
   client.on('error', () => {});
