@@ -63,7 +63,6 @@ export interface PostgresControl {
 export async function startPostgres(options: { walLevel?: 'logical' | 'replica' } = {}): Promise<PostgresServer> {
   const source = await sourceOf('postgres', options.walLevel ? undefined : process.env.PG_URL);
   if (source.kind === 'url') return useDatabase(source.url);
-  const port = await freePort();
   const settings = [
     '-c listen_addresses=127.0.0.1',
     `-c wal_level=${options.walLevel ?? 'logical'}`,
@@ -75,10 +74,9 @@ export async function startPostgres(options: { walLevel?: 'logical' | 'replica' 
     '-c shared_buffers=128MB',
     '-c max_connections=200',
   ];
-  const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
-  const { control, stop } =
-    source.kind === 'containers' ? await postgresInContainer(port, settings, url) : await postgresFromBinaries(source.path, port, settings);
-  const server = await useDatabase(url, false);
+  const { port, control, stop } =
+    source.kind === 'containers' ? await postgresInContainer(await freePort(), settings) : await postgresFromBinaries(source.path, settings);
+  const server = await useDatabase(`postgres://postgres@127.0.0.1:${port}/postgres`, false);
   const reload = async (lines: string) => {
     await control.prependHba(lines);
     await server.query('SELECT pg_reload_conf()');
@@ -93,8 +91,11 @@ export async function startPostgres(options: { walLevel?: 'logical' | 'replica' 
   };
 }
 
-/** A cluster of our own from the machine's binaries (initdb into a temporary directory), run as `postgres` when we are root. */
-async function postgresFromBinaries(bin: string, port: number, settings: string[]): Promise<{ control: PostgresControl; stop: () => Promise<void> }> {
+/**
+ * A cluster of our own from the machine's binaries (initdb into a temporary directory), run as
+ * `postgres` when we are root, on a port chosen once initdb is done (see onFreePort).
+ */
+async function postgresFromBinaries(bin: string, settings: string[]): Promise<{ port: number; control: PostgresControl; stop: () => Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), 'pgr-pg-'));
   chmodSync(dir, 0o755);
   const asPostgres = process.getuid?.() === 0;
@@ -107,14 +108,17 @@ async function postgresFromBinaries(bin: string, port: number, settings: string[
       : execFileSync(join(bin, command), args, { stdio: 'pipe' });
   const data = join(dir, 'data');
   run('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync', '-E', 'UTF8', '--locale', 'C']);
-  const options = [`-p ${port}`, `-c unix_socket_directories=${dir}`, ...settings].join(' ');
-  const start = () => run('pg_ctl', ['-D', data, '-o', options, '-l', join(dir, 'log'), '-w', 'start']);
-  start();
+  const optionsOn = (port: number) => [`-p ${port}`, `-c unix_socket_directories=${dir}`, ...settings].join(' ');
+  const startOn = async (port: number) => void run('pg_ctl', ['-D', data, '-o', optionsOn(port), '-l', join(dir, 'log'), '-w', 'start']);
+  const { port } = await onFreePort(startOn);
+  const options = optionsOn(port);
+  const start = () => startOn(port);
   return {
+    port,
     control: {
       restart: async (mode) => void run('pg_ctl', ['-D', data, '-o', options, '-l', join(dir, 'log'), '-m', mode, '-w', 'restart']),
       shutdown: async () => void run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']),
-      start: async () => void start(),
+      start,
       prependHba: async (lines) => writeFileSync(join(data, 'pg_hba.conf'), lines + readFileSync(join(data, 'pg_hba.conf'), 'utf8')),
     },
     stop: async () => {
@@ -128,10 +132,11 @@ async function postgresFromBinaries(bin: string, port: number, settings: string[
 }
 
 /** A cluster in a container: restarts and starts return once it accepts connections again, as pg_ctl -w does. */
-async function postgresInContainer(port: number, settings: string[], url: string): Promise<{ control: PostgresControl; stop: () => Promise<void> }> {
+async function postgresInContainer(port: number, settings: string[]): Promise<{ port: number; control: PostgresControl; stop: () => Promise<void> }> {
   const container = await startPostgresContainer(port, settings);
-  const accepting = () => waitUntilAccepting(url);
+  const accepting = () => waitUntilAccepting(`postgres://postgres@127.0.0.1:${port}/postgres`);
   return {
+    port,
     control: {
       restart: async (mode) => {
         await container.restart(mode);
