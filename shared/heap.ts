@@ -19,11 +19,12 @@ const HEAP_GROWING_PERCENT = 50;
  * doubling up to 2 × 16 MB when much survives a scavenge: in a consumer that is mostly a batch's
  * change records, which live through its apply whatever the young generation's size. In the
  * 5 M-row transaction the consumer's peak RSS went from 302–313 to 265–270 MB, and in the
- * 10 M-row backfill from 364 to 336. It costs CPU where changes stream in bulk: the 5 M-row
- * transaction took 16.1–18.6 consumer CPU-seconds against 12.9–13.4 (1.18–1.27 ×
- * pg_recvlogical against 1.40–1.57, side by side, runs alternated), and a 1 M-row update in
- * whole batches 4.8–5.5 against 4.1; a backfill, none. Like the flag above, V8 reads it each
- * time it would grow the space.
+ * 10 M-row backfill from 364 to 336. It costs CPU where changes stream in bulk: measured again
+ * once change records stopped keeping a version object each, the 5 M-row transaction took
+ * 21.0 s and 12.2 consumer CPU-seconds against 19.2 s and 10.8 with the space grown (peak 260
+ * against 294 MB, side by side); the 1 M-row update and pgbench-like transactions, nothing
+ * measurable; a backfill, none. Like the flag above, V8 reads it each time it would grow the
+ * space.
  */
 const SEMI_SPACE_GROWTH_FACTOR = 1;
 
