@@ -27,6 +27,7 @@ import { COPY_DONE_POLL_MS, type ProducerOptions } from './options.js';
 import { largestRowBytes } from './oversize.js';
 import { checkRedis, checkSource, connectPostgres, connectPostgresOnce, isConnectionLoss, refusal, SLOT_RECOVERY, STARTUP_PATIENCE_MS } from './preflight.js';
 import { BatchQueues, loadQueues } from './queues.js';
+import { fitToRedisMemory, readRedisMemory, redisFullHint } from './redismemory.js';
 import { ReplicationConnection } from './replication.js';
 import type { AckPosition, Session } from './session.js';
 import { dropSlot, inactiveSlot, type SlotInfo } from './slots.js';
@@ -61,7 +62,7 @@ export class Producer {
   /** Since when Postgres has been unreachable, while it is. */
   private outage: { since: number; error: string } | undefined;
 
-  constructor(private readonly options: ProducerOptions) {
+  constructor(private options: ProducerOptions) {
     this.redis = connectRedis(options.redisUrl);
     this.redis.on('error', (error) => log.debug({ err: errorMessage(error) }, 'redis connection error'));
   }
@@ -75,6 +76,7 @@ export class Producer {
     try {
       await checkSource(client, this.options.publication);
       await checkRedis(this.redis);
+      this.options = fitToRedisMemory(this.options, await readRedisMemory(this.redis));
       this.largestRowBytes = await largestRowBytes(this.redis);
       if (this.options.maxBatchBytes > this.largestRowBytes) {
         throw new UserError(
@@ -132,7 +134,7 @@ export class Producer {
         }
         if (error instanceof RedisLostError) this.redisLost = true;
         const delay = error instanceof RedisLostError || error instanceof RecopyRequestedError ? 0 : Math.min(30_000, 500 * 2 ** Math.min(failures, 6));
-        log.warn({ err: errorMessage(error), retryInMs: delay }, 'producer session ended; restarting from the slot');
+        log.warn({ err: errorMessage(error), retryInMs: delay, ...redisFullHint(error) }, 'producer session ended; restarting from the slot');
         await sleep(delay, undefined, { signal }).catch(() => {});
       }
     }

@@ -6,6 +6,7 @@ import type { AckTracker, AppliedMark } from './acks.js';
 import { tally } from './metrics.js';
 import { MAX_PENDING_ADDS, MAX_PENDING_BYTES, type ProducerOptions } from './options.js';
 import type { BatchQueues } from './queues.js';
+import { headroomBytes, RedisMemoryGuard } from './redismemory.js';
 
 /** How often queues are checked for batches Redis lost (empty while a mark is behind). */
 const QUEUE_CHECK_MS = 3_000;
@@ -40,6 +41,7 @@ export class AppliedWatcher {
   private changesRead = 0;
   /** Copied rows applied everywhere, by table OID, as last published. */
   private readonly copyApplied = new Map<number, number>();
+  private readonly memory: RedisMemoryGuard;
 
   constructor(
     private readonly redis: Redis,
@@ -49,7 +51,9 @@ export class AppliedWatcher {
     private readonly tracker: AckTracker,
     private readonly onCopyApplied: () => void,
     private readonly acknowledged: () => Lsn,
-  ) {}
+  ) {
+    this.memory = new RedisMemoryGuard(redis, headroomBytes(options));
+  }
 
   /** Returns true when the acknowledgeable LSN moved. */
   async poll(onAck: (lsn: Lsn) => void): Promise<boolean> {
@@ -71,6 +75,7 @@ export class AppliedWatcher {
     this.marks = applied;
     await this.checkQueuesHoldUnapplied(applied);
     this.measureBacklog(applied);
+    await this.memory.sample();
     await this.publishAppliedLsns(applied);
     this.publishProgress();
     const { ackLsn, copyConfirmed } = this.tracker.advance(applied);
@@ -91,6 +96,7 @@ export class AppliedWatcher {
   async measure(): Promise<void> {
     this.paused = (await this.redis.hget(keys.state(this.options.pipeline), 'paused')) === '1';
     this.measureBacklog(await this.readMarks());
+    await this.memory.sample(true);
     this.publishProgress();
   }
 
@@ -179,10 +185,11 @@ export class AppliedWatcher {
     if (Object.keys(fields).length > 0) await this.redis.hset(keys.state(this.options.pipeline), fields);
   }
 
-  /** Whether reading must pause: paused by an operator, or too many batches (or bytes) unapplied by the slowest destination, or not yet in Redis. */
+  /** Whether reading must pause: paused by an operator, too many batches (or bytes) unapplied by the slowest destination or not yet in Redis, or Redis near its maxmemory. */
   get isFull(): boolean {
     return (
       this.paused ||
+      this.memory.full ||
       this.queues.pendingAdds > MAX_PENDING_ADDS ||
       this.queues.pendingBytes > MAX_PENDING_BYTES ||
       this.backlog > this.options.maxBacklogBatches ||
