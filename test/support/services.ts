@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,13 +16,53 @@ import { sourceOf } from './sources.js';
  * instead (each test file then gets its own database; the Redis is flushed by some tests).
  */
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+  const [low, high] = portsOutsideTheEphemeralRange();
+  for (;;) {
+    const port = low + Math.floor(Math.random() * (high - low));
+    if (reservePort(port) && (await isFree(port))) return port;
+  }
+}
+
+/**
+ * Ports below the kernel's ephemeral range, which it never hands to a bind to port 0 (the
+ * BigQuery emulator's, a client's): a port chosen from that range by one test file was taken
+ * by another file's server before the process it was chosen for could bind it.
+ */
+function portsOutsideTheEphemeralRange(): [number, number] {
+  let start = 32_768;
+  try {
+    start = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').split(/\s+/)[0]);
+  } catch {
+    // Not Linux: the range IANA suggests starts higher still.
+  }
+  const high = Number.isInteger(start) && start > 12_000 ? start : 32_768;
+  return [high - 10_000, high];
+}
+
+/** Claims the port for this run across test files (processes and worker threads alike): a file created exclusively, reused after an hour. */
+function reservePort(port: number): boolean {
+  const dir = join(tmpdir(), 'pgr-test-ports');
+  mkdirSync(dir, { recursive: true });
+  const path = join(dir, String(port));
+  try {
+    writeFileSync(path, String(process.pid), { flag: 'wx' });
+    return true;
+  } catch {
+    try {
+      if (Date.now() - statSync(path).mtimeMs < 3_600_000) return false;
+      writeFileSync(path, String(process.pid));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+}
+
+async function isFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
   });
 }
 
