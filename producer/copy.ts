@@ -2,6 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import pg from 'pg';
 import { COPY_TEXT_OPTIONS } from '../shared/csv.js';
+import { errorMessage, UserError } from '../shared/errors.js';
 import { type OutgoingBatch, qualifiedName, type Relation } from '../shared/events.js';
 import { keys, partitionOf } from '../shared/keys.js';
 import { log } from '../shared/log.js';
@@ -14,6 +15,7 @@ import { CopyOut } from './copyout.js';
 import { tally } from './metrics.js';
 import { POLL_MS } from './options.js';
 import { oversizedCopyRow } from './oversize.js';
+import { NOT_UTF8 } from './preflight.js';
 import { quoteIdent } from './replication.js';
 import type { Session } from './session.js';
 import { inPlaceSocket } from './wire.js';
@@ -267,7 +269,7 @@ export class TableCopy {
     const columns = relation.columns.map((column) => quoteIdent(column.name)).join(', ');
     const conditions = [this.rowFilter, this.ctidRange(range)].filter((condition) => condition);
     const where = conditions.length > 0 ? ` WHERE ${conditions.map((condition) => `(${condition})`).join(' AND ')}` : '';
-    const { copyChunkRows, copyChunkBytes, pipeline } = this.session.options;
+    const { copyChunkRows, copyChunkBytes } = this.session.options;
     const copyOut = new CopyOut(
       `COPY (SELECT ${columns} FROM ${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}${where}) TO STDOUT (${COPY_TEXT_OPTIONS})`,
       { rows: copyChunkRows, bytes: copyChunkBytes },
@@ -275,6 +277,30 @@ export class TableCopy {
     client.query(copyOut as never);
     const before = this.rows;
     const targets = this.options.destinations ?? this.session.queues.destinations;
+    let open: ChunkWriter | undefined;
+    try {
+      open = await this.writeChunks(copyOut, targets, onBatch);
+    } catch (error) {
+      if ((error as { code?: unknown }).code === '22021') {
+        throw new UserError(`Postgres cannot send a value of ${qualifiedName(relation)} as UTF-8 (${errorMessage(error)}). ${NOT_UTF8}`);
+      }
+      throw error;
+    }
+    await open?.seal(targets);
+    const lastOfTable = --this.unfinished === 0;
+    // The table's last chunk is sent even empty, to complete the copy.
+    if (open || lastOfTable) this.send(open, lastOfTable, targets, onBatch);
+    return this.rows - before;
+  }
+
+  /** The copy's pieces into chunks, each sent once full; returns the chunk still open at the end. */
+  private async writeChunks(
+    copyOut: CopyOut,
+    targets: string[],
+    onBatch: (batch: { partition: number; seq: number }) => void,
+  ): Promise<ChunkWriter | undefined> {
+    const { relation } = this;
+    const { pipeline } = this.session.options;
     let open: ChunkWriter | undefined;
     for await (const piece of copyOut) {
       if (this.session.signal.aborted) throw new Error('the producer session ended during a table copy');
@@ -289,11 +315,7 @@ export class TableCopy {
         await this.room();
       }
     }
-    await open?.seal(targets);
-    const lastOfTable = --this.unfinished === 0;
-    // The table's last chunk is sent even empty, to complete the copy.
-    if (open || lastOfTable) this.send(open, lastOfTable, targets, onBatch);
-    return this.rows - before;
+    return open;
   }
 
   /** Marks a range as copied (its rows all in Redis); returns the progress, for the caller to record. */

@@ -51,6 +51,9 @@ export function refusal(error: unknown): UserError | undefined {
       if (/publication/i.test(message))
         return new UserError(`${message}. Re-create the publication (CREATE PUBLICATION …) or pass the right --publication, then start the producer again.`);
       return undefined;
+    case '22021':
+      // Only a SQL_ASCII database holds text that is not UTF-8 (every other encoding converts).
+      return new UserError(`Postgres cannot send a value as UTF-8 (${message}${lsnOf(error)}). ${NOT_UTF8}`);
     case '55000':
       if (/replication slot/i.test(message)) return new UserError(`${message}. ${SLOT_RECOVERY}`);
       return undefined;
@@ -58,6 +61,17 @@ export function refusal(error: unknown): UserError | undefined {
       return undefined;
   }
 }
+
+/** Where a failed change is in the WAL, from the walsender's error context. */
+function lsnOf(error: unknown): string {
+  const where = String((error as { where?: unknown }).where ?? '');
+  const lsn = /associated LSN ([0-9A-F]+\/[0-9A-F]+)/i.exec(where)?.[1];
+  return lsn ? `, in the change at LSN ${lsn}` : '';
+}
+
+/** What to do about text that is not UTF-8 (SQL_ASCII databases store any bytes). */
+export const NOT_UTF8 =
+  "A value that is not UTF-8 stops the producer (exit 2), naming its table when it is copied: correct such values (write them in UTF-8; Latin-1 text, say, with UPDATE … SET col = convert_from(convert(convert_to(col, 'SQL_ASCII'), 'LATIN1', 'UTF8'), 'SQL_ASCII') WHERE …), then start the producer again. A change already in the WAL cannot be sent: after correcting the values, run `pg-replicate resync --all` (every table copied again under a new slot, past that change).";
 
 /** What to do once the slot is gone or invalidated: the changes since its last position cannot be streamed again. */
 export const SLOT_RECOVERY =
@@ -133,6 +147,9 @@ export async function checkSource(client: pg.Client, publication: string): Promi
     );
   }
   await checkPublishedTables(client, publication);
+  if ((await client.query('SHOW server_encoding')).rows[0].server_encoding === 'SQL_ASCII') {
+    log.warn(`this database's encoding is SQL_ASCII: Postgres stores its text without checking it, and sends it as UTF-8 only where it is. ${NOT_UTF8}`);
+  }
   const role = (await client.query('SELECT rolreplication OR rolsuper AS ok FROM pg_roles WHERE rolname = current_user')).rows[0];
   if (!role?.ok) {
     throw new UserError(

@@ -1,5 +1,6 @@
 import test from 'ava';
-import { duckdbRows, postgresRows, runCli, TestPipeline } from './support/pipeline.js';
+import pg from 'pg';
+import { type CliProcess, duckdbRows, postgresRows, rowsAsText, runCli, TestPipeline } from './support/pipeline.js';
 import { startPostgres, useServices } from './support/services.js';
 
 /**
@@ -139,4 +140,62 @@ test('a login Postgres refuses (an expired password, a wrong one) exits 2 with t
   } finally {
     await own.stop();
   }
+});
+
+test('text that is not UTF-8 (a SQL_ASCII database stores any bytes): the producer exits 2 naming the table and the fix, which works, and a change already in the WAL is recovered with resync --all', async (t) => {
+  const database = `legacy_ascii_${process.pid}`;
+  await env.pg.query(`CREATE DATABASE ${database} ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'`);
+  const url = new URL(env.pg.url);
+  url.pathname = `/${database}`;
+  const pool = new pg.Pool({ connectionString: url.toString(), max: 2 });
+  pool.on('error', () => {});
+  const legacy = { ...env.pg, url: url.toString(), query: (sql: string, params?: unknown[]) => pool.query(sql, params) };
+  // What Latin-1 text written by an old application looks like there: é is the byte 0xE9.
+  const toUtf8 = "convert_from(convert(convert_to(name, 'SQL_ASCII'), 'LATIN1', 'UTF8'), 'SQL_ASCII')";
+  const pipeline = new TestPipeline(legacy, env.redis.url, 'legacyascii', ['main']);
+  let producer: CliProcess | undefined;
+  let consumer: CliProcess | undefined;
+  try {
+    await legacy.query(`
+      CREATE TABLE customers (id int PRIMARY KEY, name text);
+      INSERT INTO customers VALUES (1, 'plain'), (2, E'caf\\xe9');
+      CREATE PUBLICATION ${pipeline.publication} FOR TABLE customers;`);
+    const copied = await runCli(pipeline.producerArgs());
+    t.is(copied.code, 2, copied.stderr);
+    t.regex(copied.stderr, /this database's encoding is SQL_ASCII/);
+    t.regex(copied.stderr, /Postgres cannot send a value of public\.customers as UTF-8 \(invalid byte sequence for encoding "UTF8": 0xe9\)/);
+    t.false(copied.stderr.includes('    at '), 'no stack trace');
+
+    // The advice, followed: the value written in UTF-8, and the copy goes through.
+    await legacy.query(`UPDATE customers SET name = ${toUtf8} WHERE id = 2`);
+    producer = pipeline.producer();
+    consumer = pipeline.duckdb('main');
+    await pipeline.waitForCopy(env.redis.client);
+    // A change that is not UTF-8 is in the WAL now: Postgres cannot send it, the producer stops with the fix.
+    await legacy.query("INSERT INTO customers VALUES (3, E'na\\xefve')");
+    t.is(await producer.exited, 2);
+    // Ended as expected: stop() marks it so, and the pipeline's waits no longer count it as failed.
+    await producer.stop();
+    t.regex(
+      producer.stderr,
+      /Postgres cannot send a value as UTF-8 \(invalid byte sequence for encoding "UTF8": 0xef[ 0-9a-fx]*, in the change at LSN [0-9A-F]+\/[0-9A-F]+\)/,
+    );
+    t.regex(producer.stderr, /pg-replicate resync --all/);
+    await legacy.query(`UPDATE customers SET name = ${toUtf8} WHERE id = 3`);
+    const requested = await runCli(['resync', '--all', '--pipeline', pipeline.pipeline, '--redis-url', env.redis.url]);
+    t.is(requested.code, 0, requested.stderr);
+    producer = pipeline.producer();
+    await pipeline.waitForCopy(env.redis.client);
+    await pipeline.waitForCatchUp();
+  } finally {
+    await Promise.all([producer?.stop(), consumer?.stop(), pool.end()]);
+  }
+  t.deepEqual(
+    await duckdbRows(pipeline.duckdbPath('main'), 'public.customers', ['id', 'name']),
+    rowsAsText([
+      [1, 'plain'],
+      [2, 'café'],
+      [3, 'naïve'],
+    ]),
+  );
 });
