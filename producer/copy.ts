@@ -15,7 +15,7 @@ import { CopyOut } from './copyout.js';
 import { tally } from './metrics.js';
 import { POLL_MS } from './options.js';
 import { oversizedCopyRow } from './oversize.js';
-import { NOT_UTF8 } from './preflight.js';
+import { DATA_ERROR, NOT_UTF8 } from './preflight.js';
 import { quoteIdent } from './replication.js';
 import type { Session } from './session.js';
 import { inPlaceSocket } from './wire.js';
@@ -281,8 +281,10 @@ export class TableCopy {
     try {
       open = await this.writeChunks(copyOut, targets, onBatch);
     } catch (error) {
-      if ((error as { code?: unknown }).code === '22021') {
-        throw new UserError(`Postgres cannot send a value of ${qualifiedName(relation)} as UTF-8 (${errorMessage(error)}). ${NOT_UTF8}`);
+      const { code } = error as { code?: unknown };
+      if (code === '22021') throw new UserError(`Postgres cannot send a value of ${qualifiedName(relation)} as UTF-8 (${errorMessage(error)}). ${NOT_UTF8}`);
+      if (typeof code === 'string' && code.startsWith('22')) {
+        throw new UserError(`Postgres failed on a value of ${qualifiedName(relation)} as it copied it (${errorMessage(error)}). ${DATA_ERROR}`);
       }
       throw error;
     }

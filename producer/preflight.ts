@@ -35,6 +35,10 @@ export function refusal(error: unknown): UserError | undefined {
   if (error instanceof UserError) return error;
   const { code } = (error ?? {}) as { code?: unknown };
   const message = errorMessage(error);
+  if (typeof code === 'string' && code.startsWith('22') && code !== '22021') {
+    // A data exception (class 22) in what Postgres decodes or copies happens again on every try.
+    return new UserError(`Postgres failed on a value it was to send (${message}${lsnOf(error)}). ${DATA_ERROR}`);
+  }
   switch (code) {
     case '28P01':
     case '28000':
@@ -72,6 +76,10 @@ function lsnOf(error: unknown): string {
 /** What to do about text that is not UTF-8 (SQL_ASCII databases store any bytes). */
 export const NOT_UTF8 =
   "A value that is not UTF-8 stops the producer (exit 2), naming its table when it is copied: correct such values (write them in UTF-8; Latin-1 text, say, with UPDATE … SET col = convert_from(convert(convert_to(col, 'SQL_ASCII'), 'LATIN1', 'UTF8'), 'SQL_ASCII') WHERE …), then start the producer again. A change already in the WAL cannot be sent: after correcting the values, run `pg-replicate resync --all` (every table copied again under a new slot, past that change).";
+
+/** What to do about a value Postgres fails on as it decodes or copies it (a row filter dividing by zero, say). */
+export const DATA_ERROR =
+  "This does not pass by itself: correct the value, or the publication's row filter that fails on it, then start the producer again. A change already in the WAL cannot be sent: after correcting, run `pg-replicate resync --all` (every table copied again under a new slot, past that change).";
 
 /** What to do once the slot is gone or invalidated: the changes since its last position cannot be streamed again. */
 export const SLOT_RECOVERY =

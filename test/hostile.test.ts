@@ -199,3 +199,32 @@ test('text that is not UTF-8 (a SQL_ASCII database stores any bytes): the produc
     ]),
   );
 });
+
+test("a value Postgres fails on as it decodes or copies it (a publication's row filter dividing by zero): the producer exits 2 with the error, the table or the LSN, and the fix", async (t) => {
+  const streamed = new TestPipeline(env.pg, env.redis.url, 'rowfilter', ['main']);
+  await env.pg.query(`
+    CREATE TABLE measures (id int PRIMARY KEY, divisor int);
+    INSERT INTO measures VALUES (1, 1), (2, 2);
+    CREATE PUBLICATION ${streamed.publication} FOR TABLE measures WHERE (100 / divisor > 0);`);
+  const producer = streamed.producer();
+  const consumer = streamed.duckdb('main');
+  try {
+    await streamed.waitForCopy(env.redis.client);
+    await env.pg.query('INSERT INTO measures VALUES (3, 0)');
+    t.is(await producer.exited, 2);
+    t.regex(
+      producer.stderr,
+      /Postgres failed on a value it was to send \(division by zero, in the change at LSN [0-9A-F]+\/[0-9A-F]+\)\. This does not pass by itself/,
+    );
+    t.regex(producer.stderr, /the publication's row filter that fails on it/);
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+  // The same table copied for a new pipeline: the copy meets the row.
+  const copied = new TestPipeline(env.pg, env.redis.url, 'rowfiltercopy', ['main']);
+  await env.pg.query(`CREATE PUBLICATION ${copied.publication} FOR TABLE measures WHERE (100 / divisor > 0)`);
+  const run = await runCli(copied.producerArgs());
+  t.is(run.code, 2, run.stderr);
+  t.regex(run.stderr, /Postgres failed on a value of public\.measures as it copied it \(division by zero\)/);
+  t.false(run.stderr.includes('    at '), 'no stack trace');
+});
