@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage, UserError } from '../shared/errors.js';
 import { log } from '../shared/log.js';
 
@@ -31,7 +32,11 @@ export async function runUntilStopped(start: (signal: AbortSignal) => Promise<vo
   try {
     await start(controller.signal);
   } finally {
-    await close().catch((error) => log.warn({ err: errorMessage(error) }, 'error while shutting down'));
+    // Bounded as a stop is: a close waiting on a server that will not answer never keeps the process.
+    const waited = new AbortController();
+    const closed = close().catch((error) => log.warn({ err: errorMessage(error) }, 'error while shutting down'));
+    await Promise.race([closed, sleep(STOP_GRACE_MS, undefined, { signal: waited.signal }).catch(() => {})]);
+    waited.abort();
   }
 }
 

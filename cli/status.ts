@@ -135,6 +135,8 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
       let pending = 0;
       for (let partition = 0; partition < state.partitions; partition++) {
         const queue = new Queue(queueName(options.pipeline, name, partition), { connection: redis, prefix: QUEUE_PREFIX });
+        // Unheard, BullMQ prints a Redis error with the failed command's arguments (HELLO's AUTH password).
+        queue.on('error', () => {});
         const counts = await queue.getJobCounts('wait', 'active', 'delayed', 'prioritized');
         pending += Object.values(counts).reduce((sum, count) => sum + count, 0);
         await queue.close();

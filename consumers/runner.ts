@@ -8,7 +8,7 @@ import { type Batch, qualifiedName } from '../shared/events.js';
 import { keys, parseApplied, QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { compareVersions } from '../shared/lsn.js';
-import { connectRedis, readPipelineState, recordApplied } from '../shared/redis.js';
+import { connectRedis, loginRefused, readPipelineState, recordApplied } from '../shared/redis.js';
 import { ChunkReader } from './chunkreader.js';
 import { type Destination, PermanentError, RefusedError, type TableState } from './destination.js';
 import { JOIN_LIMITS, LookAhead, type NextBatch } from './lookahead.js';
@@ -43,6 +43,9 @@ export class ConsumerRunner {
   /** Jobs (by chunk id) whose batches were applied with an earlier one, marked and released: in their turn they only complete. */
   private readonly appliedAhead = new Set<string>();
   private closing = false;
+  private readonly refusedLogin: Promise<UserError>;
+  /** Redis refused the login for good: closing does not wait on it. */
+  private loginError?: UserError;
   private readonly registration: Registration;
   private readonly quarantines: Quarantines;
   /** The placements last written for status. */
@@ -56,6 +59,7 @@ export class ConsumerRunner {
   ) {
     this.redis = connectRedis(options.redisUrl);
     this.redis.on('error', (error) => log.debug({ err: errorMessage(error) }, 'redis connection error'));
+    this.refusedLogin = loginRefused(this.redis);
     this.chunks = new ChunkReader(options.redisUrl);
     this.ahead = new LookAhead(this.chunks, options.pipeline, destination);
     this.quarantines = new Quarantines(this.redis, options.pipeline, options.name, destination);
@@ -63,7 +67,20 @@ export class ConsumerRunner {
     this.registration = new Registration(this.redis, options.pipeline, options.name, options.register ?? false);
   }
 
+  /**
+   * Runs until the signal aborts; rejects with the error to exit with once Redis has refused the
+   * login for good (every command would wait for ever).
+   */
   async run(signal: AbortSignal): Promise<void> {
+    const refused = this.refusedLogin.then((error) => {
+      this.loginError = error;
+      throw error;
+    });
+    refused.catch(() => {});
+    await Promise.race([this.work(signal), refused]);
+  }
+
+  private async work(signal: AbortSignal): Promise<void> {
     const partitions = await this.waitForPipeline(signal);
     if (signal.aborted) return;
     const concurrency = this.options.concurrency;
@@ -73,7 +90,10 @@ export class ConsumerRunner {
     await this.quarantines.reportStored();
     for (let partition = 0; partition < partitions; partition++) {
       const name = queueName(this.options.pipeline, this.options.name, partition);
-      this.queues.push(new Queue(name, { connection: this.redis, prefix: QUEUE_PREFIX }));
+      const queue = new Queue(name, { connection: this.redis, prefix: QUEUE_PREFIX });
+      // Unheard, BullMQ prints a Redis error with the failed command's arguments (HELLO's AUTH password).
+      queue.on('error', () => {});
+      this.queues.push(queue);
       const workerOptions = {
         connection: this.redis,
         prefix: QUEUE_PREFIX,
@@ -104,8 +124,10 @@ export class ConsumerRunner {
 
   async close(): Promise<void> {
     this.closing = true;
-    await this.registration.leave();
-    await this.publishPlacements().catch(() => {});
+    if (!this.loginError) {
+      await this.registration.leave();
+      await this.publishPlacements().catch(() => {});
+    }
     this.slots?.close();
     await Promise.all(this.workers.map((worker) => worker.close()));
     await Promise.all(this.queues.map((queue) => queue.close()));

@@ -8,6 +8,7 @@ import { formatLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
 import {
   connectRedis,
+  loginRefused,
   type PipelineState,
   readCopyProgress,
   readPipelineState,
@@ -59,12 +60,15 @@ export class Producer {
   private redisLost = false;
   /** The largest row Redis takes in one value, read at start. */
   private largestRowBytes = Number.MAX_SAFE_INTEGER;
+  /** Settles once Redis has refused the login for good. */
+  private readonly refusedLogin: Promise<UserError>;
   /** Since when Postgres has been unreachable, while it is. */
   private outage: { since: number; error: string } | undefined;
 
   constructor(private options: ProducerOptions) {
     this.redis = connectRedis(options.redisUrl);
     this.redis.on('error', (error) => log.debug({ err: errorMessage(error) }, 'redis connection error'));
+    this.refusedLogin = loginRefused(this.redis);
   }
 
   /** Runs until the signal aborts (or, in copy mode, until the copy is applied everywhere). */
@@ -98,15 +102,23 @@ export class Producer {
     const running = new AbortController();
     const stop = () => running.abort();
     signal.addEventListener('abort', stop);
+    // Redis refusing the login for good: every command would wait for ever, the session's too.
+    let loginError: UserError | undefined;
+    const refused = this.refusedLogin.then((error) => {
+      loginError = error;
+      running.abort();
+      throw error;
+    });
+    refused.catch(() => {});
     try {
       await lease.acquire(signal, (error) => {
         leaseLost = error;
         running.abort();
       });
-      await this.sessions(running.signal);
+      await Promise.race([this.sessions(running.signal), refused]);
     } finally {
       signal.removeEventListener('abort', stop);
-      await lease.release();
+      if (!loginError) await lease.release();
     }
     if (leaseLost) throw leaseLost;
   }

@@ -75,7 +75,11 @@ export class BatchQueues {
     this.lastSent.set(destination, startAt ? [...startAt] : new Array(this.partitions).fill(0));
     const perPartition: Queue[] = [];
     for (let partition = 0; partition < this.partitions; partition++) {
-      perPartition.push(new this.queueClass(queueName(this.pipeline, destination, partition), { connection: this.redis, prefix: QUEUE_PREFIX }));
+      const queue = new this.queueClass(queueName(this.pipeline, destination, partition), { connection: this.redis, prefix: QUEUE_PREFIX });
+      // Unheard, BullMQ prints a Redis error with the failed command's arguments (after a
+      // refused login, HELLO's AUTH password); the connection's own handler reports it.
+      queue.on('error', () => {});
+      perPartition.push(queue);
     }
     this.queues.set(destination, perPartition);
     return perPartition;

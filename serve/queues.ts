@@ -6,6 +6,13 @@ import type { Redis } from 'ioredis';
 import type { PipelineStatus } from '../cli/status.js';
 import { QUEUE_PREFIX, queueName } from '../shared/keys.js';
 
+/** A queue for the board. Unheard, BullMQ prints a Redis error with the failed command's arguments (HELLO's AUTH password). */
+function quietQueue(name: string, redis: Redis): Queue {
+  const queue = new Queue(name, { connection: redis, prefix: QUEUE_PREFIX });
+  queue.on('error', () => {});
+  return queue;
+}
+
 /**
  * Every destination partition's queue in bull-board, under /queues. Read-only unless the
  * server runs with --queues-admin: retrying or removing a job by hand can break a partition's
@@ -36,7 +43,7 @@ export class QueueBoard {
         .flatMap((destination) => Array.from({ length: status.partitions }, (_, partition) => queueName(status.pipeline, destination.name, partition))),
     );
     if (names.length === this.queues.size && names.every((name) => this.queues.has(name))) return;
-    const next = new Map(names.map((name) => [name, this.queues.get(name) ?? new Queue(name, { connection: this.redis, prefix: QUEUE_PREFIX })]));
+    const next = new Map(names.map((name) => [name, this.queues.get(name) ?? quietQueue(name, this.redis)]));
     for (const [name, queue] of this.queues) if (!next.has(name)) await queue.close();
     this.queues = next;
     this.board.replaceQueues([...next.values()].map((queue) => new BullMQAdapter(queue, { readOnlyMode: !this.admin })));

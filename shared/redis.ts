@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { keys, parseApplied } from './keys.js';
 
-export { connectRedis } from './redistarget.js';
+export { connectRedis, loginRefused } from './redistarget.js';
 
 /** What the producer records about a pipeline in Redis. Redis is a buffer: losing this forces a fresh copy. */
 export interface PipelineState {

@@ -36,6 +36,34 @@ export function connectRedis(url: string, { failFast = false } = {}): Redis {
   return target.kind === 'server' ? new Redis(target.url, options) : new Redis(options);
 }
 
+/** Redis' answers to a login it refuses (a wrong or changed password, a removed or disabled ACL user). */
+const LOGIN_REFUSED = /^(NOAUTH|WRONGPASS)\b|invalid username-password pair|invalid password/;
+/** How long Redis may refuse the login before a process gives up: longer than a failover's moment. */
+export const LOGIN_GRACE_MS = 10_000;
+
+/**
+ * Resolves with the error to exit with once Redis has refused the client's login for
+ * LOGIN_GRACE_MS since it last was ready: its password was changed or its ACL user removed.
+ * ioredis would reconnect, and every command wait, for ever; a human must fix this.
+ */
+export function loginRefused(redis: Redis): Promise<UserError> {
+  return new Promise((resolve) => {
+    let since: number | undefined;
+    redis.on('ready', () => (since = undefined));
+    redis.on('error', (error: Error) => {
+      if (!LOGIN_REFUSED.test(error.message)) return;
+      since ??= Date.now();
+      if (Date.now() - since < LOGIN_GRACE_MS) return;
+      const answer = redact(error.message).split(/[,.]/)[0];
+      resolve(
+        new UserError(
+          `Redis has refused pg-replicate's login for ${Math.round((Date.now() - since) / 1000)} s (${answer}): the password or ACL user in --redis-url / REDIS_URL is wrong, or was changed or removed in Redis. Set the right one, then start again.`,
+        ),
+      );
+    });
+  });
+}
+
 /** Where to open a connection of one's own (the consumers' chunk reader): the server, or Sentinel's master now. */
 export interface RedisAddress {
   host: string;

@@ -1,7 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
+import { Redis } from 'ioredis';
 import { CliProcess, LOAD_SCHEMA, loadTablesIn, runCli, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
-import { useServices } from './support/services.js';
+import { freePort, spawnRedis, useServices } from './support/services.js';
 
 const env = useServices(test);
 
@@ -204,4 +205,49 @@ test('pipeline drop --yes removes the slot and every Redis key of the pipeline, 
   t.is((await env.pg.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [pipeline.publication])).rowCount, 1, 'the publication stays');
   const { duckdb, postgres } = await loadTablesIn(env.pg, pipeline.duckdbPath('main'), 'dropme');
   t.deepEqual(duckdb, postgres, 'the destination keeps its data');
+});
+
+test('Redis refusing the login mid-run (its password changed): the producer and the consumer exit 2 saying so, without a password, instead of waiting for ever', async (t) => {
+  // A Redis of the test's own: the file's other tests share the other one.
+  const port = await freePort();
+  const server = await spawnRedis(port, ['--save', '', '--appendonly', 'no']);
+  const admin = new Redis(port, '127.0.0.1', { maxRetriesPerRequest: null });
+  admin.on('error', () => {});
+  await admin.config('SET', 'requirepass', 'first-secret-1');
+  await admin.auth('first-secret-1');
+  const url = `redis://:first-secret-1@127.0.0.1:${port}`;
+  const pipeline = new TestPipeline(env.pg, url, 'rotated', ['main']);
+  await env.pg.query(LOAD_SCHEMA(pipeline.publication, 'rotated'));
+  const producer = pipeline.producer();
+  const consumer = pipeline.duckdb('main');
+  try {
+    await pipeline.waitForCopy(admin);
+    await admin.config('SET', 'requirepass', 'second-secret-2');
+    await admin.auth('second-secret-2');
+    await admin.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+    const started = Date.now();
+    t.deepEqual(await Promise.all([producer.exited, consumer.exited]), [2, 2]);
+    t.true(Date.now() - started < 40_000, `both ended ${Date.now() - started} ms after the password changed`);
+    for (const [name, process] of [
+      ['producer', producer],
+      ['consumer', consumer],
+    ] as const) {
+      t.regex(
+        process.stderr,
+        /Redis has refused pg-replicate's login for 1\d s \((NOAUTH|WRONGPASS)[^)]*\): the password or ACL user in --redis-url \/ REDIS_URL is wrong, or was changed or removed/,
+        name,
+      );
+      t.false(
+        /first-secret-1|second-secret-2/.test(process.stderr + process.stdout),
+        `${name}: no password printed: ${(process.stderr + process.stdout)
+          .split('\n')
+          .filter((line) => /secret/.test(line))
+          .join('\n')}`,
+      );
+    }
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+    admin.disconnect();
+    await server.kill();
+  }
 });
