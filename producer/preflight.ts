@@ -58,6 +58,13 @@ export function refusal(error: unknown): UserError | undefined {
     case '22021':
       // Only a SQL_ASCII database holds text that is not UTF-8 (every other encoding converts).
       return new UserError(`Postgres cannot send a value as UTF-8 (${message}${lsnOf(error)}). ${NOT_UTF8}`);
+    case '53400':
+      if (/replication slots/i.test(message)) {
+        return new UserError(
+          `Postgres has no replication slot left for this pipeline (${message}). Drop the slots nothing uses any more (SELECT slot_name, active, wal_status FROM pg_replication_slots; then SELECT pg_drop_replication_slot('…') for each), or raise max_replication_slots (a restart of Postgres), then start the producer again.`,
+        );
+      }
+      return undefined;
     case '55000':
       if (/replication slot/i.test(message)) return new UserError(`${message}. ${SLOT_RECOVERY}`);
       return undefined;

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
 import { Redis } from 'ioredis';
 import { CliProcess, LOAD_SCHEMA, loadTablesIn, runCli, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
-import { freePort, spawnRedis, useServices } from './support/services.js';
+import { freePort, spawnRedis, startPostgres, useServices } from './support/services.js';
 
 const env = useServices(test);
 
@@ -249,5 +249,22 @@ test('Redis refusing the login mid-run (its password changed): the producer and 
     await Promise.all([producer.stop(), consumer.stop()]);
     admin.disconnect();
     await server.kill();
+  }
+});
+
+test('a Postgres whose replication slots are all in use: the producer exits 2 with the query to find unused ones and the setting to raise', async (t) => {
+  // A cluster of its own: filling every slot of the shared one would refuse the file's other tests.
+  const own = await startPostgres({ walLevel: 'logical' });
+  try {
+    const max = Number((await own.query('SHOW max_replication_slots')).rows[0].max_replication_slots);
+    for (let slot = 0; slot < max; slot++) await own.query(`SELECT pg_create_logical_replication_slot('forgotten_${slot}', 'pgoutput')`);
+    const pipeline = new TestPipeline(own, env.redis.url, 'noslots', ['main']);
+    await own.query(`CREATE TABLE items (id int PRIMARY KEY); CREATE PUBLICATION ${pipeline.publication} FOR TABLE items`);
+    const run = await runCli(pipeline.producerArgs());
+    t.is(run.code, 2, run.stderr);
+    t.regex(run.stderr, /Postgres has no replication slot left for this pipeline \(all replication slots are in use\)\. Drop the slots nothing uses any more/);
+    t.regex(run.stderr, /raise max_replication_slots/);
+  } finally {
+    await own.stop();
   }
 });
