@@ -2,7 +2,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import pg from 'pg';
 import { COPY_TEXT_OPTIONS } from '../shared/csv.js';
-import { errorMessage, UserError } from '../shared/errors.js';
 import { type OutgoingBatch, qualifiedName, type Relation } from '../shared/events.js';
 import { keys, partitionOf } from '../shared/keys.js';
 import { log } from '../shared/log.js';
@@ -15,7 +14,7 @@ import { CopyOut } from './copyout.js';
 import { tally } from './metrics.js';
 import { POLL_MS } from './options.js';
 import { oversizedCopyRow } from './oversize.js';
-import { DATA_ERROR, NOT_UTF8 } from './preflight.js';
+import { dataRefusal } from './preflight.js';
 import { quoteIdent } from './replication.js';
 import type { Session } from './session.js';
 import { inPlaceSocket } from './wire.js';
@@ -281,12 +280,7 @@ export class TableCopy {
     try {
       open = await this.writeChunks(copyOut, targets, onBatch);
     } catch (error) {
-      const { code } = error as { code?: unknown };
-      if (code === '22021') throw new UserError(`Postgres cannot send a value of ${qualifiedName(relation)} as UTF-8 (${errorMessage(error)}). ${NOT_UTF8}`);
-      if (typeof code === 'string' && code.startsWith('22')) {
-        throw new UserError(`Postgres failed on a value of ${qualifiedName(relation)} as it copied it (${errorMessage(error)}). ${DATA_ERROR}`);
-      }
-      throw error;
+      throw dataRefusal(error, qualifiedName(relation)) ?? error;
     }
     await open?.seal(targets);
     const lastOfTable = --this.unfinished === 0;

@@ -35,10 +35,8 @@ export function refusal(error: unknown): UserError | undefined {
   if (error instanceof UserError) return error;
   const { code } = (error ?? {}) as { code?: unknown };
   const message = errorMessage(error);
-  if (typeof code === 'string' && code.startsWith('22') && code !== '22021') {
-    // A data exception (class 22) in what Postgres decodes or copies happens again on every try.
-    return new UserError(`Postgres failed on a value it was to send (${message}${lsnOf(error)}). ${DATA_ERROR}`);
-  }
+  const data = dataRefusal(error);
+  if (data) return data;
   switch (code) {
     case '28P01':
     case '28000':
@@ -55,9 +53,6 @@ export function refusal(error: unknown): UserError | undefined {
       if (/publication/i.test(message))
         return new UserError(`${message}. Re-create the publication (CREATE PUBLICATION …) or pass the right --publication, then start the producer again.`);
       return undefined;
-    case '22021':
-      // Only a SQL_ASCII database holds text that is not UTF-8 (every other encoding converts).
-      return new UserError(`Postgres cannot send a value as UTF-8 (${message}${lsnOf(error)}). ${NOT_UTF8}`);
     case '53400':
       if (/replication slots/i.test(message)) {
         return new UserError(
@@ -73,6 +68,20 @@ export function refusal(error: unknown): UserError | undefined {
   }
 }
 
+/**
+ * A data exception (SQLSTATE class 22) Postgres met in a value it was decoding or copying: it
+ * fails again on every try. `table`: the value's table, where known (a copy).
+ */
+export function dataRefusal(error: unknown, table?: string): UserError | undefined {
+  const { code } = (error ?? {}) as { code?: unknown };
+  if (typeof code !== 'string' || !code.startsWith('22')) return undefined;
+  const value = table ? `a value of ${table}` : 'a value';
+  const cause = `${errorMessage(error)}${lsnOf(error)}`;
+  // Only a SQL_ASCII database holds text that is not UTF-8 (every other encoding converts).
+  if (code === '22021') return new UserError(`Postgres cannot send ${value} as UTF-8 (${cause}). ${NOT_UTF8}`);
+  return new UserError(`Postgres failed on ${value} it was to send (${cause}). ${DATA_ERROR}`);
+}
+
 /** Where a failed change is in the WAL, from the walsender's error context. */
 function lsnOf(error: unknown): string {
   const where = String((error as { where?: unknown }).where ?? '');
@@ -81,11 +90,11 @@ function lsnOf(error: unknown): string {
 }
 
 /** What to do about text that is not UTF-8 (SQL_ASCII databases store any bytes). */
-export const NOT_UTF8 =
+const NOT_UTF8 =
   "A value that is not UTF-8 stops the producer (exit 2), naming its table when it is copied: correct such values (write them in UTF-8; Latin-1 text, say, with UPDATE … SET col = convert_from(convert(convert_to(col, 'SQL_ASCII'), 'LATIN1', 'UTF8'), 'SQL_ASCII') WHERE …), then start the producer again. A change already in the WAL cannot be sent: after correcting the values, run `pg-replicate resync --all` (every table copied again under a new slot, past that change).";
 
 /** What to do about a value Postgres fails on as it decodes or copies it (a row filter dividing by zero, say). */
-export const DATA_ERROR =
+const DATA_ERROR =
   "This does not pass by itself: correct the value, or the publication's row filter that fails on it, then start the producer again. A change already in the WAL cannot be sent: after correcting, run `pg-replicate resync --all` (every table copied again under a new slot, past that change).";
 
 /** What to do once the slot is gone or invalidated: the changes since its last position cannot be streamed again. */

@@ -39,7 +39,7 @@ export function connectRedis(url: string, { failFast = false } = {}): Redis {
 /** Redis' answers to a login it refuses (a wrong or changed password, a removed or disabled ACL user). */
 const LOGIN_REFUSED = /^(NOAUTH|WRONGPASS)\b|invalid username-password pair|invalid password/;
 /** How long Redis may refuse the login before a process gives up: longer than a failover's moment. */
-export const LOGIN_GRACE_MS = 10_000;
+const LOGIN_GRACE_MS = 10_000;
 
 /**
  * Resolves with the error to exit with once Redis has refused the client's login for
