@@ -5,7 +5,7 @@ import { detachedDestinations, type ShownSession, shownSession, source, tally } 
 // shared/metrics): loaded only with a metrics port, as prom-client takes a tenth of a second
 // of every start-up.
 
-const PAUSE_REASONS = ['backlog', 'held', 'inbox', 'operator'];
+const PAUSE_REASONS = ['backlog', 'redis_memory', 'held', 'inbox', 'operator'];
 
 const counter = (name: string, help: string, value: () => number) =>
   new Counter({
@@ -92,7 +92,7 @@ new Gauge({
 });
 new Gauge({
   name: 'pg_replicate_slot_read_paused',
-  help: 'Whether reading the slot is paused, by reason: backlog (destinations behind), held (a table copy holds its changes), inbox (catalog look-ups), operator (paused through the control API).',
+  help: 'Whether reading the slot is paused, by reason: backlog (destinations behind), redis_memory (Redis near its maxmemory), held (a table copy holds its changes), inbox (catalog look-ups), operator (paused through the control API).',
   labelNames: ['reason'],
   collect() {
     const paused = new Set(shownSession()?.stream?.pauses() ?? []);

@@ -47,7 +47,8 @@ export async function streamSlot(
   // Set per message, turned into a time by the loop below: Date.now() per row was half a
   // second of the producer's CPU in a 5 M-row transaction.
   let active = false;
-  const pauses = new Set<'inbox' | 'backlog' | 'held' | 'operator'>();
+  type PauseReason = 'inbox' | 'backlog' | 'redis_memory' | 'held' | 'operator';
+  const pauses = new Set<PauseReason>();
   /** The newest WAL position the server reported (keepalives) or we read (commits): for the lag metric. */
   let serverLsn = position.lsn;
   showSession(session, position, { serverLsn: () => serverLsn, pauses: () => pauses });
@@ -56,7 +57,7 @@ export async function streamSlot(
     replication.sendStatus(position.lsn, replyRequested);
     lastStatus = Date.now();
   };
-  const setPaused = (reason: 'inbox' | 'backlog' | 'held' | 'operator', shouldPause: boolean) => {
+  const setPaused = (reason: PauseReason, shouldPause: boolean) => {
     const wasPaused = pauses.size > 0;
     if (shouldPause) pauses.add(reason);
     else pauses.delete(reason);
@@ -84,10 +85,11 @@ export async function streamSlot(
     }
   };
   /** Too much unapplied: in Redis, or in transactions waiting for their acknowledgement (one batch can hold thousands). */
-  const backlogFull = () => watcher.isFull || tracker.pendingTransactions > options.maxPendingTransactions;
+  const backlogFull = () => watcher.backlogFull || tracker.pendingTransactions > options.maxPendingTransactions;
   const noteActivity = () => {
     active = true;
     if (backlogFull()) setPaused('backlog', true);
+    if (watcher.redisFull) setPaused('redis_memory', true);
   };
 
   const apply = (decoded: PgoutputMessage) => {
@@ -209,6 +211,7 @@ export async function streamSlot(
         log.info({ slot: options.slot }, watcher.paused ? 'reading the slot paused by an operator (it holds WAL until resumed)' : 'reading the slot resumed');
       }
       setPaused('backlog', backlogFull());
+      setPaused('redis_memory', watcher.redisFull);
       await tableSync.tick(publicationTables);
       await lagGuard.check();
       setPaused('held', tableSync.isFull);

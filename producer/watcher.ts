@@ -185,11 +185,20 @@ export class AppliedWatcher {
     if (Object.keys(fields).length > 0) await this.redis.hset(keys.state(this.options.pipeline), fields);
   }
 
-  /** Whether reading must pause: paused by an operator, too many batches (or bytes) unapplied by the slowest destination or not yet in Redis, or Redis near its maxmemory. */
+  /** Whether a copy must wait: the backlog is full, or Redis near its maxmemory. */
   get isFull(): boolean {
+    return this.backlogFull || this.redisFull;
+  }
+
+  /** Redis is near its maxmemory (whatever fills it). */
+  get redisFull(): boolean {
+    return this.memory.full;
+  }
+
+  /** Paused by an operator, or too many batches (or bytes) unapplied by the slowest destination, or not yet in Redis. */
+  get backlogFull(): boolean {
     return (
       this.paused ||
-      this.memory.full ||
       this.queues.pendingAdds > MAX_PENDING_ADDS ||
       this.queues.pendingBytes > MAX_PENDING_BYTES ||
       this.backlog > this.options.maxBacklogBatches ||

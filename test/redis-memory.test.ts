@@ -56,7 +56,7 @@ test.serial(
       await consumer.stop();
       await env.pg.query('UPDATE documents SET body = upper(body)');
       // Read until Redis is near its maxmemory, then paused.
-      await waitFor('reading to pause near maxmemory', async () => (await scrape(port)).get('pg_replicate_slot_read_paused{reason="backlog"}') === 1);
+      await waitFor('reading to pause near maxmemory', async () => (await scrape(port)).get('pg_replicate_slot_read_paused{reason="redis_memory"}') === 1);
       await sleep(2000);
       pipeline.assertRunning();
       consumer = pipeline.duckdb('duck');
