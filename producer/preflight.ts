@@ -3,6 +3,9 @@ import type { Redis } from 'ioredis';
 import pg from 'pg';
 import { errorMessage, UserError } from '../shared/errors.js';
 import { log } from '../shared/log.js';
+import type { ProducerOptions } from './options.js';
+import { largestRowBytes } from './oversize.js';
+import { fitToRedisMemory, readRedisMemory } from './redismemory.js';
 
 /**
  * Postgres cannot be reached or dropped the connection (it is down, restarting, failing over, or
@@ -157,7 +160,31 @@ export async function connectPostgresOnce(pgUrl: string, applicationName: string
 }
 
 /** Checks that the source can do logical replication of this publication. */
-export async function checkSource(client: pg.Client, publication: string): Promise<void> {
+/**
+ * Everything checked before the producer takes its lease: Postgres and the publication, Redis
+ * (its eviction policy, its maxmemory, the largest value it takes). Returns the options fitted
+ * to Redis and the largest row Redis takes in one value.
+ */
+export async function preflight(client: pg.Client, redis: Redis, options: ProducerOptions): Promise<{ options: ProducerOptions; largestRowBytes: number }> {
+  await checkSource(client, options.publication);
+  await checkRedis(redis);
+  const fitted = fitToRedisMemory(options, await readRedisMemory(redis));
+  const largest = await largestRowBytes(redis);
+  if (fitted.maxBatchBytes > largest) {
+    throw new UserError(
+      `--max-batch-bytes ${fitted.maxBatchBytes} is more than Redis takes in one value (proto-max-bulk-len allows about ${largest} bytes): lower it, or raise proto-max-bulk-len.`,
+    );
+  }
+  const keep = (await client.query('SHOW max_slot_wal_keep_size').catch(() => ({ rows: [{}] }))).rows[0].max_slot_wal_keep_size;
+  if (keep === '-1' && fitted.maxDestinationLagBytes <= 0) {
+    log.warn(
+      "neither Postgres (max_slot_wal_keep_size = -1) nor pg-replicate (--max-destination-lag-bytes) bounds the WAL a stopped destination makes Postgres keep: set --max-destination-lag-bytes (detaches such a destination, which is copied afresh when it returns) so that it cannot fill the primary's disk",
+    );
+  }
+  return { options: fitted, largestRowBytes: largest };
+}
+
+async function checkSource(client: pg.Client, publication: string): Promise<void> {
   const walLevel = (await client.query('SHOW wal_level')).rows[0].wal_level;
   if (walLevel !== 'logical') {
     throw new UserError(
@@ -221,7 +248,7 @@ export async function checkPublishedTables(client: pg.ClientBase, publication: s
   }
 }
 
-export async function checkRedis(redis: Redis): Promise<void> {
+async function checkRedis(redis: Redis): Promise<void> {
   let memory: string;
   try {
     memory = await Promise.race([redis.info('memory'), new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer within 5 s')), 5_000))]);

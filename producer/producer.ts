@@ -25,10 +25,9 @@ import { LagGuard } from './lagguard.js';
 import { ProducerLease } from './lease.js';
 import { detachedDestinations, hideSession, showSession, source, tally } from './metrics.js';
 import { COPY_DONE_POLL_MS, type ProducerOptions } from './options.js';
-import { largestRowBytes } from './oversize.js';
-import { checkRedis, checkSource, connectPostgres, connectPostgresOnce, isConnectionLoss, refusal, SLOT_RECOVERY, STARTUP_PATIENCE_MS } from './preflight.js';
+import { connectPostgres, connectPostgresOnce, isConnectionLoss, preflight, refusal, SLOT_RECOVERY, STARTUP_PATIENCE_MS } from './preflight.js';
 import { BatchQueues, loadQueues } from './queues.js';
-import { fitToRedisMemory, readRedisMemory, redisFullHint } from './redismemory.js';
+import { redisFullHint } from './redismemory.js';
 import { ReplicationConnection } from './replication.js';
 import type { AckPosition, Session } from './session.js';
 import { dropSlot, inactiveSlot, type SlotInfo } from './slots.js';
@@ -78,21 +77,7 @@ export class Producer {
     loadQueues().catch(() => {});
     const client = await connecting;
     try {
-      await checkSource(client, this.options.publication);
-      await checkRedis(this.redis);
-      this.options = fitToRedisMemory(this.options, await readRedisMemory(this.redis));
-      this.largestRowBytes = await largestRowBytes(this.redis);
-      if (this.options.maxBatchBytes > this.largestRowBytes) {
-        throw new UserError(
-          `--max-batch-bytes ${this.options.maxBatchBytes} is more than Redis takes in one value (proto-max-bulk-len allows about ${this.largestRowBytes} bytes): lower it, or raise proto-max-bulk-len.`,
-        );
-      }
-      const keep = (await client.query('SHOW max_slot_wal_keep_size').catch(() => ({ rows: [{}] }))).rows[0].max_slot_wal_keep_size;
-      if (keep === '-1' && this.options.maxDestinationLagBytes <= 0) {
-        log.warn(
-          "neither Postgres (max_slot_wal_keep_size = -1) nor pg-replicate (--max-destination-lag-bytes) bounds the WAL a stopped destination makes Postgres keep: set --max-destination-lag-bytes (detaches such a destination, which is copied afresh when it returns) so that it cannot fill the primary's disk",
-        );
-      }
+      ({ options: this.options, largestRowBytes: this.largestRowBytes } = await preflight(client, this.redis, this.options));
     } finally {
       await client.end();
     }
