@@ -5,7 +5,7 @@ import { aliveConsumers } from '../consumers/registration.js';
 import { connectPostgresOnce } from '../producer/preflight.js';
 import { UserError } from '../shared/errors.js';
 import { keys, QUEUE_PREFIX, queueName } from '../shared/keys.js';
-import { readApplied, readCopyApplied, readCopyProgress, readPipelineState, readTableSyncs } from '../shared/redis.js';
+import { heardQueue, readApplied, readCopyApplied, readCopyProgress, readPipelineState, readTableSyncs } from '../shared/redis.js';
 import { connectRedisOnce } from '../shared/redistarget.js';
 
 export interface PipelineStatus {
@@ -134,9 +134,7 @@ export async function pipelineStatus(options: { pipeline: string; redisUrl: stri
     for (const name of state.destinations) {
       let pending = 0;
       for (let partition = 0; partition < state.partitions; partition++) {
-        const queue = new Queue(queueName(options.pipeline, name, partition), { connection: redis, prefix: QUEUE_PREFIX });
-        // Unheard, BullMQ prints a Redis error with the failed command's arguments (HELLO's AUTH password).
-        queue.on('error', () => {});
+        const queue = heardQueue(new Queue(queueName(options.pipeline, name, partition), { connection: redis, prefix: QUEUE_PREFIX }));
         const counts = await queue.getJobCounts('wait', 'active', 'delayed', 'prioritized');
         pending += Object.values(counts).reduce((sum, count) => sum + count, 0);
         await queue.close();

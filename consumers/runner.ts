@@ -8,7 +8,7 @@ import { type Batch, qualifiedName } from '../shared/events.js';
 import { keys, parseApplied, QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { compareVersions } from '../shared/lsn.js';
-import { connectRedis, loginRefused, readPipelineState, recordApplied } from '../shared/redis.js';
+import { connectRedis, heardQueue, loginRefused, readPipelineState, recordApplied } from '../shared/redis.js';
 import { ChunkReader } from './chunkreader.js';
 import { type Destination, PermanentError, RefusedError, type TableState } from './destination.js';
 import { JOIN_LIMITS, LookAhead, type NextBatch } from './lookahead.js';
@@ -90,10 +90,7 @@ export class ConsumerRunner {
     await this.quarantines.reportStored();
     for (let partition = 0; partition < partitions; partition++) {
       const name = queueName(this.options.pipeline, this.options.name, partition);
-      const queue = new Queue(name, { connection: this.redis, prefix: QUEUE_PREFIX });
-      // Unheard, BullMQ prints a Redis error with the failed command's arguments (HELLO's AUTH password).
-      queue.on('error', () => {});
-      this.queues.push(queue);
+      this.queues.push(heardQueue(new Queue(name, { connection: this.redis, prefix: QUEUE_PREFIX })));
       const workerOptions = {
         connection: this.redis,
         prefix: QUEUE_PREFIX,

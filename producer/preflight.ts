@@ -5,7 +5,7 @@ import { errorMessage, UserError } from '../shared/errors.js';
 import { log } from '../shared/log.js';
 import type { ProducerOptions } from './options.js';
 import { largestRowBytes } from './oversize.js';
-import { fitToRedisMemory, readRedisMemory } from './redismemory.js';
+import { fitToRedisMemory, parseRedisMemory, type RedisMemoryReading } from './redismemory.js';
 
 /**
  * Postgres cannot be reached or dropped the connection (it is down, restarting, failing over, or
@@ -167,8 +167,7 @@ export async function connectPostgresOnce(pgUrl: string, applicationName: string
  */
 export async function preflight(client: pg.Client, redis: Redis, options: ProducerOptions): Promise<{ options: ProducerOptions; largestRowBytes: number }> {
   await checkSource(client, options.publication);
-  await checkRedis(redis);
-  const fitted = fitToRedisMemory(options, await readRedisMemory(redis));
+  const fitted = fitToRedisMemory(options, await checkRedis(redis));
   const largest = await largestRowBytes(redis);
   if (fitted.maxBatchBytes > largest) {
     throw new UserError(
@@ -248,7 +247,8 @@ export async function checkPublishedTables(client: pg.ClientBase, publication: s
   }
 }
 
-async function checkRedis(redis: Redis): Promise<void> {
+/** Redis answers and does not evict; returns its memory, as `INFO memory` gave it. */
+async function checkRedis(redis: Redis): Promise<RedisMemoryReading> {
   let memory: string;
   try {
     memory = await Promise.race([redis.info('memory'), new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer within 5 s')), 5_000))]);
@@ -263,4 +263,5 @@ async function checkRedis(redis: Redis): Promise<void> {
       `Redis' maxmemory-policy is ${policy}: under memory pressure it evicts queued batches and marks. Set it to noeviction (CONFIG SET maxmemory-policy noeviction, and in redis.conf), and leave room for --max-backlog-bytes.`,
     );
   }
+  return parseRedisMemory(memory);
 }

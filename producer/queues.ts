@@ -5,6 +5,7 @@ import { encodeBatch } from '../shared/codec.js';
 import type { OutgoingBatch } from '../shared/events.js';
 import { QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
+import { heardQueue } from '../shared/redis.js';
 import { storeChunk } from './chunkwriter.js';
 import { tally } from './metrics.js';
 
@@ -75,11 +76,7 @@ export class BatchQueues {
     this.lastSent.set(destination, startAt ? [...startAt] : new Array(this.partitions).fill(0));
     const perPartition: Queue[] = [];
     for (let partition = 0; partition < this.partitions; partition++) {
-      const queue = new this.queueClass(queueName(this.pipeline, destination, partition), { connection: this.redis, prefix: QUEUE_PREFIX });
-      // Unheard, BullMQ prints a Redis error with the failed command's arguments (after a
-      // refused login, HELLO's AUTH password); the connection's own handler reports it.
-      queue.on('error', () => {});
-      perPartition.push(queue);
+      perPartition.push(heardQueue(new this.queueClass(queueName(this.pipeline, destination, partition), { connection: this.redis, prefix: QUEUE_PREFIX })));
     }
     this.queues.set(destination, perPartition);
     return perPartition;

@@ -31,8 +31,12 @@ export function redisFullHint(error: unknown): { hint?: string } {
   };
 }
 
-export async function readRedisMemory(redis: Redis): Promise<RedisMemoryReading> {
-  const info = await redis.info('memory');
+async function readRedisMemory(redis: Redis): Promise<RedisMemoryReading> {
+  return parseRedisMemory(await redis.info('memory'));
+}
+
+/** The reading in Redis' `INFO memory`. */
+export function parseRedisMemory(info: string): RedisMemoryReading {
   const field = (name: string) => Number(new RegExp(`^${name}:(\\d+)`, 'm').exec(info)?.[1] ?? 0);
   return { used: field('used_memory'), max: field('maxmemory') };
 }

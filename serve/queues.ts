@@ -5,13 +5,7 @@ import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { PipelineStatus } from '../cli/status.js';
 import { QUEUE_PREFIX, queueName } from '../shared/keys.js';
-
-/** A queue for the board. Unheard, BullMQ prints a Redis error with the failed command's arguments (HELLO's AUTH password). */
-function quietQueue(name: string, redis: Redis): Queue {
-  const queue = new Queue(name, { connection: redis, prefix: QUEUE_PREFIX });
-  queue.on('error', () => {});
-  return queue;
-}
+import { heardQueue } from '../shared/redis.js';
 
 /**
  * Every destination partition's queue in bull-board, under /queues. Read-only unless the
@@ -43,7 +37,7 @@ export class QueueBoard {
         .flatMap((destination) => Array.from({ length: status.partitions }, (_, partition) => queueName(status.pipeline, destination.name, partition))),
     );
     if (names.length === this.queues.size && names.every((name) => this.queues.has(name))) return;
-    const next = new Map(names.map((name) => [name, this.queues.get(name) ?? quietQueue(name, this.redis)]));
+    const next = new Map(names.map((name) => [name, this.queues.get(name) ?? heardQueue(new Queue(name, { connection: this.redis, prefix: QUEUE_PREFIX }))]));
     for (const [name, queue] of this.queues) if (!next.has(name)) await queue.close();
     this.queues = next;
     this.board.replaceQueues([...next.values()].map((queue) => new BullMQAdapter(queue, { readOnlyMode: !this.admin })));

@@ -1,7 +1,18 @@
+import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { keys, parseApplied } from './keys.js';
 
 export { connectRedis, loginRefused } from './redistarget.js';
+
+/**
+ * The queue, listening for its errors: unheard, BullMQ prints each with console.error, the
+ * failed command's arguments included (after a refused login, HELLO's AUTH password). The
+ * queue's connection reports Redis' errors through its own handler.
+ */
+export function heardQueue<Q extends Queue>(queue: Q): Q {
+  queue.on('error', () => {});
+  return queue;
+}
 
 /** What the producer records about a pipeline in Redis. Redis is a buffer: losing this forces a fresh copy. */
 export interface PipelineState {
