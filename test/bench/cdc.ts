@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { PRODUCER_DEFAULTS } from '../../producer/options.js';
-import { currentWalLsn, waitForSlotAt } from '../support/pipeline.js';
+import { currentWalLsn, type TestPipeline, waitFor, waitForSlotAt } from '../support/pipeline.js';
 import type { Bench, Result, Sink } from './context.js';
 import { cpuNow, cpuSince, quiesce, sampleRedis, sampleRss } from './measure.js';
 
@@ -98,6 +98,7 @@ export async function benchCdc(bench: Bench, workload: CdcWorkload, sink: Sink =
     process.stderr.write(`${name}: preparing…\n`);
     await bench.pg.query(prepare);
     await pipeline.waitForCatchUp({ stallMs: 30 * 60_000 });
+    await restartPointPast(bench, pipeline, await currentWalLsn(bench.pg));
   }
   await producer.stop();
   const rawSlot = `${pipeline.slot}_raw`;
@@ -162,6 +163,26 @@ export async function benchCdc(bench: Bench, workload: CdcWorkload, sink: Sink =
   await Promise.all([producer.stop(), consumer.stop()]);
   await bench.pg.query(`DROP PUBLICATION ${pipeline.publication}; SELECT pg_drop_replication_slot('${pipeline.slot}')`);
   return result;
+}
+
+/**
+ * Waits until the slot's restart point (where its walsender starts decoding again) is past
+ * `lsn`. Postgres moves it only at a record of the transactions running, which it writes every
+ * 15 s or at a checkpoint, so after a large preparation the point is still before it: the
+ * pipeline's walsender would then decode the preparation again (and drop it, as confirmed)
+ * before the WAL measured, while pg_recvlogical's slot, made after it, starts at it.
+ */
+async function restartPointPast(bench: Bench, pipeline: TestPipeline, lsn: string): Promise<void> {
+  await waitFor(
+    `slot ${pipeline.slot} to restart past ${lsn}`,
+    async () => {
+      await bench.pg.query('CHECKPOINT');
+      await pipeline.waitForCatchUp();
+      const { rows } = await bench.pg.query(`SELECT restart_lsn >= '${lsn}'::pg_lsn AS past FROM pg_replication_slots WHERE slot_name = '${pipeline.slot}'`);
+      return rows[0]?.past === true;
+    },
+    { intervalMs: 500 },
+  );
 }
 
 /** Commit → applied in DuckDB, at a steady `rate` changes/s (a transaction of inserts every 10 ms). */
