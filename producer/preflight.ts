@@ -66,6 +66,10 @@ export function refusal(error: unknown): UserError | undefined {
     case '55000':
       if (/replication slot/i.test(message)) return new UserError(`${message}. ${SLOT_RECOVERY}`);
       return undefined;
+    case '0A000':
+      // The URL leads to a standby (PostgreSQL 15 and older cannot decode on one): each try fails alike.
+      if (/while in recovery/i.test(message)) return new UserError(`Postgres refuses logical decoding here (${message}). ${ON_STANDBY}`);
+      return undefined;
     default:
       return undefined;
   }
@@ -99,6 +103,9 @@ const NOT_UTF8 =
 /** What to do about a value Postgres fails on as it decodes or copies it (a row filter dividing by zero, say). */
 const DATA_ERROR =
   "This does not pass by itself: correct the value, or the publication's row filter that fails on it, then start the producer again. A change already in the WAL cannot be sent: after correcting, run `pg-replicate resync --all` (every table copied again under a new slot, past that change).";
+
+const ON_STANDBY =
+  'The server at --pg-url / PG_URL is a standby (in recovery). Point --pg-url at the primary; if this server is being promoted, start the producer again once the promotion is done.';
 
 /** What to do once the slot is gone or invalidated: the changes since its last position cannot be streamed again. */
 export const SLOT_RECOVERY =
@@ -189,6 +196,11 @@ async function checkSource(client: pg.Client, publication: string): Promise<void
     throw new UserError(
       `Postgres has wal_level=${walLevel}, but logical replication needs wal_level=logical. Set it (ALTER SYSTEM SET wal_level = logical, or -c wal_level=logical) and restart Postgres.`,
     );
+  }
+  const server = (await client.query("SELECT pg_is_in_recovery() AS standby, current_setting('server_version_num')::int AS version")).rows[0];
+  // PostgreSQL 16 decodes on a standby; before it, creating or reading a slot there fails, on every try.
+  if (server.standby && server.version < 160000) {
+    throw new UserError(`PostgreSQL ${Math.floor(server.version / 10000)} cannot decode logical replication on a standby. ${ON_STANDBY}`);
   }
   const found = await client.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [publication]);
   if (found.rowCount === 0) {

@@ -1,8 +1,12 @@
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
 import { Redis } from 'ioredis';
+import { refusal } from '../producer/preflight.js';
 import { CliProcess, LOAD_SCHEMA, loadTablesIn, runCli, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
 import { freePort, spawnRedis, startPostgres, useServices } from './support/services.js';
+import { sourceOf } from './support/sources.js';
 
 const env = useServices(test);
 
@@ -268,3 +272,42 @@ test('a Postgres whose replication slots are all in use: the producer exits 2 wi
     await own.stop();
   }
 });
+
+// A standby is made with the machine's binaries (pg_basebackup); PostgreSQL 16 and later decode on one.
+const postgresSource = await sourceOf('postgres', undefined);
+const standbyCannotDecode =
+  postgresSource.kind === 'binaries' && Number(/(\d+)/.exec(execFileSync(join(postgresSource.path, 'postgres'), ['--version']).toString())?.[1]) < 16;
+(standbyCannotDecode ? test : test.skip)(
+  'a standby as the source (PostgreSQL 15 cannot decode on one): the producer exits 2 pointing at the primary, leaving nothing behind',
+  async (t) => {
+    const own = await startPostgres({ walLevel: 'logical' });
+    const standby = await own.control!.standby!();
+    try {
+      const pipeline = new TestPipeline(standby, env.redis.url, 'standby', ['main']);
+      await own.query(`CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1); CREATE PUBLICATION ${pipeline.publication} FOR TABLE items`);
+      await waitFor(
+        'the standby to replay the publication',
+        async () => (await standby.query(`SELECT 1 FROM pg_publication WHERE pubname = '${pipeline.publication}'`)).rowCount === 1,
+      );
+      const started = Date.now();
+      const run = await runCli(pipeline.producerArgs());
+      t.is(run.code, 2, run.stderr);
+      t.true(Date.now() - started < 15_000, 'refused at once, not after retries');
+      t.regex(
+        run.stderr,
+        /PostgreSQL \d+ cannot decode logical replication on a standby\. The server at --pg-url \/ PG_URL is a standby \(in recovery\)\. Point --pg-url at the primary/,
+      );
+      t.is((await own.query('SELECT count(*)::int AS n FROM pg_replication_slots')).rows[0].n, 0, 'no slot on the primary');
+      t.deepEqual(await env.redis.client.keys(`pgr:{${pipeline.pipeline}*`), [], 'no Redis key');
+      // A running producer whose --pg-url comes to lead to a standby meets Postgres' own refusal when its session starts again.
+      const refused = await standby.query("SELECT pg_create_logical_replication_slot('on_standby', 'pgoutput')").catch((error: unknown) => error);
+      t.regex(
+        refusal(refused)?.message ?? String(refused),
+        /Postgres refuses logical decoding here \(logical decoding cannot be used while in recovery\)\. The server at --pg-url/,
+      );
+    } finally {
+      await standby.stop();
+      await own.stop();
+    }
+  },
+);

@@ -1,8 +1,9 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import pg from 'pg';
@@ -98,6 +99,8 @@ export interface PostgresControl {
   start: () => Promise<void>;
   /** Puts lines at the top of pg_hba.conf and reloads it. */
   prependHba: (lines: string) => Promise<void>;
+  /** A hot standby streaming from this cluster (pg_basebackup), a cluster of the machine's binaries only. */
+  standby?: () => Promise<PostgresServer>;
 }
 
 export async function startPostgres(options: { walLevel?: 'logical' | 'replica' } = {}): Promise<PostgresServer> {
@@ -135,7 +138,9 @@ export async function startPostgres(options: { walLevel?: 'logical' | 'replica' 
  * A cluster of our own from the machine's binaries (initdb into a temporary directory), run as
  * `postgres` when we are root, on a port chosen once initdb is done (see onFreePort).
  */
-async function postgresFromBinaries(bin: string, settings: string[]): Promise<{ port: number; control: PostgresControl; stop: () => Promise<void> }> {
+async function postgresFromBinaries(found: string, settings: string[]): Promise<{ port: number; control: PostgresControl; stop: () => Promise<void> }> {
+  // Where initdb really is: a directory on the PATH may link to it, and not to its siblings (pg_basebackup).
+  const bin = dirname(realpathSync(join(found, 'initdb')));
   const dir = mkdtempSync(join(tmpdir(), 'pgr-pg-'));
   chmodSync(dir, 0o755);
   const asPostgres = process.getuid?.() === 0;
@@ -153,9 +158,25 @@ async function postgresFromBinaries(bin: string, settings: string[]): Promise<{ 
   const { port } = await onFreePort(startOn);
   const options = optionsOn(port);
   const start = () => startOn(port);
+  const standby = async (): Promise<PostgresServer> => {
+    const standbyData = join(dir, `standby-${randomUUID()}`);
+    run('pg_basebackup', ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-D', standbyData, '-R', '--no-sync']);
+    const startStandby = async (standbyPort: number) =>
+      void run('pg_ctl', ['-D', standbyData, '-o', optionsOn(standbyPort), '-l', `${standbyData}.log`, '-w', 'start']);
+    const { port: standbyPort } = await onFreePort(startStandby);
+    const server = await useDatabase(`postgres://postgres@127.0.0.1:${standbyPort}/postgres`, false);
+    return {
+      ...server,
+      stop: async () => {
+        await server.stop();
+        run('pg_ctl', ['-D', standbyData, '-m', 'immediate', 'stop']);
+      },
+    };
+  };
   return {
     port,
     control: {
+      standby,
       restart: async (mode) => void run('pg_ctl', ['-D', data, '-o', options, '-l', join(dir, 'log'), '-m', mode, '-w', 'restart']),
       shutdown: async () => void run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']),
       start,
