@@ -202,10 +202,20 @@ async function checkSource(client: pg.Client, publication: string): Promise<void
   if (server.standby && server.version < 160000) {
     throw new UserError(`PostgreSQL ${Math.floor(server.version / 10000)} cannot decode logical replication on a standby. ${ON_STANDBY}`);
   }
-  const found = await client.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [publication]);
+  const found = await client.query(
+    'SELECT pubinsert AS insert, pubupdate AS update, pubdelete AS delete, pubtruncate AS truncate FROM pg_publication WHERE pubname = $1',
+    [publication],
+  );
   if (found.rowCount === 0) {
     throw new UserError(
       `Publication "${publication}" does not exist in this database. Create it first, e.g. CREATE PUBLICATION ${publication} FOR TABLE my_table; (or FOR ALL TABLES), or pass the right --publication.`,
+    );
+  }
+  // Kept as it is (an append-only history is a choice), but said: the destinations will not mirror the tables.
+  const unpublished = Object.entries(found.rows[0]).flatMap(([operation, published]) => (published ? [] : [operation]));
+  if (unpublished.length > 0) {
+    log.warn(
+      `publication ${publication} does not publish ${unpublished.join(', ')}: Postgres never sends those changes, so the destinations keep rows that Postgres has changed or removed. If they should mirror the tables: ALTER PUBLICATION ${publication} SET (publish = 'insert, update, delete, truncate'), then run \`pg-replicate resync --all\` (the changes not sent until then cannot be streamed again)`,
     );
   }
   await checkPublishedTables(client, publication);

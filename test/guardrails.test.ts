@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
 import { Redis } from 'ioredis';
 import { refusal } from '../producer/preflight.js';
-import { CliProcess, LOAD_SCHEMA, loadTablesIn, runCli, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
+import { CliProcess, duckdbRows, LOAD_SCHEMA, loadTablesIn, rowsAsText, runCli, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
 import { freePort, spawnRedis, startPostgres, useServices } from './support/services.js';
 import { sourceOf } from './support/sources.js';
 
@@ -271,6 +271,30 @@ test('a Postgres whose replication slots are all in use: the producer exits 2 wi
   } finally {
     await own.stop();
   }
+});
+
+test('a publication that does not publish deletes and truncates: the producer says so at start, and the destination keeps what Postgres removed', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'appendonly', ['main']);
+  await env.pg.query(
+    `CREATE TABLE history (id int PRIMARY KEY, note text); INSERT INTO history VALUES (1, 'kept'); CREATE PUBLICATION ${pipeline.publication} FOR TABLE history WITH (publish = 'insert, update')`,
+  );
+  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async () => {
+    await env.pg.query(`INSERT INTO history VALUES (2, 'new'); UPDATE history SET note = 'updated' WHERE id = 2; DELETE FROM history WHERE id = 1`);
+    await pipeline.waitForCatchUp();
+  });
+  t.regex(
+    producer.stderr,
+    new RegExp(
+      `publication ${pipeline.publication} does not publish delete, truncate: Postgres never sends those changes, so the destinations keep rows that Postgres has changed or removed\\. If they should mirror the tables: ALTER PUBLICATION ${pipeline.publication} SET \\(publish = 'insert, update, delete, truncate'\\)`,
+    ),
+  );
+  t.deepEqual(
+    await duckdbRows(pipeline.duckdbPath('main'), 'public.history', ['id', 'note']),
+    rowsAsText([
+      [1, 'kept'],
+      [2, 'updated'],
+    ]),
+  );
 });
 
 // A standby is made with the machine's binaries (pg_basebackup); PostgreSQL 16 and later decode on one.
