@@ -240,7 +240,10 @@ export async function checkPublishedTables(client: pg.ClientBase, publication: s
     await client.query(
       `SELECT quote_ident(n.nspname) AS schema, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name,
               has_schema_privilege(n.oid, 'USAGE') AS usable, has_table_privilege(c.oid, 'SELECT') AS readable,
-              c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) AS unidentified
+              c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) AS unidentified,
+              CASE WHEN current_setting('server_version_num')::int < 180000 THEN ARRAY(
+                SELECT quote_ident(a.attname) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attgenerated <> '' AND NOT a.attisdropped ORDER BY a.attnum
+              ) ELSE '{}' END AS generated
          FROM pg_publication_tables p
          JOIN pg_namespace n ON n.nspname = p.schemaname
          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
@@ -248,7 +251,7 @@ export async function checkPublishedTables(client: pg.ClientBase, publication: s
         ORDER BY 2`,
       [publication, tableOids ?? null],
     )
-  ).rows as { schema: string; name: string; usable: boolean; readable: boolean; unidentified: boolean }[];
+  ).rows as { schema: string; name: string; usable: boolean; readable: boolean; unidentified: boolean; generated: string[] }[];
   const unreadable = tables.filter((table) => !table.usable || !table.readable);
   if (unreadable.length > 0) {
     const grants = [
@@ -265,6 +268,14 @@ export async function checkPublishedTables(client: pg.ClientBase, publication: s
     log.warn(
       { tables: unidentified.map((table) => table.name) },
       `these tables have no replica identity, so Postgres cannot publish their UPDATEs and DELETEs (it rejects them while they are in the publication); inserts and the copy replicate. Fix each with: ${unidentified.map((table) => `ALTER TABLE ${table.name} REPLICA IDENTITY FULL;`).join(' ')} (or add a primary key)`,
+    );
+  }
+  // Before PostgreSQL 18, logical replication never carries generated columns: say so rather than drop them unseen.
+  const generated = tables.flatMap((table) => table.generated.map((column) => `${table.name}.${column}`));
+  if (generated.length > 0) {
+    log.warn(
+      { columns: generated },
+      'these generated columns are not sent by Postgres (logical replication leaves them out before PostgreSQL 18), so the destinations do not have them: compute them there (a view over the table) if they are needed',
     );
   }
 }

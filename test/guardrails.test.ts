@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
 import { Redis } from 'ioredis';
 import { refusal } from '../producer/preflight.js';
-import { CliProcess, duckdbRows, LOAD_SCHEMA, loadTablesIn, rowsAsText, runCli, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
+import { CliProcess, duckdbRows, LOAD_SCHEMA, loadTablesIn, postgresRows, rowsAsText, runCli, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
 import { freePort, spawnRedis, startPostgres, useServices } from './support/services.js';
 import { sourceOf } from './support/sources.js';
 
@@ -295,6 +295,20 @@ test('a publication that does not publish deletes and truncates: the producer sa
       [2, 'updated'],
     ]),
   );
+});
+
+test('a generated column (not sent by logical replication before PostgreSQL 18): the producer names it at start, and the other columns replicate', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'generated', ['main']);
+  await env.pg.query(
+    `CREATE TABLE lines (id int PRIMARY KEY, price numeric, qty int, total numeric GENERATED ALWAYS AS (price * qty) STORED); INSERT INTO lines (id, price, qty) VALUES (1, 2.5, 4); CREATE PUBLICATION ${pipeline.publication} FOR TABLE lines`,
+  );
+  const { producer } = await pipeline.runWithDuckdb(env.redis.client, async () => {
+    await env.pg.query('INSERT INTO lines (id, price, qty) VALUES (2, 1, 3); UPDATE lines SET qty = 5 WHERE id = 1');
+    await pipeline.waitForCatchUp();
+  });
+  t.regex(producer.stderr, /"columns":\["public\.lines\.total"\],"msg":"these generated columns are not sent by Postgres/);
+  const columns = ['id', 'price', 'qty'];
+  t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.lines', columns), await postgresRows(env.pg, 'lines', columns));
 });
 
 // A standby is made with the machine's binaries (pg_basebackup); PostgreSQL 16 and later decode on one.
