@@ -8,7 +8,7 @@ import { type Batch, qualifiedName } from '../shared/events.js';
 import { keys, parseApplied, QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { compareVersions } from '../shared/lsn.js';
-import { connectRedis, heardQueue, loginRefused, readPipelineState, recordApplied } from '../shared/redis.js';
+import { connectRedis, heardQueue, loginRefused, readPipelineState, recordApplied, refusedAtMaxmemory } from '../shared/redis.js';
 import { ChunkReader } from './chunkreader.js';
 import { type Destination, PermanentError, RefusedError, type TableState } from './destination.js';
 import { JOIN_LIMITS, LookAhead, type NextBatch } from './lookahead.js';
@@ -21,6 +21,8 @@ import { Slots, SlottedWorker } from './slots.js';
 
 const MAX_BACKOFF_MS = 60_000;
 const REGISTRATION_CHECK_MS = 3_000;
+/** How often a Redis refusing writes at its maxmemory is said in the log. */
+const SAY_REDIS_FULL_MS = 60_000;
 /** A consumer started before its producer looks for the pipeline this often: it is a small read, and the copy's first chunk is ready soon after. */
 const PIPELINE_CHECK_MS = 50;
 
@@ -43,6 +45,8 @@ export class ConsumerRunner {
   /** Jobs (by chunk id) whose batches were applied with an earlier one, marked and released: in their turn they only complete. */
   private readonly appliedAhead = new Set<string>();
   private closing = false;
+  /** When a Redis refusing writes at its maxmemory was last said. */
+  private saidRedisFull = 0;
   private readonly refusedLogin: Promise<UserError>;
   /** Redis refused the login for good: closing does not wait on it. */
   private loginError?: UserError;
@@ -86,8 +90,8 @@ export class ConsumerRunner {
     const concurrency = this.options.concurrency;
     if (concurrency !== undefined && concurrency < partitions) this.slots = new Slots(concurrency);
     // A name the pipeline does not know is refused (or registered) before anything runs.
-    await this.registration.check();
-    await this.quarantines.reportStored();
+    await this.whileRedisIsFull(signal, () => this.registration.check());
+    await this.whileRedisIsFull(signal, () => this.quarantines.reportStored());
     for (let partition = 0; partition < partitions; partition++) {
       const name = queueName(this.options.pipeline, this.options.name, partition);
       this.queues.push(heardQueue(new Queue(name, { connection: this.redis, prefix: QUEUE_PREFIX })));
@@ -102,7 +106,9 @@ export class ConsumerRunner {
       };
       const processor = (job: Job<EncodedBatch>, token?: string) => this.process(job, token);
       const worker = this.slots ? new SlottedWorker(name, processor, workerOptions, this.slots, this.redis) : new Worker(name, processor, workerOptions);
-      worker.on('error', (error) => log.debug({ err: errorMessage(error), partition }, 'worker error'));
+      worker.on('error', (error) =>
+        refusedAtMaxmemory(error) ? this.sayRedisFull(error) : log.debug({ err: errorMessage(error), partition }, 'worker error'),
+      );
       this.workers.push(worker);
     }
     log.info({ destination: this.options.name, pipeline: this.options.pipeline, partitions, concurrency: this.slots?.size ?? partitions }, 'consumer running');
@@ -277,16 +283,15 @@ export class ConsumerRunner {
         );
         const wait = Math.min(MAX_BACKOFF_MS, 200 * 2 ** attempt) * (0.5 + Math.random() / 2);
         for (const until = Date.now() + wait; Date.now() < until && !this.closing; ) await sleep(100);
-        if (this.closing) {
-          // Shutting down mid-retry: put the batch back at the front of its queue, untouched.
-          await job.moveToWait(token);
-          throw new WaitingError();
-        }
+        // Shutting down mid-retry: put the batch back at the front of its queue, untouched.
+        if (this.closing) await putBack(job, token);
       }
     }
     // Its chunk was read ahead, but the batch needed none (applied with the one before it, or earlier).
     if (job.id) this.ahead.dropReadAhead(job.id);
-    await this.completeApplied(partition, { epoch: encoded.e, seq: encoded.s }, [batch?.copy?.id ?? encoded.b], applied);
+    await this.recordUntilTaken(job, token, () =>
+      this.completeApplied(partition, { epoch: encoded.e, seq: encoded.s }, [batch?.copy?.id ?? encoded.b], applied),
+    );
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
     const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
     log.debug(
@@ -312,6 +317,52 @@ export class ConsumerRunner {
   }
 
   /** Records the partition's applied mark (it only moves forward), with what the batches held, and releases the chunks applied. */
+  /**
+   * Records a batch the destination holds (recordApplied, the copy chunks released), retried in
+   * place until Redis takes it. A job whose processor throws is failed by BullMQ, and a failed
+   * job sits aside: a Redis at its maxmemory refusing this write had left the batch there,
+   * applied but unrecorded, and the producer, finding the queue empty and the mark behind, took
+   * Redis for having lost writes and read the slot again. Stopping meanwhile, the job goes back
+   * to its queue; applied again later, it changes nothing.
+   */
+  private async recordUntilTaken(job: Job<EncodedBatch>, token: string | undefined, record: () => Promise<void>): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await record();
+        return;
+      } catch (error) {
+        if (refusedAtMaxmemory(error)) this.sayRedisFull(error);
+        else log.warn({ partition: job.data.n, attempt, err: errorMessage(error) }, 'batch applied, but its record failed; retrying in place');
+        const wait = Math.min(MAX_BACKOFF_MS, 200 * 2 ** attempt);
+        for (const until = Date.now() + wait; Date.now() < until && !this.closing; ) await sleep(100);
+        if (this.closing) await putBack(job, token);
+      }
+    }
+  }
+
+  /** Runs `write` again (every second) while Redis refuses it at its maxmemory: that passes once memory is freed. */
+  private async whileRedisIsFull(signal: AbortSignal, write: () => Promise<void>): Promise<void> {
+    for (;;) {
+      try {
+        return await write();
+      } catch (error) {
+        if (!refusedAtMaxmemory(error) || signal.aborted) throw error;
+        this.sayRedisFull(error);
+        await sleep(1_000, undefined, { signal }).catch(() => {});
+      }
+    }
+  }
+
+  /** A Redis at its maxmemory refuses this consumer's writes: said once a minute, with what to do. */
+  private sayRedisFull(error: unknown): void {
+    if (Date.now() - this.saidRedisFull < SAY_REDIS_FULL_MS) return;
+    this.saidRedisFull = Date.now();
+    log.warn(
+      { err: errorMessage(error) },
+      "Redis refuses this consumer's writes at its maxmemory: batches wait until it takes them (nothing is lost). Raise Redis' maxmemory or free memory there (another pipeline or application may fill it)",
+    );
+  }
+
   private async completeApplied(partition: number, mark: { epoch: number; seq: number }, chunks: (string | undefined)[], batches: Batch[]): Promise<void> {
     const counts = { changes: 0, rows: 0 };
     for (const batch of batches) {
@@ -366,6 +417,12 @@ export class ConsumerRunner {
     else this.unhealthy.set(partition, health.state);
     await this.redis.hset(keys.health(this.options.pipeline, this.options.name), String(partition), JSON.stringify(health)).catch(() => {});
   }
+}
+
+/** Puts a job back at the front of its queue, untouched, for a consumer that stops. Should Redis refuse even that, its lock runs out and BullMQ puts it back. */
+async function putBack(job: Job<EncodedBatch>, token: string | undefined): Promise<never> {
+  await job.moveToWait(token).catch(() => {});
+  throw new WaitingError();
 }
 
 function sameStates(a: Map<number, TableState>, b: Map<number, TableState>): boolean {

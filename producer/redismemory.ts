@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
-import { errorMessage, UserError } from '../shared/errors.js';
+import { UserError } from '../shared/errors.js';
 import { log } from '../shared/log.js';
+import { refusedAtMaxmemory } from '../shared/redis.js';
 import { MAX_PENDING_BYTES, type ProducerOptions } from './options.js';
 
 /**
@@ -25,7 +26,7 @@ export interface RedisMemoryReading {
 
 /** For the log of a session ended by a write Redis refused at its maxmemory: what to do. */
 export function redisFullHint(error: unknown): { hint?: string } {
-  if (!errorMessage(error).startsWith('OOM ')) return {};
+  if (!refusedAtMaxmemory(error)) return {};
   return {
     hint: "Redis refused a write at its maxmemory: something besides this producer's queues fills it (another pipeline or application), or maxmemory was lowered. Raise maxmemory or free memory there; the producer starts again from the slot until it can write.",
   };

@@ -5,6 +5,16 @@ import { keys, parseApplied } from './keys.js';
 export { connectRedis, loginRefused } from './redistarget.js';
 
 /**
+ * Whether Redis refused a write at its maxmemory (noeviction): it takes writes again once memory
+ * is freed. A MULTI with such a write fails as a whole (EXECABORT), the refusal among its causes.
+ */
+export function refusedAtMaxmemory(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  const causes = (error as { previousErrors?: unknown[] }).previousErrors ?? [];
+  return error.message.startsWith('OOM ') || causes.some(refusedAtMaxmemory);
+}
+
+/**
  * The queue, listening for its errors: unheard, BullMQ prints each with console.error, the
  * failed command's arguments included (after a refused login, HELLO's AUTH password). The
  * queue's connection reports Redis' errors through its own handler.

@@ -90,3 +90,62 @@ test.serial('a Redis whose maxmemory leaves too little room: the producer exits 
   const slots = await env.pg.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = '${pipeline.slot}'`);
   t.is(slots.rows.length, 0, 'no slot was created');
 });
+
+test.serial(
+  'a Redis filled to its maxmemory by another application while batches wait: the consumer says so, no batch is failed or taken for lost, and once memory is freed the pipeline catches up',
+  async (t) => {
+    const pipeline = new TestPipeline(env.pg, env.redis.url, 'fullredis', ['duck']);
+    await env.pg.query(`
+      CREATE TABLE ledger (id int PRIMARY KEY, note text);
+      INSERT INTO ledger SELECT g, 'copied' FROM generate_series(1, 1000) g;
+      CREATE PUBLICATION ${pipeline.publication} FOR TABLE ledger;`);
+    await env.redis.client.config('SET', 'maxmemory', String(64 * MB));
+    const queued = async (state: 'wait' | 'failed') => {
+      let count = 0;
+      for (const key of await env.redis.client.keys(`pgr:{${pipeline.pipeline}.duck.*}:${state}`)) {
+        count += state === 'wait' ? await env.redis.client.llen(key) : await env.redis.client.zcard(key);
+      }
+      return count;
+    };
+    const producer = pipeline.producer();
+    let consumer = pipeline.duckdb('duck');
+    const otherApp: string[] = [];
+    try {
+      await pipeline.waitForCopy(env.redis.client);
+      await consumer.stop();
+      await env.pg.query("UPDATE ledger SET note = 'updated'; INSERT INTO ledger SELECT g, 'new' FROM generate_series(1001, 3000) g");
+      await waitFor('the changes to wait in their queue', async () => (await queued('wait')) > 0);
+      const value = 'x'.repeat(256 * 1024);
+      for (;;) {
+        const key = `other-app:${otherApp.length}`;
+        const refused = await env.redis.client.set(key, value).then(
+          () => false,
+          () => true,
+        );
+        if (refused) break;
+        otherApp.push(key);
+      }
+      // Held past its maxmemory, as Redis' own memory comes and goes by a little: every write is refused.
+      const used = Number(/^used_memory:(\d+)/m.exec(await env.redis.client.info('memory'))?.[1]);
+      await env.redis.client.config('SET', 'maxmemory', String(used - 4 * MB));
+      consumer = pipeline.duckdb('duck');
+      // It waits, saying so: it had ended with "EXECABORT Transaction discarded because of previous errors".
+      await waitFor('the consumer to say that Redis refuses its writes', async () => {
+        pipeline.assertRunning();
+        return consumer.stderr.includes("Redis refuses this consumer's writes at its maxmemory");
+      });
+      // Longer than the producer takes to look for queues that lost their batches.
+      await sleep(7000);
+      pipeline.assertRunning();
+      t.is(await queued('failed'), 0, 'no batch was failed');
+      t.false(producer.stderr.includes('Redis lost recent writes'), 'the producer did not take the refusal for lost writes');
+      for (let at = 0; at < otherApp.length; at += 100) await env.redis.client.del(...otherApp.slice(at, at + 100));
+      otherApp.length = 0;
+      await pipeline.waitForCatchUp();
+    } finally {
+      for (let at = 0; at < otherApp.length; at += 100) await env.redis.client.del(...otherApp.slice(at, at + 100));
+      await Promise.all([producer.stop(), consumer.stop()]);
+    }
+    t.deepEqual(await duckdbRows(pipeline.duckdbPath('duck'), 'public.ledger', ['id', 'note']), await postgresRows(env.pg, 'ledger', ['id', 'note']));
+  },
+);
