@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type Job, Queue, WaitingError, Worker } from 'bullmq';
+import { type Job, Queue, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { joinPieces, releaseChunk } from '../shared/chunks.js';
 import { assertCodecVersion, decodeBatch, type EncodedBatch } from '../shared/codec.js';
@@ -16,13 +16,12 @@ import { DestinationMetrics } from './metrics.js';
 import type { Health, RunnerOptions } from './options.js';
 import { copyIsNew, planBatches } from './plan.js';
 import { Quarantines } from './quarantine.js';
+import { FullRedis, putBack } from './redisfull.js';
 import { Registration } from './registration.js';
 import { Slots, SlottedWorker } from './slots.js';
 
 const MAX_BACKOFF_MS = 60_000;
 const REGISTRATION_CHECK_MS = 3_000;
-/** How often a Redis refusing writes at its maxmemory is said in the log. */
-const SAY_REDIS_FULL_MS = 60_000;
 /** A consumer started before its producer looks for the pipeline this often: it is a small read, and the copy's first chunk is ready soon after. */
 const PIPELINE_CHECK_MS = 50;
 
@@ -45,8 +44,7 @@ export class ConsumerRunner {
   /** Jobs (by chunk id) whose batches were applied with an earlier one, marked and released: in their turn they only complete. */
   private readonly appliedAhead = new Set<string>();
   private closing = false;
-  /** When a Redis refusing writes at its maxmemory was last said. */
-  private saidRedisFull = 0;
+  private readonly fullRedis = new FullRedis();
   private readonly refusedLogin: Promise<UserError>;
   /** Redis refused the login for good: closing does not wait on it. */
   private loginError?: UserError;
@@ -90,8 +88,8 @@ export class ConsumerRunner {
     const concurrency = this.options.concurrency;
     if (concurrency !== undefined && concurrency < partitions) this.slots = new Slots(concurrency);
     // A name the pipeline does not know is refused (or registered) before anything runs.
-    await this.whileRedisIsFull(signal, () => this.registration.check());
-    await this.whileRedisIsFull(signal, () => this.quarantines.reportStored());
+    await this.fullRedis.waitOut(signal, () => this.registration.check());
+    await this.fullRedis.waitOut(signal, () => this.quarantines.reportStored());
     for (let partition = 0; partition < partitions; partition++) {
       const name = queueName(this.options.pipeline, this.options.name, partition);
       this.queues.push(heardQueue(new Queue(name, { connection: this.redis, prefix: QUEUE_PREFIX })));
@@ -107,7 +105,7 @@ export class ConsumerRunner {
       const processor = (job: Job<EncodedBatch>, token?: string) => this.process(job, token);
       const worker = this.slots ? new SlottedWorker(name, processor, workerOptions, this.slots, this.redis) : new Worker(name, processor, workerOptions);
       worker.on('error', (error) =>
-        refusedAtMaxmemory(error) ? this.sayRedisFull(error) : log.debug({ err: errorMessage(error), partition }, 'worker error'),
+        refusedAtMaxmemory(error) ? this.fullRedis.say(error) : log.debug({ err: errorMessage(error), partition }, 'worker error'),
       );
       this.workers.push(worker);
     }
@@ -316,14 +314,11 @@ export class ConsumerRunner {
     this.publishedPlacements = text;
   }
 
-  /** Records the partition's applied mark (it only moves forward), with what the batches held, and releases the chunks applied. */
   /**
-   * Records a batch the destination holds (recordApplied, the copy chunks released), retried in
-   * place until Redis takes it. A job whose processor throws is failed by BullMQ, and a failed
-   * job sits aside: a Redis at its maxmemory refusing this write had left the batch there,
-   * applied but unrecorded, and the producer, finding the queue empty and the mark behind, took
-   * Redis for having lost writes and read the slot again. Stopping meanwhile, the job goes back
-   * to its queue; applied again later, it changes nothing.
+   * Records a batch the destination holds, retried in place until Redis takes it: BullMQ fails
+   * a job whose processor throws, and a failed job sits aside, applied but unrecorded (the
+   * producer then took the empty queue for lost writes). Stopping meanwhile, the job goes back
+   * to its queue; applied again, it changes nothing.
    */
   private async recordUntilTaken(job: Job<EncodedBatch>, token: string | undefined, record: () => Promise<void>): Promise<void> {
     for (let attempt = 1; ; attempt++) {
@@ -331,7 +326,7 @@ export class ConsumerRunner {
         await record();
         return;
       } catch (error) {
-        if (refusedAtMaxmemory(error)) this.sayRedisFull(error);
+        if (refusedAtMaxmemory(error)) this.fullRedis.say(error);
         else log.warn({ partition: job.data.n, attempt, err: errorMessage(error) }, 'batch applied, but its record failed; retrying in place');
         const wait = Math.min(MAX_BACKOFF_MS, 200 * 2 ** attempt);
         for (const until = Date.now() + wait; Date.now() < until && !this.closing; ) await sleep(100);
@@ -340,29 +335,7 @@ export class ConsumerRunner {
     }
   }
 
-  /** Runs `write` again (every second) while Redis refuses it at its maxmemory: that passes once memory is freed. */
-  private async whileRedisIsFull(signal: AbortSignal, write: () => Promise<void>): Promise<void> {
-    for (;;) {
-      try {
-        return await write();
-      } catch (error) {
-        if (!refusedAtMaxmemory(error) || signal.aborted) throw error;
-        this.sayRedisFull(error);
-        await sleep(1_000, undefined, { signal }).catch(() => {});
-      }
-    }
-  }
-
-  /** A Redis at its maxmemory refuses this consumer's writes: said once a minute, with what to do. */
-  private sayRedisFull(error: unknown): void {
-    if (Date.now() - this.saidRedisFull < SAY_REDIS_FULL_MS) return;
-    this.saidRedisFull = Date.now();
-    log.warn(
-      { err: errorMessage(error) },
-      "Redis refuses this consumer's writes at its maxmemory: batches wait until it takes them (nothing is lost). Raise Redis' maxmemory or free memory there (another pipeline or application may fill it)",
-    );
-  }
-
+  /** Records the partition's applied mark (it only moves forward), with what the batches held, and releases the chunks applied. */
   private async completeApplied(partition: number, mark: { epoch: number; seq: number }, chunks: (string | undefined)[], batches: Batch[]): Promise<void> {
     const counts = { changes: 0, rows: 0 };
     for (const batch of batches) {
@@ -417,12 +390,6 @@ export class ConsumerRunner {
     else this.unhealthy.set(partition, health.state);
     await this.redis.hset(keys.health(this.options.pipeline, this.options.name), String(partition), JSON.stringify(health)).catch(() => {});
   }
-}
-
-/** Puts a job back at the front of its queue, untouched, for a consumer that stops. Should Redis refuse even that, its lock runs out and BullMQ puts it back. */
-async function putBack(job: Job<EncodedBatch>, token: string | undefined): Promise<never> {
-  await job.moveToWait(token).catch(() => {});
-  throw new WaitingError();
 }
 
 function sameStates(a: Map<number, TableState>, b: Map<number, TableState>): boolean {
