@@ -33,6 +33,36 @@ export async function publicationTables(client: pg.ClientBase, publication: stri
   return result.rows.map((row) => ({ ...row, oid: Number(row.oid) }));
 }
 
+/**
+ * Each published table's membership of the publication now: the catalog rows that put it
+ * there (its own or an ancestor's pg_publication_rel row, its schema's
+ * pg_publication_namespace row), or 'all'. A table dropped from the publication and added
+ * again gets new rows: Postgres sends none of its changes in between, so its destinations
+ * need a fresh copy.
+ */
+export async function publicationMemberships(client: pg.ClientBase, publication: string): Promise<Map<number, string>> {
+  const version = Number((await client.query('SHOW server_version_num')).rows[0].server_version_num);
+  const tree = 'a.oid = c.oid OR a.oid IN (SELECT relid FROM pg_partition_ancestors(c.oid))';
+  const bySchema =
+    version >= 150000
+      ? `(SELECT string_agg('n' || pn.oid::text, ',' ORDER BY pn.oid) FROM pg_publication_namespace pn
+            WHERE pn.pnpubid = pub.oid AND pn.pnnspid IN (SELECT a.relnamespace FROM pg_class a WHERE ${tree}))`
+      : 'NULL';
+  const result = await client.query(
+    `SELECT c.oid::int8 AS oid, CASE WHEN pub.puballtables THEN 'all' ELSE concat_ws(',',
+              (SELECT string_agg('r' || pr.oid::text, ',' ORDER BY pr.oid) FROM pg_publication_rel pr
+                WHERE pr.prpubid = pub.oid AND pr.prrelid IN (SELECT a.oid FROM pg_class a WHERE ${tree})),
+              ${bySchema}) END AS membership
+       FROM pg_publication_tables p
+       JOIN pg_publication pub ON pub.pubname = p.pubname
+       JOIN pg_namespace n ON n.nspname = p.schemaname
+       JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+      WHERE p.pubname = $1`,
+    [publication],
+  );
+  return new Map(result.rows.map((row) => [Number(row.oid), row.membership as string]));
+}
+
 /** OIDs of the tables in the publication now. */
 export async function publishedTableOids(client: pg.ClientBase, publication: string): Promise<number[]> {
   return (await publicationTables(client, publication)).map((table) => table.oid);

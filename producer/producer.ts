@@ -19,7 +19,7 @@ import {
 import { encodeRequest } from '../shared/requests.js';
 import { AckTracker } from './acks.js';
 import { Sequencer } from './batcher.js';
-import { Catalog, currentWalLsn, publishedTableOids } from './catalog.js';
+import { Catalog, currentWalLsn, publicationMemberships, publishedTableOids } from './catalog.js';
 import { copyTables, withExportedSnapshot } from './copy.js';
 import { LagGuard } from './lagguard.js';
 import { ProducerLease } from './lease.js';
@@ -51,6 +51,8 @@ export class Producer {
   private registered: string[] = [];
   /** OIDs of the tables every destination has a copy of (TableSync adds to it): survives Redis losing its record. */
   private tables = new Set<number>();
+  /** Each published table's membership of the publication, as last seen (see TableSync.tick). */
+  private readonly memberships = new Map<number, string>();
   /** Copies beside the stream in progress (TableSync keeps it): survives Redis losing its record. */
   private readonly tableSyncs = new Map<number, TableSyncRecord>();
   /** This process has streamed from the slot: a slot missing now lost changes. Survives Redis losing its record. */
@@ -372,14 +374,17 @@ export class Producer {
       const client = (catalogClient = await connectPostgres(options.pgUrl, 'pg-replicate catalog', VALUE_TEXT_SETTINGS, fail));
       const catalog = new Catalog(client);
       const published = () => publishedTableOids(client, options.publication);
+      const publication = () => publicationMemberships(client, options.publication);
       // Tables every destination has a copy of: Redis' record, else what this process knew, else
       // (a fresh process after Redis lost its data) today's publication.
-      const recorded = (await readPipelineState(this.redis, options.pipeline))?.tables;
-      if (recorded) this.tables = new Set(recorded);
+      const state = await readPipelineState(this.redis, options.pipeline);
+      if (state?.tables) this.tables = new Set(state.tables);
       else if (this.tables.size === 0) this.tables = new Set(await published());
-      await writePipelineState(this.redis, options.pipeline, { tables: [...this.tables] });
+      for (const [oid, membership] of Object.entries(state?.memberships ?? {})) this.memberships.set(Number(oid), membership);
+      if (this.memberships.size === 0) for (const [oid, membership] of await publication()) this.memberships.set(oid, membership);
+      await writePipelineState(this.redis, options.pipeline, { tables: [...this.tables], memberships: Object.fromEntries(this.memberships) });
       const changes = this.destinationChanges(session);
-      const tableSync = new TableSync(session, this.tables, this.tableSyncs, changes, fail);
+      const tableSync = new TableSync(session, this.tables, this.tableSyncs, this.memberships, changes, fail);
       const lagGuard = new LagGuard(
         session,
         () => currentWalLsn(client),
@@ -398,7 +403,7 @@ export class Producer {
         replication,
         this.position,
         (relation, previous) => catalog.enrich(relation, previous),
-        { tableSync, lagGuard, publicationTables: published },
+        { tableSync, lagGuard, publication },
         fail,
       );
       if (failure) throw failure;

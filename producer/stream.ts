@@ -31,7 +31,7 @@ export async function streamSlot(
   replication: ReplicationConnection,
   position: AckPosition,
   describe: (relation: Relation, previous?: Relation) => Promise<Relation>,
-  { tableSync, lagGuard, publicationTables }: { tableSync: TableSync; lagGuard: LagGuard; publicationTables: () => Promise<number[]> },
+  { tableSync, lagGuard, publication }: { tableSync: TableSync; lagGuard: LagGuard; publication: () => Promise<Map<number, string>> },
   fail: (error: Error) => void,
 ): Promise<void> {
   const { options, epoch, sequencer, tracker, queues, watcher, signal } = session;
@@ -212,7 +212,7 @@ export async function streamSlot(
       }
       setPaused('backlog', backlogFull());
       setPaused('redis_memory', watcher.redisFull);
-      await tableSync.tick(publicationTables);
+      await tableSync.tick(publication);
       await lagGuard.check();
       setPaused('held', tableSync.isFull);
       if (active) {

@@ -130,6 +130,8 @@ export class TableSync {
     private readonly known: Set<number>,
     /** The copies in progress, as recorded in Redis (kept here too: survives Redis losing its data). */
     private readonly records: Map<number, TableSyncRecord>,
+    /** Each published table's membership of the publication when last looked at (catalog publicationMemberships). */
+    private readonly memberships: Map<number, string>,
     private readonly destinations: { add(name: string): Promise<void>; remove(name: string, detached?: string): Promise<void> },
     private readonly fail: (error: Error) => void,
   ) {}
@@ -185,7 +187,7 @@ export class TableSync {
    * until no copy is in progress (a copy's chunks go to the destinations there were when it
    * began), and a resync of a table being copied until that copy is done.
    */
-  async tick(publicationTables: () => Promise<number[]>): Promise<void> {
+  async tick(publication: () => Promise<Map<number, string>>): Promise<void> {
     await this.forgetApplied();
     const requests = keys.requests(this.session.options.pipeline);
     for (;;) {
@@ -197,7 +199,7 @@ export class TableSync {
         continue;
       }
       const { request } = parsed;
-      if ('tableOid' in request && !(await publicationTables()).includes(request.tableOid)) {
+      if ('tableOid' in request && !(await publication()).has(request.tableOid)) {
         await this.refuse(text, `table OID ${request.tableOid} is not in publication ${this.session.options.publication}`);
         continue;
       }
@@ -215,9 +217,20 @@ export class TableSync {
     }
     if (Date.now() - this.lastPublicationPoll < PUBLICATION_POLL_MS) return;
     this.lastPublicationPoll = Date.now();
-    const published = new Set(await publicationTables());
-    for (const oid of published) this.noticeRelation(oid);
+    const published = await publication();
+    for (const [oid, membership] of published) {
+      const before = this.memberships.get(oid);
+      // Dropped from the publication and added again since the last look: Postgres sent none of its changes in between.
+      if (before !== undefined && before !== membership && this.known.has(oid) && !this.holds.has(oid)) {
+        await this.start([oid], undefined, 'dropped from the publication and added again');
+      } else this.noticeRelation(oid);
+    }
     for (const oid of this.known) if (!published.has(oid)) this.known.delete(oid);
+    if (published.size !== this.memberships.size || [...published].some(([oid, membership]) => this.memberships.get(oid) !== membership)) {
+      this.memberships.clear();
+      for (const [oid, membership] of published) this.memberships.set(oid, membership);
+      await writePipelineState(this.session.redis, this.session.options.pipeline, { memberships: Object.fromEntries(published) });
+    }
   }
 
   /** Moves a request that cannot be carried out aside, with the reason: it is not tried again. */

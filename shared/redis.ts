@@ -39,6 +39,8 @@ export interface PipelineState {
   copy?: 'requested' | 'started' | 'enqueued' | 'done';
   /** OIDs of the tables every destination has a copy of (or is being given one): a table outside it is new. */
   tables?: number[];
+  /** Each published table's membership of the publication, by OID (catalog publicationMemberships): a change means it left and came back. */
+  memberships?: Record<string, string>;
 }
 
 export async function readPipelineState(redis: Redis, pipeline: string): Promise<PipelineState | undefined> {
@@ -52,6 +54,7 @@ export async function readPipelineState(redis: Redis, pipeline: string): Promise
     epoch: Number(raw.epoch),
     ...(raw.copy ? { copy: raw.copy as PipelineState['copy'] } : {}),
     ...(raw.tables ? { tables: JSON.parse(raw.tables) } : {}),
+    ...(raw.memberships ? { memberships: JSON.parse(raw.memberships) } : {}),
   };
 }
 
