@@ -327,10 +327,9 @@ const standbyCannotDecode =
         'the standby to replay the publication',
         async () => (await standby.query(`SELECT 1 FROM pg_publication WHERE pubname = '${pipeline.publication}'`)).rowCount === 1,
       );
-      const started = Date.now();
       const run = await runCli(pipeline.producerArgs());
       t.is(run.code, 2, run.stderr);
-      t.true(Date.now() - started < 15_000, 'refused at once, not after retries');
+      t.false(run.stderr.includes('restarting from the slot'), 'refused, not retried');
       t.regex(
         run.stderr,
         /PostgreSQL \d+ cannot decode logical replication on a standby\. The server at --pg-url \/ PG_URL is a standby \(in recovery\)\. Point --pg-url at the primary/,
