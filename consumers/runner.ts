@@ -279,10 +279,7 @@ export class ConsumerRunner {
           { partition, attempt, err: errorMessage(error) },
           parked ? 'batch cannot be applied: partition parked, retrying slowly until the cause is fixed' : 'batch failed; retrying in place',
         );
-        const wait = Math.min(MAX_BACKOFF_MS, 200 * 2 ** attempt) * (0.5 + Math.random() / 2);
-        for (const until = Date.now() + wait; Date.now() < until && !this.closing; ) await sleep(100);
-        // Shutting down mid-retry: put the batch back at the front of its queue, untouched.
-        if (this.closing) await putBack(job, token);
+        await this.backOff(job, token, attempt);
       }
     }
     // Its chunk was read ahead, but the batch needed none (applied with the one before it, or earlier).
@@ -328,11 +325,16 @@ export class ConsumerRunner {
       } catch (error) {
         if (refusedAtMaxmemory(error)) this.fullRedis.say(error);
         else log.warn({ partition: job.data.n, attempt, err: errorMessage(error) }, 'batch applied, but its record failed; retrying in place');
-        const wait = Math.min(MAX_BACKOFF_MS, 200 * 2 ** attempt);
-        for (const until = Date.now() + wait; Date.now() < until && !this.closing; ) await sleep(100);
-        if (this.closing) await putBack(job, token);
+        await this.backOff(job, token, attempt);
       }
     }
+  }
+
+  /** Waits before a batch's next attempt; stopping meanwhile, puts the batch back at the front of its queue, untouched. */
+  private async backOff(job: Job<EncodedBatch>, token: string | undefined, attempt: number): Promise<void> {
+    const wait = Math.min(MAX_BACKOFF_MS, 200 * 2 ** attempt) * (0.5 + Math.random() / 2);
+    for (const until = Date.now() + wait; Date.now() < until && !this.closing; ) await sleep(100);
+    if (this.closing) await putBack(job, token);
   }
 
   /** Records the partition's applied mark (it only moves forward), with what the batches held, and releases the chunks applied. */

@@ -63,11 +63,6 @@ export async function publicationMemberships(client: pg.ClientBase, publication:
   return new Map(result.rows.map((row) => [Number(row.oid), row.membership as string]));
 }
 
-/** OIDs of the tables in the publication now. */
-export async function publishedTableOids(client: pg.ClientBase, publication: string): Promise<number[]> {
-  return (await publicationTables(client, publication)).map((table) => table.oid);
-}
-
 interface TypeRow {
   typtype: string;
   typbasetype: number;
