@@ -63,6 +63,42 @@ export async function publicationMemberships(client: pg.ClientBase, publication:
   return new Map(result.rows.map((row) => [Number(row.oid), row.membership as string]));
 }
 
+/**
+ * A table no longer published: its name (absent when it was dropped) and, when its rows are
+ * published under another table of its partition tree now (publish_via_partition_root was
+ * changed), which: its root, or its partitions.
+ */
+export interface DepartedTable {
+  oid: number;
+  name?: string;
+  publishedAs?: { root: string } | { partitions: string[] };
+}
+
+/** `published`: the OIDs the publication holds now. */
+export async function departedTables(client: pg.ClientBase, oids: number[], published: number[]): Promise<DepartedTable[]> {
+  const { rows } = await client.query(
+    `SELECT c.oid::int8 AS oid, c.oid::regclass::text AS name,
+            CASE WHEN c.relispartition AND pg_partition_root(c.oid) = ANY($2::oid[]) THEN pg_partition_root(c.oid)::regclass::text END AS root,
+            CASE WHEN c.relkind = 'p' THEN (SELECT array_agg(t.relid::regclass::text ORDER BY 1) FROM pg_partition_tree(c.oid) t
+                                             WHERE t.relid <> c.oid AND t.relid = ANY($2::oid[])) END AS partitions
+       FROM pg_class c WHERE c.oid = ANY($1::oid[])`,
+    [oids, published],
+  );
+  const found = new Map(rows.map((row) => [Number(row.oid), row]));
+  return oids.map((oid) => {
+    const row = found.get(oid);
+    if (!row) return { oid };
+    const publishedAs = row.root ? { root: row.root as string } : row.partitions ? { partitions: row.partitions as string[] } : undefined;
+    return { oid, name: row.name, ...(publishedAs ? { publishedAs } : {}) };
+  });
+}
+
+/** What TableSync asks Postgres about the publication. */
+export interface PublicationReader {
+  memberships(): Promise<Map<number, string>>;
+  departed(oids: number[], published: number[]): Promise<DepartedTable[]>;
+}
+
 interface TypeRow {
   typtype: string;
   typbasetype: number;

@@ -19,7 +19,7 @@ import {
 import { encodeRequest } from '../shared/requests.js';
 import { AckTracker } from './acks.js';
 import { Sequencer } from './batcher.js';
-import { Catalog, currentWalLsn, publicationMemberships } from './catalog.js';
+import { Catalog, currentWalLsn, departedTables, type PublicationReader, publicationMemberships } from './catalog.js';
 import { copyTables, withExportedSnapshot } from './copy.js';
 import { LagGuard } from './lagguard.js';
 import { ProducerLease } from './lease.js';
@@ -373,14 +373,17 @@ export class Producer {
       }
       const client = (catalogClient = await connectPostgres(options.pgUrl, 'pg-replicate catalog', VALUE_TEXT_SETTINGS, fail));
       const catalog = new Catalog(client);
-      const publication = () => publicationMemberships(client, options.publication);
+      const publication: PublicationReader = {
+        memberships: () => publicationMemberships(client, options.publication),
+        departed: (oids, published) => departedTables(client, oids, published),
+      };
       // Tables every destination has a copy of: Redis' record, else what this process knew, else
       // (a fresh process after Redis lost its data) today's publication.
       const state = await readPipelineState(this.redis, options.pipeline);
       if (state?.tables) this.tables = new Set(state.tables);
       for (const [oid, membership] of Object.entries(state?.memberships ?? {})) this.memberships.set(Number(oid), membership);
       if (this.tables.size === 0 || this.memberships.size === 0) {
-        const now = await publication();
+        const now = await publication.memberships();
         if (!state?.tables && this.tables.size === 0) this.tables = new Set(now.keys());
         if (this.memberships.size === 0) for (const [oid, membership] of now) this.memberships.set(oid, membership);
       }

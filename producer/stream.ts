@@ -4,6 +4,7 @@ import { log } from '../shared/log.js';
 import { formatLsn, type Lsn, maxLsn } from '../shared/lsn.js';
 import type { RowOp } from '../shared/tupledata.js';
 import { Batcher } from './batcher.js';
+import type { PublicationReader } from './catalog.js';
 import { Heartbeat } from './heartbeat.js';
 import type { LagGuard } from './lagguard.js';
 import { showSession, tally } from './metrics.js';
@@ -31,7 +32,7 @@ export async function streamSlot(
   replication: ReplicationConnection,
   position: AckPosition,
   describe: (relation: Relation, previous?: Relation) => Promise<Relation>,
-  { tableSync, lagGuard, publication }: { tableSync: TableSync; lagGuard: LagGuard; publication: () => Promise<Map<number, string>> },
+  { tableSync, lagGuard, publication }: { tableSync: TableSync; lagGuard: LagGuard; publication: PublicationReader },
   fail: (error: Error) => void,
 ): Promise<void> {
   const { options, epoch, sequencer, tracker, queues, watcher, signal } = session;

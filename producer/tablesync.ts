@@ -6,7 +6,7 @@ import { formatLsn, type Lsn } from '../shared/lsn.js';
 import { type TableCopyProgress, type TableSyncRecord, writePipelineState } from '../shared/redis.js';
 import { parseRequest } from '../shared/requests.js';
 import type { PendingEntry } from './acks.js';
-import { Catalog, describeTable, publicationTables } from './catalog.js';
+import { Catalog, type DepartedTable, describeTable, type PublicationReader, publicationTables } from './catalog.js';
 import { copyInRanges, mendsByKey, openSnapshotConnections, planRanges, scansCtidRanges, TableCopy, withExportedSnapshot } from './copy.js';
 import { POLL_MS } from './options.js';
 import { checkPublishedTables } from './preflight.js';
@@ -187,7 +187,7 @@ export class TableSync {
    * until no copy is in progress (a copy's chunks go to the destinations there were when it
    * began), and a resync of a table being copied until that copy is done.
    */
-  async tick(publication: () => Promise<Map<number, string>>): Promise<void> {
+  async tick(publication: PublicationReader): Promise<void> {
     await this.forgetApplied();
     const requests = keys.requests(this.session.options.pipeline);
     for (;;) {
@@ -199,7 +199,7 @@ export class TableSync {
         continue;
       }
       const { request } = parsed;
-      if ('tableOid' in request && !(await publication()).has(request.tableOid)) {
+      if ('tableOid' in request && !(await publication.memberships()).has(request.tableOid)) {
         await this.refuse(text, `table OID ${request.tableOid} is not in publication ${this.session.options.publication}`);
         continue;
       }
@@ -217,7 +217,7 @@ export class TableSync {
     }
     if (Date.now() - this.lastPublicationPoll < PUBLICATION_POLL_MS) return;
     this.lastPublicationPoll = Date.now();
-    const published = await publication();
+    const published = await publication.memberships();
     for (const [oid, membership] of published) {
       const before = this.memberships.get(oid);
       // Dropped from the publication and added again since the last look: Postgres sent none of its changes in between.
@@ -225,7 +225,12 @@ export class TableSync {
         await this.start([oid], undefined, 'dropped from the publication and added again');
       } else this.noticeRelation(oid);
     }
-    for (const oid of this.known) if (!published.has(oid)) this.known.delete(oid);
+    const departed = [...this.known].filter((oid) => !published.has(oid));
+    if (departed.length > 0) {
+      for (const oid of departed) this.known.delete(oid);
+      await writePipelineState(this.session.redis, this.session.options.pipeline, { tables: [...this.known] });
+      sayDeparted(await publication.departed(departed, [...published.keys()]), this.session.options.publication);
+    }
     if (published.size !== this.memberships.size || [...published].some(([oid, membership]) => this.memberships.get(oid) !== membership)) {
       this.memberships.clear();
       for (const [oid, membership] of published) this.memberships.set(oid, membership);
@@ -320,5 +325,30 @@ export class TableSync {
     this.heldCount -= held.length;
     for (const change of held) this.heldBytes -= change.bytes;
     for (const change of held) this.session.tracker.release(change.entry, change.enqueue());
+  }
+}
+
+/**
+ * Tables no longer published: Postgres sends nothing of them, and every destination keeps them
+ * as they were. Said so the operator can drop them there or publish them again (a table added
+ * back is copied afresh). Where publish_via_partition_root was changed, the tables that now
+ * publish their rows are copied as tables of their own, and the ones named here are left behind.
+ */
+function sayDeparted(departed: DepartedTable[], publication: string): void {
+  const dropped = departed.filter((table) => table.name === undefined).map((table) => table.oid);
+  if (dropped.length > 0) log.info({ tableOids: dropped }, 'tables dropped in Postgres: every destination keeps them as they were');
+  const moved = departed.filter((table) => table.publishedAs);
+  if (moved.length > 0) {
+    log.warn(
+      { tables: moved.map((table) => table.name), publishedAs: moved.map((table) => table.publishedAs) },
+      `publication ${publication} now publishes these tables' rows under other tables of their partition trees (publish_via_partition_root was changed): those are copied to every destination as tables of their own, and these are no longer updated there; drop them at the destinations`,
+    );
+  }
+  const left = departed.filter((table) => table.name !== undefined && !table.publishedAs);
+  if (left.length > 0) {
+    log.warn(
+      { tables: left.map((table) => table.name) },
+      `tables left publication ${publication}: their changes are no longer replicated, and every destination keeps their rows as they were; add them back to the publication to replicate them again (they are copied afresh), or drop them at the destinations`,
+    );
   }
 }

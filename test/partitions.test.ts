@@ -1,5 +1,5 @@
 import test from 'ava';
-import { duckdbRows, postgresRows, TestPipeline } from './support/pipeline.js';
+import { duckdbRows, postgresRows, TestPipeline, waitFor } from './support/pipeline.js';
 import { useServices } from './support/services.js';
 
 const env = useServices(test);
@@ -41,3 +41,58 @@ for (const viaRoot of [false, true]) {
     if (!viaRoot) t.deepEqual(await duckdbRows(path, `public.${table}_asia`, COLUMNS), await postgresRows(env.pg, `${table}_asia`, COLUMNS));
   });
 }
+
+/**
+ * publish_via_partition_root changed on a running pipeline: Postgres then publishes the rows
+ * under the other tables of the partition tree. Those are copied afresh and follow Postgres;
+ * the ones left behind are named in a warning (the destination keeps them as they were).
+ */
+test('publish_via_partition_root turned on, then off, mid-run: the tables that now carry the rows are copied and equal Postgres; those left behind are named', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'parttoggle', ['main']);
+  await env.pg.query(`
+    CREATE TABLE toggled (id int, region text, note text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+    CREATE TABLE toggled_eu PARTITION OF toggled FOR VALUES IN ('eu');
+    CREATE TABLE toggled_us PARTITION OF toggled FOR VALUES IN ('us');
+    INSERT INTO toggled SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 'n' || g FROM generate_series(1, 400) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE toggled WITH (publish_via_partition_root = false);`);
+  const path = pipeline.duckdbPath('main');
+  const leaves = async () => (await Promise.all(['toggled_eu', 'toggled_us'].map((part) => duckdbRows(path, `public.${part}`, COLUMNS)))).flat().sort();
+  const producer = pipeline.producer();
+  let consumer = pipeline.duckdb('main');
+  // The switch is noticed (the warning) and the tables now carrying the rows copied; a change
+  // made after the copy is applied; the consumer stops so that its DuckDB file can be read.
+  const switchTo = async (viaRoot: boolean, round: number): Promise<string[]> => {
+    const from = producer.stderr.length;
+    await env.pg.query(`ALTER PUBLICATION ${pipeline.publication} SET (publish_via_partition_root = ${viaRoot})`);
+    await env.pg.query(`
+      UPDATE toggled SET note = 'switched ${round}' WHERE id % 7 = 0;
+      DELETE FROM toggled WHERE id % 50 = ${round};
+      INSERT INTO toggled VALUES (${1000 + round}, 'eu', 'new');`);
+    await waitFor('the switch to be noticed and the tables copied', async () => {
+      pipeline.assertRunning();
+      const log = producer.stderr.slice(from);
+      return /publish_via_partition_root was changed/.test(log) && (log.match(/table sync: copy enqueued/g)?.length ?? 0) >= (viaRoot ? 1 : 2);
+    });
+    await env.pg.query(`UPDATE toggled SET note = 'after ${round}' WHERE id = 4`);
+    await pipeline.waitForCatchUp();
+    await consumer.stop();
+    const warning = producer.stderr
+      .slice(from)
+      .split('\n')
+      .find((line) => line.includes('publish_via_partition_root was changed'));
+    return JSON.parse(warning!).tables;
+  };
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    t.deepEqual(await switchTo(true, 1), ['toggled_eu', 'toggled_us']);
+    const whileOn = await postgresRows(env.pg, 'toggled', COLUMNS);
+    t.deepEqual(await duckdbRows(path, 'public.toggled', COLUMNS), whileOn);
+    consumer = pipeline.duckdb('main');
+    t.deepEqual(await switchTo(false, 2), ['toggled']);
+    t.deepEqual(await leaves(), await postgresRows(env.pg, 'toggled', COLUMNS));
+    // The root's table is left as it was when the partitions took over.
+    t.deepEqual(await duckdbRows(path, 'public.toggled', COLUMNS), whileOn);
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+});

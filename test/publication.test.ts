@@ -58,3 +58,35 @@ test('a table dropped from the publication and added again is copied afresh: at 
   }
   await equal();
 });
+
+/** A table that leaves the publication is kept at the destinations as it was: the operator is told which, and what to do. */
+test('a table that leaves the publication is named in a warning (kept at the destinations as it was); a dropped one is said', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'departs', ['main']);
+  await env.pg.query(`
+    CREATE TABLE departing (id int PRIMARY KEY, note text);
+    CREATE TABLE doomed (id int PRIMARY KEY, note text);
+    CREATE TABLE staying (id int PRIMARY KEY, note text);
+    INSERT INTO departing SELECT g, 'copied' FROM generate_series(1, 50) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE departing, doomed, staying;`);
+  const producer = pipeline.producer();
+  const consumer = pipeline.duckdb('main');
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    const doomed = Number((await env.pg.query(`SELECT 'doomed'::regclass::oid AS oid`)).rows[0].oid);
+    await env.pg.query(`ALTER PUBLICATION ${pipeline.publication} DROP TABLE departing; DROP TABLE doomed`);
+    await env.pg.query(`UPDATE departing SET note = 'after it left'; INSERT INTO staying VALUES (1, 'still here')`);
+    const said = (message: string) => producer.stderr.split('\n').find((line) => line.includes(message));
+    const left = JSON.parse(await waitFor('the departure to be said', async () => said('tables left publication')));
+    t.deepEqual(left.tables, ['departing']);
+    t.regex(left.msg, /add them back to the publication/);
+    t.deepEqual(JSON.parse(said('tables dropped in Postgres')!).tableOids, [doomed]);
+    await pipeline.waitForCatchUp();
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+  // The destination keeps the departed table as it was when it left.
+  t.deepEqual(
+    await duckdbRows(pipeline.duckdbPath('main'), 'public.departing', COLUMNS),
+    Array.from({ length: 50 }, (_, i) => JSON.stringify([String(i + 1), 'copied'])).sort(),
+  );
+});
