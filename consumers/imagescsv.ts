@@ -3,6 +3,7 @@ import { setImmediate } from 'node:timers/promises';
 import { RecordedRowChange } from '../shared/codec.js';
 import type { RowChange } from '../shared/events.js';
 import { KIND_NULL, KIND_TEXT, newTupleAt, oldTupleAt, tupleKey } from '../shared/tupledata.js';
+import { KeyIndex } from './keyindex.js';
 
 /**
  * The fast path of collapseByKey (consumers/collapse): a run of changes to a keyed table reduced
@@ -72,29 +73,40 @@ function* collapsing(keyColumns: number[], width: number, changes: RowChange[], 
   return isUtf8(bytes) ? { csv: bytes, longestLine: csv.longestLine } : undefined;
 }
 
+/** The runs' keys, one run at a time (decisiveChanges is synchronous): its tables are kept from run to run. */
+const decisiveKeys = new KeyIndex();
+
 /** Per key touched, the change that decides it: its index × 2, plus 1 when it leaves the key absent. */
-function decisiveChanges(keyColumns: number[], changes: RowChange[]): Iterable<number> | undefined {
-  const decisive = new Map<string | number, number>();
+function decisiveChanges(keyColumns: number[], changes: RowChange[]): number[] | undefined {
+  if (!indexDecisive(keyColumns, changes, decisiveKeys)) {
+    decisiveKeys.clear();
+    return undefined;
+  }
+  return decisiveKeys.take();
+}
+
+/** Fills `decisive` (see decisiveChanges); false when a change cannot be read from its images. */
+function indexDecisive(keyColumns: number[], changes: RowChange[], decisive: KeyIndex): boolean {
   for (let index = 0; index < changes.length; index++) {
     const change = changes[index];
     const { op } = change;
     const buffer = imagesBuffer(change);
-    if (!buffer) return undefined;
+    if (!buffer) return false;
     const start = imagesStart(change);
     const old = oldTupleAt(buffer, op, start);
     const oldKey = old < 0 ? undefined : tupleKey(buffer, old, keyColumns);
-    if (old >= 0 && oldKey === undefined) return undefined;
+    if (old >= 0 && oldKey === undefined) return false;
     if (op === 'delete') {
       decisive.set(oldKey!, index * 2 + 1);
       continue;
     }
     const key = tupleKey(buffer, newTupleAt(buffer, op, start), keyColumns);
-    if (key === undefined) return undefined;
+    if (key === undefined) return false;
     // An update that changed the key leaves its old key absent.
     if (oldKey !== undefined && oldKey !== key) decisive.set(oldKey, index * 2 + 1);
     decisive.set(key, index * 2);
   }
-  return decisive.values();
+  return true;
 }
 
 /** The CSV, and the bytes of its longest line (CSV readers limit a line's length unless told). */

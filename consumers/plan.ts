@@ -1,5 +1,5 @@
-import { type Batch, type CopyChunk, qualifiedName, type Relation } from '../shared/events.js';
-import { compareVersions, type Version } from '../shared/lsn.js';
+import { compareChangeVersion } from '../shared/codec.js';
+import { type Batch, type Change, type CopyChunk, qualifiedName, type Relation } from '../shared/events.js';
 import type { Step, TableState } from './destination.js';
 
 /**
@@ -55,17 +55,18 @@ function planCopy(batch: Batch, states: Map<number, TableState>) {
 }
 
 function planChanges(batch: Batch, states: Map<number, TableState>) {
-  const updated = new Map<number, TableState>();
   const steps: Step[] = [];
-  const current = (relation: Relation): TableState =>
-    updated.get(relation.oid) ?? states.get(relation.oid) ?? { copyLsn: 0n, copyChunk: -1, copyDone: false, applied: { lsn: 0n, ordinal: 0 } };
+  const stateOf = (oid: number): TableState => states.get(oid) ?? { copyLsn: 0n, copyChunk: -1, copyDone: false, applied: { lsn: 0n, ordinal: 0 } };
+  // Each table's last change taken, its version the table's from then on: compared with the
+  // changes after it as they are (a change read from a batch makes its version only when asked
+  // for, shared/codec.ts), and made once per table at the end, not once per change.
+  const taken = new Map<number, Change>();
   // A quarantined table's changes are skipped: the copy that releases it brings them.
-  const isNew = (relation: Relation, version: Version) => !current(relation).quarantine && compareVersions(version, current(relation).applied) > 0;
-  const advance = (relation: Relation, version: Version) => {
-    // The batch's own copy of the state is updated in place: one object per table, not per change.
-    const state = updated.get(relation.oid);
-    if (state) state.applied = version;
-    else updated.set(relation.oid, { ...current(relation), applied: version });
+  const isNew = (relation: Relation, change: Change) => {
+    const last = taken.get(relation.oid);
+    if (last) return compareChangeVersion(change, last) > 0;
+    const state = stateOf(relation.oid);
+    return !state.quarantine && compareChangeVersion(change, state.applied) > 0;
   };
 
   // Each table's changes go into one step, in their order, up to a TRUNCATE: transactions that
@@ -74,19 +75,17 @@ function planChanges(batch: Batch, states: Map<number, TableState>) {
   // different partitions are applied independently anyway.
   const open = new Map<number, Extract<Step, { kind: 'changes' }>>();
   for (const change of batch.changes) {
-    // Read once: a change read from a batch makes its version when asked (shared/codec.ts).
-    const version = change.version;
     if (change.op === 'truncate') {
-      const relations = change.relations.map((index) => batch.relations[index]).filter((relation) => isNew(relation, version));
+      const relations = change.relations.map((index) => batch.relations[index]).filter((relation) => isNew(relation, change));
       if (relations.length === 0) continue;
-      for (const relation of relations) advance(relation, version);
-      steps.push({ kind: 'truncate', relations, version });
+      for (const relation of relations) taken.set(relation.oid, change);
+      steps.push({ kind: 'truncate', relations, version: change.version });
       open.clear();
       continue;
     }
     const relation = batch.relations[change.relation];
-    if (!isNew(relation, version)) continue;
-    advance(relation, version);
+    if (!isNew(relation, change)) continue;
+    taken.set(relation.oid, change);
     const step = open.get(relation.oid);
     // A table's new shape (a schema change) starts a step of its own, after its earlier ones.
     if (step?.relation === relation) step.changes.push(change);
@@ -96,5 +95,7 @@ function planChanges(batch: Batch, states: Map<number, TableState>) {
       open.set(relation.oid, started);
     }
   }
+  const updated = new Map<number, TableState>();
+  for (const [oid, change] of taken) updated.set(oid, { ...stateOf(oid), applied: change.version });
   return { steps, states: updated };
 }

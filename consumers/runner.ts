@@ -1,17 +1,18 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type Job, Queue, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { joinPieces, releaseChunk } from '../shared/chunks.js';
+import { joinPieces } from '../shared/chunks.js';
 import { assertCodecVersion, decodeBatch, type EncodedBatch } from '../shared/codec.js';
 import { errorMessage, UserError } from '../shared/errors.js';
 import { type Batch, qualifiedName } from '../shared/events.js';
-import { keys, parseApplied, QUEUE_PREFIX, queueName } from '../shared/keys.js';
+import { keys, QUEUE_PREFIX, queueName } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { compareVersions } from '../shared/lsn.js';
-import { connectRedis, heardQueue, loginRefused, readPipelineState, recordApplied, refusedAtMaxmemory } from '../shared/redis.js';
+import { connectRedis, heardQueue, loginRefused, readPipelineState, refusedAtMaxmemory } from '../shared/redis.js';
 import { ChunkReader } from './chunkreader.js';
 import { type Destination, PermanentError, RefusedError, type TableState } from './destination.js';
 import { JOIN_LIMITS, LookAhead, type NextBatch } from './lookahead.js';
+import { AppliedMarks } from './marks.js';
 import { DestinationMetrics } from './metrics.js';
 import type { Health, RunnerOptions } from './options.js';
 import { copyIsNew, planBatches } from './plan.js';
@@ -49,6 +50,7 @@ export class ConsumerRunner {
   /** Redis refused the login for good: closing does not wait on it. */
   private loginError?: UserError;
   private readonly registration: Registration;
+  private readonly marks: AppliedMarks;
   private readonly quarantines: Quarantines;
   /** The placements last written for status. */
   private publishedPlacements = '';
@@ -67,6 +69,7 @@ export class ConsumerRunner {
     this.quarantines = new Quarantines(this.redis, options.pipeline, options.name, destination);
     this.metrics = new DestinationMetrics(options.name, this.unhealthy, this.quarantines.tables);
     this.registration = new Registration(this.redis, options.pipeline, options.name, options.register ?? false);
+    this.marks = new AppliedMarks(this.redis, options.pipeline, options.name);
   }
 
   /**
@@ -166,7 +169,7 @@ export class ConsumerRunner {
     let planned: 'ahead' | undefined;
     for (let attempt = 1; ; attempt++) {
       try {
-        const { run, mark } = await this.runAndMark(partition);
+        const { run, mark } = await this.marks.runAndMark(partition);
         const earlier = run > encoded.e;
         if (!encoded.k && earlier) {
           // Streamed changes of an earlier producer run: the running one reads again from the
@@ -180,7 +183,7 @@ export class ConsumerRunner {
         }
         // Of this producer run: it must follow the last batch this destination applied.
         if (!earlier) {
-          if ((await this.checkChain(partition, encoded, mark)) === 'applied') {
+          if ((await this.marks.checkChain(partition, encoded, mark)) === 'applied') {
             if (prepared) this.chunks.recycle(prepared.records);
             break;
           }
@@ -191,7 +194,7 @@ export class ConsumerRunner {
           records = encoded.b ? await this.ahead.readChunk(encoded.b) : undefined;
           // Its records released already: this batch was applied, and its consumer stopped
           // before the queue heard so. Nothing to do.
-          if (encoded.b && !records && (await this.applied(partition, encoded))) break;
+          if (encoded.b && !records && (await this.marks.isApplied(partition, encoded))) break;
           if (encoded.b && !records) throw missingChunk(encoded.b);
           batch = decodeBatch(encoded, records && joinPieces(records));
         }
@@ -202,7 +205,7 @@ export class ConsumerRunner {
           if (!batch.copy.copyText) {
             // A copy of an earlier producer run whose rows went with Redis' data: the running
             // run, having found Redis without its record, copies the table again from the start.
-            if (await this.fromEarlierRun(encoded)) {
+            if (await this.marks.fromEarlierRun(encoded)) {
               log.warn(
                 { partition, chunk: batch.copy.id, table: qualifiedName(batch.relations[batch.copy.relation]) },
                 "copy chunk of an earlier producer run lost with Redis' data: dropped, the running producer copies the table again",
@@ -240,7 +243,7 @@ export class ConsumerRunner {
         // (at the end of a copy, the producer waits for the last mark).
         const last = batches[batches.length - 1];
         if (joined > 0) {
-          await this.completeApplied(
+          await this.marks.complete(
             partition,
             last,
             batches.slice(1).map((next) => next.copy?.id),
@@ -285,7 +288,7 @@ export class ConsumerRunner {
     // Its chunk was read ahead, but the batch needed none (applied with the one before it, or earlier).
     if (job.id) this.ahead.dropReadAhead(job.id);
     await this.recordUntilTaken(job, token, () =>
-      this.completeApplied(partition, { epoch: encoded.e, seq: encoded.s }, [batch?.copy?.id ?? encoded.b], applied),
+      this.marks.complete(partition, { epoch: encoded.e, seq: encoded.s }, [batch?.copy?.id ?? encoded.b], applied),
     );
     // Replication lag: from the oldest commit in the batch to now, when it is durably applied.
     const lagMs = encoded.t === undefined ? undefined : Date.now() - encoded.t;
@@ -335,56 +338,6 @@ export class ConsumerRunner {
     const wait = Math.min(MAX_BACKOFF_MS, 200 * 2 ** attempt) * (0.5 + Math.random() / 2);
     for (const until = Date.now() + wait; Date.now() < until && !this.closing; ) await sleep(100);
     if (this.closing) await putBack(job, token);
-  }
-
-  /** Records the partition's applied mark (it only moves forward), with what the batches held, and releases the chunks applied. */
-  private async completeApplied(partition: number, mark: { epoch: number; seq: number }, chunks: (string | undefined)[], batches: Batch[]): Promise<void> {
-    const counts = { changes: 0, rows: 0 };
-    for (const batch of batches) {
-      counts.changes += batch.changes.length;
-      counts.rows += batch.copy?.rows ?? 0;
-    }
-    await recordApplied(this.redis, this.options.pipeline, this.options.name, partition, mark, counts);
-    await Promise.all(chunks.flatMap((chunk) => (chunk ? [releaseChunk(this.redis, this.options.pipeline, chunk, this.options.name)] : [])));
-  }
-
-  /**
-   * Whether the batch comes from a producer run older than the pipeline's current one. Without
-   * a record of the pipeline (Redis lost it), nothing is applied until the producer writes its
-   * new run: the batch is retried in place.
-   */
-  private async fromEarlierRun(encoded: EncodedBatch): Promise<boolean> {
-    return (await this.runAndMark(encoded.n)).run > encoded.e;
-  }
-
-  /** The pipeline's current producer run and this destination's mark for the partition, in one round trip. */
-  private async runAndMark(partition: number): Promise<{ run: number; mark?: { epoch: number; seq: number } }> {
-    const [[, epoch], [, mark]] = (await this.redis
-      .multi()
-      .hget(keys.state(this.options.pipeline), 'epoch')
-      .hget(keys.applied(this.options.pipeline, this.options.name), String(partition))
-      .exec()) as [[unknown, string | null], [unknown, string | null]];
-    if (epoch === null)
-      throw new Error(`Redis holds no record of pipeline ${this.options.pipeline} (was Redis flushed?): waiting for its producer to start a new run`);
-    return { run: Number(epoch), mark: parseApplied(mark ?? undefined) };
-  }
-
-  private async checkChain(partition: number, encoded: EncodedBatch, mark: { epoch: number; seq: number } | undefined): Promise<'next' | 'applied'> {
-    if (encoded.q === undefined) return 'next';
-    if (mark && mark.epoch === encoded.e && mark.seq >= encoded.s) return 'applied';
-    const applied = mark && mark.epoch === encoded.e ? mark.seq : 0;
-    if (encoded.q === applied) return 'next';
-    const gap = { epoch: encoded.e, destination: this.options.name, partition, applied, missing: [applied + 1, encoded.q], found: encoded.s };
-    await this.redis.hset(keys.state(this.options.pipeline), 'gap', JSON.stringify(gap));
-    throw new Error(
-      `batches ${applied + 1}–${encoded.q} of partition ${partition} are missing from Redis (this destination applied up to batch ${applied} of the producer's run; the queue's next is ${encoded.s}): Redis lost recent writes (a failover, a restart from an older snapshot, eviction). The producer re-reads them from the slot; nothing past the gap is applied.`,
-    );
-  }
-
-  /** Whether this destination's applied mark for the partition is at or past the batch (queue order is (epoch, seq)). */
-  private async applied(partition: number, encoded: EncodedBatch): Promise<boolean> {
-    const mark = parseApplied((await this.redis.hget(keys.applied(this.options.pipeline, this.options.name), String(partition))) ?? undefined);
-    return !!mark && (mark.epoch > encoded.e || (mark.epoch === encoded.e && mark.seq >= encoded.s));
   }
 
   private async report(partition: number, health: Health): Promise<void> {

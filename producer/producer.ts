@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import type pg from 'pg';
 import { errorMessage, UserError } from '../shared/errors.js';
-import { formatApplied, keys } from '../shared/keys.js';
+import { keys } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { formatLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
@@ -21,9 +21,10 @@ import { AckTracker } from './acks.js';
 import { Sequencer } from './batcher.js';
 import { Catalog, currentWalLsn, departedTables, type PublicationReader, publicationMemberships } from './catalog.js';
 import { copyTables, withExportedSnapshot } from './copy.js';
+import { destinationChanges } from './destinations.js';
 import { LagGuard } from './lagguard.js';
 import { ProducerLease } from './lease.js';
-import { detachedDestinations, hideSession, showSession, source, tally } from './metrics.js';
+import { hideSession, showSession, source, tally } from './metrics.js';
 import { COPY_DONE_POLL_MS, type ProducerOptions } from './options.js';
 import { connectPostgres, connectPostgresOnce, isConnectionLoss, preflight, refusal, SLOT_RECOVERY, STARTUP_PATIENCE_MS } from './preflight.js';
 import { BatchQueues, loadQueues } from './queues.js';
@@ -192,46 +193,6 @@ export class Producer {
     }
   }
 
-  /** How a running session adds and removes destinations (on a consumer's registration, or `destinations remove`). */
-  private destinationChanges({ options, epoch, sequencer, queues }: Session) {
-    const record = async () => {
-      this.registered = queues.destinations;
-      await writePipelineState(this.redis, options.pipeline, { destinations: queues.destinations });
-    };
-    return {
-      /** Called once its copies are recorded: from now on a restarted producer feeds it and continues them. */
-      add: async (name: string): Promise<void> => {
-        // Nothing enqueued before now concerns it: its marks start at the current batch numbers.
-        const startAt = Array.from({ length: options.partitions }, (_, partition) => sequencer.lastOf(partition));
-        await queues.addDestination(name, startAt);
-        const marks: Record<string, string> = {};
-        for (let partition = 0; partition < options.partitions; partition++) marks[partition] = formatApplied(epoch, startAt[partition]);
-        await this.redis.del(keys.applied(options.pipeline, name), keys.health(options.pipeline, name));
-        await this.redis.hset(keys.applied(options.pipeline, name), marks);
-        await this.redis.hdel(keys.state(options.pipeline), `detached:${name}`);
-        detachedDestinations.delete(name);
-        await record();
-        log.info({ destination: name }, 'destination added: it gets its own copy of every table, then the stream');
-      },
-      remove: async (name: string, detached?: string): Promise<void> => {
-        await queues.removeDestination(name);
-        await this.redis.del(
-          keys.applied(options.pipeline, name),
-          keys.health(options.pipeline, name),
-          keys.tableStates(options.pipeline, name),
-          keys.places(options.pipeline, name),
-          keys.quarantined(options.pipeline, name),
-        );
-        if (detached) {
-          await this.redis.hset(keys.state(options.pipeline), `detached:${name}`, JSON.stringify({ reason: detached, since: new Date().toISOString() }));
-          detachedDestinations.add(name);
-        }
-        await record();
-        if (!detached) log.info({ destination: name }, 'destination removed: its queues are dropped and it no longer holds back the slot');
-      },
-    };
-  }
-
   async close(): Promise<void> {
     this.redis.disconnect();
   }
@@ -388,7 +349,7 @@ export class Producer {
         if (this.memberships.size === 0) for (const [oid, membership] of now) this.memberships.set(oid, membership);
       }
       await writePipelineState(this.redis, options.pipeline, { tables: [...this.tables], memberships: Object.fromEntries(this.memberships) });
-      const changes = this.destinationChanges(session);
+      const changes = destinationChanges(session, this.redis, (names) => (this.registered = names));
       const tableSync = new TableSync(session, this.tables, this.tableSyncs, this.memberships, changes, fail);
       const lagGuard = new LagGuard(
         session,

@@ -1,5 +1,5 @@
 import type { Batch, Change, OutgoingBatch, Relation, RowChange, Value } from './events.js';
-import { formatLsn, type Lsn, parseLsn, type Version } from './lsn.js';
+import { compareVersions, formatLsn, type Lsn, parseLsn, type Version } from './lsn.js';
 import { ByteReader, type RowOp, readRowImages, rowImages } from './tupledata.js';
 
 /**
@@ -289,8 +289,8 @@ export class RecordedRowChange implements RowChange {
   constructor(
     readonly op: RowOp,
     readonly relation: number,
-    private readonly lsn: Lsn,
-    private readonly ordinal: number,
+    readonly lsn: Lsn,
+    readonly ordinal: number,
     readonly records: Buffer,
     readonly imagesStart: number,
     readonly imagesEnd: number,
@@ -299,6 +299,12 @@ export class RecordedRowChange implements RowChange {
   /** Made when asked for (see above). */
   get version(): Version {
     return { lsn: this.lsn, ordinal: this.ordinal };
+  }
+
+  /** compareVersions(this.version, other's), without making either. */
+  compareVersion(other: Version | RecordedRowChange): number {
+    if (this.lsn !== other.lsn) return this.lsn < other.lsn ? -1 : 1;
+    return this.ordinal - other.ordinal;
   }
 
   /** The images as a buffer of their own (a view: nothing is copied). */
@@ -322,4 +328,13 @@ export class RecordedRowChange implements RowChange {
     }
     return this.decoded;
   }
+}
+
+/**
+ * compareVersions of a change's version and another's (a change's, or a version): for changes
+ * read from a batch, without making their versions (see RecordedRowChange).
+ */
+export function compareChangeVersion(change: Change, other: Change | Version): number {
+  if (change instanceof RecordedRowChange && (other instanceof RecordedRowChange || !('op' in other))) return change.compareVersion(other);
+  return compareVersions(change.version, 'op' in other ? other.version : other);
 }

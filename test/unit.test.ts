@@ -1,8 +1,9 @@
 import { EventEmitter } from 'node:events';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { collapseByKey } from '../consumers/collapse.js';
 import { parseSize } from '../consumers/duckdb/memory.js';
 import { collapseImagesToCsv, collapseImagesToCsvAside } from '../consumers/imagescsv.js';
+import { KeyIndex } from '../consumers/keyindex.js';
 import { planBatch, planBatches } from '../consumers/plan.js';
 import { AckTracker } from '../producer/acks.js';
 import { Batcher, Sequencer } from '../producer/batcher.js';
@@ -218,6 +219,14 @@ test('planning skips changes at or below the table version and re-delivered copy
   );
   t.deepEqual(plan.states.get(16384)!.applied, { lsn: 11n, ordinal: 1 });
   t.deepEqual(planBatch(batch, new Map([[16384, { ...states.get(16384)!, applied: { lsn: 11n, ordinal: 1 } }]])).steps, []);
+  // The same batch as a consumer reads it (changes compared without making their versions), a change delivered twice in it taken once.
+  const read = decodeBatch(JSON.parse(JSON.stringify(encodeBatch(outgoing({ ...batch, changes: [...batch.changes, change(10n, 2, '2')] })))));
+  const readPlan = planBatch(read, states);
+  t.deepEqual(
+    readPlan.steps.flatMap((step) => (step.kind === 'changes' ? step.changes.map((c) => c.row![0]) : [])),
+    ['2', '3'],
+  );
+  t.deepEqual(readPlan.states.get(16384)!.applied, { lsn: 11n, ordinal: 1 });
 
   const copy = (chunk: number): Batch => ({
     ...batch,
@@ -471,53 +480,10 @@ test('the replication stream reader gathers messages and headers split across re
 });
 
 test('a run collapses straight from its images to the same final rows and deleted keys as from decoded values, at once or in slices', async (t) => {
-  // Two key columns (so key changes and the key's byte form are both exercised); values with
-  // quotes, commas, newlines, the empty string, NULL and non-ASCII text.
-  const keyColumns = [0, 2];
-  const texts = ['plain', 'a,b', 'say "hi"', 'two\nlines', '', 'é ü', null];
-  let seed = 7;
-  const random = (n: number) => {
-    seed = (seed * 1103515245 + 12345) % 2 ** 31;
-    return seed % n;
-  };
-  for (let run = 0; run < 200; run++) {
-    const present = new Map<string, Value[]>();
-    const changes: RowChange[] = [];
-    for (let index = 0; index < 1 + random(40); index++) {
-      const version = { lsn: 1n, ordinal: index };
-      const key = [String(random(6)), String(random(2))];
-      const keyOf = (values: Value[]) => `${values[0]}/${values[2]}`;
-      const row: Value[] = [key[0], texts[random(texts.length)], key[1]];
-      const existing = [...present.values()][random(present.size + 1)];
-      if (!existing || present.has(keyOf(row))) {
-        if (present.has(keyOf(row))) continue;
-        present.set(keyOf(row), row);
-        changes.push({ op: 'insert', relation: 0, version, row, images: rowImages('insert', row, undefined) });
-      } else if (random(3) === 0) {
-        present.delete(keyOf(existing));
-        const old = [existing[0], null, existing[2]];
-        changes.push({ op: 'delete', relation: 0, version, old, images: rowImages('delete', undefined, old) });
-      } else {
-        // An update, half of them to a new key (Postgres then sends the old key).
-        const updated: Value[] = random(2) === 0 && !present.has(keyOf(row)) ? row : [existing[0], texts[random(texts.length)], existing[2]];
-        const old = keyOf(updated) === keyOf(existing) ? undefined : [existing[0], null, existing[2]];
-        present.delete(keyOf(existing));
-        present.set(keyOf(updated), updated);
-        changes.push({ op: 'update', relation: 0, version, row: updated, ...(old ? { old } : {}), images: rowImages('update', updated, old) });
-      }
-    }
-    const expected = collapseByKey(keyColumns, changes);
-    const { csv } = collapseImagesToCsv(keyColumns, 3, changes)!;
-    // In slices of 3 lines, the event loop turning between them: the same bytes.
-    t.deepEqual((await collapseImagesToCsvAside(keyColumns, 3, changes, 3))?.csv, csv);
-    // The same run as a consumer reads it from a batch: images read in place in the records.
-    const batch: Batch = { pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [relation], changes };
-    t.deepEqual(collapseImagesToCsv(keyColumns, 3, decodeBatch(JSON.parse(JSON.stringify(encodeBatch(outgoing(batch))))).changes as RowChange[])?.csv, csv);
-    const lines = parseCsvRows(csv.toString(), PLAIN_CSV);
-    const sorted = (rows: Value[][]) => rows.map((row) => JSON.stringify(row)).sort();
-    t.deepEqual(sorted(lines.filter((line) => line[3] === 'f').map((line) => line.slice(0, 3))), sorted(expected.rows));
-    t.deepEqual(sorted(lines.filter((line) => line[3] === 't').map((line) => [line[0], line[2]])), sorted(expected.deletedKeys));
-  }
+  // Two key columns (so key changes and the key's byte form are both exercised), and one
+  // column of integers (keys compared as numbers); values with quotes, commas, newlines, the
+  // empty string, NULL and non-ASCII text.
+  for (const keyColumns of [[0, 2], [0]]) await collapsesLikeDecoded(t, keyColumns);
   const update = (row: Value[]): RowChange => ({ op: 'update', relation: 0, version: { lsn: 1n, ordinal: 1 }, images: rowImages('update', row, undefined) });
   const long = collapseImagesToCsv([0], 2, [update(['1', 'x'.repeat(3000)]), update(['2', 'y'])])!;
   t.is(long.longestLine, long.csv.indexOf('\n') + 1, 'the longest line is known (CSV readers limit it)');
@@ -536,6 +502,28 @@ test('a run collapses straight from its images to the same final rows and delete
   });
   const inserts = [insert(['1', 'say "hi"'], 1), insert(['2', null], 2), insert(['3', 'two\nlines'], 3)];
   t.deepEqual(parseCsvRows(collapseImagesToCsv([0], 2, inserts)!.csv.toString(), PLAIN_CSV), [...collapseByKey([0], inserts).rows.map((row) => [...row, 'f'])]);
+});
+
+test("the key index keeps each key's last value in first-seen order, integers and texts, across its growth and from run to run", (t) => {
+  const index = new KeyIndex();
+  let seed = 11;
+  const random = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  for (const size of [200_000, 50, 70_000]) {
+    const expected = new Map<number | string, number>();
+    for (let value = 0; value < size; value++) {
+      const pick = random(10);
+      const key = pick === 0 ? `t${random(size)}` : pick === 1 ? -random(size) : pick === 2 ? 2 ** 40 + random(size) * 2 ** 33 : random(size);
+      index.set(key, value);
+      expected.set(key, value);
+    }
+    const integers = [...expected].filter(([key]) => typeof key === 'number').map(([, value]) => value);
+    const texts = [...expected].filter(([key]) => typeof key === 'string').map(([, value]) => value);
+    t.deepEqual(index.take(), [...integers, ...texts], `${size} values`);
+  }
+  t.deepEqual(index.take(), [], 'nothing is left after a take');
 });
 
 test('a one-column key written as an integer is compared as a number, and no two key texts are taken for one', (t) => {
@@ -592,3 +580,51 @@ test("DuckDB's sizes are read in its units, binary and decimal", (t) => {
   t.is(parseSize('512 B'), 512);
   t.throws(() => parseSize('lots'), { message: /not a size/ });
 });
+
+/** collapseImagesToCsv against collapseByKey on 200 random runs of changes to a table of three columns keyed by `keyColumns`. */
+async function collapsesLikeDecoded(t: ExecutionContext, keyColumns: number[]): Promise<void> {
+  const texts = ['plain', 'a,b', 'say "hi"', 'two\nlines', '', 'é ü', null];
+  let seed = 7;
+  const random = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  for (let run = 0; run < 200; run++) {
+    const present = new Map<string, Value[]>();
+    const changes: RowChange[] = [];
+    for (let index = 0; index < 1 + random(40); index++) {
+      const version = { lsn: 1n, ordinal: index };
+      const key = [String(random(6)), String(random(2))];
+      const keyOf = (values: Value[]) => keyColumns.map((column) => values[column]).join('/');
+      const row: Value[] = [key[0], texts[random(texts.length)], key[1]];
+      const existing = [...present.values()][random(present.size + 1)];
+      if (!existing || present.has(keyOf(row))) {
+        if (present.has(keyOf(row))) continue;
+        present.set(keyOf(row), row);
+        changes.push({ op: 'insert', relation: 0, version, row, images: rowImages('insert', row, undefined) });
+      } else if (random(3) === 0) {
+        present.delete(keyOf(existing));
+        const old = [existing[0], null, keyColumns.includes(2) ? existing[2] : null];
+        changes.push({ op: 'delete', relation: 0, version, old, images: rowImages('delete', undefined, old) });
+      } else {
+        // An update, half of them to a new key (Postgres then sends the old key).
+        const updated: Value[] = random(2) === 0 && !present.has(keyOf(row)) ? row : [existing[0], texts[random(texts.length)], existing[2]];
+        const old = keyOf(updated) === keyOf(existing) ? undefined : [existing[0], null, keyColumns.includes(2) ? existing[2] : null];
+        present.delete(keyOf(existing));
+        present.set(keyOf(updated), updated);
+        changes.push({ op: 'update', relation: 0, version, row: updated, ...(old ? { old } : {}), images: rowImages('update', updated, old) });
+      }
+    }
+    const expected = collapseByKey(keyColumns, changes);
+    const { csv } = collapseImagesToCsv(keyColumns, 3, changes)!;
+    // In slices of 3 lines, the event loop turning between them: the same bytes.
+    t.deepEqual((await collapseImagesToCsvAside(keyColumns, 3, changes, 3))?.csv, csv);
+    // The same run as a consumer reads it from a batch: images read in place in the records.
+    const batch: Batch = { pipeline: 'p', partition: 0, epoch: 1, seq: 1, relations: [relation], changes };
+    t.deepEqual(collapseImagesToCsv(keyColumns, 3, decodeBatch(JSON.parse(JSON.stringify(encodeBatch(outgoing(batch))))).changes as RowChange[])?.csv, csv);
+    const lines = parseCsvRows(csv.toString(), PLAIN_CSV);
+    const sorted = (rows: Value[][]) => rows.map((row) => JSON.stringify(row)).sort();
+    t.deepEqual(sorted(lines.filter((line) => line[3] === 'f').map((line) => line.slice(0, 3))), sorted(expected.rows));
+    t.deepEqual(sorted(lines.filter((line) => line[3] === 't').map((line) => keyColumns.map((column) => line[column]))), sorted(expected.deletedKeys));
+  }
+}
