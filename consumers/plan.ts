@@ -74,7 +74,9 @@ function planChanges(batch: Batch, states: Map<number, TableState>) {
   // staging and statements, of every change. Order across tables is not kept: tables of
   // different partitions are applied independently anyway.
   const open = new Map<number, Extract<Step, { kind: 'changes' }>>();
-  for (const change of batch.changes) {
+  const { changes } = batch;
+  for (let index = 0; index < changes.length; index++) {
+    const change = changes[index];
     if (change.op === 'truncate') {
       const relations = change.relations.map((index) => batch.relations[index]).filter((relation) => isNew(relation, change));
       if (relations.length === 0) continue;
