@@ -17,6 +17,7 @@ import { oversizedCopyRow } from './oversize.js';
 import { dataRefusal } from './preflight.js';
 import { quoteIdent } from './replication.js';
 import type { Session } from './session.js';
+import { sayingWhatSlotWaitsFor } from './slotwait.js';
 import { inPlaceSocket } from './wire.js';
 
 /** A resumed run numbers its chunks above every earlier run's: chunk = run × 2³² + n. */
@@ -194,7 +195,11 @@ export async function withExportedSnapshot<T>(pgUrl: string, body: (snapshot: Co
     await replication.connect();
     // A replication connection cannot run parameterised queries: the slot name is our own.
     const slot = `pgr_sync_${process.pid}_${++exported}`;
-    const created = await replication.query(`CREATE_REPLICATION_SLOT ${quoteIdent(slot)} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT`);
+    const created = await sayingWhatSlotWaitsFor(
+      pgUrl,
+      slot,
+      replication.query(`CREATE_REPLICATION_SLOT ${quoteIdent(slot)} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT`),
+    );
     return await body({ name: created.rows[0].snapshot_name, lsn: parseLsn(created.rows[0].consistent_point) });
   } finally {
     await replication.end().catch(() => {});

@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { formatLsn, type Lsn, parseLsn } from '../shared/lsn.js';
 import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
+import { sayingWhatSlotWaitsFor } from './slotwait.js';
 import { COPY_DATA, CopyDataReader } from './wire.js';
 
 /** Milliseconds between the Unix epoch and Postgres' epoch (2000-01-01), which replication timestamps count from. */
@@ -28,7 +29,10 @@ export class ReplicationConnection {
   private readonly client: pg.Client;
   private streaming: Promise<unknown> | undefined;
 
-  private constructor(pgUrl: string, applicationName: string) {
+  private constructor(
+    private readonly pgUrl: string,
+    applicationName: string,
+  ) {
     this.client = new pg.Client({
       connectionString: pgUrl,
       replication: 'database',
@@ -52,7 +56,11 @@ export class ReplicationConnection {
   /** Creates the slot; with exportSnapshot, the snapshot lives until this connection runs its next command. */
   async createSlot(slot: string, exportSnapshot: boolean): Promise<CreatedSlot> {
     const snapshot = exportSnapshot ? 'EXPORT_SNAPSHOT' : 'NOEXPORT_SNAPSHOT';
-    const result = await this.client.query(`CREATE_REPLICATION_SLOT ${quoteIdent(slot)} LOGICAL pgoutput ${snapshot}`);
+    const result = await sayingWhatSlotWaitsFor(
+      this.pgUrl,
+      slot,
+      this.client.query(`CREATE_REPLICATION_SLOT ${quoteIdent(slot)} LOGICAL pgoutput ${snapshot}`),
+    );
     const row = result.rows[0];
     return { consistentPoint: parseLsn(row.consistent_point), snapshotName: row.snapshot_name ?? null };
   }

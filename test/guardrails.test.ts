@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
 import { Redis } from 'ioredis';
+import pg from 'pg';
 import { refusal } from '../producer/preflight.js';
 import { CliProcess, duckdbRows, LOAD_SCHEMA, loadTablesIn, postgresRows, rowsAsText, runCli, TestPipeline, waitFor, writeLoad } from './support/pipeline.js';
 import { freePort, spawnRedis, startPostgres, useServices } from './support/services.js';
@@ -348,3 +349,75 @@ const standbyCannotDecode =
     }
   },
 );
+
+/**
+ * Postgres starts a logical slot only once every transaction that had written when its creation
+ * began has ended, and says nothing while it waits. The producer names what holds the slot —
+ * for its own slot at start and for a table sync's temporary one — and the way out.
+ */
+test('transactions left open in Postgres (a session idle in one, a prepared one) hold up a new slot: the producer names them and the way out, and copies once they end', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'slotwait', ['main']);
+  await env.pg.query(`
+    CREATE TABLE waited (id int PRIMARY KEY, note text);
+    CREATE TABLE waited_later (id int PRIMARY KEY, note text);
+    CREATE TABLE scratchpad (id int);
+    INSERT INTO waited SELECT g, 'n' || g FROM generate_series(1, 100) g;
+    INSERT INTO waited_later SELECT g, 'n' || g FROM generate_series(1, 10) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE waited;`);
+  const holder = new pg.Client({ connectionString: env.pg.url });
+  await holder.connect();
+  const holderPid = (await holder.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+  const hold = async () => {
+    await holder.query('BEGIN');
+    await holder.query('INSERT INTO scratchpad VALUES (1)');
+  };
+  // A prepared transaction needs max_prepared_transactions (our test cluster has it; a PG_URL server may not).
+  const canPrepare = Number((await env.pg.query('SHOW max_prepared_transactions')).rows[0].max_prepared_transactions) > 0;
+  const warnings = (producer: CliProcess, slot: RegExp) =>
+    producer.stderr
+      .split('\n')
+      .filter((line) => line.includes('waits for') && slot.test(line))
+      .map((line) => JSON.parse(line));
+  if (canPrepare) await holder.query(`BEGIN; INSERT INTO scratchpad VALUES (2); PREPARE TRANSACTION 'pgr_forgotten'`);
+  await hold();
+  const producer = pipeline.producer();
+  const consumer = pipeline.duckdb('main');
+  try {
+    const warning = await waitFor("the slot's wait to be said", async () => warnings(producer, new RegExp(pipeline.slot))[0]);
+    t.deepEqual(
+      warning.transactions.map((open: { pid: number }) => open.pid),
+      [holderPid],
+    );
+    t.regex(warning.msg, new RegExp(`pg_terminate_backend\\(pid\\) for pid ${holderPid}`));
+    if (canPrepare) {
+      t.deepEqual(
+        warning.prepared.map((open: { gid: string }) => open.gid),
+        ['pgr_forgotten'],
+      );
+      t.regex(warning.msg, /COMMIT PREPARED or ROLLBACK PREPARED 'pgr_forgotten'/);
+    }
+    t.notRegex(producer.stderr, /scratchpad/, "the sessions' queries are not logged (they may hold secrets)");
+    t.notRegex(producer.stderr, /copying tables/, 'nothing is copied while the slot waits');
+    await holder.query('COMMIT');
+    if (canPrepare) await env.pg.query(`COMMIT PREPARED 'pgr_forgotten'`);
+    await pipeline.waitForCopy(env.redis.client);
+
+    // A table added while a transaction is open: its copy's temporary slot waits the same way.
+    await hold();
+    await env.pg.query(`ALTER PUBLICATION ${pipeline.publication} ADD TABLE waited_later`);
+    const syncWarning = await waitFor("the table sync's wait to be said", async () => warnings(producer, /pgr_sync_/)[0]);
+    t.deepEqual(
+      syncWarning.transactions.map((open: { pid: number }) => open.pid),
+      [holderPid],
+    );
+    await holder.query('COMMIT');
+    await env.pg.query(`UPDATE waited_later SET note = 'after' WHERE id = 1`);
+    await pipeline.waitForCatchUp();
+  } finally {
+    await holder.end();
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+  for (const table of ['waited', 'waited_later']) {
+    t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), `public.${table}`, ['id', 'note']), await postgresRows(env.pg, table, ['id', 'note']), table);
+  }
+});

@@ -116,6 +116,7 @@ export async function startPostgres(options: { walLevel?: 'logical' | 'replica' 
     '-c full_page_writes=off',
     '-c shared_buffers=128MB',
     '-c max_connections=200',
+    '-c max_prepared_transactions=10',
   ];
   const { port, control, stop } =
     source.kind === 'containers' ? await postgresInContainer(await freePort(), settings) : await postgresFromBinaries(source.path, settings);
