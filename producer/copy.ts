@@ -6,7 +6,7 @@ import { type OutgoingBatch, qualifiedName, type Relation } from '../shared/even
 import { keys, partitionOf } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { formatLsn, type Lsn, parseLsn } from '../shared/lsn.js';
-import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
+import { PRODUCER_SESSION_SETTINGS } from '../shared/pgconn.js';
 import type { TableCopyProgress } from '../shared/redis.js';
 import { Catalog, describeTable, type PublishedTable, publicationTables } from './catalog.js';
 import { ChunkWriter } from './chunkwriter.js';
@@ -165,7 +165,12 @@ export async function openSnapshotConnections(pgUrl: string, snapshotName: strin
   const connections: pg.Client[] = [];
   try {
     for (let i = 0; i < Math.max(1, count); i++) {
-      const client = new pg.Client({ connectionString: pgUrl, application_name: 'pg-replicate copy', options: VALUE_TEXT_SETTINGS, stream: inPlaceSocket });
+      const client = new pg.Client({
+        connectionString: pgUrl,
+        application_name: 'pg-replicate copy',
+        options: PRODUCER_SESSION_SETTINGS,
+        stream: inPlaceSocket,
+      });
       // A lost connection fails its COPY, which ends the session: the event itself needs no more.
       client.on('error', () => {});
       connections.push(client);
@@ -188,7 +193,12 @@ let exported = 0;
  * connection must stay idle meanwhile, and the slot goes away with it afterwards.
  */
 export async function withExportedSnapshot<T>(pgUrl: string, body: (snapshot: CopySnapshot) => Promise<T>): Promise<T> {
-  const replication = new pg.Client({ connectionString: pgUrl, replication: 'database', application_name: 'pg-replicate copy' } as pg.ClientConfig);
+  const replication = new pg.Client({
+    connectionString: pgUrl,
+    replication: 'database',
+    application_name: 'pg-replicate copy',
+    options: PRODUCER_SESSION_SETTINGS,
+  } as pg.ClientConfig);
   // Losing it loses the snapshot: the copy's connections then fail, and the session with them.
   replication.on('error', () => {});
   try {

@@ -5,7 +5,7 @@ import { errorMessage, UserError } from '../shared/errors.js';
 import { keys } from '../shared/keys.js';
 import { log } from '../shared/log.js';
 import { formatLsn } from '../shared/lsn.js';
-import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
+import { PRODUCER_SESSION_SETTINGS } from '../shared/pgconn.js';
 import {
   connectRedis,
   loginRefused,
@@ -332,7 +332,7 @@ export class Producer {
         log.info('copy applied by every destination');
         return true;
       }
-      const client = (catalogClient = await connectPostgres(options.pgUrl, 'pg-replicate catalog', VALUE_TEXT_SETTINGS, fail));
+      const client = (catalogClient = await connectPostgres(options.pgUrl, 'pg-replicate catalog', PRODUCER_SESSION_SETTINGS, fail));
       const catalog = new Catalog(client);
       const publication: PublicationReader = {
         memberships: () => publicationMemberships(client, options.publication),

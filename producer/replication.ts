@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { formatLsn, type Lsn, parseLsn } from '../shared/lsn.js';
-import { VALUE_TEXT_SETTINGS } from '../shared/pgconn.js';
+import { PRODUCER_SESSION_SETTINGS } from '../shared/pgconn.js';
 import { sayingWhatSlotWaitsFor } from './slotwait.js';
 import { COPY_DATA, CopyDataReader } from './wire.js';
 
@@ -37,7 +37,7 @@ export class ReplicationConnection {
       connectionString: pgUrl,
       replication: 'database',
       application_name: applicationName,
-      options: VALUE_TEXT_SETTINGS,
+      options: PRODUCER_SESSION_SETTINGS,
       // A server that vanished without closing the connection (a failover, a cut network) is noticed.
       keepAlive: true,
       keepAliveInitialDelayMillis: 10_000,

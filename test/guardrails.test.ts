@@ -421,3 +421,36 @@ test('transactions left open in Postgres (a session idle in one, a prepared one)
     t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), `public.${table}`, ['id', 'note']), await postgresRows(env.pg, table, ['id', 'note']), table);
   }
 });
+
+/**
+ * Timeouts a role may carry (statement_timeout, idle_in_transaction_session_timeout) are off for
+ * the producer's sessions: a copy waits, its COPY blocked and its snapshot's transaction idle,
+ * while Redis makes room, and cut short it would be retried for ever.
+ */
+test('a Postgres role with 1 s statement and idle-in-transaction timeouts: a copy that waits for room longer than that completes, with no session restarted', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'timeouts', ['main']);
+  await env.pg.query(`
+    CREATE TABLE patient (id int PRIMARY KEY, note text);
+    INSERT INTO patient SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE patient;
+    DROP ROLE IF EXISTS hurried;
+    CREATE ROLE hurried LOGIN REPLICATION;
+    GRANT SELECT ON patient TO hurried;
+    ALTER ROLE hurried SET statement_timeout = '1s';
+    ALTER ROLE hurried SET idle_in_transaction_session_timeout = '1s';`);
+  const hurriedUrl = env.pg.url.replace('postgres@', 'hurried@');
+  // Chunks of 500 rows and room for 4 unapplied batches: the copy waits until the consumer starts, 3 s later.
+  const args = pipeline.producerArgs(['--copy-chunk-rows', '500', '--max-backlog-batches', '4']).map((arg) => (arg === env.pg.url ? hurriedUrl : arg));
+  const producer = new CliProcess(args);
+  let consumer: CliProcess | undefined;
+  try {
+    await waitFor('the copy to start', async () => producer.stderr.includes('copying tables'));
+    await sleep(3000);
+    consumer = pipeline.duckdb('main');
+    await pipeline.waitForCopy(env.redis.client);
+  } finally {
+    await Promise.all([producer.stop(), consumer?.stop()]);
+  }
+  t.notRegex(producer.stderr, /session ended|canceling statement|terminating connection/);
+  t.deepEqual(await duckdbRows(pipeline.duckdbPath('main'), 'public.patient', ['id', 'note']), await postgresRows(env.pg, 'patient', ['id', 'note']));
+});
