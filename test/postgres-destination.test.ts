@@ -85,3 +85,29 @@ test('backfill and CDC under a write load, with kill -9 of the consumer, a TOAST
   }
   await target.stop();
 });
+
+/** A target role's statement timeout is off for the destination's sessions: a batch cut short would be retried for ever. */
+test('a target role with a 1 ms statement_timeout: the copy and the changes are written all the same', async (t) => {
+  const pipeline = new TestPipeline(env.pg, env.redis.url, 'pgtimeout', ['mirror']);
+  await env.pg.query(`
+    CREATE TABLE hasty (id int PRIMARY KEY, note text);
+    INSERT INTO hasty SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g;
+    CREATE PUBLICATION ${pipeline.publication} FOR TABLE hasty;
+    DROP ROLE IF EXISTS hasty_writer;
+    CREATE ROLE hasty_writer LOGIN;
+    ALTER ROLE hasty_writer SET statement_timeout = '1ms';`);
+  const target = await targetDatabase('pgtimeout_target');
+  await target.query('GRANT CREATE ON DATABASE pgtimeout_target TO hasty_writer; GRANT CREATE ON SCHEMA public TO hasty_writer');
+  const producer = pipeline.producer();
+  const consumer = pipeline.postgres('mirror', target.url.replace('postgres@', 'hasty_writer@'));
+  try {
+    await pipeline.waitForCopy(env.redis.client);
+    await env.pg.query(`UPDATE hasty SET note = 'changed' WHERE id % 3 = 0; DELETE FROM hasty WHERE id % 7 = 0`);
+    await pipeline.waitForCatchUp();
+  } finally {
+    await Promise.all([producer.stop(), consumer.stop()]);
+  }
+  t.notRegex(consumer.stderr, /canceling statement/);
+  t.deepEqual(await postgresRows(target, 'public.hasty', ['id', 'note']), await postgresRows(env.pg, 'hasty', ['id', 'note']));
+  await target.stop();
+});

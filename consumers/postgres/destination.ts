@@ -3,6 +3,7 @@ import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { errorMessage, redact, UserError } from '../../shared/errors.js';
 import { qualifiedName, type Relation } from '../../shared/events.js';
+import { NO_TIMEOUTS } from '../../shared/pgconn.js';
 import {
   type Destination,
   PermanentError,
@@ -45,7 +46,9 @@ export class PostgresDestination implements Destination {
   ) {}
 
   static async open(options: PostgresOptions): Promise<PostgresDestination> {
-    const pool = new pg.Pool({ connectionString: options.url, max: 4, application_name: 'pg-replicate destination' });
+    // A role's or database's timeouts are off for these sessions: a large batch's statements
+    // take as long as they take, and one cut short would be retried for ever.
+    const pool = new pg.Pool({ connectionString: options.url, max: 4, application_name: 'pg-replicate destination', options: NO_TIMEOUTS });
     pool.on('error', () => {});
     try {
       await pool.query(`CREATE SCHEMA IF NOT EXISTS ${STATE_SCHEMA}`);
