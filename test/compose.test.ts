@@ -73,10 +73,21 @@ test('the compose services, run as processes, replicate the demo data and traffi
     return new CliProcess(service.command.map(local), environment);
   };
   const processes = [await run('producer'), await run('duckdb'), await run('stdout'), await run('serve')];
-  const [, , stdout] = processes;
+  const [, , stdout, serve] = processes;
+  const running = () => {
+    for (const process of processes) if (process.endedOnItsOwn) throw new Error(process.endedOnItsOwn);
+  };
   try {
     const pipeline = services.producer.environment!.PIPELINE_ID;
-    await waitFor('the demo copy', async () => (await env.redis.client.hget(`pgr:{${pipeline}}:state`, 'copy')) === 'done');
+    await waitFor('the demo copy', async () => {
+      running();
+      return (await env.redis.client.hget(`pgr:{${pipeline}}:state`, 'copy')) === 'done';
+    });
+    // The server starts beside the others, and under load it may answer only after the copy.
+    await waitFor('the server to serve', async () => {
+      running();
+      return serve.stderr.includes('serving the API and the status page');
+    });
     for (let round = 0; round < 5; round++) await env.pg.query(readFileSync(join(ROOT, 'demo', 'write.sql'), 'utf8'));
     await waitForSlotAt(env.pg, services.producer.environment!.SLOT, await currentWalLsn(env.pg));
     const [producerMetrics, duckdbMetrics] = await Promise.all(
