@@ -15,9 +15,8 @@ import { tally } from './metrics.js';
 import { POLL_MS } from './options.js';
 import { oversizedCopyRow } from './oversize.js';
 import { dataRefusal } from './preflight.js';
-import { quoteIdent } from './replication.js';
+import { quoteIdent, ReplicationConnection } from './replication.js';
 import type { Session } from './session.js';
-import { sayingWhatSlotWaitsFor } from './slotwait.js';
 import { inPlaceSocket } from './wire.js';
 
 /** A resumed run numbers its chunks above every earlier run's: chunk = run × 2³² + n. */
@@ -193,26 +192,13 @@ let exported = 0;
  * connection must stay idle meanwhile, and the slot goes away with it afterwards.
  */
 export async function withExportedSnapshot<T>(pgUrl: string, body: (snapshot: CopySnapshot) => Promise<T>): Promise<T> {
-  const replication = new pg.Client({
-    connectionString: pgUrl,
-    replication: 'database',
-    application_name: 'pg-replicate copy',
-    options: PRODUCER_SESSION_SETTINGS,
-  } as pg.ClientConfig);
   // Losing it loses the snapshot: the copy's connections then fail, and the session with them.
-  replication.on('error', () => {});
+  const replication = await ReplicationConnection.open(pgUrl, 'pg-replicate copy');
   try {
-    await replication.connect();
-    // A replication connection cannot run parameterised queries: the slot name is our own.
-    const slot = `pgr_sync_${process.pid}_${++exported}`;
-    const created = await sayingWhatSlotWaitsFor(
-      pgUrl,
-      slot,
-      replication.query(`CREATE_REPLICATION_SLOT ${quoteIdent(slot)} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT`),
-    );
-    return await body({ name: created.rows[0].snapshot_name, lsn: parseLsn(created.rows[0].consistent_point) });
+    const created = await replication.createSlot(`pgr_sync_${process.pid}_${++exported}`, true, true);
+    return await body({ name: created.snapshotName!, lsn: created.consistentPoint });
   } finally {
-    await replication.end().catch(() => {});
+    await replication.close();
   }
 }
 

@@ -53,13 +53,16 @@ export class ReplicationConnection {
     return connection;
   }
 
-  /** Creates the slot; with exportSnapshot, the snapshot lives until this connection runs its next command. */
-  async createSlot(slot: string, exportSnapshot: boolean): Promise<CreatedSlot> {
+  /**
+   * Creates the slot (`temporary`: gone with this connection); with exportSnapshot, the
+   * snapshot lives until this connection runs its next command.
+   */
+  async createSlot(slot: string, exportSnapshot: boolean, temporary = false): Promise<CreatedSlot> {
     const snapshot = exportSnapshot ? 'EXPORT_SNAPSHOT' : 'NOEXPORT_SNAPSHOT';
     const result = await sayingWhatSlotWaitsFor(
       this.pgUrl,
       slot,
-      this.client.query(`CREATE_REPLICATION_SLOT ${quoteIdent(slot)} LOGICAL pgoutput ${snapshot}`),
+      this.client.query(`CREATE_REPLICATION_SLOT ${quoteIdent(slot)}${temporary ? ' TEMPORARY' : ''} LOGICAL pgoutput ${snapshot}`),
     );
     const row = result.rows[0];
     return { consistentPoint: parseLsn(row.consistent_point), snapshotName: row.snapshot_name ?? null };
